@@ -1,0 +1,52 @@
+# din task runner. `make` runs the tests and lint; see README for the rest.
+SHELL := /bin/bash
+PY ?= .venv/bin/python
+VENV_STAMP := .venv/.installed
+
+.PHONY: all install test test-fast lint docs docs-check contracts contracts-check demo services services-stop bench clean
+
+all: test lint
+
+$(VENV_STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+install: $(VENV_STAMP)
+
+## the tests (integration tests run when DIN_TEST_ANVIL / DIN_TEST_IPFS point at running services: `make services`)
+test: $(VENV_STAMP)
+	$(PY) -m pytest
+
+lint: $(VENV_STAMP)
+	$(PY) -m ruff check din_cli tests benchmarks scripts
+
+## completions/ and man/ from the click tree
+docs: $(VENV_STAMP)
+	$(PY) scripts/gen_docs.py
+
+## recompile the Solidity contracts into din_cli/chain/artifacts (needs npm)
+contracts: node_modules/.installed
+	node scripts/build_contracts.mjs
+
+contracts-check: node_modules/.installed
+	node scripts/build_contracts.mjs --check
+
+## a whole DIN run on the embedded defaults
+demo: $(VENV_STAMP)
+	bash examples/demo.sh
+
+## start anvil and a js-ipfs daemon on 127.0.0.1 (PIDs in .ci/state); prints the env to export
+services: node_modules/.installed
+	bash .ci/services.sh start
+
+services-stop:
+	bash .ci/services.sh stop
+
+clean:
+	rm -rf .din .pytest_cache .ruff_cache build dist

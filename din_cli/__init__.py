@@ -1,0 +1,3 @@
+"""din: composable commands for a Decentralized Intelligence Network."""
+
+__version__ = "0.1.0"

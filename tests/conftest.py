@@ -1,0 +1,65 @@
+"""Shared fixtures: every test gets its own DIN_HOME; integration services come from .ci/run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def din_home(tmp_path, monkeypatch):
+    """A fresh ``DIN_HOME`` per test, and no backend configuration leaking in."""
+    home = tmp_path / ".din"
+    monkeypatch.setenv("DIN_HOME", str(home))
+    for var in ("DIN_CHAIN", "DIN_IPFS", "DIN_KEY", "DIN_PASSWORD_FILE", "DIN_DEBUG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return home
+
+
+def _service(env_var: str, what: str):
+    value = os.environ.get(env_var)
+    if value:
+        return value
+    if os.environ.get("DIN_REQUIRE_INTEGRATION"):
+        pytest.fail(f"{env_var} is not set but DIN_REQUIRE_INTEGRATION is: {what} must be running")
+    pytest.skip(f"{env_var} not set: start {what} with `make services` (as .ci/run does)")
+
+
+@pytest.fixture(scope="session")
+def ipfs_api() -> str:
+    """Multiaddr of a real IPFS RPC daemon on loopback (``DIN_TEST_IPFS``)."""
+    return _service("DIN_TEST_IPFS", "an IPFS RPC daemon (js-ipfs)")
+
+
+@pytest.fixture(scope="session")
+def anvil_url() -> str:
+    """JSON-RPC URL of an anvil node on loopback (``DIN_TEST_ANVIL``)."""
+    return _service("DIN_TEST_ANVIL", "anvil")
+
+
+@pytest.fixture
+def run_din():
+    """Run ``din`` in a separate process (real argv, real exit code, real stdio)."""
+
+    def run(*args, input: bytes | None = None, env: dict | None = None, check: bool = False, **kw):
+        full_env = {**os.environ, **(env or {})}
+        proc = subprocess.run(
+            [sys.executable, "-m", "din_cli", *map(str, args)],
+            input=input,
+            capture_output=True,
+            env=full_env,
+            **kw,
+        )
+        if check:
+            assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+        return proc
+
+    return run
