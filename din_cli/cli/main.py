@@ -15,6 +15,7 @@ from din_cli.errors import DinError, ExitCode
 # ``din --help`` never imports torch or web3. Values are "module:attribute";
 # a nested dict is a group whose subcommands live in several modules.
 COMMANDS: dict[str, object] = {
+    "config": "din_cli.cli.config:config_group",
     "init": "din_cli.cli.chain:init",
     "chain": "din_cli.cli.chain:chain",
     "keys": {
