@@ -38,6 +38,7 @@ COMMANDS: dict[str, object] = {
         "_help": "Create, inspect and publish models.",
         "init": "din_cli.cli.ml:model_init",
         "info": "din_cli.cli.ml:model_info",
+        "publish": "din_cli.cli.publish:model_publish",
     },
     "train": "din_cli.cli.ml:train",
     "aggregate": "din_cli.cli.ml:aggregate",
@@ -45,6 +46,9 @@ COMMANDS: dict[str, object] = {
     "validator": "din_cli.cli.chain:validator",
     "participant": "din_cli.cli.chain:participant",
     "task": "din_cli.cli.chain:task",
+    "round": "din_cli.cli.round:round_group",
+    "rewards": "din_cli.cli.rewards:rewards",
+    "verify": "din_cli.cli.verify:verify",
 }
 
 
