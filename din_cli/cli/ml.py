@@ -1,0 +1,232 @@
+"""Offline ML commands: model init/info, data split, train, aggregate, evaluate."""
+
+from __future__ import annotations
+
+import click
+
+from din_cli.cli import output as out
+from din_cli.cli.options import ipfs_option, json_option, output_option, quiet_option
+
+DEVICE = click.Choice(["auto", "cpu", "cuda"])
+
+
+@click.command("init")
+@click.option(
+    "--arch",
+    required=True,
+    metavar="ARCH",
+    help="Architecture, e.g. mlp:64-128-10, logreg:64-10, cnn:1x8x8-10.",
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the initial weights.")
+@click.option("--task", default="", metavar="ID", help="Task id recorded in the file's metadata.")
+@output_option
+def model_init(arch, seed, task, output):
+    """Make a genesis model: a canonical safetensors file for ARCH.
+
+    The same arch and seed always give the same bytes (hence the same CID).
+
+    \b
+    Example:
+        din model init --arch mlp:64-128-10 --seed 1 -o genesis.safetensors
+        din model init --arch logreg:64-10 -o - | din model info -
+    """
+    from din_cli.ml.models import init_model
+
+    init_model(arch, output, seed=seed, task=task)
+    if output != "-":
+        out.emit(output)
+
+
+@click.command("info")
+@click.argument("model", metavar="FILE|CID|-")
+@ipfs_option
+@json_option
+def model_info(model, ipfs_api, as_json):
+    """Print a model file's architecture, kind, samples, round and parameter count.
+
+    \b
+    Example:
+        din model init --arch mlp:64-32-10 -o - | din model info --json -
+    """
+    from din_cli.ml.models import describe
+    from din_cli.protocol.inputs import resolved
+
+    with resolved([model], ipfs_api) as (path,):
+        info = describe(path)
+    if as_json:
+        out.emit_json(info)
+    else:
+        out.emit(*(f"{k}\t{v}" for k, v in info.items()))
+
+
+@click.command("split")
+@click.option(
+    "--dataset",
+    required=True,
+    metavar="NAME|FILE",
+    help="digits, breast_cancer, wine, iris, or a CSV/NPZ/safetensors store.",
+)
+@click.option(
+    "--participants",
+    required=True,
+    type=click.IntRange(min=1),
+    help="Number of participant stores.",
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=None,
+    metavar="A",
+    help="Dirichlet concentration for non-IID splits (omit for IID).",
+)
+@click.option(
+    "--test-fraction",
+    type=float,
+    default=0.4,
+    show_default=True,
+    help="Share of rows reserved as the model owner's test pool.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
+@click.option(
+    "--shuffle-labels",
+    "shuffle",
+    type=int,
+    multiple=True,
+    metavar="K",
+    help="Corrupt participant K's labels (1-based; repeatable): a dishonest participant.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    metavar="DIR",
+    help="Folder for participant-NN.npz and test.npz.",
+)
+def data_split(dataset, participants, alpha, test_fraction, seed, shuffle, out_dir):
+    """Split a dataset into one store per participant plus a reserved test pool.
+
+    Prints the paths written, one per line (test.npz last).
+
+    \b
+    Example:
+        din data split --dataset digits --participants 10 --alpha 0.5 --out stores
+        din data split --dataset iris --participants 3 --out iris | tail -n 1
+    """
+    from din_cli.ml.data import split
+
+    paths = split(
+        dataset,
+        out_dir,
+        participants=participants,
+        alpha=alpha,
+        test_fraction=test_fraction,
+        seed=seed,
+        shuffle_labels=tuple(shuffle),
+    )
+    out.emit(*paths)
+
+
+@click.command("train")
+@click.option(
+    "--model", "model", required=True, metavar="FILE|CID|-", help="The global model to start from."
+)
+@click.option(
+    "--data",
+    required=True,
+    metavar="STORE",
+    help="Local data store: CSV, NPZ, safetensors, or a folder.",
+)
+@click.option("--epochs", default=1, show_default=True, type=int)
+@click.option("--lr", default=0.1, show_default=True, type=float, help="SGD learning rate.")
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the batch order.")
+@click.option(
+    "--device", type=DEVICE, default="auto", show_default=True, help="auto uses CUDA when present."
+)
+@ipfs_option
+@output_option
+@quiet_option
+def train(model, data, epochs, lr, batch_size, seed, device, ipfs_api, output):
+    """Train a model on a local data store and write the update with its sample count.
+
+    The same inputs and seed give the same bytes on the CPU.
+
+    \b
+    Example:
+        din train --model genesis.safetensors --data stores/participant-01.npz -o u1.safetensors
+        din ipfs cat "$GLOBAL_CID" | din train --model - --data mine.csv -o - | din ipfs add -
+    """
+    from din_cli.ml.train import train as run
+    from din_cli.protocol.inputs import resolved
+
+    with resolved([model], ipfs_api) as (path,), out.progress("training", total=epochs) as advance:
+        run(
+            path,
+            data,
+            output,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            progress=advance,
+        )
+    if output != "-":
+        out.emit(output)
+
+
+@click.command("aggregate")
+@click.argument("inputs", nargs=-1, metavar="[FILE|CID]...")
+@ipfs_option
+@output_option
+@quiet_option
+def aggregate(inputs, ipfs_api, output):
+    """Average updates weighted by their samples, bit-exactly (FedAvg).
+
+    Inputs come from the arguments or, when none are given, from stdin one
+    per line. The bytes are identical whatever the input order or machine;
+    the result carries the total sample count, so aggregates can be
+    aggregated again.
+
+    \b
+    Example:
+        din aggregate u1.safetensors u2.safetensors -o global.safetensors
+        ls updates/*.safetensors | din aggregate -o - | din ipfs add -
+    """
+    from din_cli.ml.aggregate import aggregate as run
+    from din_cli.protocol.inputs import read_refs, resolved
+
+    refs = read_refs(inputs)
+    with resolved(refs, ipfs_api) as paths, out.progress("aggregating") as advance:
+        run(paths, output, progress=advance)
+    if output != "-":
+        out.emit(output)
+
+
+@click.command("evaluate")
+@click.option("--model", "model", required=True, metavar="FILE|CID|-", help="The model to score.")
+@click.option(
+    "--data", required=True, metavar="STORE", help="Test store: CSV, NPZ, safetensors, or a folder."
+)
+@click.option(
+    "--metric", type=click.Choice(["accuracy", "f1", "loss"]), default="accuracy", show_default=True
+)
+@ipfs_option
+@json_option
+def evaluate(model, data, metric, ipfs_api, as_json):
+    """Score a model on a store; print the score in basis points (0..10000).
+
+    \b
+    Example:
+        din evaluate --model global.safetensors --data stores/test.npz
+        din evaluate --model global.safetensors --data stores/test.npz --metric f1 --json | jq .score_bps
+    """
+    from din_cli.ml.evaluate import evaluate as run
+    from din_cli.protocol.inputs import resolved
+
+    with resolved([model], ipfs_api) as (path,):
+        result = run(path, data, metric=metric)
+    if as_json:
+        out.emit_json(result.to_dict())
+    else:
+        out.emit(result.score_bps)

@@ -1,0 +1,552 @@
+"""Bit-exact, streaming, sample-weighted FedAvg.
+
+Validators agree on an aggregate by comparing CIDs, so the output bytes must
+not depend on input order, thread count, CPU model or accelerator. Floating
+point sums do (they are not associative); integer sums do not. So:
+
+Encoding ``fixedpoint-s20-c1024``
+---------------------------------
+1. **Clip and quantise.** Each float32 weight ``w`` is clipped to
+   ``[-1024, 1024]`` and quantised to the grid ``2^-20``:
+   ``q = rint(clip(w, -C, C) * 2^20)`` with round-half-to-even, so
+   ``|q| <= 2^30``. Scaling by a power of two is exact and ``rint`` is exact,
+   so ``q`` is the same integer on every IEEE-754 machine.
+2. **Weight.** ``q * n`` where ``n`` is the input's ``din.samples``.
+3. **Sum exactly.** The products are integers; they are summed in float64,
+   where every integer below ``2^53`` is exact, so any order, any vector
+   width and any FMA contraction gives the same value. The bound holds by
+   construction: inputs are taken in groups whose sample counts add up to at
+   most ``2^23`` (``2^30 * 2^23 = 2^53``); an input with more samples is
+   split into several passes with weights summing to ``n`` (exact: integer
+   distributivity). After each group the float64 partial sums are folded
+   into an int64 accumulator (exact up to ``2^63``: total samples up to
+   ``2^32``). With fewer than ``2^23`` samples in all -- the usual case -- no
+   folding happens at all.
+4. **Divide once.** ``mean = float32(float64(X) / float64(N * 2^20))`` where
+   ``X`` is the exact integer sum and ``N`` the total samples: one correctly
+   rounded IEEE division and one rounding to float32, identical everywhere.
+
+The output carries ``din.samples = N``, so aggregates are valid inputs: the
+global model is the aggregate of subgroup aggregates weighted by their
+samples.
+
+Why this scale and clip. ``2^-20`` (about 1e-6) is below the noise of one SGD
+step yet leaves 10 bits of integer range; at ``|w| >= 8`` float32 weights are
+already multiples of ``2^-20`` so quantisation loses nothing there. A clip of
+1024 is far above the weights of the zoo's models (and of normal networks
+trained with weight decay), while bounding what one malicious update can
+contribute. ``s20/c1024`` makes ``|q| <= 2^30``, the largest range that keeps
+2^23 (8.4 million) samples per exact float64 group.
+
+Error bound against a float64 reference ``sum(n_i * w_i) / sum(n_i)`` of
+unclipped weights: ``|aggregate - reference| <= 2^-21 + 2^-24 * |reference|``
+(quantisation error averages to at most half a grid step; then one float32
+rounding). Aggregating subgroup aggregates (two levels) at most doubles it:
+``<= 2^-20 + 2^-23 * |reference|``.
+
+Streaming and speed. The output is produced in blocks of 64 Ki weights. For
+each block every input's slice is read (``preadv``) into one reused buffer
+and folded into a float64 accumulator; both stay in the CPU cache. The block
+is then divided and written. Nothing is memory-mapped (a mapped file's pages
+would count as resident memory), so resident memory is a few MiB per worker
+thread whatever the number and size of the inputs. Blocks are spread over
+worker threads (``DIN_THREADS``, default: the CPUs available); each block's
+value depends only on its own exact integer sums, so the thread count
+changes the speed, never the bytes. The fused quantise-weight-add kernel
+(four inputs per pass, about 10 GB/s of float32 per core here) is compiled by
+numba when it is installed; without numba a numpy kernel computes the very
+same bits, several times more slowly. Aggregation always runs on the CPU: it is bound by memory
+bandwidth, and exact integer sums make the device irrelevant to the bytes.
+NaN or Inf in an input is detected in the same pass (``w - w`` is NaN for
+them and poisons the block's accumulator) and reported naming the file and
+tensor; nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from din_cli.errors import InputError, UsageError
+
+SCALE_BITS = 20
+CLIP = 1024.0
+Q_MAX = 2.0**30  # CLIP * 2^SCALE_BITS
+GROUP_SAMPLES = 2**23  # Q_MAX * GROUP_SAMPLES = 2^53: exact float64 integers
+MAX_TOTAL_SAMPLES = 2**32  # Q_MAX * 2^32 = 2^62 < 2^63: exact int64
+ENCODING = f"fixedpoint-s{SCALE_BITS}-c{int(CLIP)}"
+BLOCK = 1 << 16
+ERROR_BOUND_ABS = 2.0**-21
+ERROR_BOUND_REL = 2.0**-24
+
+
+@dataclass
+class AggregateResult:
+    arch: str
+    samples: int
+    inputs: int
+    params: int
+    round: int
+    task: str
+
+
+# --- kernels ---
+# accumulate(acc, w, n, tmp): acc += rint(clip(w * 2^S)) * n, and NaN where w is NaN/Inf
+# finalize(acc, out, divisor) -> bad: out = float32(acc / divisor); acc = 0; bad if any NaN
+
+
+def _numpy_accumulate(acc, w, n, tmp):
+    import numpy as np
+
+    t = tmp[: acc.shape[0]]
+    np.multiply(w, 2.0**SCALE_BITS, out=t, dtype=np.float64)
+    np.clip(t, -Q_MAX, Q_MAX, out=t)
+    np.rint(t, out=t)
+    np.multiply(t, n, out=t)
+    np.add(acc, t, out=acc)
+    if not np.isfinite(w).all():
+        acc[0] = np.nan  # poison: the caller names the culprit
+
+
+def _numpy_finalize(acc, out, divisor):
+    import numpy as np
+
+    bad = math.isnan(acc.sum())
+    out[:] = np.divide(acc, divisor)
+    acc.fill(0.0)
+    return bad
+
+
+@dataclass(frozen=True)
+class _Kernels:
+    name: str
+    accumulate: Callable
+    finalize: Callable
+    accumulate4: Callable | None = None  # four inputs per pass (less accumulator traffic)
+
+
+NUMPY_KERNELS = _Kernels("numpy", _numpy_accumulate, _numpy_finalize)
+_KERNELS: _Kernels | None = None
+
+
+def _kernels() -> _Kernels:
+    """numba-compiled kernels when numba is importable (and DIN_NO_NUMBA unset), else numpy ones."""
+    global _KERNELS
+    if _KERNELS is not None:
+        return _KERNELS
+    if os.environ.get("DIN_NO_NUMBA"):
+        _KERNELS = NUMPY_KERNELS
+        return _KERNELS
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(cache_home, "din", "numba"))
+    try:
+        import numba
+        import numpy as np
+    except ImportError:
+        _KERNELS = NUMPY_KERNELS
+        return _KERNELS
+    scale = float(2.0**SCALE_BITS)
+    qmax = float(Q_MAX)
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy", inline="always")
+    def q(w, n):
+        d = np.float64(w)
+        y = d * scale
+        y = y if y < qmax else qmax
+        y = y if y > -qmax else -qmax
+        return np.rint(y) * n + (d - d)
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+    def accumulate(acc, w, n):
+        for i in range(acc.shape[0]):
+            acc[i] += q(w[i], n)
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+    def accumulate4(acc, w0, w1, w2, w3, n0, n1, n2, n3):
+        # integers below 2^53: the grouping of these additions cannot change the sum
+        for i in range(acc.shape[0]):
+            acc[i] += (q(w0[i], n0) + q(w1[i], n1)) + (q(w2[i], n2) + q(w3[i], n3))
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+    def finalize(acc, out, divisor):
+        bad = 0
+        for i in range(acc.shape[0]):
+            v = acc[i]
+            bad |= v != v
+            out[i] = np.float32(v / divisor)
+            acc[i] = 0.0
+        return bad != 0
+
+    def call(acc, w, n, tmp):
+        accumulate(acc, w, n)
+
+    _KERNELS = _Kernels("numba", call, finalize, accumulate4)
+    return _KERNELS
+
+
+def kernel_name() -> str:
+    return _kernels().name
+
+
+# --- inputs ---
+
+
+@dataclass
+class _Input:
+    path: str
+    samples: int
+    header: object
+    fd: int | None = None
+
+
+def _open_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[_Input], str, dict]:
+    from din_cli.ml import tensorfile, zoo
+
+    if not paths:
+        raise UsageError(
+            "no inputs to aggregate", "pass update files or CIDs, or pipe them one per line"
+        )
+    inputs: list[_Input] = []
+    arch = None
+    expected: dict = {}
+    for p in paths:
+        h = tensorfile.read_header(p)
+        if arch is None:
+            if not h.arch:
+                raise InputError(
+                    f"{h.path}: no din.arch metadata",
+                    "aggregate files written by din train or din aggregate",
+                )
+            arch = h.arch
+            expected = zoo.param_shapes(arch)
+        elif h.arch != arch:
+            raise InputError(
+                f"{h.path}: architecture {h.arch!r} differs from {arch!r} of {inputs[0].path}",
+                "aggregate updates of one task only",
+            )
+        tensorfile.check_model(h, expected, arch=arch, kinds=("update", "aggregate", "model"))
+        if h.samples <= 0:
+            raise InputError(
+                f"{h.path}: din.samples is 0, so it has no weight in FedAvg",
+                "aggregate trained updates (din train sets the sample count)",
+            )
+        inputs.append(_Input(str(h.path), h.samples, h))
+    total = sum(i.samples for i in inputs)
+    if total > MAX_TOTAL_SAMPLES:
+        raise InputError(
+            f"{total} samples in all exceed the exact range ({MAX_TOTAL_SAMPLES})",
+            "aggregate in subgroups of fewer samples",
+        )
+    return inputs, arch, expected
+
+
+def _passes(inputs: list[_Input]) -> list[list[tuple[int, float]]]:
+    """Groups of (input index, weight) whose weights sum to at most GROUP_SAMPLES."""
+    groups: list[list[tuple[int, float]]] = [[]]
+    room = GROUP_SAMPLES
+    for i, inp in enumerate(inputs):
+        left = inp.samples
+        while left:
+            if room == 0:
+                groups.append([])
+                room = GROUP_SAMPLES
+            take = min(left, room)
+            groups[-1].append((i, float(take)))
+            room -= take
+            left -= take
+    return groups
+
+
+def aggregate_to(
+    paths: Sequence[str | os.PathLike],
+    out: BinaryIO,
+    *,
+    progress: Callable[[int], None] | None = None,
+    threads: int | None = None,
+) -> AggregateResult:
+    """Aggregate model files ``paths`` into ``out`` (a binary file object), canonically.
+
+    ``threads`` (default: :func:`default_threads`) changes the speed, never the bytes.
+    """
+    import numpy as np
+
+    from din_cli.ml import tensorfile
+
+    inputs, arch, expected = _open_inputs(paths)
+    names = sorted(expected)
+    sizes = {name: int(np.prod(expected[name], dtype=np.int64)) for name in names}
+    total = sum(i.samples for i in inputs)
+    rounds = max(i.header.round for i in inputs)
+    tasks = {i.header.task for i in inputs}
+    task = tasks.pop() if len(tasks) == 1 else ""
+    meta = tensorfile.make_metadata(
+        arch=arch, kind="aggregate", samples=total, round=rounds, task=task, encoding=ENCODING
+    )
+    header = tensorfile.encode_header(meta, {n: ("F32", expected[n]) for n in names})
+
+    # Segments of the output's flat float32 space, each with every input's
+    # byte offset. Canonical inputs (sorted, contiguous) collapse to one.
+    params = sum(sizes.values())
+    canonical = all(_is_canonical(i.header, names) for i in inputs)
+    if canonical:
+        segments = [
+            (names[0] if names else "", params, [i.header.tensors[names[0]].start for i in inputs])
+        ]
+    else:
+        segments = [(n, sizes[n], [i.header.tensors[n].start for i in inputs]) for n in names]
+
+    kern = _kernels()
+    accumulate, finalize, accumulate4 = kern.accumulate, kern.finalize, kern.accumulate4
+    groups = _passes(inputs)
+    multi = len(groups) > 1
+    divisor = float(total) * float(2**SCALE_BITS)
+    nthreads = max(1, int(threads if threads is not None else default_threads()))
+    slots = [_Slot(multi) for _ in range(2 * nthreads if nthreads > 1 else 1)]
+
+    def work(slot: _Slot, seg_name: str, starts: list[int], a: int, m: int):
+        blk = slot.acc[:m]  # all zeros: fresh, or reset by finalize
+        o = slot.out[:m]
+        if multi:
+            slot.iacc[:m] = 0
+        for group in groups:
+            k = 0
+            if accumulate4 is not None:
+                bufs = slot.bufs
+                for k in range(0, len(group) - 3, 4):
+                    (i0, n0), (i1, n1), (i2, n2), (i3, n3) = group[k : k + 4]
+                    accumulate4(
+                        blk,
+                        _read(inputs[i0], starts[i0] + 4 * a, bufs[0][:m]),
+                        _read(inputs[i1], starts[i1] + 4 * a, bufs[1][:m]),
+                        _read(inputs[i2], starts[i2] + 4 * a, bufs[2][:m]),
+                        _read(inputs[i3], starts[i3] + 4 * a, bufs[3][:m]),
+                        n0,
+                        n1,
+                        n2,
+                        n3,
+                    )
+                k = len(group) - len(group) % 4
+            for i, weight in group[k:]:
+                accumulate(blk, _read(inputs[i], starts[i] + 4 * a, slot.buf[:m]), weight, slot.tmp)
+            if multi:
+                if math.isnan(blk.sum()):  # NaN/Inf inputs poison the sum (acc itself is bounded)
+                    blk.fill(0.0)
+                    _name_culprit(inputs, seg_name, starts, a, m, canonical, names, sizes)
+                slot.iacc[:m] += blk.astype(np.int64)
+                blk.fill(0.0)
+        if multi:
+            r = slot.res[:m]
+            r[:] = slot.iacc[:m]
+            finalize(r, o, divisor)
+        elif finalize(blk, o, divisor):
+            _name_culprit(inputs, seg_name, starts, a, m, canonical, names, sizes)
+        return o
+
+    pool = None
+    try:
+        keep_open = _fd_budget(len(inputs))
+        for inp in inputs[:keep_open]:
+            inp.fd = os.open(inp.path, os.O_RDONLY)
+        if nthreads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(nthreads, thread_name_prefix="din-aggregate")
+        out.write(header)
+        blocks = (
+            (seg_name, starts, a, min(BLOCK, count - a))
+            for seg_name, count, starts in segments
+            for a in range(0, count, BLOCK)
+        )
+        if pool is None:
+            for seg_name, starts, a, m in blocks:
+                out.write(memoryview(work(slots[0], seg_name, starts, a, m)).cast("B"))
+                if progress:
+                    progress(m)
+        else:
+            # Workers take blocks as they come (no lock-step), at most len(slots)
+            # in flight; results are written in block order as they complete.
+            free = list(slots)
+            pending: deque = deque()
+
+            def write_oldest():
+                future, slot, m = pending.popleft()
+                out.write(memoryview(future.result()).cast("B"))
+                free.append(slot)
+                if progress:
+                    progress(m)
+
+            for seg_name, starts, a, m in blocks:
+                if not free:
+                    write_oldest()
+                slot = free.pop()
+                pending.append((pool.submit(work, slot, seg_name, starts, a, m), slot, m))
+            while pending:
+                write_oldest()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        for inp in inputs:
+            if inp.fd is not None:
+                os.close(inp.fd)
+                inp.fd = None
+    return AggregateResult(
+        arch=arch, samples=total, inputs=len(inputs), params=params, round=rounds, task=task
+    )
+
+
+def aggregate(
+    paths: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    progress: Callable[[int], None] | None = None,
+    threads: int | None = None,
+) -> AggregateResult:
+    """Aggregate model files ``paths`` into the file ``output`` (``-``: stdout), atomically.
+
+    With ``-`` the result is assembled in a temporary file first, so a bad
+    input found half-way leaves stdout empty.
+    """
+    import shutil
+    import sys
+    import tempfile
+
+    from din_cli.files import atomic_output, is_stdio
+
+    if is_stdio(output):
+        with tempfile.TemporaryFile() as tmp:
+            result = aggregate_to(paths, tmp, progress=progress, threads=threads)
+            tmp.seek(0)
+            shutil.copyfileobj(tmp, sys.stdout.buffer, 1 << 20)
+            sys.stdout.buffer.flush()
+        return result
+    with atomic_output(output) as f:
+        return aggregate_to(paths, f, progress=progress, threads=threads)
+
+
+class _Slot:
+    """One worker's reusable, cache-sized buffers."""
+
+    def __init__(self, multi: bool):
+        import numpy as np
+
+        self.acc = np.zeros(BLOCK, dtype=np.float64)
+        self.iacc = np.zeros(BLOCK, dtype=np.int64) if multi else None
+        self.tmp = np.empty(BLOCK, dtype=np.float64)
+        self.res = np.empty(BLOCK, dtype=np.float64)
+        self.out = np.empty(BLOCK, dtype="<f4")
+        self.bufs = [np.empty(BLOCK, dtype="<f4") for _ in range(4)]
+        self.buf = self.bufs[0]
+
+
+def default_threads() -> int:
+    """Worker threads: ``DIN_THREADS``, else the CPUs available (at most 8)."""
+    env = os.environ.get("DIN_THREADS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise UsageError(
+                f"DIN_THREADS={env!r} is not a number", "set it to a positive integer"
+            ) from None
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def _is_canonical(header, names: list[str]) -> bool:
+    pos = header.data_start
+    for n in names:
+        t = header.tensors[n]
+        if t.start != pos:
+            return False
+        pos = t.end
+    return True
+
+
+def _fd_budget(n: int) -> int:
+    """How many inputs may stay open at once (raising the soft limit when allowed)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = n + 64
+        if soft != resource.RLIM_INFINITY and soft < want:
+            new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        return n if soft == resource.RLIM_INFINITY else max(0, min(n, soft - 64))
+    except (ImportError, ValueError, OSError):  # pragma: no cover - not POSIX
+        return min(n, 200)
+
+
+def _read(inp: _Input, offset: int, buf):
+    """Read ``buf.size`` little-endian float32 values at ``offset`` into the reused ``buf``."""
+    want = buf.nbytes
+    fd = inp.fd if inp.fd is not None else os.open(inp.path, os.O_RDONLY)
+    try:
+        got = (
+            os.preadv(fd, [buf], offset) if hasattr(os, "preadv") else _pread_into(fd, buf, offset)
+        )
+    finally:
+        if inp.fd is None:
+            os.close(fd)
+    if got != want:
+        raise InputError(
+            f"{inp.path}: file shrank while being read", "do not modify inputs during aggregation"
+        )
+    return buf
+
+
+def _pread_into(fd: int, buf, offset: int) -> int:  # pragma: no cover - platforms without preadv
+    data = os.pread(fd, buf.nbytes, offset)
+    memoryview(buf).cast("B")[: len(data)] = data
+    return len(data)
+
+
+def _name_culprit(inputs, seg_name, starts, a, m, canonical, names, sizes):
+    import numpy as np
+
+    for i, inp in enumerate(inputs):
+        w = _read(inp, starts[i] + 4 * a, np.empty(m, dtype="<f4"))
+        bad = ~np.isfinite(w)
+        if bad.any():
+            k = int(np.argmax(bad))
+            tensor = seg_name
+            if canonical:
+                pos = a + k
+                for n in names:
+                    if pos < sizes[n]:
+                        tensor = n
+                        break
+                    pos -= sizes[n]
+            what = "NaN" if np.isnan(w[k]) else "Inf"
+            raise InputError(
+                f"{inp.path}: tensor {tensor!r} contains {what}",
+                "the update is corrupt; leave it out of the aggregate",
+            )
+    raise InputError(
+        "aggregation produced a non-finite value", "report this as a bug"
+    )  # pragma: no cover
+
+
+def reference_mean(paths: Sequence[str | os.PathLike]) -> dict:
+    """Float64 FedAvg of the files (no quantisation): the yardstick for the error bound."""
+    import numpy as np
+
+    from din_cli.ml import models
+
+    total = 0
+    acc: dict = {}
+    for p in paths:
+        mf = models.read_model(p)
+        n = mf.header.samples
+        total += n
+        for k, v in mf.weights.items():
+            acc[k] = acc.get(k, 0.0) + v.astype(np.float64) * n
+    return {k: v / total for k, v in acc.items()}
