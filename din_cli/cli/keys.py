@@ -1,0 +1,342 @@
+"""``din keys``: identities (Ethereum keystore + HPKE key) and the test-set key exchange."""
+
+from __future__ import annotations
+
+import click
+
+from din_cli import config
+from din_cli.cli import output as out
+from din_cli.cli.options import json_option, key_option, output_option, quiet_option, read_password
+from din_cli.errors import UsageError
+
+
+def _binding_options(f):
+    f = click.option(
+        "--chain-id",
+        metavar="ID",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help="Chain id the key is bound to (0: not bound to a chain).",
+    )(f)
+    f = click.option(
+        "--round",
+        "round_",
+        metavar="R",
+        type=click.IntRange(min=0),
+        required=True,
+        help="Round the key is bound to.",
+    )(f)
+    f = click.option(
+        "--task",
+        metavar="ID",
+        type=click.IntRange(min=0),
+        required=True,
+        help="Task id the key is bound to.",
+    )(f)
+    return f
+
+
+def _print_info(info, as_json: bool) -> None:
+    if as_json:
+        out.emit_json(info.to_json())
+    else:
+        out.emit(info.address)
+        out.note(
+            f"key {info.name}: address {info.address}, HPKE public key 0x{info.hpke_public.hex()}"
+        )
+
+
+@click.command("new")
+@click.argument("name")
+@click.option(
+    "--light-kdf",
+    is_flag=True,
+    help="Cheap scrypt (n=2^14) for throw-away dev accounts; default is eth-account's n=2^18.",
+)
+@json_option
+@quiet_option
+def keys_new(name, light_kdf, as_json):
+    """Create an identity: an Ethereum account and an HPKE encryption key.
+
+    Prints the new address. The password comes from the file named by
+    DIN_PASSWORD_FILE, or a hidden prompt; the keys are written to
+    $DIN_HOME/keys/NAME.json (keystore v3) and NAME.hpke.json, mode 600.
+    An existing key is never overwritten.
+
+    \b
+    Example:
+        export DIN_PASSWORD_FILE=~/.din-password
+        ADDR=$(din keys new alice)
+        din keys show alice --json | jq -r .hpke_public
+    """
+    from din_cli.crypto.keystore import Keystore, check_name
+
+    check_name(name)
+    info = Keystore().new(
+        name, read_password(f"Password for {name}", confirm=True), light_kdf=light_kdf
+    )
+    _print_info(info, as_json)
+
+
+@click.command("list")
+@json_option
+def keys_list(as_json):
+    """List identities: NAME, tab, ADDRESS per line (no password needed).
+
+    \b
+    Example:
+        din keys list | cut -f2
+    """
+    from din_cli.crypto.keystore import Keystore
+
+    infos = Keystore().list()
+    if as_json:
+        out.emit_json([i.to_json() for i in infos])
+    else:
+        out.emit(*(f"{i.name}\t{i.address}" for i in infos))
+
+
+@click.command("show")
+@click.argument("name")
+@click.option(
+    "--field", type=click.Choice(["address", "hpke_public"]), help="Print only this value."
+)
+@json_option
+def keys_show(name, field, as_json):
+    """Show an identity's address and HPKE public key (one per line).
+
+    \b
+    Example:
+        din keys wrap --key K.bin --to "$(din keys show val1 --field hpke_public)" --task 1 --round 0
+    """
+    from din_cli.crypto.keystore import Keystore
+
+    info = Keystore().show(name)
+    if as_json:
+        out.emit_json(info.to_json())
+    elif field:
+        out.emit(info.to_json()[field])
+    else:
+        out.emit(info.address, "0x" + info.hpke_public.hex())
+
+
+@click.command("import")
+@click.argument("name")
+@click.argument("source", metavar="[KEYSTORE.json|-]", default="-")
+@click.option(
+    "--light-kdf",
+    is_flag=True,
+    help="Cheap scrypt for the new HPKE key file (and a re-encrypted key).",
+)
+@json_option
+@quiet_option
+def keys_import(name, source, light_kdf, as_json):
+    """Import an Ethereum key: a keystore v3 JSON file, or a hex private key on stdin.
+
+    The key's password (also used for the new HPKE key) comes from
+    DIN_PASSWORD_FILE or a prompt. A private key is read from stdin (or a
+    hidden prompt on a terminal), never from the command line.
+
+    \b
+    Example:
+        din keys import deployer ~/.foundry/keystores/deployer
+        cat key.hex | din keys import dev -
+    """
+    from din_cli.crypto.keystore import Keystore, check_name
+
+    check_name(name)
+    keyfile, private_key = _read_import_source(source)
+    info = Keystore().import_eth(
+        name,
+        read_password(f"Password for {name}"),
+        keyfile=keyfile,
+        private_key=private_key,
+        light_kdf=light_kdf,
+    )
+    _print_info(info, as_json)
+
+
+def _read_import_source(source):
+    import json
+    import sys
+
+    from din_cli.errors import InputError
+    from din_cli.files import is_stdio, open_input
+
+    if is_stdio(source) and sys.stdin.isatty():
+        data = click.prompt("Private key (hex)", hide_input=True, err=True).encode()
+    else:
+        with open_input(source) as f:
+            data = f.read(1 << 20)
+    text = data.strip()
+    if text.startswith(b"{"):
+        try:
+            return json.loads(text), None
+        except json.JSONDecodeError as e:
+            raise InputError(f"{source}: not valid JSON ({e})", "give a keystore v3 file") from None
+    hexpart = text.removeprefix(b"0x").removeprefix(b"0X")
+    try:
+        return None, bytes.fromhex(hexpart.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(
+            f"{source}: neither keystore JSON nor a hex private key",
+            "give a keystore v3 file or 64 hex digits",
+        ) from None
+
+
+@click.command("wrap")
+@click.option(
+    "--key",
+    "key_file",
+    metavar="K.bin",
+    required=True,
+    help="File holding the 32-byte test-set key K (- for stdin).",
+)
+@click.option(
+    "--to",
+    "recipients",
+    metavar="RECIPIENT",
+    multiple=True,
+    help="Validator: HPKE public key, address (looked up in the local keystore), ADDRESS:HPKE_PUBLIC or a key name. "
+    "Repeat; without --to, one per line on stdin.",
+)
+@click.option(
+    "--cid", metavar="CID", help="Test set CID to sign with the owner's key and encrypt under K."
+)
+@click.option(
+    "--signer",
+    metavar="NAME",
+    envvar="DIN_KEY",
+    default=lambda: config.setting("key"),
+    help="Owner identity that signs --cid  [env: DIN_KEY]; default: the only key.",
+)
+@_binding_options
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document (the default).")
+@click.option("--nl", is_flag=True, help="Print one JSON object per recipient per line instead.")
+@output_option
+@quiet_option
+def keys_wrap(key_file, recipients, cid, signer, task, round_, chain_id, as_json, nl, output):
+    """Wrap a test-set key K for validators (HPKE), bound to a task and round.
+
+    With --cid the owner also signs the test set's CID (EIP-191) and encrypts
+    the signature under K. Prints the din/test-key/v1 JSON document that
+    `din keys unwrap` reads: addresses, wrapped keys (hex) and the encrypted
+    signed CID.
+
+    \b
+    Example:
+        din data encrypt --key-out K.bin test.csv -o test.csv.enc
+        CID=$(din ipfs add test.csv.enc)
+        din keys list | cut -f2 | din keys wrap --key K.bin --cid "$CID" --task 1 --round 3 -o wrapped.json
+    """
+    import sys
+
+    from din_cli.crypto import aead, wrap
+    from din_cli.crypto.keystore import Keystore
+    from din_cli.files import write_atomic
+
+    if as_json and nl:
+        raise UsageError("--json and --nl cannot be used together", "choose one")
+    specs = list(recipients)
+    if not specs:
+        if key_file == "-":
+            raise UsageError(
+                "K and the recipients cannot both come from stdin", "give recipients with --to"
+            )
+        if sys.stdin.isatty():
+            raise UsageError("no recipients", "give --to RECIPIENT, or pipe one per line on stdin")
+        specs = sys.stdin.read().split()
+    ks = Keystore()
+    key = aead.read_key(key_file)
+    binding = wrap.Binding(chain_id, task, round_)
+    targets = wrap.resolve_recipients(specs, keystore=ks)
+    owner = None
+    if cid is not None:
+        name = ks.default_name(signer)
+        owner = ks.unlock(name, read_password(f"Password for {name}"))
+    doc = wrap.wrap_test_key(key, targets, binding, cid=cid, owner=owner)
+    write_atomic(output, wrap.dumps(doc, per_recipient=nl).encode())
+    signed = f"; CID signed by {owner.address}" if owner else ""
+    out.note(f"wrapped K for {len(targets)} recipient(s), task {task} round {round_}{signed}")
+
+
+@click.command("unwrap")
+@click.argument("document", metavar="WRAPPED.json", default="-")
+@key_option
+@click.option(
+    "--owner",
+    metavar="ADDRESS",
+    help="Task owner's address: verify and print the signed test set CID.",
+)
+@_binding_options
+@click.option(
+    "-o",
+    "--output",
+    "key_out",
+    metavar="FILE|-",
+    default="-",
+    show_default=True,
+    help="Where to write K (mode 600, never overwritten); - writes raw bytes to stdout.",
+)
+@quiet_option
+def keys_unwrap(document, key_name, owner, task, round_, chain_id, key_out):
+    """Recover the test-set key K from a wrapped-key document, as a validator.
+
+    Finds this identity's entry, recovers K and writes it to -o. With --owner
+    it also decrypts the test set CID, checks that the owner signed it and
+    prints it; a bad signature exits 3 and writes nothing.
+
+    \b
+    Example:
+        CID=$(din keys unwrap --key val1 --owner "$OWNER" --task 1 --round 3 wrapped.json -o K.bin)
+        din ipfs cat "$CID" | din data decrypt --key K.bin - -o test.csv
+    """
+    import sys
+
+    from din_cli.crypto import aead, wrap
+    from din_cli.crypto.keystore import Keystore
+    from din_cli.files import is_stdio, open_input
+
+    if is_stdio(key_out) and owner is not None:
+        raise UsageError("K and the CID would both go to stdout", "write K to a file with -o K.bin")
+    if is_stdio(key_out) and sys.stdout.isatty():
+        raise UsageError(
+            "K is 32 raw bytes, not for a terminal", "write it with -o K.bin, or pipe it"
+        )
+    with open_input(document) as f:
+        doc = wrap.load_document(f.read(), str(document))
+    ks = Keystore()
+    name = key_name or _recipient_name(ks, doc)
+    binding = wrap.Binding(chain_id, task, round_)
+    identity = ks.unlock(name, read_password(f"Password for {name}"))
+    opened = wrap.open_test_key(doc, identity, binding, owner_address=owner)
+    aead.write_key(key_out, opened.key)
+    if opened.cid is not None:
+        out.emit(opened.cid)
+    elif doc.get("encrypted_cid") and not is_stdio(key_out):
+        out.note(
+            "the document carries a signed test set CID: pass --owner ADDRESS to verify and print it"
+        )
+
+
+def _recipient_name(ks, doc) -> str:
+    """The one local key that has an entry in ``doc``."""
+    from din_cli.crypto import wrap
+    from din_cli.errors import NotFoundError
+
+    names = [
+        i.name
+        for i in ks.list()
+        if wrap.find_entry(doc, hpke_public=i.hpke_public, address=i.address)
+    ]
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise NotFoundError(
+            "none of the local keys is a recipient of this document",
+            "check `din keys list` against it",
+        )
+    raise UsageError(
+        f"several local keys are recipients ({', '.join(names)})", "choose one with --key NAME"
+    )
