@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -100,6 +101,6 @@ def read_password(prompt: str = "Password", *, confirm: bool = False) -> str:
         except FileNotFoundError:
             raise NotFoundError(f"DIN_PASSWORD_FILE={path}: no such file", "point it at a file holding the password") from None
         return text.rstrip("\r\n")
-    if not click.get_text_stream("stdin").isatty():
+    if not sys.stdin.isatty():
         raise UsageError("no password: stdin is not a terminal", "set DIN_PASSWORD_FILE to a file holding the password")
     return click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True)

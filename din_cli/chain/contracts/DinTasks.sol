@@ -1,0 +1,741 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.30;
+
+import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {ValidatorRegistry} from "./ValidatorRegistry.sol";
+import {Assignment} from "./Assignment.sol";
+import {Settlement} from "./Settlement.sol";
+
+/// @title DIN tasks: the "intelligence contract" of every federated-learning task, one id per task.
+/// @notice Lifecycle of a task (phase numbers in brackets):
+///   Joining [1] -> per round: Training [2] -> AggCommit [3] -> AggReveal [4] -> Global [5]
+///   -> after the last round: TestSet [6] -> ScoreCommit [7] -> ScoreReveal [8] -> Settling [9]
+///   -> Settled [10] (claims). Abandoned [11] is the refund path.
+///   Every phase ends at its deadline OR as soon as everyone expected has acted; any call
+///   (including the permissionless `advance`) first moves a task past expired deadlines.
+///   CIDs are stored as keccak256 digests; the full CID bytes travel in events.
+contract DinTasks is ReentrancyGuard {
+    using SafeERC20 for IERC20;
+
+    uint8 internal constant JOINING = 1;
+    uint8 internal constant TRAINING = 2;
+    uint8 internal constant AGG_COMMIT = 3;
+    uint8 internal constant AGG_REVEAL = 4;
+    uint8 internal constant GLOBAL = 5;
+    uint8 internal constant TEST_SET = 6;
+    uint8 internal constant SCORE_COMMIT = 7;
+    uint8 internal constant SCORE_REVEAL = 8;
+    uint8 internal constant SETTLING = 9;
+    uint8 internal constant SETTLED = 10;
+    uint8 internal constant ABANDONED = 11;
+
+    uint256 internal constant EVAL_ROUND = 0; // seed slot of the evaluation assignment
+    uint256 public constant SCORE_SCALE = 10000; // scores are basis points
+
+    struct TaskParams {
+        bytes genesisCid;
+        bytes32 arch; // model architecture id, ASCII left-aligned
+        uint256 deposit; // reward in DIN (approve first)
+        uint32 subgroupSize; // participants per subgroup
+        uint32 validatorsPerSubgroup;
+        uint16 maxRounds;
+        uint16 feeBps; // validators' share of the deposit
+        uint16 toleranceBps; // BlockFlow: 5000 (0.5 of the scale)
+        uint128 slashAmount; // at most the registry's minimum stake
+        uint32[8] durations; // seconds: join, train, aggCommit, aggReveal, global, testSet, scoreCommit, scoreReveal
+    }
+
+    struct Task {
+        // slot: configuration
+        address owner;
+        uint32 subgroupSize;
+        uint32 validatorsPerSubgroup;
+        uint16 maxRounds;
+        uint16 feeBps;
+        // slot: configuration
+        uint16 toleranceBps;
+        uint128 slashAmount;
+        // slot: durations
+        uint32[8] durations;
+        // slot: state
+        uint8 phase;
+        uint16 round;
+        uint16 lastRound;
+        uint64 deadline;
+        uint24 participants;
+        uint16 validators;
+        uint24 groups;
+        uint16 perGroup; // validators per subgroup this task actually uses (<= validatorsPerSubgroup)
+        uint24 acted; // submissions, or reveals, in the current phase
+        uint24 committed; // commits in the current phase
+        uint24 contributors; // participants with at least one update
+        // slot: settlement
+        uint32 settledGroups;
+        uint32 goodValidators; // validators earning a fee
+        uint64 totalScore; // sum of median scores (settlement)
+        bool ownerClaimed;
+        // slots
+        uint128 deposit;
+        bytes32 arch;
+        bytes32 model; // digest of the current global model CID
+        bytes32 proposed; // digest of the global model the owner proposed this round
+        bytes32 testSet; // digest of the encrypted test set CID
+    }
+
+    struct Member {
+        uint32 index1; // index + 1 (0 = not a member)
+        uint16 lastRound; // last round with an update
+        uint32 ordinal; // contributor ordinal (1-based), for the abandoned-task split
+        bool claimed;
+    }
+
+    /// @dev A settled subgroup: the hash of its medians (position order) and the running total of
+    ///      medians settled before it. Claims bring the medians back as calldata.
+    struct GroupResult {
+        bytes32 mediansHash;
+        uint64 before;
+    }
+
+    /// @dev One slot per validator and task. `hash` holds the latest commitment while
+    ///      commitRound > revealRound, else the revealed CID digest (aggregation) or score-vector
+    ///      hash (evaluation), truncated to 160 bits. Round SCORES marks the evaluation.
+    struct Val {
+        uint16 index1; // index + 1 (0 = not registered)
+        uint16 commitRound;
+        uint16 revealRound;
+        uint16 attestRound;
+        bytes20 hash;
+        uint24 feeOrdinal; // 1-based, among validators earning a fee
+        uint8 flags; // REMOVED | SETTLED | CLAIMED
+    }
+
+    uint16 internal constant SCORES = type(uint16).max;
+    uint8 internal constant REMOVED = 1; // slashed: no more votes, no fee
+    uint8 internal constant SETTLED_FEE = 2; // earns a fee
+    uint8 internal constant CLAIMED = 4;
+
+    ValidatorRegistry public immutable registry;
+    IERC20 public immutable token;
+    uint256 public taskCount;
+
+    mapping(uint256 => Task) internal _tasks;
+    mapping(uint256 => mapping(address => Member)) internal _members;
+    mapping(uint256 => mapping(address => Val)) internal _vals;
+    mapping(uint256 => mapping(uint256 => bytes32)) public roundSeed; // round 0 = evaluation
+    /// @dev keccak(task, round, group, CID digest) -> reveals (group = 2^256-1: global attestations)
+    mapping(bytes32 => uint256) public votes;
+    mapping(bytes32 => GroupResult) public groupResults; // keccak(task, group)
+
+    event TaskCreated(uint256 indexed taskId, address indexed owner, bytes genesisCid, bytes32 arch, uint256 deposit, uint256 subgroupSize, uint256 validatorsPerSubgroup, uint256 maxRounds, uint64 joinDeadline);
+    event ParticipantJoined(uint256 indexed taskId, address indexed participant, uint256 index, bytes32 hpkeKey);
+    event ValidatorRegistered(uint256 indexed taskId, address indexed validator, uint256 index);
+    event PhaseChanged(uint256 indexed taskId, uint256 round, uint8 phase, uint64 deadline);
+    event RoundStarted(uint256 indexed taskId, uint256 indexed round, bytes32 seed, bytes32 model, uint256 participants, uint256 validators, uint256 groups, uint256 perGroup);
+    event UpdateSubmitted(uint256 indexed taskId, uint256 indexed round, address indexed participant, uint256 index, bytes cid);
+    event AggregateCommitted(uint256 indexed taskId, uint256 indexed round, address indexed validator, uint256 group);
+    event AggregateRevealed(uint256 indexed taskId, uint256 indexed round, address indexed validator, uint256 group, bytes cid);
+    event SubgroupAccepted(uint256 indexed taskId, uint256 indexed round, uint256 group, bytes cid);
+    event ValidatorSlashed(uint256 indexed taskId, address indexed validator, uint256 round, uint256 amount, string reason);
+    event GlobalModelPosted(uint256 indexed taskId, uint256 indexed round, bytes cid);
+    event GlobalModelAttested(uint256 indexed taskId, uint256 indexed round, address indexed validator);
+    event GlobalModelAccepted(uint256 indexed taskId, uint256 indexed round, bytes cid);
+    event FinalRoundSignalled(uint256 indexed taskId, uint256 round);
+    event EvaluationStarted(uint256 indexed taskId, bytes32 seed);
+    event TestSetPosted(uint256 indexed taskId, bytes cid, address[] validators, bytes[] wrappedKeys);
+    event ScoresCommitted(uint256 indexed taskId, address indexed validator, uint256 group);
+    event ScoresRevealed(uint256 indexed taskId, address indexed validator, uint256 group, uint256[] scores);
+    event SubgroupSettled(uint256 indexed taskId, uint256 group, uint256[] participants, uint256[] medians, uint256 before);
+    event ValidatorPenalised(uint256 indexed taskId, address indexed validator, uint256 amount, string reason);
+    event TaskAbandoned(uint256 indexed taskId, string reason);
+    event Claimed(uint256 indexed taskId, address indexed account, uint256 amount);
+
+    constructor(ValidatorRegistry registry_) {
+        registry = registry_;
+        token = registry_.token();
+    }
+
+    // ------------------------------------------------------------------ creation and joining
+
+    /// @notice Create a task and deposit its reward; returns the task id (ids start at 1).
+    function createTask(TaskParams calldata p) external nonReentrant returns (uint256 id) {
+        require(p.genesisCid.length > 0, "genesis CID is empty");
+        require(p.deposit > 0 && p.deposit < type(uint128).max, "deposit must be positive");
+        require(p.subgroupSize > 0, "subgroup size must be positive");
+        require(p.validatorsPerSubgroup > 0, "validators per subgroup must be positive");
+        require(p.maxRounds > 0, "max rounds must be positive");
+        require(p.feeBps <= SCORE_SCALE && p.toleranceBps <= SCORE_SCALE, "basis points above 10000");
+        require(p.slashAmount <= registry.minStake(), "slash amount above the minimum stake");
+        for (uint256 i = 0; i < 8; i++) require(p.durations[i] > 0, "phase durations must be positive");
+        id = ++taskCount;
+        Task storage t = _tasks[id];
+        t.owner = msg.sender;
+        t.subgroupSize = p.subgroupSize;
+        t.validatorsPerSubgroup = p.validatorsPerSubgroup;
+        t.maxRounds = p.maxRounds;
+        t.feeBps = p.feeBps;
+        t.toleranceBps = p.toleranceBps;
+        t.slashAmount = p.slashAmount;
+        t.durations = p.durations;
+        t.phase = JOINING;
+        t.lastRound = p.maxRounds;
+        uint64 deadline = uint64(block.timestamp) + p.durations[0];
+        t.deadline = deadline;
+        t.deposit = uint128(p.deposit);
+        t.arch = p.arch;
+        t.model = keccak256(p.genesisCid);
+        emit TaskCreated(id, msg.sender, p.genesisCid, p.arch, p.deposit, p.subgroupSize, p.validatorsPerSubgroup, p.maxRounds, deadline);
+        token.safeTransferFrom(msg.sender, address(this), p.deposit);
+    }
+
+    /// @notice Opt in to task `id` as a participant, publishing an HPKE public key.
+    function joinTask(uint256 id, bytes32 hpkeKey) external {
+        Task storage t = _sync(id);
+        require(t.phase == JOINING, "task is not open for joining");
+        require(msg.sender != t.owner, "the model owner cannot participate");
+        require(_vals[id][msg.sender].index1 == 0, "validators cannot participate");
+        Member storage m = _members[id][msg.sender];
+        require(m.index1 == 0, "already joined");
+        uint24 index = t.participants;
+        require(index < type(uint24).max, "task is full");
+        t.participants = index + 1;
+        m.index1 = index + 1;
+        emit ParticipantJoined(id, msg.sender, index, hpkeKey);
+    }
+
+    /// @notice Register as a validator of task `id` (needs an active stake in the registry).
+    function registerValidator(uint256 id) external {
+        Task storage t = _sync(id);
+        require(t.phase == JOINING, "task is not open for registration");
+        require(msg.sender != t.owner, "the model owner cannot validate");
+        require(_members[id][msg.sender].index1 == 0, "participants cannot validate");
+        require(registry.isActive(msg.sender), "stake below minimum");
+        Val storage v = _vals[id][msg.sender];
+        require(v.index1 == 0, "already registered");
+        uint16 index = t.validators;
+        require(index < type(uint16).max - 1, "task has all the validators it can take");
+        t.validators = index + 1;
+        v.index1 = index + 1;
+        emit ValidatorRegistered(id, msg.sender, index);
+    }
+
+    // ------------------------------------------------------------------ phases
+
+    /// @notice Start round 1 before the join deadline (model owner; needs a participant and enough
+    ///         validators for one per subgroup). After the deadline anyone's call starts it.
+    function startRound(uint256 id) external {
+        Task storage t = _tasks[id];
+        require(t.phase != 0, "no such task");
+        require(t.phase == JOINING, "task already started");
+        _catchUp(id, t);
+        if (t.phase != JOINING) return; // the join deadline had passed
+        require(msg.sender == t.owner, "only the model owner starts before the join deadline");
+        require(t.participants > 0, "no participants joined yet");
+        require(t.validators >= Assignment.groupCount(t.participants, t.subgroupSize), "fewer validators than subgroups");
+        _advance(id, t);
+    }
+
+    /// @notice Move task `id` past every expired deadline (anyone may call).
+    function advance(uint256 id) external {
+        _sync(id);
+    }
+
+    /// @notice Make the round in progress the last one (model owner).
+    function signalFinalRound(uint256 id) external {
+        Task storage t = _sync(id);
+        require(msg.sender == t.owner, "only the model owner");
+        require(t.phase >= JOINING && t.phase <= GLOBAL, "training is over");
+        uint16 last = t.round == 0 ? 1 : t.round;
+        require(t.lastRound > last, "the current round is already the last one");
+        t.lastRound = last;
+        emit FinalRoundSignalled(id, last);
+    }
+
+    // ------------------------------------------------------------------ training and aggregation
+
+    /// @notice Submit this round's update CID (participants, once per round, before the deadline).
+    function submitUpdate(uint256 id, bytes calldata cid) external {
+        Task storage t = _sync(id);
+        require(t.phase == TRAINING, "not in the training phase");
+        Member storage m = _members[id][msg.sender];
+        require(m.index1 != 0, "not a participant of this task");
+        uint16 round = t.round;
+        require(m.lastRound < round, "update already submitted this round");
+        require(cid.length > 0, "CID is empty");
+        m.lastRound = round;
+        if (m.ordinal == 0) m.ordinal = ++t.contributors;
+        uint24 acted = ++t.acted;
+        emit UpdateSubmitted(id, round, msg.sender, m.index1 - 1, cid);
+        if (acted == t.participants) _advance(id, t);
+    }
+
+    /// @notice Commit keccak256(cid ‖ salt ‖ sender) of your subgroup's aggregate (assigned validators;
+    ///         the first 160 bits are kept).
+    function commitAggregate(uint256 id, bytes32 commitment) external {
+        Task storage t = _sync(id);
+        require(t.phase == AGG_COMMIT, "not in the aggregation commit phase");
+        uint16 round = t.round;
+        Val storage v = _vals[id][msg.sender];
+        require(v.commitRound < round, "aggregate already committed this round");
+        uint256 group = _validatorGroup(id, t, v, round);
+        v.commitRound = round;
+        v.hash = bytes20(commitment);
+        emit AggregateCommitted(id, round, msg.sender, group);
+        if (++t.committed == uint256(t.groups) * t.perGroup) _advance(id, t);
+    }
+
+    /// @notice Reveal the aggregate CID committed to; a CID revealed by a strict majority is accepted.
+    function revealAggregate(uint256 id, bytes calldata cid, bytes32 salt) external {
+        Task storage t = _sync(id);
+        require(t.phase == AGG_REVEAL, "not in the aggregation reveal phase");
+        uint16 round = t.round;
+        Val storage v = _vals[id][msg.sender];
+        require(v.commitRound == round, "no aggregate committed this round");
+        require(v.revealRound < round, "aggregate already revealed this round");
+        require(bytes20(keccak256(abi.encodePacked(cid, salt, msg.sender))) == v.hash, "reveal does not match commitment");
+        bytes32 digest = keccak256(cid);
+        v.revealRound = round;
+        v.hash = bytes20(digest);
+        uint256 group = _validatorGroup(id, t, v, round);
+        emit AggregateRevealed(id, round, msg.sender, group, cid);
+        if (++votes[keccak256(abi.encode(id, round, group, digest))] == uint256(t.perGroup) / 2 + 1) {
+            emit SubgroupAccepted(id, round, group, cid);
+        }
+        if (++t.acted == t.committed) _advance(id, t);
+    }
+
+    /// @notice Slash `validator` for round `round`: it was assigned and did not reveal, or
+    ///         `majority` (a CID digest) won its subgroup and it revealed another CID. Anyone may call
+    ///         after that round's reveal phase and before the validator commits again (its record of
+    ///         the round is then replaced); give majority = 0 for "did not reveal".
+    function slashAggregator(uint256 id, uint256 round, address validator, bytes32 majority) external nonReentrant {
+        Task storage t = _sync(id);
+        require(round >= 1 && (round < t.round || (round == t.round && t.phase >= GLOBAL)), "round not revealed yet");
+        Val storage v = _vals[id][validator];
+        require(v.index1 != 0, "not a validator of this task");
+        require(v.flags & REMOVED == 0, "validator already removed");
+        require(v.commitRound <= round, "validator has committed since; too late to slash for that round");
+        uint256 per = t.perGroup;
+        uint256 pos = Assignment.permute(Assignment.key(roundSeed[id][round], Assignment.VALIDATORS), v.index1 - 1, t.validators);
+        require(pos < uint256(t.groups) * per, "validator not assigned in that round");
+        string memory reason;
+        if (v.revealRound != round) {
+            reason = "did not reveal its aggregate";
+        } else {
+            require(majority != bytes32(0), "validator revealed an aggregate");
+            require(votes[keccak256(abi.encode(id, round, pos / per, majority))] > per / 2, "no majority for that CID in the subgroup");
+            require(v.hash != bytes20(majority), "validator revealed the majority aggregate");
+            reason = "revealed a minority aggregate";
+        }
+        _slash(id, t, v, validator, round, reason);
+    }
+
+    /// @notice Propose the round's global model (model owner, in the global phase; may re-propose).
+    function postGlobalModel(uint256 id, bytes calldata cid) external {
+        Task storage t = _sync(id);
+        require(msg.sender == t.owner, "only the model owner");
+        require(t.phase == GLOBAL, "not in the global model phase");
+        require(cid.length > 0, "CID is empty");
+        t.proposed = keccak256(cid);
+        emit GlobalModelPosted(id, t.round, cid);
+    }
+
+    /// @notice Attest the proposed global model (validators assigned this round); a strict majority of
+    ///         the round's assigned validators accepts it and starts the next round from it.
+    function attestGlobal(uint256 id, bytes calldata cid) external {
+        Task storage t = _sync(id);
+        require(t.phase == GLOBAL, "not in the global model phase");
+        bytes32 digest = keccak256(cid);
+        require(t.proposed != bytes32(0) && digest == t.proposed, "CID is not the proposed global model");
+        uint16 round = t.round;
+        Val storage v = _vals[id][msg.sender];
+        require(v.attestRound < round, "global model already attested this round");
+        _validatorGroup(id, t, v, round);
+        v.attestRound = round;
+        emit GlobalModelAttested(id, round, msg.sender);
+        if (++votes[keccak256(abi.encode(id, round, type(uint256).max, digest))] == (uint256(t.groups) * t.perGroup) / 2 + 1) {
+            t.model = digest;
+            emit GlobalModelAccepted(id, round, cid);
+            _advance(id, t);
+        }
+    }
+
+    // ------------------------------------------------------------------ evaluation
+
+    /// @notice Publish the encrypted test set and the key wrapped to each validator (model owner).
+    function postTestSet(uint256 id, bytes calldata cid, address[] calldata validators, bytes[] calldata wrappedKeys) external {
+        Task storage t = _sync(id);
+        require(msg.sender == t.owner, "only the model owner");
+        require(t.phase == TEST_SET, "not in the test set phase");
+        require(cid.length > 0, "CID is empty");
+        require(validators.length == wrappedKeys.length, "validators and wrapped keys differ in length");
+        t.testSet = keccak256(cid);
+        emit TestSetPosted(id, cid, validators, wrappedKeys);
+        _advance(id, t);
+    }
+
+    /// @notice Commit keccak256(keccak256(abi.encodePacked(scores)) ‖ salt ‖ sender) for your subgroup.
+    function commitScores(uint256 id, bytes32 commitment) external {
+        Task storage t = _sync(id);
+        require(t.phase == SCORE_COMMIT, "not in the score commit phase");
+        Val storage v = _vals[id][msg.sender];
+        require(v.commitRound != SCORES, "scores already committed");
+        uint256 group = _validatorGroup(id, t, v, EVAL_ROUND);
+        v.commitRound = SCORES;
+        v.hash = bytes20(commitment);
+        emit ScoresCommitted(id, msg.sender, group);
+        if (++t.committed == uint256(t.groups) * t.perGroup) _advance(id, t);
+    }
+
+    /// @notice Reveal your score vector (basis points, in subgroup position order) and salt.
+    function revealScores(uint256 id, uint256[] calldata scores, bytes32 salt) external {
+        Task storage t = _sync(id);
+        require(t.phase == SCORE_REVEAL, "not in the score reveal phase");
+        Val storage v = _vals[id][msg.sender];
+        require(v.commitRound == SCORES, "no scores committed");
+        require(v.revealRound != SCORES, "scores already revealed");
+        uint256 group = _validatorGroup(id, t, v, EVAL_ROUND);
+        uint256 n = t.participants;
+        uint256 g = t.groups;
+        require(scores.length == Assignment.groupStart(group + 1, n, g) - Assignment.groupStart(group, n, g), "score vector length differs from the subgroup size");
+        for (uint256 i = 0; i < scores.length; i++) require(scores[i] <= SCORE_SCALE, "score above 10000");
+        bytes32 vh = keccak256(abi.encodePacked(scores));
+        require(bytes20(keccak256(abi.encodePacked(vh, salt, msg.sender))) == v.hash, "reveal does not match commitment");
+        v.hash = bytes20(vh);
+        v.revealRound = SCORES;
+        emit ScoresRevealed(id, msg.sender, group, scores);
+        if (++t.acted == t.committed) _advance(id, t);
+    }
+
+    /// @notice Settle subgroup `group`: medians of the revealed score vectors, penalties, reward shares.
+    /// @param participants participant indices in subgroup position order
+    /// @param validators   the subgroup's validators in slot order (perGroup of them)
+    /// @param vectors      each validator's revealed scores (empty for one that did not reveal)
+    function settle(uint256 id, uint256 group, uint256[] calldata participants, address[] calldata validators, uint256[][] calldata vectors) external nonReentrant {
+        Task storage t = _sync(id);
+        require(t.phase == SETTLING, "not in the settlement phase");
+        require(group < t.groups, "no such subgroup");
+        GroupResult storage r = groupResults[keccak256(abi.encode(id, group))];
+        require(r.mediansHash == bytes32(0), "subgroup already settled");
+        bytes32 seed = roundSeed[id][EVAL_ROUND];
+        bool[] memory revealed = _checkValidators(id, t, group, validators, vectors, seed);
+        uint256[] memory medians = _checkParticipants(t, group, participants, seed);
+        bool[] memory penalised = Settlement.medians(vectors, revealed, medians, t.toleranceBps);
+        uint64 before = t.totalScore;
+        uint256 sum = 0;
+        for (uint256 i = 0; i < medians.length; i++) sum += medians[i];
+        r.mediansHash = keccak256(abi.encodePacked(medians));
+        r.before = before;
+        t.totalScore = before + uint64(sum);
+        emit SubgroupSettled(id, group, participants, medians, before);
+        _payValidators(id, t, validators, revealed, penalised);
+        if (++t.settledGroups == t.groups) _advance(id, t);
+    }
+
+    // ------------------------------------------------------------------ claims
+
+    /// @notice Pull everything task `id` owes the caller: participant share (give your settled
+    ///         subgroup's `medians`, from SubgroupSettled; empty otherwise), validator fee, owner refund.
+    function claim(uint256 id, uint256[] calldata medians) external nonReentrant returns (uint256 amount) {
+        Task storage t = _sync(id);
+        uint8 phase = t.phase;
+        require(phase == SETTLED || phase == ABANDONED, "task is not settled");
+        amount = claimable(id, msg.sender, medians);
+        Member storage m = _members[id][msg.sender];
+        Val storage v = _vals[id][msg.sender];
+        if (amount == 0) {
+            require(!(m.claimed || v.flags & CLAIMED != 0 || (msg.sender == t.owner && t.ownerClaimed)), "already claimed");
+            revert("nothing to claim");
+        }
+        if (m.index1 != 0) m.claimed = true;
+        if (v.index1 != 0) v.flags |= CLAIMED;
+        if (msg.sender == t.owner) t.ownerClaimed = true;
+        emit Claimed(id, msg.sender, amount);
+        token.safeTransfer(msg.sender, amount);
+    }
+
+    /// @notice What `account` can claim from task `id` now (0 before settlement or once claimed);
+    ///         a participant gives its subgroup's settled medians.
+    function claimable(uint256 id, address account, uint256[] calldata medians) public view returns (uint256 amount) {
+        Task storage t = _tasks[id];
+        uint256 deposit = t.deposit;
+        uint256 fees = (deposit * t.feeBps) / SCORE_SCALE;
+        Member storage m = _members[id][account];
+        Val storage v = _vals[id][account];
+        if (t.phase == SETTLED) {
+            uint256 total = t.totalScore;
+            if (m.index1 != 0 && !m.claimed && total > 0) amount += _share(id, t, m.index1 - 1, deposit - fees, total, medians);
+            uint256 good = t.goodValidators;
+            if (v.flags & (SETTLED_FEE | CLAIMED) == SETTLED_FEE && good > 0) {
+                amount += (fees * v.feeOrdinal) / good - (fees * (v.feeOrdinal - 1)) / good;
+            }
+            if (account == t.owner && !t.ownerClaimed) {
+                if (total == 0) amount += deposit - fees;
+                if (good == 0) amount += fees;
+            }
+        } else if (t.phase == ABANDONED) {
+            uint256 c = t.contributors;
+            if (m.ordinal != 0 && !m.claimed) {
+                amount += (deposit * m.ordinal) / c - (deposit * (m.ordinal - 1)) / c;
+            }
+            if (account == t.owner && !t.ownerClaimed && c == 0) amount += deposit;
+        }
+    }
+
+    /// @dev pool * (before + median) / total - pool * before / total for participant `index`.
+    function _share(uint256 id, Task storage t, uint256 index, uint256 pool, uint256 total, uint256[] calldata medians) internal view returns (uint256) {
+        uint256 n = t.participants;
+        uint256 g = t.groups;
+        uint256 pos = Assignment.permute(Assignment.key(roundSeed[id][EVAL_ROUND], Assignment.PARTICIPANTS), index, n);
+        uint256 group = Assignment.groupOf(pos, n, g);
+        GroupResult storage r = groupResults[keccak256(abi.encode(id, group))];
+        require(keccak256(abi.encodePacked(medians)) == r.mediansHash, "medians differ from the settled subgroup's");
+        uint256 offset = pos - Assignment.groupStart(group, n, g);
+        uint256 before = r.before;
+        for (uint256 i = 0; i < offset; i++) before += medians[i];
+        return (pool * (before + medians[offset])) / total - (pool * before) / total;
+    }
+
+    // ------------------------------------------------------------------ reads
+
+    struct TaskView {
+        address owner;
+        bytes32 arch;
+        uint256 deposit;
+        uint256 subgroupSize;
+        uint256 validatorsPerSubgroup;
+        uint256 maxRounds;
+        uint256 feeBps;
+        uint256 toleranceBps;
+        uint256 slashAmount;
+        uint32[8] durations;
+        uint8 phase; // as stored: a phase past its deadline moves on with the next transaction
+        uint256 round;
+        uint256 lastRound;
+        uint64 deadline;
+        uint256 participants;
+        uint256 validators;
+        uint256 groups;
+        uint256 perGroup;
+        uint256 acted;
+        uint256 committed;
+        uint256 contributors;
+        uint256 settledGroups;
+        uint256 goodValidators;
+        uint256 totalScore;
+        bytes32 model;
+        bytes32 proposed;
+        bytes32 testSet;
+    }
+
+    /// @notice Configuration and live state of task `id`.
+    function taskInfo(uint256 id) external view returns (TaskView memory r) {
+        Task storage t = _tasks[id];
+        require(t.phase != 0, "no such task");
+        r.owner = t.owner;
+        r.arch = t.arch;
+        r.deposit = t.deposit;
+        r.subgroupSize = t.subgroupSize;
+        r.validatorsPerSubgroup = t.validatorsPerSubgroup;
+        r.maxRounds = t.maxRounds;
+        r.feeBps = t.feeBps;
+        r.toleranceBps = t.toleranceBps;
+        r.slashAmount = t.slashAmount;
+        r.durations = t.durations;
+        r.phase = t.phase;
+        r.round = t.round;
+        r.lastRound = t.lastRound;
+        r.deadline = t.deadline;
+        r.participants = t.participants;
+        r.validators = t.validators;
+        r.groups = t.groups;
+        r.perGroup = t.perGroup;
+        r.acted = t.acted;
+        r.committed = t.committed;
+        r.contributors = t.contributors;
+        r.settledGroups = t.settledGroups;
+        r.goodValidators = t.goodValidators;
+        r.totalScore = t.totalScore;
+        r.model = t.model;
+        r.proposed = t.proposed;
+        r.testSet = t.testSet;
+    }
+
+    /// @notice Position of `index` among n under `seed` (population 0: participants, 1: validators),
+    ///         as the contract computes it; for off-chain checks of the assignment.
+    function assignmentPosition(bytes32 seed, uint256 population, uint256 index, uint256 n) external pure returns (uint256) {
+        return Assignment.permute(Assignment.key(seed, population), index, n);
+    }
+
+    /// @notice Medians and penalties of score vectors exactly as `settle` computes them.
+    function scoreMedians(uint256[][] calldata vectors, bool[] calldata revealed, uint256 size, uint256 tolerance)
+        external
+        pure
+        returns (uint256[] memory medians, bool[] memory penalised)
+    {
+        medians = new uint256[](size);
+        penalised = Settlement.medians(vectors, revealed, medians, tolerance);
+    }
+
+    function member(uint256 id, address account) external view returns (Member memory) {
+        return _members[id][account];
+    }
+
+    function validatorState(uint256 id, address account) external view returns (Val memory) {
+        return _vals[id][account];
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    /// @dev The subgroup of an assigned, not removed validator under the seed of `round`.
+    function _validatorGroup(uint256 id, Task storage t, Val storage v, uint256 round) internal view returns (uint256) {
+        require(v.index1 != 0, "not a validator of this task");
+        require(v.flags & REMOVED == 0, "validator was slashed out of this task");
+        uint256 per = t.perGroup;
+        uint256 pos = Assignment.permute(Assignment.key(roundSeed[id][round], Assignment.VALIDATORS), v.index1 - 1, t.validators);
+        require(pos < uint256(t.groups) * per, "validator not assigned this round");
+        return pos / per;
+    }
+
+    function _checkValidators(uint256 id, Task storage t, uint256 group, address[] calldata validators, uint256[][] calldata vectors, bytes32 seed) internal view returns (bool[] memory revealed) {
+        uint256 per = t.perGroup;
+        require(validators.length == per && vectors.length == per, "need one vector per assigned validator");
+        revealed = new bool[](per);
+        bytes32 kv = Assignment.key(seed, Assignment.VALIDATORS);
+        for (uint256 j = 0; j < per; j++) {
+            Val storage v = _vals[id][validators[j]];
+            require(v.index1 != 0 && Assignment.permute(kv, v.index1 - 1, t.validators) == group * per + j, "validator not in this slot");
+            if (v.revealRound == SCORES) {
+                require(bytes20(keccak256(abi.encodePacked(vectors[j]))) == v.hash, "vector differs from the revealed one");
+                revealed[j] = true;
+            } else {
+                require(vectors[j].length == 0, "vector given for a validator that did not reveal");
+            }
+        }
+    }
+
+    function _payValidators(uint256 id, Task storage t, address[] calldata validators, bool[] memory revealed, bool[] memory penalised) internal {
+        for (uint256 j = 0; j < validators.length; j++) {
+            address va = validators[j];
+            Val storage v = _vals[id][va];
+            if (v.flags & REMOVED != 0) continue;
+            if (!revealed[j]) {
+                _penalise(id, t, v, va, "did not reveal scores");
+            } else if (penalised[j]) {
+                _penalise(id, t, v, va, "score outside tolerance of the median");
+            } else {
+                v.flags |= SETTLED_FEE;
+                v.feeOrdinal = uint24(++t.goodValidators);
+            }
+        }
+    }
+
+    function _checkParticipants(Task storage t, uint256 group, uint256[] calldata participants, bytes32 seed) internal view returns (uint256[] memory medians) {
+        uint256 n = t.participants;
+        uint256 g = t.groups;
+        uint256 start = Assignment.groupStart(group, n, g);
+        require(participants.length == Assignment.groupStart(group + 1, n, g) - start, "participant list differs from the subgroup size");
+        bytes32 kp = Assignment.key(seed, Assignment.PARTICIPANTS);
+        for (uint256 i = 0; i < participants.length; i++) {
+            require(Assignment.permute(kp, participants[i], n) == start + i, "participant not at this subgroup position");
+        }
+        medians = new uint256[](participants.length);
+    }
+
+    function _slash(uint256 id, Task storage t, Val storage v, address validator, uint256 round, string memory reason) internal {
+        v.flags |= REMOVED;
+        uint256 burnt = registry.slash(validator, t.slashAmount);
+        emit ValidatorSlashed(id, validator, round, burnt, reason);
+    }
+
+    function _penalise(uint256 id, Task storage t, Val storage v, address validator, string memory reason) internal {
+        v.flags |= REMOVED;
+        uint256 burnt = registry.slash(validator, t.slashAmount);
+        emit ValidatorPenalised(id, validator, burnt, reason);
+    }
+
+    /// @dev Apply expired deadlines (and phases already complete), then return the task.
+    function _sync(uint256 id) internal returns (Task storage t) {
+        t = _tasks[id];
+        require(t.phase != 0, "no such task");
+        _catchUp(id, t);
+    }
+
+    function _catchUp(uint256 id, Task storage t) internal {
+        while (true) {
+            uint8 phase = t.phase;
+            if (phase >= SETTLING) return;
+            if (block.timestamp < t.deadline) return;
+            _advance(id, t);
+        }
+    }
+
+    function _complete(Task storage t, uint8 phase) internal view returns (bool) {
+        if (phase == TRAINING) return t.acted == t.participants;
+        if (phase == AGG_COMMIT || phase == SCORE_COMMIT) return t.committed == uint256(t.groups) * t.perGroup;
+        if (phase == AGG_REVEAL || phase == SCORE_REVEAL) return t.acted == t.committed;
+        return false;
+    }
+
+    /// @dev Move to the next phase (the current one is complete or expired).
+    function _advance(uint256 id, Task storage t) internal {
+        uint8 phase = t.phase;
+        uint8 next;
+        if (phase == JOINING) {
+            uint256 n = t.participants;
+            if (n == 0) return _abandon(id, t, "no participants joined");
+            uint256 g = Assignment.groupCount(n, t.subgroupSize);
+            uint256 per = t.validators / g;
+            if (per > t.validatorsPerSubgroup) per = t.validatorsPerSubgroup;
+            if (per == 0) return _abandon(id, t, "fewer validators than subgroups");
+            t.groups = uint24(g);
+            t.perGroup = uint16(per);
+            return _startRound(id, t, 1);
+        } else if (phase == GLOBAL) {
+            if (t.round < t.lastRound && t.round < t.maxRounds) return _startRound(id, t, t.round + 1);
+            bytes32 seed = _seed(id, EVAL_ROUND);
+            emit EvaluationStarted(id, seed);
+            next = TEST_SET;
+        } else if (phase == TEST_SET) {
+            if (t.testSet == bytes32(0)) return _abandon(id, t, "model owner posted no test set");
+            next = SCORE_COMMIT;
+        } else if (phase == SETTLING) {
+            next = SETTLED;
+        } else {
+            next = phase + 1; // TRAINING->AGG_COMMIT->AGG_REVEAL->GLOBAL, SCORE_COMMIT->SCORE_REVEAL->SETTLING
+        }
+        _enter(id, t, next);
+    }
+
+    function _enter(uint256 id, Task storage t, uint8 phase) internal {
+        t.phase = phase;
+        t.acted = 0;
+        t.committed = phase == SCORE_REVEAL || phase == AGG_REVEAL ? t.committed : 0;
+        uint64 deadline = phase <= SCORE_REVEAL ? uint64(block.timestamp) + t.durations[phase - 1] : type(uint64).max;
+        t.deadline = deadline;
+        emit PhaseChanged(id, t.round, phase, deadline);
+        if (_complete(t, phase)) _advance(id, t); // e.g. a reveal phase nobody committed for
+    }
+
+    function _startRound(uint256 id, Task storage t, uint16 round) internal {
+        t.round = round;
+        t.proposed = bytes32(0);
+        bytes32 seed = _seed(id, round);
+        emit RoundStarted(id, round, seed, t.model, t.participants, t.validators, t.groups, t.perGroup);
+        _enter(id, t, TRAINING);
+    }
+
+    /// @dev The seed of `round` (0 = evaluation): block.prevrandao mixed with the task and round.
+    function _seed(uint256 id, uint256 round) internal returns (bytes32 seed) {
+        seed = keccak256(abi.encode(block.prevrandao, id, round));
+        roundSeed[id][round] = seed;
+    }
+
+    function _abandon(uint256 id, Task storage t, string memory reason) internal {
+        t.phase = ABANDONED;
+        t.deadline = type(uint64).max;
+        emit TaskAbandoned(id, reason);
+        emit PhaseChanged(id, t.round, ABANDONED, type(uint64).max);
+    }
+}

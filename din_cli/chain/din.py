@@ -1,0 +1,797 @@
+"""Typed wrapper over the DIN contracts: what the commands call to act on a task.
+
+``deploy_all`` deploys DinToken, ValidatorRegistry and DinTasks and returns the
+deployment dict (what ``$DIN_HOME/deployment.json`` holds). ``Din(chain,
+deployment)`` then offers one method per contract operation; each takes the
+acting ``account`` (an eth_account LocalAccount) first, sends one transaction
+(two where an ERC-20 approval is needed) through ``Chain.send`` and returns a
+plain value. Reverts surface as ``TransactionReverted`` with the contract's
+reason. CIDs are raw bytes here (binary CIDs); text <-> bytes lives in protocol/.
+
+Example:
+    chain = connect("memory")
+    dep = deploy_all(chain, chain.dev_account(), min_stake=100 * 10**18)
+    din = Din(chain, dep)
+    task = din.create_task(owner, genesis_cid=cid, arch="mlp", deposit=1000 * 10**18)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from din_cli.errors import AlreadyDone, InputError, NotFoundError, UsageError
+from din_cli.protocol import assignment, settlement
+
+TOKEN = "DinToken"
+REGISTRY = "ValidatorRegistry"
+TASKS = "DinTasks"
+
+#: Phase numbers of DinTasks, by name.
+PHASES = {
+    1: "joining",
+    2: "training",
+    3: "aggregation-commit",
+    4: "aggregation-reveal",
+    5: "global-model",
+    6: "test-set",
+    7: "score-commit",
+    8: "score-reveal",
+    9: "settling",
+    10: "settled",
+    11: "abandoned",
+}
+PHASE_NUMBERS = {name: number for number, name in PHASES.items()}
+#: Order of TaskParams.durations.
+DURATION_NAMES = (
+    "join",
+    "train",
+    "aggregation_commit",
+    "aggregation_reveal",
+    "global_model",
+    "test_set",
+    "score_commit",
+    "score_reveal",
+)
+DEFAULT_DURATIONS = {
+    "join": 3600,
+    "train": 3600,
+    "aggregation_commit": 1800,
+    "aggregation_reveal": 1800,
+    "global_model": 1800,
+    "test_set": 3600,
+    "score_commit": 1800,
+    "score_reveal": 1800,
+}
+EVAL_ROUND = 0
+TOKEN_UNIT = 10**18
+
+
+def deploy_all(
+    chain,
+    deployer,
+    *,
+    min_stake: int = 100 * TOKEN_UNIT,
+    unstake_delay: int = 7 * 24 * 3600,
+    initial_supply: int = 10**9 * TOKEN_UNIT,
+) -> dict:
+    """Deploy DinToken, ValidatorRegistry and DinTasks; the deployment dict.
+
+    Keys: ``chain_id``, ``deployer``, ``block`` (first block to scan for
+    events), ``DinToken``, ``ValidatorRegistry``, ``DinTasks`` (addresses),
+    ``min_stake``, ``unstake_delay``.
+    """
+    if min_stake <= 0:
+        raise UsageError("minimum stake must be positive", "give --min-stake above 0")
+    block = chain.head() if hasattr(chain, "head") else 0
+    token = chain.deploy(deployer, TOKEN, int(initial_supply))
+    registry = chain.deploy(deployer, REGISTRY, token, int(min_stake), int(unstake_delay))
+    tasks = chain.deploy(deployer, TASKS, registry)
+    reg = chain.contract(REGISTRY, registry)
+    chain.send(deployer, reg.functions.setSlasher(tasks, True))
+    return {
+        "chain_id": chain.chain_id,
+        "deployer": deployer.address,
+        "block": block,
+        TOKEN: token,
+        REGISTRY: registry,
+        TASKS: tasks,
+        "min_stake": int(min_stake),
+        "unstake_delay": int(unstake_delay),
+    }
+
+
+# ---------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class ValidatorInfo:
+    address: str
+    stake: int
+    unlock_at: int  # 0 while staked
+    hpke_key: bytes
+    active: bool
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    task_id: int
+    owner: str
+    arch: str
+    deposit: int
+    subgroup_size: int
+    validators_per_subgroup: int
+    max_rounds: int
+    fee_bps: int
+    tolerance_bps: int
+    slash_amount: int
+    durations: dict
+    phase: str
+    round: int
+    last_round: int
+    deadline: int  # unix time; 2**64-1 when the phase has none
+    participants: int
+    validators: int
+    groups: int
+    per_group: int
+    acted: int
+    committed: int
+    contributors: int
+    settled_groups: int
+    good_validators: int
+    total_score: int
+    model_digest: bytes
+    proposed_digest: bytes
+    test_set_digest: bytes
+    genesis_cid: bytes = b""
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        for k in ("model_digest", "proposed_digest", "test_set_digest", "genesis_cid"):
+            out[k] = "0x" + out[k].hex()
+        return out
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    task_id: int
+    round: int  # 0 = the evaluation assignment
+    seed: bytes
+    model_cid: bytes  # the global model this round trains from
+    participants: int
+    validators: int
+    groups: int
+    per_group: int
+    participant_groups: list = field(default_factory=list)  # indices per subgroup, position order
+    validator_groups: list = field(default_factory=list)  # indices per subgroup, slot order
+
+
+@dataclass(frozen=True)
+class Membership:
+    role: str  # "participant" | "validator" | "owner" | "none"
+    index: int | None
+    group: int | None  # None: not assigned this round
+    slot: int | None  # offset in the subgroup (participant) or slot (validator)
+
+
+@dataclass(frozen=True)
+class Update:
+    participant: str
+    index: int
+    round: int
+    cid: bytes
+    group: int | None = None
+
+
+def _keccak(data: bytes) -> bytes:
+    return assignment.keccak(data)
+
+
+def cid_digest(cid: bytes) -> bytes:
+    """The on-chain digest of a binary CID: keccak256(cid)."""
+    return _keccak(bytes(cid))
+
+
+def aggregate_commitment(cid: bytes, salt: bytes, sender: str) -> bytes:
+    """``keccak256(cid ‖ salt ‖ sender)``: what ``commitAggregate`` stores."""
+    return _keccak(bytes(cid) + _salt(salt) + bytes.fromhex(sender[2:]))
+
+
+def scores_digest(scores: Sequence[int]) -> bytes:
+    """``keccak256(abi.encodePacked(uint256[] scores))``."""
+    return _keccak(b"".join(int(s).to_bytes(32, "big") for s in scores))
+
+
+def scores_commitment(scores: Sequence[int], salt: bytes, sender: str) -> bytes:
+    """``keccak256(keccak256(scores) ‖ salt ‖ sender)``: what ``commitScores`` stores."""
+    return _keccak(scores_digest(scores) + _salt(salt) + bytes.fromhex(sender[2:]))
+
+
+def derive_salt(account, task_id: int, round_: int, kind: str) -> bytes:
+    """A salt only ``account`` can compute, so commit and reveal need no saved state."""
+    key = bytes(account.key)
+    return _keccak(b"din-salt" + key + _word(task_id) + _word(round_) + kind.encode())
+
+
+def new_salt() -> bytes:
+    return os.urandom(32)
+
+
+def _word(n: int) -> bytes:
+    return int(n).to_bytes(32, "big")
+
+
+def _salt(salt: bytes) -> bytes:
+    salt = bytes(salt)
+    if len(salt) != 32:
+        raise InputError(f"salt is {len(salt)} bytes", "give a 32-byte salt")
+    return salt
+
+
+def _arch32(arch: str | bytes) -> bytes:
+    raw = arch.encode() if isinstance(arch, str) else bytes(arch)
+    if len(raw) > 32:
+        raise InputError(f"architecture id {arch!r} is longer than 32 bytes", "use a shorter id")
+    return raw.ljust(32, b"\0")
+
+
+def _hpke(key: bytes) -> bytes:
+    key = bytes(key)
+    if len(key) != 32:
+        raise InputError(f"HPKE public key is {len(key)} bytes", "give a 32-byte X25519 public key")
+    return key
+
+
+def _cid(cid: bytes) -> bytes:
+    if isinstance(cid, str):
+        raise InputError("CID given as text to the chain layer", "convert it to binary first")
+    cid = bytes(cid)
+    if not cid:
+        raise InputError("CID is empty", "give the binary CID")
+    return cid
+
+
+# ---------------------------------------------------------------- the wrapper
+
+
+class Din:
+    """The DIN contracts of one deployment on one chain."""
+
+    def __init__(self, chain, deployment: dict):
+        missing = [k for k in (TOKEN, REGISTRY, TASKS) if not deployment.get(k)]
+        if missing:
+            raise NotFoundError(
+                f"deployment lacks {', '.join(missing)}", "run `din init` to deploy the contracts"
+            )
+        self.chain = chain
+        self.deployment = deployment
+        self.from_block = int(deployment.get("block", 0))
+        self.token = chain.contract(TOKEN, deployment[TOKEN])
+        self.registry = chain.contract(REGISTRY, deployment[REGISTRY])
+        self.tasks = chain.contract(TASKS, deployment[TASKS])
+
+    # -- plumbing
+    def _send(self, account, fn, **kw):
+        return self.chain.send(account, fn, **kw)
+
+    def _call(self, fn, sender: str | None = None):
+        return self.chain.call(fn, sender=sender)
+
+    def _events(self, receipt, contract, name: str) -> list:
+        return list(contract.events[name]().process_receipt(receipt, errors=_discard()))
+
+    def _logs(self, name: str, contract=None, **filters) -> list:
+        return self.chain.logs(contract or self.tasks, name, from_block=self.from_block, **filters)
+
+    def _ensure_allowance(self, account, spender: str, amount: int) -> None:
+        have = self._call(self.token.functions.allowance(account.address, spender))
+        if have < amount:
+            self._send(account, self.token.functions.approve(spender, int(amount)))
+
+    # -- token
+    def balance(self, address: str) -> int:
+        """DIN token balance of ``address`` (smallest unit)."""
+        return int(self._call(self.token.functions.balanceOf(address)))
+
+    def mint(self, account, to: str, amount: int) -> None:
+        """Mint ``amount`` DIN to ``to`` (the deployer only)."""
+        self._send(account, self.token.functions.mint(to, int(amount)))
+
+    def transfer(self, account, to: str, amount: int) -> None:
+        self._send(account, self.token.functions.transfer(to, int(amount)))
+
+    # -- registry
+    def stake(self, account, amount: int, hpke_key: bytes) -> ValidatorInfo:
+        """Approve and lock ``amount`` more DIN, setting the HPKE public key."""
+        amount = int(amount)
+        if amount:
+            self._ensure_allowance(account, self.registry.address, amount)
+        self._send(account, self.registry.functions.stake(amount, _hpke(hpke_key)))
+        return self.validator_info(account.address)
+
+    def unstake(self, account) -> int:
+        """Ask to unstake; the time from which ``withdraw`` works."""
+        receipt = self._send(account, self.registry.functions.requestUnstake())
+        return int(self._events(receipt, self.registry, "UnstakeRequested")[0]["args"]["unlockAt"])
+
+    def withdraw(self, account) -> int:
+        """Withdraw the whole stake after the unstake delay; the amount."""
+        receipt = self._send(account, self.registry.functions.withdraw())
+        return int(self._events(receipt, self.registry, "Withdrawn")[0]["args"]["amount"])
+
+    def validator_info(self, address: str) -> ValidatorInfo:
+        stake, unlock_at, key = self._call(self.registry.functions.validators(address))
+        active = self._call(self.registry.functions.isActive(address))
+        return ValidatorInfo(address, int(stake), int(unlock_at), bytes(key), bool(active))
+
+    def min_stake(self) -> int:
+        return int(self._call(self.registry.functions.minStake()))
+
+    # -- task creation and joining
+    def create_task(
+        self,
+        account,
+        *,
+        genesis_cid: bytes,
+        arch: str,
+        deposit: int,
+        subgroup_size: int = 10,
+        validators_per_subgroup: int = 3,
+        max_rounds: int = 1,
+        fee_bps: int = 1000,
+        tolerance_bps: int = settlement.BLOCKFLOW_TOLERANCE,
+        slash_amount: int | None = None,
+        durations: dict | None = None,
+    ) -> int:
+        """Approve the deposit and create a task; its id.
+
+        ``durations`` maps names of DURATION_NAMES to seconds (missing ones take
+        DEFAULT_DURATIONS); ``slash_amount`` defaults to a tenth of the minimum stake.
+        """
+        spans = {**DEFAULT_DURATIONS, **(durations or {})}
+        unknown = set(spans) - set(DURATION_NAMES)
+        if unknown:
+            raise UsageError(
+                f"unknown phase durations: {', '.join(sorted(unknown))}",
+                f"use {', '.join(DURATION_NAMES)}",
+            )
+        if slash_amount is None:
+            slash_amount = self.min_stake() // 10
+        params = (
+            _cid(genesis_cid),
+            _arch32(arch),
+            int(deposit),
+            int(subgroup_size),
+            int(validators_per_subgroup),
+            int(max_rounds),
+            int(fee_bps),
+            int(tolerance_bps),
+            int(slash_amount),
+            [int(spans[name]) for name in DURATION_NAMES],
+        )
+        self._ensure_allowance(account, self.tasks.address, int(deposit))
+        receipt = self._send(account, self.tasks.functions.createTask(params))
+        return int(self._events(receipt, self.tasks, "TaskCreated")[0]["args"]["taskId"])
+
+    def join_task(self, account, task_id: int, hpke_key: bytes) -> int:
+        """Opt in to ``task_id`` as a participant; the participant index."""
+        receipt = self._send(account, self.tasks.functions.joinTask(int(task_id), _hpke(hpke_key)))
+        return int(self._events(receipt, self.tasks, "ParticipantJoined")[0]["args"]["index"])
+
+    def register_validator_for_task(self, account, task_id: int) -> int:
+        """Register a staked validator for ``task_id``; its validator index."""
+        receipt = self._send(account, self.tasks.functions.registerValidator(int(task_id)))
+        return int(self._events(receipt, self.tasks, "ValidatorRegistered")[0]["args"]["index"])
+
+    # -- phases
+    def start_round(self, account, task_id: int) -> TaskInfo:
+        """Start round 1 (owner, before the join deadline) or move past the join deadline."""
+        self._send(account, self.tasks.functions.startRound(int(task_id)))
+        return self.task_info(task_id)
+
+    def advance(self, account, task_id: int) -> TaskInfo:
+        """Move ``task_id`` past expired deadlines (anyone)."""
+        self._send(account, self.tasks.functions.advance(int(task_id)))
+        return self.task_info(task_id)
+
+    def signal_final_round(self, account, task_id: int) -> int:
+        """Make the round in progress the last one (owner); that round's number."""
+        receipt = self._send(account, self.tasks.functions.signalFinalRound(int(task_id)))
+        return int(self._events(receipt, self.tasks, "FinalRoundSignalled")[0]["args"]["round"])
+
+    # -- training and aggregation
+    def submit_update(self, account, task_id: int, cid: bytes) -> dict:
+        """Submit this round's update CID; the receipt."""
+        return self._send(account, self.tasks.functions.submitUpdate(int(task_id), _cid(cid)))
+
+    def commit_aggregate(
+        self, account, task_id: int, cid: bytes, salt: bytes | None = None
+    ) -> bytes:
+        """Commit to the subgroup aggregate ``cid``; the salt to reveal with."""
+        if salt is None:
+            salt = derive_salt(account, task_id, self.task_info(task_id).round, "aggregate")
+        commitment = aggregate_commitment(_cid(cid), salt, account.address)
+        self._send(account, self.tasks.functions.commitAggregate(int(task_id), commitment))
+        return salt
+
+    def reveal_aggregate(
+        self, account, task_id: int, cid: bytes, salt: bytes | None = None
+    ) -> dict:
+        """Reveal the committed aggregate; the receipt."""
+        if salt is None:
+            salt = derive_salt(account, task_id, self.task_info(task_id).round, "aggregate")
+        return self._send(
+            account, self.tasks.functions.revealAggregate(int(task_id), _cid(cid), _salt(salt))
+        )
+
+    def slash_aggregator(self, account, task_id: int, round_: int, validator: str) -> int:
+        """Slash ``validator`` for ``round_`` (did not reveal or revealed a minority CID); the amount."""
+        member = self.subgroup_of(task_id, validator, round_)
+        accepted = self.accepted_aggregates(task_id, round_)
+        majority = cid_digest(accepted[member.group]) if member.group in accepted else bytes(32)
+        receipt = self._send(
+            account,
+            self.tasks.functions.slashAggregator(int(task_id), int(round_), validator, majority),
+        )
+        return int(self._events(receipt, self.tasks, "ValidatorSlashed")[0]["args"]["amount"])
+
+    def slashable_aggregators(self, task_id: int, round_: int) -> list[str]:
+        """Validators of ``round_`` that did not reveal or revealed a minority aggregate.
+
+        Only those the contract can still slash: not removed, and not committed since
+        (a later commit replaces the validator's record of the round). By convention a
+        subgroup without updates aggregates to the round's starting global model, so
+        its validators can reveal and are not slashed.
+        """
+        info = self.round_info(task_id, round_)
+        accepted = self.accepted_aggregates(task_id, round_)
+        revealed = {
+            e["args"]["validator"]: bytes(e["args"]["cid"])
+            for e in self._logs("AggregateRevealed", taskId=int(task_id), round=int(round_))
+        }
+        slashed = {
+            e["args"]["validator"] for e in self._logs("ValidatorSlashed", taskId=int(task_id))
+        }
+        slashed |= {
+            e["args"]["validator"] for e in self._logs("ValidatorPenalised", taskId=int(task_id))
+        }
+        later = {
+            e["args"]["validator"]
+            for e in self._logs("AggregateCommitted", taskId=int(task_id))
+            if int(e["args"]["round"]) > int(round_)
+        }
+        later |= {e["args"]["validator"] for e in self._logs("ScoresCommitted", taskId=int(task_id))}
+        addresses = self.validators(task_id)
+        out = []
+        for g, indices in enumerate(info.validator_groups):
+            for i in indices:
+                who = addresses[i]
+                if who in slashed or who in later:  # removed, or its record of the round is gone
+                    continue
+                if who not in revealed or (g in accepted and revealed[who] != accepted[g]):
+                    out.append(who)
+        return out
+
+    def post_global_model(self, account, task_id: int, cid: bytes) -> dict:
+        """Propose the round's global model (owner)."""
+        return self._send(account, self.tasks.functions.postGlobalModel(int(task_id), _cid(cid)))
+
+    def attest_global(self, account, task_id: int, cid: bytes) -> bool:
+        """Attest the proposed global model; True when this vote made it accepted.
+
+        Raises AlreadyDone when a majority already accepted ``cid`` (the round moved on).
+        """
+        info = self.task_info(task_id)
+        if info.phase != "global-model" and info.model_digest == cid_digest(_cid(cid)):
+            raise AlreadyDone(f"task {task_id}: global model already accepted", "nothing to do")
+        receipt = self._send(account, self.tasks.functions.attestGlobal(int(task_id), _cid(cid)))
+        return bool(self._events(receipt, self.tasks, "GlobalModelAccepted"))
+
+    # -- evaluation
+    def post_test_set(
+        self, account, task_id: int, cid: bytes, wrapped_keys: dict[str, bytes]
+    ) -> dict:
+        """Publish the encrypted test set CID and the key wrapped per validator (owner)."""
+        validators = list(wrapped_keys)
+        keys = [bytes(wrapped_keys[v]) for v in validators]
+        return self._send(
+            account, self.tasks.functions.postTestSet(int(task_id), _cid(cid), validators, keys)
+        )
+
+    def test_set(self, task_id: int) -> tuple[bytes, dict[str, bytes]] | None:
+        """``(cid, {validator: wrapped key})`` of the posted test set, or None."""
+        logs = self._logs("TestSetPosted", taskId=int(task_id))
+        if not logs:
+            return None
+        args = logs[-1]["args"]
+        return bytes(args["cid"]), {
+            v: bytes(k) for v, k in zip(args["validators"], args["wrappedKeys"], strict=True)
+        }
+
+    def commit_scores(
+        self, account, task_id: int, scores: Sequence[int], salt: bytes | None = None
+    ) -> bytes:
+        """Commit to a score vector (basis points, subgroup position order); the salt."""
+        if salt is None:
+            salt = derive_salt(account, task_id, EVAL_ROUND, "scores")
+        commitment = scores_commitment(scores, salt, account.address)
+        self._send(account, self.tasks.functions.commitScores(int(task_id), commitment))
+        return salt
+
+    def reveal_scores(
+        self, account, task_id: int, scores: Sequence[int], salt: bytes | None = None
+    ) -> dict:
+        """Reveal the committed score vector."""
+        if salt is None:
+            salt = derive_salt(account, task_id, EVAL_ROUND, "scores")
+        return self._send(
+            account,
+            self.tasks.functions.revealScores(int(task_id), [int(s) for s in scores], _salt(salt)),
+        )
+
+    def settlement_inputs(
+        self, task_id: int, group: int
+    ) -> tuple[list[int], list[str], list[list[int]]]:
+        """``(participant indices, validator addresses, vectors)`` that settle ``group``, from events."""
+        info = self.round_info(task_id, EVAL_ROUND)
+        participants = info.participant_groups[group]
+        validators = info.validator_groups[group]
+        addresses = self.validators(task_id)
+        revealed = self.scores_revealed(task_id)
+        chosen = [addresses[i] for i in validators]
+        vectors = [revealed.get(a, []) for a in chosen]
+        return list(participants), chosen, vectors
+
+    def settle(self, account, task_id: int, groups: Iterable[int] | None = None) -> list[int]:
+        """Settle the given subgroups (default: every unsettled one); the subgroups settled."""
+        info = self.task_info(task_id)
+        done = {int(e["args"]["group"]) for e in self._logs("SubgroupSettled", taskId=int(task_id))}
+        todo = [g for g in (range(info.groups) if groups is None else groups) if g not in done]
+        for g in todo:
+            participants, validators, vectors = self.settlement_inputs(task_id, g)
+            self._send(
+                account,
+                self.tasks.functions.settle(
+                    int(task_id), int(g), participants, validators, vectors
+                ),
+            )
+        return todo
+
+    def settled_medians(self, task_id: int, address: str) -> list[int]:
+        """The settled medians of the subgroup ``address`` was evaluated in ([] if none)."""
+        parts = self.participants(task_id)
+        if address not in parts:
+            return []
+        index = parts.index(address)
+        for e in self._logs("SubgroupSettled", taskId=int(task_id)):
+            if index in e["args"]["participants"]:
+                return [int(m) for m in e["args"]["medians"]]
+        return []
+
+    def settlement_results(self, task_id: int) -> dict[str, int]:
+        """``{participant address: median score}`` of every settled subgroup."""
+        parts = self.participants(task_id)
+        out = {}
+        for e in self._logs("SubgroupSettled", taskId=int(task_id)):
+            for i, m in zip(e["args"]["participants"], e["args"]["medians"], strict=True):
+                out[parts[i]] = int(m)
+        return out
+
+    def claimable(self, task_id: int, address: str) -> int:
+        """What ``address`` can claim from ``task_id`` now."""
+        from eth_utils import to_checksum_address
+
+        address = to_checksum_address(address)
+        medians = self.settled_medians(task_id, address)
+        return int(self._call(self.tasks.functions.claimable(int(task_id), address, medians)))
+
+    def claim(self, account, task_id: int) -> int:
+        """Pull what ``task_id`` owes ``account``; the amount."""
+        medians = self.settled_medians(task_id, account.address)
+        receipt = self._send(account, self.tasks.functions.claim(int(task_id), medians))
+        return int(self._events(receipt, self.tasks, "Claimed")[0]["args"]["amount"])
+
+    # -- reads
+    def task_count(self) -> int:
+        return int(self._call(self.tasks.functions.taskCount()))
+
+    def task_info(self, task_id: int) -> TaskInfo:
+        """Configuration and live state of ``task_id`` (NotFoundError if there is none)."""
+        if not 1 <= int(task_id) <= self.task_count():
+            raise NotFoundError(f"task {task_id} does not exist", "list tasks with `din task list`")
+        r = self._call(self.tasks.functions.taskInfo(int(task_id)))
+        created = self._logs("TaskCreated", taskId=int(task_id))
+        return TaskInfo(
+            task_id=int(task_id),
+            owner=r[0],
+            arch=bytes(r[1]).rstrip(b"\0").decode(errors="replace"),
+            deposit=int(r[2]),
+            subgroup_size=int(r[3]),
+            validators_per_subgroup=int(r[4]),
+            max_rounds=int(r[5]),
+            fee_bps=int(r[6]),
+            tolerance_bps=int(r[7]),
+            slash_amount=int(r[8]),
+            durations=dict(zip(DURATION_NAMES, (int(d) for d in r[9]), strict=True)),
+            phase=PHASES.get(int(r[10]), str(r[10])),
+            round=int(r[11]),
+            last_round=int(r[12]),
+            deadline=int(r[13]),
+            participants=int(r[14]),
+            validators=int(r[15]),
+            groups=int(r[16]),
+            per_group=int(r[17]),
+            acted=int(r[18]),
+            committed=int(r[19]),
+            contributors=int(r[20]),
+            settled_groups=int(r[21]),
+            good_validators=int(r[22]),
+            total_score=int(r[23]),
+            model_digest=bytes(r[24]),
+            proposed_digest=bytes(r[25]),
+            test_set_digest=bytes(r[26]),
+            genesis_cid=bytes(created[0]["args"]["genesisCid"]) if created else b"",
+        )
+
+    def participants(self, task_id: int) -> list[str]:
+        """Participant addresses by index."""
+        logs = self._logs("ParticipantJoined", taskId=int(task_id))
+        return [e["args"]["participant"] for e in sorted(logs, key=lambda e: e["args"]["index"])]
+
+    def participant_keys(self, task_id: int) -> dict[str, bytes]:
+        return {
+            e["args"]["participant"]: bytes(e["args"]["hpkeKey"])
+            for e in self._logs("ParticipantJoined", taskId=int(task_id))
+        }
+
+    def validators(self, task_id: int) -> list[str]:
+        """Validator addresses by index."""
+        logs = self._logs("ValidatorRegistered", taskId=int(task_id))
+        return [e["args"]["validator"] for e in sorted(logs, key=lambda e: e["args"]["index"])]
+
+    def validator_keys(self, task_id: int) -> dict[str, bytes]:
+        """``{validator: HPKE public key}`` of the task's validators (from the registry)."""
+        return {v: self.validator_info(v).hpke_key for v in self.validators(task_id)}
+
+    def model_cid(self, task_id: int, digest: bytes | None = None) -> bytes:
+        """The CID bytes of the current global model (or of the model with ``digest``)."""
+        if digest is None:
+            digest = self.task_info(task_id).model_digest
+        candidates = [
+            bytes(e["args"]["genesisCid"]) for e in self._logs("TaskCreated", taskId=int(task_id))
+        ]
+        candidates += [
+            bytes(e["args"]["cid"]) for e in self._logs("GlobalModelAccepted", taskId=int(task_id))
+        ]
+        for cid in reversed(candidates):
+            if cid_digest(cid) == bytes(digest):
+                return cid
+        raise NotFoundError(
+            f"no CID with digest 0x{bytes(digest).hex()} in task {task_id}'s events"
+        )
+
+    def round_info(self, task_id: int, round_: int | None = None) -> RoundInfo:
+        """Seed, starting model and subgroups of ``round_`` (default: the current; 0: evaluation)."""
+        info = self.task_info(task_id)
+        if round_ is None:
+            if info.round == 0:
+                raise NotFoundError(
+                    f"task {task_id} has not started its first round yet",
+                    "wait for the join phase to end (`din task status`)",
+                )
+            round_ = info.round
+        seed = bytes(self._call(self.tasks.functions.roundSeed(int(task_id), int(round_))))
+        if seed == bytes(32):
+            raise NotFoundError(
+                f"task {task_id} has no seed for {'the evaluation' if round_ == 0 else f'round {round_}'} yet",
+                "wait for the phase to start (`din task status`)",
+            )
+        if round_ == EVAL_ROUND:
+            model = info.model_digest
+        else:
+            started = self._logs("RoundStarted", taskId=int(task_id), round=int(round_))
+            model = bytes(started[-1]["args"]["model"]) if started else info.model_digest
+        return RoundInfo(
+            task_id=int(task_id),
+            round=int(round_),
+            seed=seed,
+            model_cid=self.model_cid(task_id, model),
+            participants=info.participants,
+            validators=info.validators,
+            groups=info.groups,
+            per_group=info.per_group,
+            participant_groups=assignment.participant_groups(seed, info.participants, info.groups),
+            validator_groups=assignment.validator_groups(
+                seed, info.validators, info.groups, info.per_group
+            ),
+        )
+
+    def subgroup_of(self, task_id: int, address: str, round_: int | None = None) -> Membership:
+        """Role, index and subgroup of ``address`` in ``round_`` (default: current; 0: evaluation)."""
+        from eth_utils import to_checksum_address
+
+        address = to_checksum_address(address)
+        info = self.task_info(task_id)
+        rnd = self.round_info(task_id, round_)
+        parts = self.participants(task_id)
+        vals = self.validators(task_id)
+        if address in parts:
+            i = parts.index(address)
+            g, off = assignment.participant_group(rnd.seed, i, rnd.participants, rnd.groups)
+            return Membership("participant", i, g, off)
+        if address in vals:
+            i = vals.index(address)
+            slot = assignment.validator_slot(rnd.seed, i, rnd.validators, rnd.groups, rnd.per_group)
+            return Membership("validator", i, slot[0] if slot else None, slot[1] if slot else None)
+        if address == info.owner:
+            return Membership("owner", None, None, None)
+        return Membership("none", None, None, None)
+
+    def members(self, task_id: int, group: int, round_: int | None = None) -> dict[str, list[str]]:
+        """``{"participants": [...], "validators": [...]}`` of subgroup ``group`` (position/slot order)."""
+        rnd = self.round_info(task_id, round_)
+        if not 0 <= group < rnd.groups:
+            raise NotFoundError(
+                f"task {task_id} has no subgroup {group}", f"subgroups are 0..{rnd.groups - 1}"
+            )
+        parts = self.participants(task_id)
+        vals = self.validators(task_id)
+        return {
+            "participants": [parts[i] for i in rnd.participant_groups[group]],
+            "validators": [vals[i] for i in rnd.validator_groups[group]],
+        }
+
+    def updates_submitted(
+        self, task_id: int, round_: int | None = None, group: int | None = None
+    ) -> list[Update]:
+        """Updates submitted in ``round_`` (default: current), optionally of one subgroup only."""
+        rnd = self.round_info(task_id, round_)
+        out = []
+        for e in self._logs("UpdateSubmitted", taskId=int(task_id), round=rnd.round):
+            a = e["args"]
+            g, _ = assignment.participant_group(
+                rnd.seed, int(a["index"]), rnd.participants, rnd.groups
+            )
+            if group is None or g == group:
+                out.append(Update(a["participant"], int(a["index"]), rnd.round, bytes(a["cid"]), g))
+        return out
+
+    def accepted_aggregates(self, task_id: int, round_: int | None = None) -> dict[int, bytes]:
+        """``{subgroup: aggregate CID}`` accepted in ``round_`` (default: current)."""
+        if round_ is None:
+            round_ = self.task_info(task_id).round
+        return {
+            int(e["args"]["group"]): bytes(e["args"]["cid"])
+            for e in self._logs("SubgroupAccepted", taskId=int(task_id), round=int(round_))
+        }
+
+    def scores_revealed(self, task_id: int) -> dict[str, list[int]]:
+        return {
+            e["args"]["validator"]: [int(s) for s in e["args"]["scores"]]
+            for e in self._logs("ScoresRevealed", taskId=int(task_id))
+        }
+
+    def events(self, task_id: int, name: str) -> list:
+        """Raw decoded ``name`` events of ``task_id`` (for status views)."""
+        return self._logs(name, taskId=int(task_id))
+
+
+def _discard():
+    from web3.logs import DISCARD
+
+    return DISCARD
+
+
+def as_plain(value: Any) -> Any:
+    """Dataclasses, bytes and tuples as JSON-ready values (bytes as 0x hex)."""
+    if hasattr(value, "__dataclass_fields__"):
+        value = asdict(value)
+    if isinstance(value, dict):
+        return {k: as_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_plain(v) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return "0x" + bytes(value).hex()
+    return value

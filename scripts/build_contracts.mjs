@@ -1,0 +1,120 @@
+#!/usr/bin/env node
+// Compile din_cli/chain/contracts/*.sol with the pinned solc-js into din_cli/chain/artifacts/.
+//
+//   node scripts/build_contracts.mjs          write <Name>.json ({"abi","bytecode"}) and manifest.json
+//   node scripts/build_contracts.mjs --check  recompile and exit 1 if the committed artifacts differ
+//
+// Output is deterministic: relative source unit names, metadata.bytecodeHash "none", sorted keys.
+import { createHash } from "node:crypto";
+import { readFileSync, readdirSync, writeFileSync, existsSync, mkdirSync, renameSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+const SRC_DIR = "din_cli/chain/contracts";
+const OUT_DIR = join(ROOT, "din_cli/chain/artifacts");
+const NODE_MODULES = join(ROOT, "node_modules");
+// Contracts that get an artifact (libraries are internal and inlined).
+const DEPLOYABLE = ["DinToken", "ValidatorRegistry", "DinTasks"];
+const SETTINGS = {
+  evmVersion: "prague",
+  viaIR: true,
+  optimizer: { enabled: true, runs: 200 },
+  metadata: { bytecodeHash: "none", appendCBOR: false },
+  outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
+};
+
+const solc = require(join(NODE_MODULES, "solc"));
+const check = process.argv.includes("--check");
+
+function sha256(text) {
+  return createHash("sha256").update(text).digest("hex");
+}
+
+function sortKeys(value) {
+  if (Array.isArray(value)) return value.map(sortKeys);
+  if (value && typeof value === "object") {
+    return Object.fromEntries(Object.keys(value).sort().map((k) => [k, sortKeys(value[k])]));
+  }
+  return value;
+}
+
+function dump(value) {
+  return JSON.stringify(sortKeys(value), null, 1) + "\n";
+}
+
+const sources = {};
+for (const file of readdirSync(join(ROOT, SRC_DIR)).filter((f) => f.endsWith(".sol")).sort()) {
+  const name = `${SRC_DIR}/${file}`;
+  sources[name] = { content: readFileSync(join(ROOT, name), "utf8") };
+}
+const used = {};
+function findImports(path) {
+  if (path.startsWith("@openzeppelin/")) {
+    const content = readFileSync(join(NODE_MODULES, path), "utf8");
+    used[path] = content;
+    return { contents: content };
+  }
+  return { error: `not found: ${path}` };
+}
+
+const input = { language: "Solidity", sources, settings: SETTINGS };
+const output = JSON.parse(solc.compile(JSON.stringify(input), { import: findImports }));
+const errors = (output.errors || []).filter((e) => e.severity === "error");
+for (const e of output.errors || []) process.stderr.write(e.formattedMessage + "\n");
+if (errors.length) process.exit(1);
+
+const files = {};
+const sizes = {};
+for (const [unit, contracts] of Object.entries(output.contracts)) {
+  for (const [name, c] of Object.entries(contracts)) {
+    if (!DEPLOYABLE.includes(name)) continue;
+    const runtime = c.evm.deployedBytecode.object.length / 2;
+    sizes[name] = runtime;
+    if (runtime > 24576) {
+      process.stderr.write(`${name}: runtime code ${runtime} bytes exceeds the 24576-byte limit (EIP-170)\n`);
+      process.exit(1);
+    }
+    files[`${name}.json`] = dump({ abi: c.abi, bytecode: "0x" + c.evm.bytecode.object, source: unit });
+  }
+}
+for (const name of DEPLOYABLE) {
+  if (!files[`${name}.json`]) {
+    process.stderr.write(`contract ${name} not found in ${SRC_DIR}\n`);
+    process.exit(1);
+  }
+}
+const hashes = {};
+for (const [unit, s] of Object.entries(sources)) hashes[unit] = sha256(s.content);
+for (const [unit, content] of Object.entries(used)) hashes[unit] = sha256(content);
+files["manifest.json"] = dump({
+  compiler: { name: "solc-js", version: solc.version() },
+  openzeppelin: JSON.parse(readFileSync(join(NODE_MODULES, "@openzeppelin/contracts/package.json"), "utf8")).version,
+  settings: { evmVersion: SETTINGS.evmVersion, viaIR: SETTINGS.viaIR, optimizer: SETTINGS.optimizer, metadata: SETTINGS.metadata },
+  sources: hashes,
+  artifacts: Object.fromEntries(Object.entries(files).map(([f, text]) => [f, sha256(text)])),
+  runtimeSizes: sizes,
+});
+
+if (check) {
+  const stale = [];
+  for (const [file, text] of Object.entries(files)) {
+    const path = join(OUT_DIR, file);
+    if (!existsSync(path) || readFileSync(path, "utf8") !== text) stale.push(file);
+  }
+  if (stale.length) {
+    process.stderr.write(`stale contract artifacts: ${stale.join(", ")}; run \`make contracts\` and commit din_cli/chain/artifacts\n`);
+    process.exit(1);
+  }
+  process.stderr.write(`artifacts up to date (${Object.keys(files).length} files, solc ${solc.version()})\n`);
+} else {
+  mkdirSync(OUT_DIR, { recursive: true });
+  for (const [file, text] of Object.entries(files)) {
+    const path = join(OUT_DIR, file);
+    writeFileSync(path + ".tmp", text);
+    renameSync(path + ".tmp", path);
+  }
+  for (const [name, size] of Object.entries(sizes)) process.stderr.write(`${name}: ${size} bytes runtime\n`);
+}

@@ -1,0 +1,571 @@
+"""The DIN contracts through web3, on the embedded chain and on anvil: a whole task and every revert.
+
+Each chain variant deploys the contracts once per module; each test creates its
+own task with fresh accounts. Reverts must come back as TransactionReverted
+carrying the contract's reason (the CLI prints it and exits with code 5).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from din_cli.chain.din import Din, cid_digest, deploy_all
+from din_cli.errors import AlreadyDone, TransactionReverted
+from din_cli.protocol import assignment
+from din_cli.protocol.settlement import settle_task, split_deposit
+
+UNIT = 10**18
+MIN_STAKE = 100 * UNIT
+DEPOSIT = 1000 * UNIT + 7  # odd on purpose: shares must still sum to it exactly
+SHORT = {
+    "join": 600,
+    "train": 600,
+    "aggregation_commit": 600,
+    "aggregation_reveal": 600,
+    "global_model": 600,
+    "test_set": 600,
+    "score_commit": 600,
+    "score_reveal": 600,
+}
+
+
+def cid(tag: str) -> bytes:
+    """A binary CIDv1 (raw, sha2-256) over ``tag``: real format, deterministic content."""
+    import hashlib
+
+    return b"\x01\x55\x12\x20" + hashlib.sha256(tag.encode()).digest()
+
+
+@pytest.fixture(scope="module", params=["embedded", "anvil"])
+def deployed(request):
+    from din_cli.chain.client import connect
+
+    if request.param == "embedded":
+        chain = connect("memory")
+    else:
+        chain = connect(request.getfixturevalue("anvil_url"))
+    dev = chain.dev_account()
+    dep = deploy_all(chain, dev, min_stake=MIN_STAKE, unstake_delay=3600)
+    yield chain, dev, dep
+    chain.close()
+
+
+class World:
+    """Fresh, funded accounts and one task on a deployed chain."""
+
+    def __init__(self, chain, dev, dep, n_participants=4, n_validators=4, **task_kw):
+        from eth_account import Account
+
+        self.chain, self.dev = chain, dev
+        self.din = Din(chain, dep)
+        self.owner = Account.create()
+        self.parts = [Account.create() for _ in range(n_participants)]
+        self.vals = [Account.create() for _ in range(n_validators)]
+        self.by_address = {a.address: a for a in [self.owner, *self.parts, *self.vals]}
+        for a in self.by_address.values():
+            chain.fund(a.address, UNIT)
+        self.din.mint(dev, self.owner.address, 10 * DEPOSIT)
+        for v in self.vals:
+            self.din.mint(dev, v.address, 2 * MIN_STAKE)
+        kw = {
+            "subgroup_size": 2,
+            "validators_per_subgroup": 2,
+            "max_rounds": 2,
+            "fee_bps": 1000,
+            "durations": SHORT,
+            **task_kw,
+        }
+        self.task = self.din.create_task(
+            self.owner, genesis_cid=cid("genesis"), arch="mlp-test", deposit=DEPOSIT, **kw
+        )
+
+    def info(self):
+        return self.din.task_info(self.task)
+
+    def join_all(self, stake=True):
+        for p in self.parts:
+            self.din.join_task(p, self.task, os.urandom(32))
+        for v in self.vals:
+            if stake:
+                self.din.stake(v, MIN_STAKE, os.urandom(32))
+            self.din.register_validator_for_task(v, self.task)
+
+    def start(self):
+        self.join_all()
+        return self.din.start_round(self.owner, self.task)
+
+    def assigned(self, round_=None):
+        """{validator account: group} of the round (0: evaluation)."""
+        rnd = self.din.round_info(self.task, round_)
+        addrs = self.din.validators(self.task)
+        return {
+            self.by_address[addrs[i]]: g
+            for g, idxs in enumerate(rnd.validator_groups)
+            for i in idxs
+        }
+
+    def train(self, round_):
+        for p in self.parts:
+            self.din.submit_update(p, self.task, cid(f"update-{round_}-{p.address}"))
+
+    def aggregate(self, round_, liar=None):
+        assigned = self.assigned()
+        for v, g in assigned.items():
+            tag = f"wrong-{round_}" if v is liar else f"agg-{round_}-{g}"
+            self.din.commit_aggregate(v, self.task, cid(tag))
+        for v, g in assigned.items():
+            tag = f"wrong-{round_}" if v is liar else f"agg-{round_}-{g}"
+            self.din.reveal_aggregate(v, self.task, cid(tag))
+        return assigned
+
+    def globalise(self, round_):
+        model = cid(f"global-{round_}")
+        self.din.post_global_model(self.owner, self.task, model)
+        for v in self.assigned():
+            try:
+                self.din.attest_global(v, self.task, model)
+            except AlreadyDone:
+                pass
+        return model
+
+    def to_evaluation(self, rounds=2):
+        self.start()
+        for r in range(1, rounds + 1):
+            self.train(r)
+            self.aggregate(r)
+            self.globalise(r)
+        assert self.info().phase == "test-set"
+
+    def post_test_set(self):
+        keys = {v.address: os.urandom(48) for v in self.vals}
+        self.din.post_test_set(self.owner, self.task, cid("test-set"), keys)
+
+
+def reverts(reason: str):
+    return pytest.raises(TransactionReverted, match=reason)
+
+
+@pytest.fixture
+def world(deployed):
+    chain, dev, dep = deployed
+    return World(chain, dev, dep)
+
+
+def scores_for(world, validator, group, offset=0):
+    rnd = world.din.round_info(world.task, 0)
+    members = rnd.participant_groups[group]
+    return [min(10000, 3000 + 1000 * k + 137 * (i % 3) + offset) for k, i in enumerate(members)]
+
+
+# ---------------------------------------------------------------- the happy path
+
+
+def test_whole_task_pays_exactly_the_deposit(deployed):
+    world = World(*deployed, max_rounds=3)
+    din, task = world.din, world.task
+    balances = {a: din.balance(a) for a in world.by_address}
+    world.start()
+    info = world.info()
+    assert (info.phase, info.round, info.groups, info.per_group) == ("training", 1, 2, 2)
+    assert info.last_round == info.max_rounds == 3
+
+    # Round 1: every participant submits, the phase ends early (no deadline wait).
+    world.train(1)
+    assert world.info().phase == "aggregation-commit"
+    ups = din.updates_submitted(task, 1)
+    assert sorted(u.participant for u in ups) == sorted(p.address for p in world.parts)
+    for u in ups:  # subgroup from the seed agrees with what the contract placed
+        assert u.group == din.subgroup_of(task, u.participant).group
+    world.aggregate(1)
+    assert world.info().phase == "global-model"
+    accepted = din.accepted_aggregates(task, 1)
+    assert accepted == {0: cid("agg-1-0"), 1: cid("agg-1-1")}
+    model1 = world.globalise(1)
+    info = world.info()
+    assert (info.phase, info.round) == ("training", 2)
+    assert din.round_info(task).model_cid == model1
+
+    # Round 2 is made the last one by the model owner.
+    assert din.signal_final_round(world.owner, task) == 2
+    with reverts("the current round is already the last one"):
+        din.signal_final_round(world.owner, task)
+    world.train(2)
+    world.aggregate(2)
+    model2 = world.globalise(2)
+    assert world.info().phase == "test-set"
+    assert din.model_cid(task) == model2
+
+    world.post_test_set()
+    assert world.info().phase == "score-commit"
+    test_cid, keys = din.test_set(task)
+    assert test_cid == cid("test-set") and set(keys) == {v.address for v in world.vals}
+
+    assigned = world.assigned(0)
+    vectors = {v: scores_for(world, v, g, offset=7 * i) for i, (v, g) in enumerate(assigned.items())}
+    for v, s in vectors.items():
+        din.commit_scores(v, task, s)
+    for v, s in vectors.items():
+        din.reveal_scores(v, task, s)
+    assert world.info().phase == "settling"
+    assert din.settle(world.dev, task) == [0, 1]
+    assert world.info().phase == "settled"
+
+    # The contract's medians and payouts equal the Python reference.
+    rnd = din.round_info(task, 0)
+    parts, vals = din.participants(task), din.validators(task)
+    groups = []
+    for g in range(rnd.groups):
+        members = [parts[i] for i in rnd.participant_groups[g]]
+        vs = [vals[i] for i in rnd.validator_groups[g]]
+        groups.append((members, vs, [vectors[world.by_address[a]] for a in vs]))
+    ref = settle_task(DEPOSIT, 1000, groups, tolerance_bps=5000)
+    assert din.settlement_results(task) == ref.medians
+    paid = {}
+    for a, acct in world.by_address.items():
+        amount = din.claimable(task, a)
+        if amount:
+            assert din.claim(acct, task) == amount
+            paid[a] = amount
+    pool, fees = split_deposit(DEPOSIT, 1000)
+    assert sum(paid.values()) == DEPOSIT
+    for p in parts:
+        assert paid.get(p, 0) == ref.participants[p]
+    assert sum(paid.get(v, 0) for v in vals) == fees
+    for a, before in balances.items():
+        after = din.balance(a)
+        if a == world.owner.address:  # the deposit left before the snapshot
+            assert after == before + paid.get(a, 0)
+        elif a in {v.address for v in world.vals}:
+            assert after == before - MIN_STAKE + paid.get(a, 0)
+        else:
+            assert after == before + paid.get(a, 0)
+
+
+def test_minority_aggregator_is_slashed_and_majority_is_not(world):
+    din, task = world.din, world.task
+    world.start()
+    world.train(1)
+    assigned = world.assigned()
+    # With 2 validators per subgroup a liar blocks the majority; give its subgroup no accepted CID
+    liar = next(iter(assigned))
+    world.aggregate(1, liar=liar)
+    group = assigned[liar]
+    assert group not in din.accepted_aggregates(task, 1)
+    honest = [v for v, g in assigned.items() if g != group]
+    # Nobody is slashed for a subgroup without a majority; the honest one elsewhere neither
+    with reverts("validator revealed an aggregate"):
+        din.slash_aggregator(world.dev, task, 1, liar.address)
+    with reverts("validator revealed the majority aggregate"):
+        din.slash_aggregator(world.dev, task, 1, honest[0].address)
+
+
+def test_validator_that_does_not_reveal_is_slashed_and_removed(deployed):
+    chain, dev, dep = deployed
+    w = World(chain, dev, dep, n_participants=2, n_validators=3, subgroup_size=2, validators_per_subgroup=3)
+    din, task = w.din, w.task
+    w.start()
+    w.train(1)
+    lazy, liar, good = list(w.assigned())
+    for v, tag in ((lazy, "agg"), (liar, "other"), (good, "agg")):
+        din.commit_aggregate(v, task, cid(tag))
+    din.reveal_aggregate(good, task, cid("agg"))
+    din.reveal_aggregate(liar, task, cid("other"))
+    with reverts("not in the global model phase"):
+        din.post_global_model(w.owner, task, cid("g"))  # the reveal phase waits for `lazy`
+    chain.advance_time(601)
+    din.advance(dev, task)
+    assert w.info().phase == "global-model"
+    assert din.accepted_aggregates(task, 1) == {}  # 1 of 3 is no majority
+    stake = din.validator_info(lazy.address).stake
+    assert din.slash_aggregator(dev, task, 1, lazy.address) == MIN_STAKE // 10
+    assert din.validator_info(lazy.address).stake == stake - MIN_STAKE // 10
+    assert din.slashable_aggregators(task, 1) == []
+    with reverts("validator already removed"):
+        din.slash_aggregator(dev, task, 1, lazy.address)
+    with reverts("validator revealed an aggregate"):
+        din.slash_aggregator(dev, task, 1, liar.address)
+    din.post_global_model(w.owner, task, cid("g"))
+    with reverts("validator was slashed out of this task"):
+        din.attest_global(lazy, task, cid("g"))
+
+
+def test_minority_revealer_slashed_when_majority_exists(deployed):
+    chain, dev, dep = deployed
+    w = World(chain, dev, dep, n_participants=2, n_validators=3, subgroup_size=2, validators_per_subgroup=3)
+    din, task = w.din, w.task
+    w.start()
+    w.train(1)
+    a, b, liar = list(w.assigned())
+    for v, tag in ((a, "agg"), (b, "agg"), (liar, "bad")):
+        din.commit_aggregate(v, task, cid(tag))
+    for v, tag in ((a, "agg"), (b, "agg"), (liar, "bad")):
+        din.reveal_aggregate(v, task, cid(tag))
+    assert din.accepted_aggregates(task, 1) == {0: cid("agg")}
+    assert din.slashable_aggregators(task, 1) == [liar.address]
+    assert din.slash_aggregator(dev, task, 1, liar.address) > 0
+    with reverts("validator revealed the majority aggregate"):
+        din.slash_aggregator(dev, task, 1, a.address)
+
+
+# ---------------------------------------------------------------- reverts
+
+
+def test_wrong_phase_late_double_and_non_member_submissions(world):
+    din, task = world.din, world.task
+    p = world.parts[0]
+    din.join_task(p, task, os.urandom(32))
+    with reverts("not in the training phase"):
+        din.submit_update(p, task, cid("early"))
+    with reverts("already joined"):
+        din.join_task(p, task, os.urandom(32))
+    for q in world.parts[1:]:
+        din.join_task(q, task, os.urandom(32))
+    for v in world.vals:
+        din.stake(v, MIN_STAKE, os.urandom(32))
+        din.register_validator_for_task(v, task)
+    with reverts("only the model owner starts before the join deadline"):
+        din.start_round(p, task)
+    din.start_round(world.owner, task)
+    with reverts("task already started"):
+        din.start_round(world.owner, task)
+    with reverts("task is not open for joining"):
+        din.join_task(world.dev, task, os.urandom(32))
+    din.submit_update(p, task, cid("u1"))
+    with reverts("update already submitted this round"):
+        din.submit_update(p, task, cid("u1-again"))
+    with reverts("not a participant of this task"):
+        din.submit_update(world.vals[0], task, cid("intruder"))
+    world.chain.advance_time(601)
+    with reverts("not in the training phase"):
+        din.submit_update(world.parts[1], task, cid("late"))
+    din.advance(world.dev, task)
+    assert world.info().phase == "aggregation-commit"
+
+
+def test_under_staked_validator_cannot_register(world):
+    din, task = world.din, world.task
+    v = world.vals[0]
+    with reverts("stake below minimum"):
+        din.register_validator_for_task(v, task)
+    with reverts("stake below minimum"):
+        din.stake(v, MIN_STAKE - 1, os.urandom(32))
+    din.stake(v, MIN_STAKE, os.urandom(32))
+    din.unstake(v)
+    with reverts("stake below minimum"):  # unstaking validators are not active
+        din.register_validator_for_task(v, task)
+    with reverts("unstake delay not over"):
+        din.withdraw(v)
+    world.chain.advance_time(3601)
+    before = din.balance(v.address)
+    assert din.withdraw(v) == MIN_STAKE
+    assert din.balance(v.address) == before + MIN_STAKE
+
+
+def test_reveal_must_match_commitment(world):
+    din, task = world.din, world.task
+    world.start()
+    world.train(1)
+    assigned = world.assigned()
+    v = next(iter(assigned))
+    others = [u for u in world.vals if u not in assigned]
+    for u in others:
+        with reverts("validator not assigned this round"):
+            din.commit_aggregate(u, task, cid("x"))
+    din.commit_aggregate(v, task, cid("mine"))
+    with reverts("aggregate already committed this round"):
+        din.commit_aggregate(v, task, cid("mine"))
+    for u in list(assigned)[1:]:
+        din.commit_aggregate(u, task, cid("theirs"))
+    with reverts("reveal does not match commitment"):
+        din.reveal_aggregate(v, task, cid("not-mine"))
+    with reverts("reveal does not match commitment"):
+        din.reveal_aggregate(v, task, cid("mine"), salt=os.urandom(32))
+    din.reveal_aggregate(v, task, cid("mine"))
+    with reverts("aggregate already revealed this round"):
+        din.reveal_aggregate(v, task, cid("mine"))
+
+
+def test_roles_are_enforced(world):
+    din, task = world.din, world.task
+    with reverts("the model owner cannot participate"):
+        din.join_task(world.owner, task, os.urandom(32))
+    world.start()
+    world.train(1)
+    world.aggregate(1)
+    with reverts("only the model owner"):
+        din.post_global_model(world.parts[0], task, cid("g"))
+    with reverts("CID is not the proposed global model"):
+        din.attest_global(world.vals[0], task, cid("g"))
+    with reverts("only the model owner"):
+        din.signal_final_round(world.parts[0], task)
+    with reverts("not in the test set phase"):
+        din.post_test_set(world.owner, task, cid("t"), {})
+    with reverts("not in the settlement phase"):
+        world.chain.send(world.dev, din.tasks.functions.settle(task, 0, [], [], []))
+    with reverts("task is not settled"):
+        din.claim(world.parts[0], task)
+
+
+def test_scores_reveal_settle_and_claim_twice(world):
+    din, task = world.din, world.task
+    world.to_evaluation(rounds=2)
+    with reverts("not in the score commit phase"):
+        din.commit_scores(world.vals[0], task, [1, 2])
+    world.post_test_set()
+    assigned = world.assigned(0)
+    items = list(assigned.items())
+    vectors = {}
+    for i, (v, g) in enumerate(items):
+        # one validator scores far off: with tolerance 5000 it is penalised only beyond 5000
+        vectors[v] = [10000] * len(scores_for(world, v, g)) if i == 1 else scores_for(world, v, g)
+        din.commit_scores(v, task, vectors[v])
+    v0, g0 = items[0]
+    good = vectors[v0]
+    with reverts("reveal does not match commitment"):
+        din.reveal_scores(v0, task, [s + 1 for s in good])
+    with reverts("score vector length differs from the subgroup size"):
+        din.reveal_scores(v0, task, good + [1])
+    din.reveal_scores(v0, task, good)
+    with reverts("scores already revealed"):
+        din.reveal_scores(v0, task, good)
+    for v, _ in items[1:]:
+        din.reveal_scores(v, task, vectors[v])
+    din.settle(world.dev, task)
+    with reverts("not in the settlement phase"):
+        world.chain.send(world.dev, din.tasks.functions.settle(task, 0, [], [], []))
+    p = world.parts[0]
+    assert din.claim(p, task) > 0
+    with reverts("already claimed"):
+        din.claim(p, task)
+    stranger = world.dev
+    with reverts("nothing to claim"):
+        din.claim(stranger, task)
+    total = sum(din.claim(a, task) for a in world.by_address.values() if din.claimable(task, a.address))
+    paid: dict[str, int] = {}
+    for e in din.events(task, "Claimed"):
+        paid[e["args"]["account"]] = paid.get(e["args"]["account"], 0) + e["args"]["amount"]
+    assert sum(paid.values()) == DEPOSIT and total > 0
+    # the far-off validator is penalised (slashed, no fee); payouts equal the Python reference
+    rnd = din.round_info(task, 0)
+    parts, vals = din.participants(task), din.validators(task)
+    groups = [
+        (
+            [parts[i] for i in rnd.participant_groups[g]],
+            [vals[i] for i in rnd.validator_groups[g]],
+            [vectors[world.by_address[vals[i]]] for i in rnd.validator_groups[g]],
+        )
+        for g in range(rnd.groups)
+    ]
+    ref = settle_task(DEPOSIT, 1000, groups, tolerance_bps=5000)
+    far = items[1][0].address
+    assert far in ref.penalised
+    assert [e["args"]["validator"] for e in din.events(task, "ValidatorPenalised")] == [far]
+    assert din.validator_info(far).stake == MIN_STAKE - MIN_STAKE // 10
+    for who, amount in {**ref.participants, **ref.validators}.items():
+        assert paid.get(who, 0) == amount, who
+    assert paid.get(world.owner.address, 0) == ref.owner
+
+
+def test_abandoned_task_refunds_contributors(world):
+    """No test set by its deadline: the deposit is split equally among participants that trained."""
+    din, task = world.din, world.task
+    world.start()
+    trainers = world.parts[:3]
+    for p in trainers:
+        din.submit_update(p, task, cid(p.address))
+    world.chain.advance_time(601)  # training ends without the 4th
+    din.advance(world.dev, task)
+    world.chain.advance_time(601 * 4)  # commit, reveal, global and round 2 expire one by one
+    for _ in range(12):
+        if world.info().phase in ("test-set", "abandoned"):
+            break
+        world.chain.advance_time(601)
+        din.advance(world.dev, task)
+    assert world.info().phase == "test-set"
+    world.chain.advance_time(601)
+    din.advance(world.dev, task)
+    assert world.info().phase == "abandoned"
+    paid = [din.claim(p, task) for p in trainers]
+    assert sum(paid) == DEPOSIT and max(paid) - min(paid) <= 1
+    with reverts("nothing to claim"):
+        din.claim(world.parts[3], task)
+    with reverts("nothing to claim"):
+        din.claim(world.owner, task)
+
+
+def test_task_without_participants_refunds_the_owner(world):
+    din, task = world.din, world.task
+    before = din.balance(world.owner.address)
+    world.chain.advance_time(601)
+    din.advance(world.dev, task)
+    assert world.info().phase == "abandoned"
+    assert din.claim(world.owner, task) == DEPOSIT
+    assert din.balance(world.owner.address) == before + DEPOSIT
+    with reverts("already claimed"):
+        din.claim(world.owner, task)
+
+
+def test_round_seed_fixes_an_assignment_the_contract_accepts(world):
+    """Every validator the Python assignment names can commit; no other can."""
+    din, task = world.din, world.task
+    world.start()
+    world.train(1)
+    info = world.info()
+    rnd = din.round_info(task)
+    assert rnd.seed != bytes(32)
+    named = world.assigned()
+    assert len(named) == info.groups * info.per_group
+    for v in world.vals:
+        if v in named:
+            din.commit_aggregate(v, task, cid("a"))
+    contract = din.tasks
+    for i in range(info.participants):
+        pos = world.chain.call(contract.functions.assignmentPosition(rnd.seed, 0, i, info.participants))
+        assert pos == assignment.permute(assignment.population_key(rnd.seed, 0), i, info.participants)
+    assert din.model_cid(task) == cid("genesis")
+    assert info.model_digest == cid_digest(cid("genesis"))
+
+
+def test_gas_budgets_hold_for_every_call(deployed):
+    """Per-call gas budgets (benchmarks/gas.py measures them at 100 participants x 10 validators)."""
+    chain, dev, dep = deployed
+    used: dict[str, list[int]] = {}
+    send = chain.send
+
+    def recording(account, fn, **kw):
+        receipt = send(account, fn, **kw)
+        used.setdefault(getattr(fn, "fn_name", "?"), []).append(int(receipt["gasUsed"]))
+        return receipt
+
+    chain.send = recording
+    try:
+        w = World(chain, dev, dep, n_participants=6, n_validators=6, subgroup_size=3, validators_per_subgroup=3, max_rounds=1)
+        w.start()
+        w.train(1)
+        w.aggregate(1)
+    finally:
+        chain.send = send
+    assert max(used["joinTask"]) <= 80_000
+    assert max(used["registerValidator"]) <= 80_000
+    assert max(used["submitUpdate"]) <= 60_000
+    assert max(used["commitAggregate"]) + max(used["revealAggregate"]) <= 120_000
+
+
+def test_evaluation_nobody_reveals_refunds_the_owner_and_slashes(world):
+    """No validator scores: every median is 0, they are all penalised, the deposit goes back."""
+    din, task = world.din, world.task
+    world.to_evaluation(rounds=2)
+    world.post_test_set()
+    world.chain.advance_time(601)  # score commit expires; the empty reveal phase ends at once
+    din.advance(world.dev, task)
+    assert world.info().phase == "settling"
+    din.settle(world.dev, task)
+    assert world.info().phase == "settled"
+    assigned = world.assigned(0)
+    penalised = {e["args"]["validator"] for e in din.events(task, "ValidatorPenalised")}
+    assert penalised == {v.address for v in assigned}
+    for p in world.parts:
+        assert din.claimable(task, p.address) == 0
+    assert din.claim(world.owner, task) == DEPOSIT
