@@ -14,7 +14,7 @@ $(VENV_STAMP): pyproject.toml
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
-	npm ci --no-audit --no-fund
+	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 install: $(VENV_STAMP)
@@ -39,7 +39,7 @@ contracts-check: node_modules/.installed
 
 ## a whole DIN run on the embedded defaults
 demo: $(VENV_STAMP)
-	bash examples/demo.sh
+	bash examples/round.sh
 
 ## start anvil and a js-ipfs daemon on 127.0.0.1 (PIDs in .ci/state); prints the env to export
 services: node_modules/.installed
