@@ -394,17 +394,18 @@ def task():
 @chain_option
 @json_option
 def task_list(chain_url, as_json):
-    """List every task: id, phase, round, participants, validators.
+    """List the tasks of this deployment, newest first: id, phase, round, participants, validators.
 
     \b
     Example:
         din task list | awk -F'\t' '$2 == "joining" {print $1}'
+        din task list | head -n 1 | cut -f1
     """
     from din_cli.chain import network
 
     chain_, dep = network.open_network(chain_url)
     try:
-        tasks = network.list_tasks(chain_, dep)
+        tasks = network.list_tasks(chain_, dep)[::-1]  # newest first
     finally:
         chain_.close()
     if as_json:

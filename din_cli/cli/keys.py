@@ -6,7 +6,14 @@ import click
 
 from din_cli import config
 from din_cli.cli import output as out
-from din_cli.cli.options import json_option, key_option, output_option, quiet_option, read_password
+from din_cli.cli.options import (
+    chain_option,
+    json_option,
+    key_option,
+    output_option,
+    quiet_option,
+    read_password,
+)
 from din_cli.errors import UsageError
 
 
@@ -212,24 +219,37 @@ def _read_import_source(source):
     help="Owner identity that signs --cid  [env: DIN_KEY]; default: the only key.",
 )
 @_binding_options
+@click.option(
+    "--post",
+    is_flag=True,
+    help="Publish on chain as TASK's test set (the task's owner signs with --signer): addresses resolve to the "
+    "HPKE keys validators registered on chain; without --to, every validator assigned to the evaluation.",
+)
+@chain_option
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON document (the default).")
 @click.option("--nl", is_flag=True, help="Print one JSON object per recipient per line instead.")
 @output_option
 @quiet_option
-def keys_wrap(key_file, recipients, cid, signer, task, round_, chain_id, as_json, nl, output):
+def keys_wrap(key_file, recipients, cid, signer, task, round_, chain_id, post, chain_url, as_json, nl, output):
     """Wrap a test-set key K for validators (HPKE), bound to a task and round.
 
     With --cid the owner also signs the test set's CID (EIP-191) and encrypts
     the signature under K. Prints the din/test-key/v1 JSON document that
     `din keys unwrap` reads: addresses, wrapped keys (hex) and the encrypted
-    signed CID.
+    signed CID. With --post (round 0, the evaluation) the owner also
+    publishes it on chain, binding it to the chain's id; validators then
+    score with `din evaluate --task TASK --commit`.
 
     \b
     Example:
         din data encrypt --key-out K.bin test.csv -o test.csv.enc
         CID=$(din ipfs add test.csv.enc)
         din keys list | cut -f2 | din keys wrap --key K.bin --cid "$CID" --task 1 --round 3 -o wrapped.json
+        din keys wrap --key K.bin --cid "$CID" --task 1 --round 0 --post --signer dev1 -o /dev/null
     """
+    if post:
+        _wrap_and_post(key_file, recipients, cid, signer, task, round_, chain_id, chain_url, nl, output)
+        return
     import sys
 
     from din_cli.crypto import aead, wrap
@@ -259,6 +279,31 @@ def keys_wrap(key_file, recipients, cid, signer, task, round_, chain_id, as_json
     write_atomic(output, wrap.dumps(doc, per_recipient=nl).encode())
     signed = f"; CID signed by {owner.address}" if owner else ""
     out.note(f"wrapped K for {len(targets)} recipient(s), task {task} round {round_}{signed}")
+
+
+def _wrap_and_post(key_file, recipients, cid, signer, task, round_, chain_id, chain_url, nl, output):
+    """`din keys wrap --post`: wrap K for the task's validators (keys from chain) and publish it."""
+    from din_cli.cli.round import context
+    from din_cli.crypto import aead, wrap
+    from din_cli.crypto.keystore import Keystore
+    from din_cli.files import write_atomic
+    from din_cli.protocol import evaluation
+
+    if cid is None:
+        raise UsageError("--post publishes the test set's signed CID", "give --cid CID")
+    if round_ != evaluation.EVAL_ROUND:
+        raise UsageError(f"--post publishes the evaluation's key, not round {round_}'s", "give --round 0")
+    key = aead.read_key(key_file)
+    with context(chain_url, None, signer) as ctx:
+        if chain_id not in (0, ctx.chain.chain_id):
+            raise UsageError(f"--chain-id {chain_id} is not this chain's id {ctx.chain.chain_id}", "leave --chain-id out")
+        specs = list(recipients) or evaluation.evaluation_validators(ctx, task)
+        targets = wrap.resolve_recipients(specs, keystore=Keystore(), resolver=evaluation.chain_resolver(ctx))
+        binding = wrap.Binding(int(ctx.chain.chain_id), task, round_)
+        doc = wrap.wrap_test_key(key, targets, binding, cid=cid, owner=ctx.identity)
+        evaluation.post_wrapped(ctx, task, doc)
+    write_atomic(output, wrap.dumps(doc, per_recipient=nl).encode())
+    out.note(f"posted the test set of task {task}: K wrapped for {len(targets)} validator(s)")
 
 
 @click.command("unwrap")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import click
 
 from din_cli.cli import output as out
-from din_cli.cli.options import ipfs_option, json_option, output_option, quiet_option
+from din_cli.cli.options import (
+    chain_option,
+    ipfs_option,
+    json_option,
+    key_option,
+    output_option,
+    quiet_option,
+)
 
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
 
@@ -128,7 +135,7 @@ def data_split(dataset, participants, alpha, test_fraction, seed, shuffle, out_d
 
 @click.command("train")
 @click.option(
-    "--model", "model", required=True, metavar="FILE|CID|-", help="The global model to start from."
+    "--model", "model", default=None, metavar="FILE|CID|-", help="The global model to start from (not with --task)."
 )
 @click.option(
     "--data",
@@ -139,23 +146,46 @@ def data_split(dataset, participants, alpha, test_fraction, seed, shuffle, out_d
 @click.option("--epochs", default=1, show_default=True, type=int)
 @click.option("--lr", default=0.1, show_default=True, type=float, help="SGD learning rate.")
 @click.option("--batch-size", default=32, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the batch order.")
+@click.option("--seed", default=None, type=int, help="Seed of the batch order.  [default: 0; with --task, the round]")
 @click.option(
     "--device", type=DEVICE, default="auto", show_default=True, help="auto uses CUDA when present."
 )
+@click.option("--task", default=None, metavar="TASK", help="Train for TASK's current round: the model comes from the chain.")
+@click.option("--submit", is_flag=True, help="With --task: add the update to the content store and submit its CID.")
 @ipfs_option
+@chain_option
+@key_option
 @output_option
+@json_option
 @quiet_option
-def train(model, data, epochs, lr, batch_size, seed, device, ipfs_api, output):
+def train(model, data, epochs, lr, batch_size, seed, device, task, submit, ipfs_api, chain_url, key_name, output, as_json):
     """Train a model on a local data store and write the update with its sample count.
 
-    The same inputs and seed give the same bytes on the CPU.
+    The same inputs and seed give the same bytes on the CPU. With --task
+    TASK --submit a participant trains the round's global model (fetched by
+    the CID on chain), adds the update and submits its CID; it prints the
+    CID, and running it again in the same round exits 7 (already done).
 
     \b
     Example:
         din train --model genesis.safetensors --data stores/participant-01.npz -o u1.safetensors
         din ipfs cat "$GLOBAL_CID" | din train --model - --data mine.csv -o - | din ipfs add -
+        din train --task 1 --data stores/participant-01.npz --submit --key dev2 | xargs din model info
     """
+    if task is not None or submit:
+        from din_cli.cli.round import train_on_task
+
+        if task is None:
+            raise click.UsageError("--submit needs --task TASK")
+        if model is not None or output != "-":
+            raise click.UsageError("--task takes the model from the chain and submits the update: drop --model and -o")
+        train_on_task(task, data, submit=submit, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+                      device=device, chain_url=chain_url, ipfs_api=ipfs_api, key_name=key_name, as_json=as_json)
+        return
+    if model is None:
+        raise click.UsageError("Missing option '--model' (or give --task TASK --submit).")
+    if seed is None:
+        seed = 0
     from din_cli.ml.train import train as run
     from din_cli.protocol.inputs import resolved
 
@@ -177,10 +207,18 @@ def train(model, data, epochs, lr, batch_size, seed, device, ipfs_api, output):
 
 @click.command("aggregate")
 @click.argument("inputs", nargs=-1, metavar="[FILE|CID]...")
+@click.option("--task", default=None, metavar="TASK", help="Aggregate your subgroup of TASK's current round (validators).")
+@click.option("--round", "round_", type=click.IntRange(1, None), default=None, metavar="R", help="With --task: the round (default: the current one).")
+@click.option("--commit", is_flag=True, help="With --task: aggregate the subgroup's submitted updates and commit the result.")
+@click.option("--reveal", is_flag=True, help="With --task: reveal the committed aggregate.")
+@click.option("--cid", default=None, metavar="CID", help="With --commit: commit this CID instead of computing the aggregate.")
 @ipfs_option
+@chain_option
+@key_option
 @output_option
+@json_option
 @quiet_option
-def aggregate(inputs, ipfs_api, output):
+def aggregate(inputs, task, round_, commit, reveal, cid, ipfs_api, chain_url, key_name, output, as_json):
     """Average updates weighted by their samples, bit-exactly (FedAvg).
 
     Inputs come from the arguments or, when none are given, from stdin one
@@ -188,11 +226,27 @@ def aggregate(inputs, ipfs_api, output):
     the result carries the total sample count, so aggregates can be
     aggregated again.
 
+    With --task TASK --commit a validator fetches exactly its subgroup's
+    submitted updates (from the chain's events), aggregates them, adds the
+    result and commits keccak(CID, salt); --reveal later reveals it. Both
+    print the CID; a step already done exits 7.
+
     \b
     Example:
         din aggregate u1.safetensors u2.safetensors -o global.safetensors
         ls updates/*.safetensors | din aggregate -o - | din ipfs add -
+        din aggregate --task 1 --commit --key dev8 && din aggregate --task 1 --reveal --key dev8
     """
+    if task is not None or commit or reveal or cid or round_:
+        from din_cli.cli.round import aggregate_on_task
+
+        if task is None:
+            raise click.UsageError("--commit, --reveal, --round and --cid need --task TASK")
+        if inputs or output != "-":
+            raise click.UsageError("--task aggregates the subgroup's updates from the chain: drop the inputs and -o")
+        aggregate_on_task(task, round_, commit=commit, reveal=reveal, cid=cid, chain_url=chain_url,
+                          ipfs_api=ipfs_api, key_name=key_name, as_json=as_json)
+        return
     from din_cli.ml.aggregate import aggregate as run
     from din_cli.protocol.inputs import read_refs, resolved
 
@@ -204,23 +258,50 @@ def aggregate(inputs, ipfs_api, output):
 
 
 @click.command("evaluate")
-@click.option("--model", "model", required=True, metavar="FILE|CID|-", help="The model to score.")
+@click.option("--model", "model", default=None, metavar="FILE|CID|-", help="The model to score (not with --task).")
 @click.option(
-    "--data", required=True, metavar="STORE", help="Test store: CSV, NPZ, safetensors, or a folder."
+    "--data", default=None, metavar="STORE", help="Test store: CSV, NPZ, safetensors, or a folder (not with --task)."
 )
 @click.option(
     "--metric", type=click.Choice(["accuracy", "f1", "loss"]), default="accuracy", show_default=True
 )
+@click.option("--task", default=None, metavar="TASK", help="Score your evaluation subgroup of TASK on the owner's test set (validators).")
+@click.option("--commit", is_flag=True, help="With --task: score and commit the score vector.")
+@click.option("--reveal", is_flag=True, help="With --task: reveal the committed scores.")
+@click.option("--set-score", "overrides", multiple=True, metavar="ADDRESS=BPS",
+              help="With --commit: commit BPS for ADDRESS instead of its measured score (a deliberate disagreement; settlement penalises it).")
 @ipfs_option
+@chain_option
+@key_option
 @json_option
-def evaluate(model, data, metric, ipfs_api, as_json):
+@quiet_option
+def evaluate(model, data, metric, task, commit, reveal, overrides, ipfs_api, chain_url, key_name, as_json):
     """Score a model on a store; print the score in basis points (0..10000).
+
+    With --task TASK --commit a validator unwraps the test-set key sealed to
+    its HPKE key, checks the owner's signature on the test set's CID,
+    decrypts it, scores each participant of its evaluation subgroup (its
+    latest update, on the whole reserved pool) and commits the vector;
+    --reveal reveals it. Both print ADDRESS<TAB>SCORE lines.
 
     \b
     Example:
         din evaluate --model global.safetensors --data stores/test.npz
         din evaluate --model global.safetensors --data stores/test.npz --metric f1 --json | jq .score_bps
+        din evaluate --task 1 --commit --key dev8 | sort -k2 -n | head -n 1
     """
+    if task is not None or commit or reveal or overrides:
+        from din_cli.cli.round import evaluate_on_task
+
+        if task is None:
+            raise click.UsageError("--commit, --reveal and --set-score need --task TASK")
+        if model is not None or data is not None:
+            raise click.UsageError("--task scores the subgroup's models on the owner's test set: drop --model and --data")
+        evaluate_on_task(task, commit=commit, reveal=reveal, overrides=overrides, metric=metric,
+                         chain_url=chain_url, ipfs_api=ipfs_api, key_name=key_name, as_json=as_json)
+        return
+    if model is None or data is None:
+        raise click.UsageError("Missing option '--model' or '--data' (or give --task TASK --commit|--reveal).")
     from din_cli.ml.evaluate import evaluate as run
     from din_cli.protocol.inputs import resolved
 

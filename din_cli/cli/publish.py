@@ -1,0 +1,102 @@
+"""`din model publish`: add a genesis model to the content store and create a task for it."""
+
+from __future__ import annotations
+
+import click
+
+from din_cli.cli import output
+from din_cli.cli.options import chain_option, ipfs_option, json_option, key_option, quiet_option
+from din_cli.cli.round import context
+
+
+@click.command("publish")
+@click.argument("model", metavar="FILE")
+@click.option(
+    "--deposit",
+    required=True,
+    metavar="AMOUNT",
+    help="Reward deposit in DIN (approved and locked).",
+)
+@click.option(
+    "--subgroup-size",
+    type=click.IntRange(1, None),
+    default=10,
+    show_default=True,
+    help="Participants per subgroup.",
+)
+@click.option(
+    "--validators-per-subgroup", type=click.IntRange(1, None), default=3, show_default=True
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 65535),
+    default=1,
+    show_default=True,
+    help="Most training rounds.",
+)
+@click.option(
+    "--fee",
+    "fee_bps",
+    type=click.IntRange(0, 10000),
+    default=1000,
+    show_default=True,
+    metavar="BPS",
+    help="Validators' share of the deposit, in basis points.",
+)
+@click.option(
+    "--phase-seconds",
+    type=click.IntRange(1, None),
+    default=None,
+    metavar="S",
+    help="Length of every phase (default: 30-60 min each).",
+)
+@chain_option
+@ipfs_option
+@key_option
+@json_option
+@quiet_option
+def model_publish(
+    model,
+    deposit,
+    subgroup_size,
+    validators_per_subgroup,
+    rounds,
+    fee_bps,
+    phase_seconds,
+    chain_url,
+    ipfs_api,
+    key_name,
+    as_json,
+):
+    """Add the genesis MODEL to the content store and create a task with a reward deposit; prints the task id.
+
+    --json prints the task id, the model's CID, its architecture and the deposit.
+
+    \b
+    Example:
+        TASK=$(din model publish genesis.safetensors --deposit 1000 --rounds 3 --key owner)
+        din model publish genesis.safetensors --deposit 10 --key owner --json | jq -r .cid
+    """
+    from din_cli.chain.network import format_amount, parse_amount
+    from din_cli.protocol import roundflow
+
+    units = parse_amount(deposit)
+    options = dict(
+        subgroup_size=subgroup_size,
+        validators_per_subgroup=validators_per_subgroup,
+        max_rounds=rounds,
+        fee_bps=fee_bps,
+    )
+    if phase_seconds:
+        from din_cli.chain.din import DURATION_NAMES
+
+        options["durations"] = {name: phase_seconds for name in DURATION_NAMES}
+    with context(chain_url, ipfs_api, key_name) as ctx:
+        doc = roundflow.publish(ctx, model, units, **options)
+    output.note(
+        f"task {doc['task_id']}: {doc['arch']} model {doc['cid']}, deposit {format_amount(units)} DIN"
+    )
+    if as_json:
+        output.emit_json(doc)
+    else:
+        output.emit(doc["task_id"])

@@ -1,0 +1,107 @@
+"""`din rewards`: settle a task, claim what it owes you, show scores and payouts."""
+
+from __future__ import annotations
+
+import click
+
+from din_cli.cli import output
+from din_cli.cli.options import chain_option, json_option, key_option, quiet_option
+from din_cli.cli.round import context, print_doc, task_option
+
+
+@click.group("rewards")
+def rewards():
+    """Settle a task's rewards, claim them, and show who earned what.
+
+    \b
+    Example:
+        din rewards settle --task 1 --key dev1 && din rewards claim --task 1 --key dev2
+    """
+
+
+@rewards.command("settle")
+@task_option
+@chain_option
+@key_option
+@json_option
+@quiet_option
+def rewards_settle(task, chain_url, key_name, as_json):
+    """Slash convicted aggregators and settle every evaluation subgroup (anyone); prints the phase.
+
+    \b
+    Example:
+        din rewards settle --task 1 --key dev1 --json | jq '.slashed[].validator'
+    """
+    from din_cli.protocol import rewards as lib
+    from din_cli.protocol.roundflow import task_number
+
+    with context(chain_url, None, key_name) as ctx:
+        doc = lib.settle(ctx, task_number(task))
+    for s in doc["slashed"]:
+        output.note(f"slashed {s['validator']} for round {s['round']}")
+    output.note(f"settled subgroups {doc['settled']}; task is {doc['phase']}")
+    print_doc(doc, as_json, doc["phase"])
+
+
+@rewards.command("claim")
+@task_option
+@chain_option
+@key_option
+@json_option
+@quiet_option
+def rewards_claim(task, chain_url, key_name, as_json):
+    """Pull what TASK owes your key (score share, validator fee or owner refund); prints the amount in DIN.
+
+    Claiming twice exits 7 (already done).
+
+    \b
+    Example:
+        din rewards claim --task 1 --key dev2 | xargs echo received
+    """
+    from din_cli.chain.network import format_amount
+    from din_cli.protocol import rewards as lib
+    from din_cli.protocol.roundflow import task_number
+
+    with context(chain_url, None, key_name) as ctx:
+        doc = lib.claim(ctx, task_number(task))
+    print_doc(doc, as_json, format_amount(doc["amount"]))
+
+
+@rewards.command("show")
+@task_option
+@chain_option
+@json_option
+def rewards_show(task, chain_url, as_json):
+    """Show each participant's scores, median and payout, and each validator's stake and slashes.
+
+    Plain output: ROLE<TAB>ADDRESS<TAB>MEDIAN|STAKE<TAB>PAID<TAB>CLAIMABLE lines (amounts in DIN);
+    validator lines end with the reasons it was slashed (or -).
+
+    \b
+    Example:
+        din rewards show --task 1 | awk -F'\\t' '$1 == "participant" {print $2, $4}'
+    """
+    from din_cli.chain.network import format_amount
+    from din_cli.protocol import rewards as lib
+    from din_cli.protocol.roundflow import task_number
+
+    with context(chain_url, None, None, act=False) as ctx:
+        doc = lib.show(ctx, task_number(task))
+    if as_json:
+        output.emit_json(doc)
+        return
+    f = format_amount
+    lines = [
+        f"participant\t{p['address']}\t{'-' if p['median'] is None else p['median']}\t{f(p['claimed'])}\t{f(p['claimable'])}"
+        for p in doc["participants"]
+    ]
+    lines += [
+        f"validator\t{v['address']}\t{f(v['stake'])}\t{f(v['claimed'])}\t{f(v['claimable'])}\t{'; '.join(v['reasons']) or '-'}"
+        for v in doc["validators"]
+    ]
+    o = doc["owner"]
+    lines.append(f"owner\t{o['address']}\t-\t{f(o['claimed'])}\t{f(o['claimable'])}")
+    output.emit(*lines)
+    output.note(
+        f"deposit {f(doc['deposit'])} DIN; claimed {f(doc['claimed'])}, outstanding {f(doc['outstanding'])}"
+    )

@@ -1,0 +1,51 @@
+"""`din verify`: recompute a task's accepted aggregates and global models from on-chain CIDs."""
+
+from __future__ import annotations
+
+import click
+
+from din_cli.cli import output
+from din_cli.cli.options import chain_option, ipfs_option, json_option
+from din_cli.cli.round import context, task_option
+
+
+@click.command("verify")
+@task_option
+@click.option(
+    "--round",
+    "round_",
+    type=click.IntRange(1, None),
+    default=None,
+    metavar="R",
+    help="Check one round only.",
+)
+@chain_option
+@ipfs_option
+@json_option
+def verify(task, round_, chain_url, ipfs_api, as_json):
+    """Check that TASK's on-chain record holds: every accepted aggregate and global model recomputes bit-exactly.
+
+    Prints one line per check (ROUND<TAB>WHAT<TAB>GROUP<TAB>ok|FAIL<TAB>CID);
+    exit 0 when all hold, 3 when any does not.
+
+    \b
+    Example:
+        din verify --task 1 && echo "the record holds"
+        din verify --task 1 --round 2 --json | jq '.[] | select(.ok | not)'
+    """
+    from din_cli.protocol import verify as lib
+    from din_cli.protocol.roundflow import task_number
+
+    tid = task_number(task)
+    with context(chain_url, ipfs_api, None, act=False) as ctx:
+        checks = lib.audit(ctx, tid, round_)
+    if as_json:
+        output.emit_json(checks)
+    else:
+        output.emit(
+            *(
+                f"{c['round']}\t{c['what']}\t{'-' if c['group'] is None else c['group']}\t{'ok' if c['ok'] else 'FAIL'}\t{c['recorded']}"
+                for c in checks
+            )
+        )
+    lib.require_ok(tid, checks)

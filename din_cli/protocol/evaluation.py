@@ -1,0 +1,282 @@
+"""The end of a task: the owner's encrypted test set, validators' score commit and reveal.
+
+The owner encrypts its test store under a fresh key K (AES-256-GCM,
+``crypto.aead``), adds the ciphertext to the content store, signs its CID and
+encrypts the signed CID under K, and wraps K to the HPKE key every validator
+assigned to the evaluation registered on chain (``crypto.wrap``). The chain
+keeps the encrypted CID and the wrapped keys (``TestSetPosted``).
+
+A validator unwraps K, checks the owner's signature, fetches and decrypts the
+test set, and scores every participant of its evaluation subgroup: each
+participant's latest submitted update, on the rows
+``sampling.evaluation_rows(seed, pool, final=True)`` (the final evaluation
+uses the whole pool). A participant that never submitted scores 0. Scores are
+basis points (accuracy x 10000), in subgroup position order.
+
+Example:
+    with open_context(identity=owner) as ctx:
+        post_test_set(ctx, 1, "stores/test.npz")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from din_cli.errors import AlreadyDone, InputError, NotFoundError, UsageError
+from din_cli.protocol.roundflow import _gas, require_phase, validator_state
+
+EVAL_ROUND = 0
+
+
+def _binding(ctx, task_id: int):
+    from din_cli.crypto.wrap import Binding
+
+    return Binding(int(ctx.chain.chain_id), int(task_id), EVAL_ROUND)
+
+
+def evaluation_validators(ctx, task_id: int) -> list[str]:
+    """Addresses of the validators assigned to the evaluation (slot order), who get K."""
+    rnd = ctx.din.round_info(task_id, EVAL_ROUND)
+    validators = ctx.din.validators(task_id)
+    return [validators[i] for group in rnd.validator_groups for i in group]
+
+
+def chain_resolver(ctx):
+    """``address -> HPKE public key`` registered in the validator registry (None when it has none)."""
+
+    def resolve(address: str) -> bytes | None:
+        key = ctx.din.validator_info(address).hpke_key
+        return key if key and any(key) else None
+
+    return resolve
+
+
+def post_wrapped(ctx, task_id: int, doc: dict) -> dict:
+    """Post a ``din/test-key/v1`` document (encrypted signed CID, K per validator) as the task's test set (owner)."""
+    from din_cli.crypto.wrap import chain_args
+
+    info = ctx.din.task_info(task_id)
+    if info.test_set_digest != bytes(32):
+        raise AlreadyDone(
+            f"task {task_id}'s test set is already posted",
+            "validators score it with `din evaluate --task TASK --commit`",
+        )
+    if ctx.address != info.owner:
+        raise UsageError(
+            f"only the task's owner {info.owner} posts its test set", "use the owner's --key"
+        )
+    if (doc.get("chain_id"), doc.get("task"), doc.get("round")) != (
+        int(ctx.chain.chain_id),
+        int(task_id),
+        EVAL_ROUND,
+    ):
+        raise UsageError(
+            f"the wrapped key is bound to chain {doc.get('chain_id')} task {doc.get('task')} round {doc.get('round')}",
+            f"wrap it for --chain-id {ctx.chain.chain_id} --task {task_id} --round {EVAL_ROUND}",
+        )
+    require_phase(ctx, task_id, "test-set")
+    encrypted_cid, wrapped = chain_args(doc)
+    missing = [a for a in evaluation_validators(ctx, task_id) if a not in wrapped]
+    if missing:
+        raise UsageError(
+            f"K is not wrapped for evaluation validator(s) {', '.join(missing)}",
+            "wrap it for every validator of the task",
+        )
+    with ctx.chain.writing():
+        if ctx.din.task_info(task_id).test_set_digest != bytes(32):
+            raise AlreadyDone(f"task {task_id}'s test set is already posted", "nothing to do")
+        receipt = ctx.din.post_test_set(ctx.account, task_id, encrypted_cid, wrapped)
+    return {"task_id": task_id, "validators": list(wrapped), "gas": _gas(receipt)}
+
+
+def post_test_set(ctx, task_id: int, test_store: str | Path) -> dict:
+    """Encrypt ``test_store``, add it, and post its signed CID with K wrapped to each evaluation validator (owner)."""
+    from din_cli.crypto import aead
+    from din_cli.crypto.wrap import Recipient, wrap_test_key
+    from din_cli.ml.data import load_store
+
+    info = ctx.din.task_info(task_id)
+    if info.test_set_digest != bytes(32):
+        raise AlreadyDone(
+            f"task {task_id}'s test set is already posted",
+            "validators score it with `din evaluate --task TASK --commit`",
+        )
+    info = require_phase(ctx, task_id, "test-set")
+    if ctx.address != info.owner:
+        raise UsageError(
+            f"only the task's owner {info.owner} posts its test set", "use the owner's --key"
+        )
+    rows = len(load_store(test_store))  # a readable store, before anything is published
+    resolve = chain_resolver(ctx)
+    recipients = [Recipient(resolve(a), a) for a in evaluation_validators(ctx, task_id)]
+    key = aead.generate_key()
+    with ctx.workdir() as work:
+        sealed = work / "test.enc"
+        aead.encrypt_file(str(test_store), sealed, key)
+        cid = ctx.add(sealed)
+    doc = wrap_test_key(key, recipients, _binding(ctx, task_id), cid=cid, owner=ctx.identity)
+    posted = post_wrapped(ctx, task_id, doc)
+    return {
+        "task_id": task_id,
+        "cid": cid,
+        "rows": rows,
+        "validators": posted["validators"],
+        "gas": posted["gas"],
+    }
+
+
+def open_test_set(ctx, task_id: int, dest: Path) -> tuple[str, Path]:
+    """As a validator: unwrap K, verify the owner's signature on the CID, fetch and decrypt the test set."""
+    from din_cli.crypto import aead
+    from din_cli.crypto.wrap import document_from_chain, open_test_key
+
+    posted = ctx.din.test_set(task_id)
+    if posted is None:
+        raise NotFoundError(
+            f"task {task_id} has no test set yet", "wait for the owner's `din round test-set`"
+        )
+    encrypted_cid, wrapped = posted
+    if ctx.identity is None or not hasattr(ctx.identity, "hpke_private"):
+        raise UsageError("opening the test set needs your HPKE key", "act with --key NAME")
+    owner = ctx.din.task_info(task_id).owner
+    doc = document_from_chain(encrypted_cid, wrapped, _binding(ctx, task_id))
+    opened = open_test_key(doc, ctx.identity, _binding(ctx, task_id), owner_address=owner)
+    sealed = ctx.fetch(opened.cid, dest.with_suffix(".enc"))
+    plain = dest.with_suffix(".plain")
+    aead.decrypt_file(sealed, plain, opened.key)
+    with open(plain, "rb") as f:  # the store's format decides its suffix
+        head = f.read(9)
+    suffix = ".npz" if head.startswith(b"PK") else ".safetensors" if head[8:9] == b"{" else ".csv"
+    dest = dest.with_suffix(suffix)
+    plain.rename(dest)
+    return opened.cid, dest
+
+
+def latest_updates(ctx, task_id: int) -> dict[int, bytes]:
+    """``{participant index: CID of its latest update}`` over every round."""
+    out: dict[int, tuple[int, bytes]] = {}
+    for e in ctx.din.events(task_id, "UpdateSubmitted"):
+        a = e["args"]
+        i, r = int(a["index"]), int(a["round"])
+        if i not in out or r >= out[i][0]:
+            out[i] = (r, bytes(a["cid"]))
+    return {i: c for i, (_, c) in out.items()}
+
+
+def compute_scores(
+    ctx, task_id: int, group: int, test_path: Path, work: Path, metric: str = "accuracy"
+) -> tuple[list[str], list[int]]:
+    """Score each participant of evaluation subgroup ``group``; ``(addresses, scores in bps)``."""
+    from din_cli.ml.data import load_store
+    from din_cli.ml.evaluate import evaluate_rows
+    from din_cli.protocol.sampling import evaluation_rows
+
+    rnd = ctx.din.round_info(task_id, EVAL_ROUND)
+    parts = ctx.din.participants(task_id)
+    latest = latest_updates(ctx, task_id)
+    rows = evaluation_rows(rnd.seed, len(load_store(test_path)), final=True)
+    addresses, scores = [], []
+    for i in rnd.participant_groups[group]:
+        addresses.append(parts[i])
+        if i not in latest:
+            scores.append(0)
+            continue
+        model = ctx.fetch(latest[i], work / f"model-{i}.safetensors")
+        scores.append(int(evaluate_rows(model, test_path, rows, metric=metric).score_bps))
+    return addresses, scores
+
+
+def _overrides(
+    addresses: list[str], scores: list[int], overrides: dict[str, int] | None
+) -> list[int]:
+    if not overrides:
+        return scores
+    lower = {a.lower(): k for k, a in enumerate(addresses)}
+    out = list(scores)
+    for who, bps in overrides.items():
+        if who.lower() not in lower:
+            raise UsageError(
+                f"{who} is not in your evaluation subgroup",
+                f"participants there: {', '.join(addresses)}",
+            )
+        if not 0 <= int(bps) <= 10000:
+            raise UsageError(f"score {bps} is outside 0..10000", "scores are basis points")
+        out[lower[who.lower()]] = int(bps)
+    return out
+
+
+def evaluate_commit(
+    ctx, task_id: int, *, overrides: dict[str, int] | None = None, metric: str = "accuracy"
+) -> dict:
+    """Score this validator's evaluation subgroup on the decrypted test set and commit the score vector.
+
+    ``overrides`` (address -> bps) replaces computed scores (a validator
+    disagreeing on purpose: the demo's dishonest validator; settlement
+    penalises it when it is further than the tolerance from the median).
+    """
+    state = validator_state(ctx, task_id, ctx.address)
+    if not state["index1"]:
+        raise NotFoundError(
+            f"{ctx.address} is not a validator of task {task_id}",
+            "only the task's validators score",
+        )
+    if state["score_committed"]:
+        raise AlreadyDone(
+            f"scores already committed for task {task_id}",
+            f"reveal them: `din evaluate --task {task_id} --reveal`",
+        )
+    require_phase(ctx, task_id, "score-commit")
+    m = ctx.din.subgroup_of(task_id, ctx.address, EVAL_ROUND)
+    if m.group is None:
+        raise AlreadyDone(
+            f"{ctx.address} is not assigned to an evaluation subgroup", "nothing to do"
+        )
+    with ctx.workdir() as work:
+        cid, test = open_test_set(ctx, task_id, work / "test.npz")
+        addresses, scores = compute_scores(ctx, task_id, m.group, test, work, metric)
+    scores = _overrides(addresses, scores, overrides)
+    ctx.save_record(
+        task_id,
+        EVAL_ROUND,
+        "scores",
+        {"group": m.group, "participants": addresses, "scores": scores},
+    )
+    with ctx.chain.writing():
+        if validator_state(ctx, task_id, ctx.address)["score_committed"]:
+            raise AlreadyDone(f"scores already committed for task {task_id}", "nothing to do")
+        ctx.din.commit_scores(ctx.account, task_id, scores)
+    return {
+        "task_id": task_id,
+        "group": m.group,
+        "test_set": cid,
+        "participants": addresses,
+        "scores": scores,
+    }
+
+
+def evaluate_reveal(ctx, task_id: int) -> dict:
+    """Reveal the committed score vector (recomputed when the local record is gone)."""
+    state = validator_state(ctx, task_id, ctx.address)
+    if state["score_revealed"]:
+        raise AlreadyDone(f"scores already revealed for task {task_id}", "nothing to do")
+    require_phase(ctx, task_id, "score-reveal")
+    if not state["score_committed"]:
+        raise NotFoundError(
+            f"no scores committed for task {task_id}", "the commit phase is over; nothing to reveal"
+        )
+    rec = ctx.load_record(task_id, EVAL_ROUND, "scores")
+    if rec is None:
+        with ctx.workdir() as work:
+            _, test = open_test_set(ctx, task_id, work / "test.npz")
+            addresses, scores = compute_scores(ctx, task_id, int(state["score_group"]), test, work)
+        rec = {"group": int(state["score_group"]), "participants": addresses, "scores": scores}
+    if len(rec.get("scores", [])) != len(rec.get("participants", [])):
+        raise InputError(
+            f"{ctx.record_path(task_id, EVAL_ROUND, 'scores')}: damaged record",
+            "delete it to recompute the scores",
+        )
+    with ctx.chain.writing():
+        if validator_state(ctx, task_id, ctx.address)["score_revealed"]:
+            raise AlreadyDone(f"scores already revealed for task {task_id}", "nothing to do")
+        receipt = ctx.din.reveal_scores(ctx.account, task_id, rec["scores"])
+    return {"task_id": task_id, **rec, "gas": _gas(receipt)}

@@ -1,0 +1,195 @@
+"""Settlement and payouts: slash what the record proves, settle every subgroup, claim, show.
+
+``settle`` first slashes every aggregator the chain's record convicts (it did
+not reveal, or revealed a minority aggregate), then settles each evaluation
+subgroup (medians of the revealed score vectors; validators outside the
+tolerance are penalised). Anyone may run it. ``claim`` pulls what the task
+owes the acting key; ``show`` lists scores, payouts, stakes and slashes.
+
+Payouts telescope (``pool * (before + m) / total - pool * before / total``),
+so once everyone has claimed, the claims sum exactly to the deposit: the
+participants' pool, the validators' fees, and the owner's refund of any part
+nobody earned.
+
+Example:
+    with open_context(identity=anyone) as ctx:
+        settle(ctx, 1)
+"""
+
+from __future__ import annotations
+
+from din_cli.errors import AlreadyDone, NotFoundError, UsageError
+from din_cli.protocol.roundflow import require_phase, validator_state
+
+NO_DEADLINE = 2**64 - 1
+
+
+def settle(ctx, task_id: int) -> dict:
+    """Slash convicted aggregators, then settle every unsettled subgroup; what was done."""
+    d = ctx.din
+    info = d.task_info(task_id)
+    if info.phase in ("settled", "abandoned"):
+        raise AlreadyDone(
+            f"task {task_id} is already {info.phase}",
+            f"claim with `din rewards claim --task {task_id}`",
+        )
+    if (
+        info.phase != "settling"
+        and info.deadline != NO_DEADLINE
+        and ctx.chain.now() >= info.deadline
+    ):
+        with ctx.chain.writing():
+            info = d.advance(ctx.account, task_id)
+    if info.phase == "abandoned":
+        return {"task_id": task_id, "phase": info.phase, "slashed": [], "settled": []}
+    require_phase(ctx, task_id, "settling")
+    slashed = slash_aggregators(ctx, task_id, range(1, info.round + 1))
+    with ctx.chain.writing():
+        groups = d.settle(ctx.account, task_id)
+    return {
+        "task_id": task_id,
+        "phase": d.task_info(task_id).phase,
+        "slashed": slashed,
+        "settled": groups,
+    }
+
+
+def slash_aggregators(ctx, task_id: int, rounds) -> list[dict]:
+    """Slash every aggregator the record convicts in ``rounds`` (no reveal, or a minority CID); what was slashed.
+
+    The contract accepts a slash only until the validator commits again, so
+    offences already out of reach are skipped.
+    """
+    from din_cli.errors import TransactionReverted
+
+    d = ctx.din
+    slashed = []
+    for r in rounds:
+        for who in d.slashable_aggregators(task_id, r):
+            try:
+                with ctx.chain.writing():
+                    amount = d.slash_aggregator(ctx.account, task_id, r, who)
+            except TransactionReverted as e:
+                if "too late" in e.reason or "already removed" in e.reason:
+                    continue
+                raise
+            slashed.append({"validator": who, "round": r, "amount": amount})
+    return slashed
+
+
+def claim(ctx, task_id: int) -> dict:
+    """Pull what ``task_id`` owes the acting key; AlreadyDone once claimed."""
+    d = ctx.din
+    info = d.task_info(task_id)
+    if info.phase not in ("settled", "abandoned"):
+        raise UsageError(
+            f"task {task_id} is in phase {info.phase}, not settled",
+            f"settle it first: `din rewards settle --task {task_id}`",
+        )
+    with ctx.chain.writing():
+        if d.claimable(task_id, ctx.address) == 0:
+            claimed = [
+                e for e in d.events(task_id, "Claimed") if e["args"]["account"] == ctx.address
+            ]
+            if claimed:
+                raise AlreadyDone(
+                    f"{ctx.address} already claimed {claimed[-1]['args']['amount']} from task {task_id}",
+                    "nothing to do",
+                )
+            raise NotFoundError(
+                f"task {task_id} owes {ctx.address} nothing",
+                "only participants with a score, validators that earned a fee, and the owner of unearned rewards can claim",
+            )
+        amount = d.claim(ctx.account, task_id)
+    return {"task_id": task_id, "account": ctx.address, "amount": amount}
+
+
+def show(ctx, task_id: int) -> dict:
+    """Scores, payouts (claimed and claimable), validator stakes and slashes of ``task_id``."""
+    d = ctx.din
+    info = d.task_info(task_id)
+    claimed: dict[str, int] = {}
+    for e in d.events(task_id, "Claimed"):
+        claimed[e["args"]["account"]] = claimed.get(e["args"]["account"], 0) + int(
+            e["args"]["amount"]
+        )
+    medians = d.settlement_results(task_id)
+    revealed = d.scores_revealed(task_id)
+    parts = d.participants(task_id)
+    index = {a: i for i, a in enumerate(parts)}
+    slashes: dict[str, list] = {}
+    for name in ("ValidatorSlashed", "ValidatorPenalised"):
+        for e in d.events(task_id, name):
+            slashes.setdefault(e["args"]["validator"], []).append(
+                {"amount": int(e["args"]["amount"]), "reason": e["args"]["reason"]}
+            )
+    participants = []
+    for a in parts:
+        scores = []
+        for v, vec in revealed.items():
+            st = validator_state(ctx, task_id, v)
+            grp = (
+                d.round_info(task_id, 0).participant_groups[int(st["score_group"])]
+                if vec and st["score_group"] is not None
+                else []
+            )
+            if index[a] in grp:
+                scores.append(vec[grp.index(index[a])])
+        participants.append(
+            {
+                "address": a,
+                "index": index[a],
+                "scores": scores,
+                "median": medians.get(a),
+                "claimed": claimed.get(a, 0),
+                "claimable": d.claimable(task_id, a)
+                if info.phase in ("settled", "abandoned")
+                else 0,
+            }
+        )
+    validators = []
+    for v in d.validators(task_id):
+        st = validator_state(ctx, task_id, v)
+        validators.append(
+            {
+                "address": v,
+                "stake": d.validator_info(v).stake,
+                "slashed": sum(s["amount"] for s in slashes.get(v, [])),
+                "reasons": [s["reason"] for s in slashes.get(v, [])],
+                "fee_earned": bool(
+                    st["score_revealed"] and not st["removed"] and info.phase in ("settled",)
+                ),
+                "claimed": claimed.get(v, 0),
+                "claimable": d.claimable(task_id, v)
+                if info.phase in ("settled", "abandoned")
+                else 0,
+            }
+        )
+    owner = {
+        "address": info.owner,
+        "claimed": claimed.get(info.owner, 0),
+        "claimable": d.claimable(task_id, info.owner)
+        if info.phase in ("settled", "abandoned")
+        else 0,
+    }
+    total_claimed = sum(claimed.values())
+    outstanding = (
+        sum(p["claimable"] for p in participants)
+        + sum(v["claimable"] for v in validators)
+        + owner["claimable"]
+    )
+    return {
+        "task_id": task_id,
+        "phase": info.phase,
+        "deposit": info.deposit,
+        "fee_bps": info.fee_bps,
+        "claimed": total_claimed,
+        "outstanding": outstanding,
+        "balanced": total_claimed + outstanding == info.deposit
+        if info.phase in ("settled", "abandoned")
+        else None,
+        "fully_paid": total_claimed == info.deposit,
+        "participants": participants,
+        "validators": validators,
+        "owner": owner,
+    }

@@ -1,0 +1,458 @@
+"""The training round on chain: publish, start, train-and-submit, aggregate commit/reveal, finalize, attest.
+
+Each function is one actor's step. It checks on chain whether the step was
+already done (``AlreadyDone``, exit 7, so a killed command can simply be run
+again), does the off-chain work (fetch, train, aggregate, add to the content
+store), then sends one transaction inside ``chain.writing()`` after checking
+again, so two copies of a command can never submit twice.
+
+Commit/reveal salts are derived from the acting key (``Din.derive_salt``) and
+the committed CID is recorded under ``$DIN_HOME/commits`` before the commit
+is sent: the reveal needs no other saved state, and a validator that lost the
+record recomputes the same aggregate bit-exactly.
+
+Example:
+    with open_context(identity=alice) as ctx:
+        done = train_and_submit(ctx, 1, "stores/participant-01.npz")
+        print(done["cid"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from din_cli.errors import AlreadyDone, NotFoundError, UsageError, VerificationError
+from din_cli.protocol.cids import to_bytes, to_text
+
+TRAIN_DEFAULTS = {"epochs": 1, "lr": 0.1, "batch_size": 32}
+
+
+def task_number(task: str | int) -> int:
+    """A task id from user text (``7``, ``0x7``)."""
+    from din_cli.chain.network import task_id
+
+    return task_id(task)
+
+
+def _hint_wait(task_id: int, phase: str) -> str:
+    return f"wait for it with `din round wait --task {task_id} --phase {phase}`"
+
+
+def require_phase(ctx, task_id: int, *phases: str):
+    """The task's info; UsageError naming the phase it is in when it is in none of ``phases``."""
+    info = ctx.din.task_info(task_id)
+    if info.phase not in phases:
+        raise UsageError(
+            f"task {task_id} is in phase {info.phase} (round {info.round}), not {' or '.join(phases)}",
+            _hint_wait(task_id, phases[0]),
+        )
+    return info
+
+
+def _events_of(ctx, task_id: int, name: str, key: str, address: str) -> list:
+    return [e for e in ctx.din.events(task_id, name) if e["args"][key] == address]
+
+
+def _member(ctx, task_id: int, address: str) -> dict:
+    """A participant's record, from events: ``index1`` (index + 1, 0 = none) and ``last_round`` submitted."""
+    joined = _events_of(ctx, task_id, "ParticipantJoined", "participant", address)
+    rounds = [
+        int(e["args"]["round"])
+        for e in _events_of(ctx, task_id, "UpdateSubmitted", "participant", address)
+    ]
+    return {
+        "index1": int(joined[0]["args"]["index"]) + 1 if joined else 0,
+        "last_round": max(rounds, default=0),
+    }
+
+
+def validator_state(ctx, task_id: int, address: str) -> dict:
+    """A validator's record in a task, from its events: what it committed, revealed, attested, and whether it was slashed."""
+    registered = _events_of(ctx, task_id, "ValidatorRegistered", "validator", address)
+    commits = _events_of(ctx, task_id, "AggregateCommitted", "validator", address)
+    reveals = _events_of(ctx, task_id, "AggregateRevealed", "validator", address)
+    attests = _events_of(ctx, task_id, "GlobalModelAttested", "validator", address)
+    score_commits = _events_of(ctx, task_id, "ScoresCommitted", "validator", address)
+    score_reveals = _events_of(ctx, task_id, "ScoresRevealed", "validator", address)
+    removed = bool(
+        _events_of(ctx, task_id, "ValidatorSlashed", "validator", address)
+        or _events_of(ctx, task_id, "ValidatorPenalised", "validator", address)
+    )
+    return {
+        "index1": int(registered[0]["args"]["index"]) + 1 if registered else 0,
+        "commit_round": max((int(e["args"]["round"]) for e in commits), default=0),
+        "reveal_round": max((int(e["args"]["round"]) for e in reveals), default=0),
+        "attest_round": max((int(e["args"]["round"]) for e in attests), default=0),
+        "group": int(commits[-1]["args"]["group"]) if commits else None,
+        "score_group": int(score_commits[-1]["args"]["group"]) if score_commits else None,
+        "removed": removed,
+        "score_committed": bool(score_commits),
+        "score_revealed": bool(score_reveals),
+    }
+
+
+def _gas(receipt) -> int:
+    return int(receipt["gasUsed"]) if receipt is not None else 0
+
+
+# ------------------------------------------------------------------ model owner
+
+
+def publish(ctx, model_path: str | Path, deposit: int, **options) -> dict:
+    """Add the genesis model to the store and create a task with ``deposit`` token units; ``{task_id, cid}``.
+
+    ``options``: subgroup_size, validators_per_subgroup, max_rounds, fee_bps,
+    tolerance_bps, slash_amount, durations (see ``Din.create_task``).
+    """
+    from din_cli.ml.models import read_model
+
+    if deposit <= 0:
+        raise UsageError("the reward deposit must be positive", "give --deposit above 0")
+    mf = read_model(model_path)
+    cid = ctx.add(model_path)
+    with ctx.chain.writing():
+        task_id = ctx.din.create_task(
+            ctx.account, genesis_cid=to_bytes(cid), arch=mf.arch, deposit=int(deposit), **options
+        )
+    return {"task_id": task_id, "cid": cid, "arch": mf.arch, "deposit": int(deposit)}
+
+
+def start(ctx, task_id: int) -> dict:
+    """Start round 1 (the owner, before the join deadline; anyone after it)."""
+    with ctx.chain.writing():
+        info = ctx.din.task_info(task_id)
+        if info.phase != "joining":
+            raise AlreadyDone(
+                f"task {task_id} already started (phase {info.phase}, round {info.round})",
+                "nothing to do",
+            )
+        info = ctx.din.start_round(ctx.account, task_id)
+    return {"task_id": task_id, "phase": info.phase, "round": info.round}
+
+
+def advance(ctx, task_id: int) -> dict:
+    """Move the task past expired deadlines (anyone); its phase and round."""
+    with ctx.chain.writing():
+        info = ctx.din.advance(ctx.account, task_id)
+    return {"task_id": task_id, "phase": info.phase, "round": info.round}
+
+
+# ------------------------------------------------------------------ participant
+
+
+def train_and_submit(
+    ctx,
+    task_id: int,
+    data: str | Path,
+    *,
+    epochs: int = TRAIN_DEFAULTS["epochs"],
+    lr: float = TRAIN_DEFAULTS["lr"],
+    batch_size: int = TRAIN_DEFAULTS["batch_size"],
+    seed: int | None = None,
+    device: str = "auto",
+    progress=None,
+) -> dict:
+    """Fetch the round's global model by its on-chain CID, train on ``data``, add the update, submit its CID.
+
+    AlreadyDone when this key already submitted in the current round.
+    ``seed`` defaults to the round number (so a re-run trains identically).
+    """
+    from din_cli.ml.train import train
+
+    d = ctx.din
+    info = d.task_info(task_id)
+    me = _member(ctx, task_id, ctx.address)
+    if not me["index1"]:
+        raise NotFoundError(
+            f"{ctx.address} is not a participant of task {task_id}",
+            f"join first: `din participant join {task_id}`",
+        )
+    if info.round and me["last_round"] >= info.round:
+        raise AlreadyDone(
+            f"update already submitted for task {task_id} round {info.round}", "nothing to do"
+        )
+    info = require_phase(ctx, task_id, "training")
+    rnd = d.round_info(task_id, info.round)
+    with ctx.workdir() as work:
+        model = ctx.fetch(rnd.model_cid, work / "global.safetensors")
+        update = work / "update.safetensors"
+        result = train(
+            model,
+            data,
+            update,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            seed=info.round if seed is None else seed,
+            device=device,
+            progress=progress,
+        )
+        cid = ctx.add(update)
+    with ctx.chain.writing():
+        now = d.task_info(task_id)
+        if now.round != info.round or now.phase != "training":
+            raise UsageError(
+                f"round {info.round}'s training phase ended while training (now {now.phase}, round {now.round})",
+                "run it again in the next round",
+            )
+        if _member(ctx, task_id, ctx.address)["last_round"] >= info.round:
+            raise AlreadyDone(
+                f"update already submitted for task {task_id} round {info.round}", "nothing to do"
+            )
+        receipt = d.submit_update(ctx.account, task_id, to_bytes(cid))
+    return {
+        "task_id": task_id,
+        "round": info.round,
+        "cid": cid,
+        "samples": result.samples,
+        "loss": result.loss,
+        "gas": _gas(receipt),
+    }
+
+
+# ------------------------------------------------------------------ validators: aggregation
+
+
+def subgroup_updates(ctx, task_id: int, round_: int, group: int) -> list:
+    """The updates submitted in ``round_`` by participants of subgroup ``group`` (from UpdateSubmitted events)."""
+    return ctx.din.updates_submitted(task_id, round_, group)
+
+
+def aggregate_cids(ctx, cids: list[bytes], work: Path, name: str) -> tuple[str, Path]:
+    """Fetch ``cids``, aggregate them bit-exactly into ``work/name``, add it; ``(cid text, path)``."""
+    from din_cli.ml.aggregate import aggregate
+
+    if not cids:
+        raise NotFoundError("nothing to aggregate", "no CIDs were given")
+    paths = []
+    for i, c in enumerate(cids):
+        paths.append(ctx.fetch(c, work / f"{name}-in-{i:04d}.safetensors"))
+    out = work / f"{name}.safetensors"
+    aggregate(paths, out)
+    return ctx.add(out), out
+
+
+def subgroup_aggregate(ctx, task_id: int, round_: int, group: int, work: Path) -> str:
+    """Recompute subgroup ``group``'s aggregate of ``round_``; its CID text."""
+    updates = subgroup_updates(ctx, task_id, round_, group)
+    if not updates:
+        raise NotFoundError(
+            f"no updates were submitted in subgroup {group} of round {round_}",
+            "nothing to aggregate",
+        )
+    cid, _ = aggregate_cids(ctx, [u.cid for u in updates], work, f"r{round_}-g{group}")
+    return cid
+
+
+def _my_slot(ctx, task_id: int, round_: int):
+    m = ctx.din.subgroup_of(task_id, ctx.address, round_)
+    if m.role != "validator":
+        raise NotFoundError(
+            f"{ctx.address} is not a validator of task {task_id}",
+            f"register first: `din validator join {task_id}`",
+        )
+    if m.group is None:
+        raise AlreadyDone(
+            f"{ctx.address} is not assigned to a subgroup in round {round_}",
+            "nothing to do this round",
+        )
+    return m
+
+
+def _check_round(info, round_: int | None, task_id: int) -> int:
+    if round_ is None:
+        return info.round
+    if round_ != info.round:
+        raise UsageError(
+            f"task {task_id} is in round {info.round}, not {round_}",
+            "give the current round or leave --round out",
+        )
+    return round_
+
+
+def aggregate_commit(
+    ctx, task_id: int, round_: int | None = None, *, cid: str | None = None
+) -> dict:
+    """Aggregate this validator's subgroup and commit ``keccak(cid ‖ salt ‖ sender)``.
+
+    ``cid`` commits that CID instead of the computed aggregate (a validator
+    using its own tooling; the demo's dishonest validator). AlreadyDone when
+    already committed this round.
+    """
+    d = ctx.din
+    info = d.task_info(task_id)
+    r = info.round if round_ is None else round_
+    if r and validator_state(ctx, task_id, ctx.address)["commit_round"] >= r:
+        raise AlreadyDone(
+            f"aggregate already committed for task {task_id} round {r}",
+            f"reveal it: `din aggregate --task {task_id} --reveal`",
+        )
+    info = require_phase(ctx, task_id, "aggregation-commit")
+    r = _check_round(info, round_, task_id)
+    m = _my_slot(ctx, task_id, r)
+    if cid is None:
+        with ctx.workdir() as work:
+            cid = subgroup_aggregate(ctx, task_id, r, m.group, work)
+    else:
+        to_bytes(cid)
+    ctx.save_record(task_id, r, "aggregate", {"cid": cid, "group": m.group})
+    with ctx.chain.writing():
+        if validator_state(ctx, task_id, ctx.address)["commit_round"] >= r:
+            raise AlreadyDone(
+                f"aggregate already committed for task {task_id} round {r}", "nothing to do"
+            )
+        d.commit_aggregate(ctx.account, task_id, to_bytes(cid))
+    return {"task_id": task_id, "round": r, "group": m.group, "cid": cid}
+
+
+def aggregate_reveal(ctx, task_id: int, round_: int | None = None) -> dict:
+    """Reveal the aggregate committed this round (recomputed when the local record is gone)."""
+    d = ctx.din
+    info = d.task_info(task_id)
+    r = info.round if round_ is None else round_
+    state = validator_state(ctx, task_id, ctx.address)
+    if r and state["reveal_round"] >= r:
+        raise AlreadyDone(
+            f"aggregate already revealed for task {task_id} round {r}", "nothing to do"
+        )
+    info = require_phase(ctx, task_id, "aggregation-reveal")
+    r = _check_round(info, round_, task_id)
+    if state["commit_round"] < r:
+        raise NotFoundError(
+            f"no aggregate committed for task {task_id} round {r}",
+            "the commit phase is over; nothing to reveal",
+        )
+    rec = ctx.load_record(task_id, r, "aggregate")
+    if rec is None:
+        with ctx.workdir() as work:
+            rec = {
+                "cid": subgroup_aggregate(ctx, task_id, r, int(state["group"]), work),
+                "group": int(state["group"]),
+            }
+    with ctx.chain.writing():
+        if validator_state(ctx, task_id, ctx.address)["reveal_round"] >= r:
+            raise AlreadyDone(
+                f"aggregate already revealed for task {task_id} round {r}", "nothing to do"
+            )
+        receipt = d.reveal_aggregate(ctx.account, task_id, to_bytes(rec["cid"]))
+    return {
+        "task_id": task_id,
+        "round": r,
+        "group": rec["group"],
+        "cid": rec["cid"],
+        "gas": _gas(receipt),
+    }
+
+
+# ------------------------------------------------------------------ the global model
+
+
+def global_from_accepted(ctx, task_id: int, round_: int, work: Path) -> tuple[str, dict[int, str]]:
+    """The global model of ``round_``: the aggregate of its accepted subgroup aggregates; ``(cid, {group: cid})``."""
+    accepted = ctx.din.accepted_aggregates(task_id, round_)
+    if not accepted:
+        raise NotFoundError(
+            f"no subgroup aggregate was accepted in round {round_} of task {task_id}",
+            "the round keeps the previous global model once the global-model deadline passes",
+        )
+    groups = sorted(accepted)
+    cid, _ = aggregate_cids(ctx, [accepted[g] for g in groups], work, f"r{round_}-global")
+    return cid, {g: to_text(accepted[g]) for g in groups}
+
+
+def _proposed(ctx, task_id: int, round_: int) -> str | None:
+    posted = ctx.din.events(task_id, "GlobalModelPosted")
+    posted = [e for e in posted if int(e["args"]["round"]) == round_]
+    return to_text(bytes(posted[-1]["args"]["cid"])) if posted else None
+
+
+def finalize(ctx, task_id: int) -> dict:
+    """Combine the round's accepted subgroup aggregates into the global model, add it and post its CID (owner)."""
+    from din_cli.chain.din import cid_digest
+
+    info = ctx.din.task_info(task_id)
+    accepted = ctx.din.events(task_id, "GlobalModelAccepted")
+    if (
+        info.phase != "global-model"
+        and accepted
+        and int(accepted[-1]["args"]["round"]) >= info.round - (info.phase == "training")
+    ):
+        cid = to_text(bytes(accepted[-1]["args"]["cid"]))
+        raise AlreadyDone(
+            f"round {accepted[-1]['args']['round']}'s global model {cid} was already accepted",
+            "nothing to do",
+        )
+    info = require_phase(ctx, task_id, "global-model")
+    with ctx.workdir() as work:
+        cid, groups = global_from_accepted(ctx, task_id, info.round, work)
+    if info.proposed_digest == cid_digest(to_bytes(cid)):
+        raise AlreadyDone(
+            f"global model of round {info.round} already posted: {cid}",
+            "validators attest it with `din round attest`",
+        )
+    with ctx.chain.writing():
+        receipt = ctx.din.post_global_model(ctx.account, task_id, to_bytes(cid))
+    return {
+        "task_id": task_id,
+        "round": info.round,
+        "cid": cid,
+        "subgroups": groups,
+        "gas": _gas(receipt),
+    }
+
+
+def attest(ctx, task_id: int) -> dict:
+    """Recompute the proposed global model from the accepted aggregates and attest it when it matches.
+
+    VerificationError (exit 3, no vote) when the owner posted anything else.
+    """
+    info = ctx.din.task_info(task_id)
+    if info.phase != "global-model":
+        accepted = ctx.din.events(task_id, "GlobalModelAccepted")
+        if accepted and int(accepted[-1]["args"]["round"]) >= info.round - (
+            info.phase == "training"
+        ):
+            cid = to_text(bytes(accepted[-1]["args"]["cid"]))
+            raise AlreadyDone(
+                f"round {accepted[-1]['args']['round']}'s global model {cid} was already accepted",
+                "nothing to do",
+            )
+    info = require_phase(ctx, task_id, "global-model")
+    r = info.round
+    proposed = _proposed(ctx, task_id, r)
+    if proposed is None:
+        raise NotFoundError(
+            f"the owner has not posted round {r}'s global model yet",
+            "wait for `din round finalize`",
+        )
+    state = validator_state(ctx, task_id, ctx.address)
+    if not state["index1"]:
+        raise NotFoundError(
+            f"{ctx.address} is not a validator of task {task_id}",
+            "only the task's validators attest",
+        )
+    if state["attest_round"] >= r:
+        raise AlreadyDone(f"global model of round {r} already attested", "nothing to do")
+    _my_slot(ctx, task_id, r)
+    with ctx.workdir() as work:
+        cid, _ = global_from_accepted(ctx, task_id, r, work)
+    if cid != proposed:
+        raise VerificationError(
+            f"the posted global model {proposed} is not the aggregate of round {r}'s accepted subgroups ({cid})",
+            "do not attest; the owner must post the right one",
+        )
+    with ctx.chain.writing():
+        accepted = ctx.din.attest_global(ctx.account, task_id, to_bytes(cid))
+    return {"task_id": task_id, "round": r, "cid": cid, "accepted": accepted}
+
+
+def current_model(ctx, task_id: int) -> str:
+    """CID text of the task's current global model."""
+    return to_text(ctx.din.model_cid(task_id))
+
+
+def plain(value: Any) -> Any:
+    from din_cli.chain.din import as_plain
+
+    return as_plain(value)

@@ -1,0 +1,93 @@
+"""`make demo`: examples/round.sh runs a whole task and its outcome holds when checked again here.
+
+The demo takes minutes, so it runs when asked (DIN_RUN_DEMO=1) and in CI
+(DIN_REQUIRE_INTEGRATION=1), on the embedded chain and, in CI, on anvil with
+an IPFS daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "examples" / "round.sh"
+
+pytestmark = pytest.mark.slow
+
+
+def _wanted():
+    if not (os.environ.get("DIN_RUN_DEMO") or os.environ.get("DIN_REQUIRE_INTEGRATION")):
+        pytest.skip("the demo takes minutes: set DIN_RUN_DEMO=1 (CI sets DIN_REQUIRE_INTEGRATION)")
+
+
+def run_demo(tmp_path: Path, **env) -> tuple[Path, subprocess.CompletedProcess]:
+    work = tmp_path / "demo"
+    bindir = Path(sys.executable).parent
+    full = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DIN_")},
+        "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+        "DEMO_DIR": str(work),
+        **env,
+    }
+    proc = subprocess.run(
+        ["bash", str(SCRIPT)], env=full, capture_output=True, text=True, timeout=1800
+    )
+    assert proc.returncode == 0, f"round.sh failed ({proc.returncode}):\n{proc.stderr[-5000:]}"
+    return work, proc
+
+
+def din(work: Path, *args: str, **env) -> str:
+    full = {**os.environ, "DIN_HOME": str(work / ".din"), **env}
+    proc = subprocess.run(
+        [sys.executable, "-m", "din_cli", *args], env=full, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def check_outcome(work: Path, env: dict) -> None:
+    summary = (work / "summary.txt").read_text()
+    accuracy = [
+        line.split()[1] for line in summary.splitlines() if line[:1].isdigit() and "%" in line
+    ]
+    assert len(accuracy) == 3 and float(accuracy[-1]) >= 90.0, summary
+
+    shown = json.loads(din(work, "rewards", "show", "--task", "1", "--json", **env))
+    assert (
+        shown["phase"] == "settled" and shown["fully_paid"] and shown["claimed"] == shown["deposit"]
+    )
+    dishonest = [v for v in shown["validators"] if v["slashed"]]
+    assert len(dishonest) == 1 and dishonest[0]["stake"] < 100 * 10**18
+    assert all(v["stake"] == 100 * 10**18 for v in shown["validators"] if not v["slashed"])
+    keys = dict(line.split("\t") for line in din(work, "keys", "list").splitlines())
+    assert dishonest[0]["address"] == keys["dev11"]
+
+    paid = {p["address"]: p["claimed"] for p in shown["participants"]}
+    shuffled = paid.pop(keys["dev7"])
+    honest = list(paid.values())
+    assert len(honest) == 5 and shuffled < statistics.median(honest) / 2
+
+    checks = din(work, "verify", "--task", "1", **env).splitlines()
+    assert len(checks) == 6 and all("\tok\t" in c for c in checks)
+
+
+def test_demo_on_the_embedded_defaults(tmp_path):
+    _wanted()
+    work, proc = run_demo(tmp_path)
+    assert "all checks passed" in proc.stderr
+    assert "payout" in proc.stdout and "slashed for" in proc.stdout
+    check_outcome(work, {})
+
+
+@pytest.mark.integration
+def test_demo_on_anvil_and_an_ipfs_daemon(tmp_path, anvil_url, ipfs_api):
+    env = {"DIN_CHAIN": anvil_url, "DIN_IPFS": ipfs_api}
+    work, _ = run_demo(tmp_path, **env)
+    check_outcome(work, env)

@@ -1,0 +1,236 @@
+"""A task's life through din_cli.protocol on a throw-away embedded chain: every actor's step,
+re-runs that must say "already done", and the paths that still end in settlement or a refund."""
+
+from __future__ import annotations
+
+import pytest
+from round_world import DEPOSIT, MIN_STAKE, World
+
+from din_cli.errors import AlreadyDone, TransactionReverted, UsageError, VerificationError
+from din_cli.protocol import evaluation, rewards, roundflow, status, verify
+
+
+@pytest.fixture
+def world(tmp_path):
+    w = World(tmp_path, participants=3, validators=3, subgroup_size=3, per_group=3, rounds=1)
+    yield w
+    w.chain.close()
+
+
+def test_one_round_settles_pays_the_deposit_exactly_and_verifies(world):
+    w = world
+    roundflow.start(w.ctx(w.owner), w.task)
+    with pytest.raises(AlreadyDone):
+        roundflow.start(w.ctx(w.owner), w.task)
+
+    first = roundflow.train_and_submit(w.ctx(w.parts[0]), w.task, w.stores[0], epochs=2, lr=0.5)
+    assert first["round"] == 1 and w.ctx().store.has(first["cid"])
+    with pytest.raises(AlreadyDone):  # a re-run never submits twice
+        roundflow.train_and_submit(w.ctx(w.parts[0]), w.task, w.stores[0], epochs=2, lr=0.5)
+    w.train_all(skip=(0,), epochs=2)
+    assert w.phase() == "aggregation-commit"  # everyone submitted: the phase moved on
+
+    vals = w.assigned()
+    committed = [roundflow.aggregate_commit(w.ctx(v), w.task)["cid"] for v in vals]
+    assert len(set(committed)) == 1  # bit-exact: every validator computes the same CID
+    with pytest.raises(AlreadyDone):
+        roundflow.aggregate_commit(w.ctx(vals[0]), w.task)
+    # a validator that lost its local record recomputes the same aggregate for the reveal
+    w.ctx(vals[0]).record_path(w.task, 1, "aggregate").unlink()
+    for v in vals:
+        roundflow.aggregate_reveal(w.ctx(v), w.task)
+    with pytest.raises(AlreadyDone):
+        roundflow.aggregate_reveal(w.ctx(vals[1]), w.task)
+    assert w.phase() == "global-model"
+
+    posted = roundflow.finalize(w.ctx(w.owner), w.task)
+    with pytest.raises(AlreadyDone):
+        roundflow.finalize(w.ctx(w.owner), w.task)
+    for v in vals[:2]:
+        roundflow.attest(w.ctx(v), w.task)
+    with pytest.raises(AlreadyDone):  # the majority already accepted it
+        roundflow.attest(w.ctx(vals[2]), w.task)
+    assert roundflow.current_model(w.ctx(), w.task) == posted["cid"]
+    assert w.phase() == "test-set"
+
+    w.evaluate_all()
+    with pytest.raises(AlreadyDone):
+        evaluation.post_test_set(w.ctx(w.owner), w.task, w.test_store)
+    with pytest.raises(AlreadyDone):
+        evaluation.evaluate_reveal(w.ctx(vals[0]), w.task)
+    assert w.phase() == "settling"
+
+    paid = w.settle_and_claim()
+    assert sum(paid.values()) == DEPOSIT
+    with pytest.raises(AlreadyDone):
+        rewards.claim(w.ctx(w.parts[0]), w.task)
+    with pytest.raises(AlreadyDone):
+        rewards.settle(w.ctx(w.owner), w.task)
+    shown = rewards.show(w.ctx(), w.task)
+    assert shown["fully_paid"] and shown["balanced"]
+    assert all(p["median"] and p["median"] > 2000 for p in shown["participants"]), shown[
+        "participants"
+    ]
+    checks = verify.verify(w.ctx(), w.task)
+    assert [c["what"] for c in checks] == ["subgroup", "global"] and all(c["ok"] for c in checks)
+
+
+def test_participant_missing_the_deadline_still_reaches_settlement(world):
+    w = world
+    roundflow.start(w.ctx(w.owner), w.task)
+    w.train_all(skip=(2,), epochs=2)
+    assert w.phase() == "training"  # waits for the late participant until the deadline
+    w.advance()
+    assert w.phase() == "aggregation-commit"
+    with pytest.raises(UsageError, match="not training"):  # too late: the phase is over
+        roundflow.train_and_submit(w.ctx(w.parts[2]), w.task, w.stores[2], epochs=1)
+    w.aggregate_all()
+    w.finalize_and_attest()
+    w.evaluate_all()
+    paid = w.settle_and_claim()
+    assert paid["p2"] == 0 and paid["p0"] > 0 and paid["p1"] > 0
+    assert sum(paid.values()) == DEPOSIT
+    assert all(c["ok"] for c in verify.verify(w.ctx(), w.task))
+
+
+def test_validator_that_never_reveals_is_slashed_and_the_task_settles(world):
+    """An offline validator: settlement slashes it for the missing reveal and pays it nothing."""
+    w = world
+    roundflow.start(w.ctx(w.owner), w.task)
+    w.train_all(epochs=2)
+    lazy = w.assigned()[0]
+    w.aggregate_all(skip_reveal=(lazy.name,))
+    assert w.phase() == "global-model"  # two of three revealed the same CID: accepted
+    w.finalize_and_attest()
+    w.evaluate_all(skip=(lazy.name,))  # it went offline: no scores either
+    result = rewards.settle(w.ctx(w.owner), w.task)
+    assert [s["validator"] for s in result["slashed"]] == [lazy.address]
+    assert w.din.validator_info(lazy.address).stake < MIN_STAKE
+    assert all(w.din.validator_info(v.address).stake == MIN_STAKE for v in w.vals if v is not lazy)
+    paid = {}
+    for who in [w.owner, *w.parts, *w.vals]:
+        try:
+            paid[who.name] = rewards.claim(w.ctx(who), w.task)["amount"]
+        except Exception:
+            paid[who.name] = 0
+    assert paid[lazy.name] == 0
+    assert sum(paid.values()) == DEPOSIT
+
+
+def test_owner_that_never_finalises_ends_in_the_refund_path(world):
+    w = world
+    roundflow.start(w.ctx(w.owner), w.task)
+    w.train_all(epochs=1)
+    w.aggregate_all()
+    assert w.phase() == "global-model"
+    w.advance()  # no global model posted: the round keeps the genesis model and training ends
+    assert w.phase() == "test-set"
+    with pytest.raises(UsageError):
+        roundflow.finalize(w.ctx(w.owner), w.task)
+    # a wrapped test-set key must be bound to this chain, task and the evaluation, and reach every validator
+    from din_cli.crypto.wrap import Binding, Recipient, wrap_test_key
+
+    vals = evaluation.evaluation_validators(w.ctx(), w.task)
+    keys = {v.address: v.hpke_public for v in w.vals}
+    cid = w.ctx().add(w.test_store)
+    for binding, who in (
+        (Binding(w.chain.chain_id, w.task, 3), vals),
+        (Binding(w.chain.chain_id, w.task, 0), vals[:-1]),
+    ):
+        doc = wrap_test_key(
+            bytes(32), [Recipient(keys[a], a) for a in who], binding, cid=cid, owner=w.owner
+        )
+        with pytest.raises(UsageError):
+            evaluation.post_wrapped(w.ctx(w.owner), w.task, doc)
+    w.advance()  # and no test set either: the task is abandoned
+    assert w.phase() == "abandoned"
+    with pytest.raises(AlreadyDone):
+        rewards.settle(w.ctx(w.parts[0]), w.task)
+    paid = {p.name: rewards.claim(w.ctx(p), w.task)["amount"] for p in w.parts}
+    assert sum(paid.values()) == DEPOSIT  # contributors share the deposit
+
+
+def test_a_minority_aggregate_is_slashed_when_reported_and_the_validator_is_out(world):
+    w = world
+    roundflow.start(w.ctx(w.owner), w.task)
+    w.train_all(epochs=1)
+    liar = w.assigned()[0]
+    w.aggregate_all(cids={liar.name: roundflow.current_model(w.ctx(), w.task)})  # the genesis model
+    assert w.phase() == "global-model"  # the honest two-of-three majority was accepted
+    reported = rewards.slash_aggregators(w.ctx(w.parts[0]), w.task, [1])  # anyone may report it
+    assert [(s["validator"], s["round"]) for s in reported] == [(liar.address, 1)]
+    assert rewards.slash_aggregators(w.ctx(w.parts[0]), w.task, [1]) == []  # never twice
+    roundflow.finalize(w.ctx(w.owner), w.task)
+    with pytest.raises(TransactionReverted, match="slashed out of this task"):
+        roundflow.attest(w.ctx(liar), w.task)
+    assert (
+        w.din.validator_info(liar.address).stake == MIN_STAKE - w.din.task_info(w.task).slash_amount
+    )
+
+
+def test_reverts_carry_the_contracts_reason(world):
+    w = world
+    roundflow.start(w.ctx(w.owner), w.task)
+    w.train_all(epochs=1)
+    w.aggregate_all()
+    with pytest.raises(TransactionReverted, match="only the model owner"):
+        roundflow.finalize(w.ctx(w.parts[0]), w.task)
+
+
+def test_verify_fails_when_colluding_validators_accepted_a_wrong_aggregate(world, tmp_path):
+    w = world
+    roundflow.start(w.ctx(w.owner), w.task)
+    w.train_all(epochs=1)
+    first = w.din.updates_submitted(w.task, 1)[0]
+    with w.ctx().workdir() as work:  # a well-formed aggregate that leaves two updates out
+        partial, _ = roundflow.aggregate_cids(w.ctx(), [first.cid], work, "partial")
+    w.aggregate_all(cids={v.name: partial for v in w.vals})  # all validators agree on it
+    roundflow.finalize(w.ctx(w.owner), w.task)
+    with pytest.raises(VerificationError, match="subgroup 0's aggregate"):
+        verify.verify(w.ctx(), w.task)
+    checks = verify.audit(w.ctx(), w.task)
+    assert [c["ok"] for c in checks] == [False]
+
+
+def test_wait_returns_at_a_reached_phase_and_times_out_otherwise(world):
+    w = world
+    assert status.wait(w.ctx(), w.task, "joining", timeout=0)["phase"] == "joining"
+    with pytest.raises(status.WaitTimeout):
+        status.wait(w.ctx(), w.task, "training", timeout=0.2, poll=0.05)
+    with pytest.raises(UsageError):
+        status.wait(w.ctx(), w.task, "lunch", timeout=0)
+    roundflow.start(w.ctx(w.owner), w.task)
+    assert status.wait(w.ctx(), w.task, "training", timeout=0)["round"] == 1
+    doc = status.status(w.ctx(), w.task, w.parts[0].address)
+    assert doc["phase"] == "training" and doc["you"]["role"] == "participant"
+    assert doc["current_round"]["updates"] == []
+    w.chain.advance_time(700)  # past the training deadline; nobody sent a transaction since
+    assert w.phase() == "training"
+    with pytest.raises(status.WaitTimeout):  # read-only: it cannot move the task
+        status.wait(w.ctx(), w.task, "aggregation-commit", timeout=0.2, poll=0.05)
+    # with a key it pushes the expired phase along (the permissionless advance)
+    done = status.wait(w.ctx(w.owner), w.task, "aggregation-commit", timeout=5)
+    assert done == {"task_id": w.task, "phase": "aggregation-commit", "round": 1}
+
+
+class _Info:
+    def __init__(self, phase, round_):
+        self.phase, self.round = phase, round_
+
+
+@pytest.mark.parametrize(
+    ("now", "want", "round_", "ok"),
+    [
+        (("training", 2), "training", None, True),
+        (("training", 2), "global-model", None, False),
+        (("training", 2), "global-model", 1, True),
+        (("aggregation-reveal", 1), "aggregation-commit", None, True),
+        (("test-set", 3), "global-model", 3, True),
+        (("test-set", 3), "score-commit", None, False),
+        (("abandoned", 1), "settled", None, False),
+        (("abandoned", 1), "abandoned", None, True),
+        (("joining", 0), "training", None, False),
+    ],
+)
+def test_reached_orders_phases_by_round(now, want, round_, ok):
+    assert status.reached(_Info(*now), want, round_) is ok
