@@ -24,7 +24,7 @@ test: $(VENV_STAMP)
 	$(PY) -m pytest
 
 lint: $(VENV_STAMP)
-	$(PY) -m ruff check din_cli tests benchmarks scripts
+	$(PY) -m ruff check din_cli tests benchmarks scripts examples
 
 ## completions/ and man/ from the click tree
 docs: $(VENV_STAMP)
@@ -39,7 +39,7 @@ contracts-check: node_modules/.installed
 
 ## a whole DIN run on the embedded defaults
 demo: $(VENV_STAMP)
-	bash examples/round.sh
+	PATH="$(CURDIR)/.venv/bin:$$PATH" bash examples/round.sh
 
 ## start anvil and a js-ipfs daemon on 127.0.0.1 (PIDs in .ci/state); prints the env to export
 services: node_modules/.installed
