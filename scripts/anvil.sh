@@ -25,7 +25,11 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-rpc_up() {
+name=anvil.sh
+# shellcheck source=scripts/service-lib.sh
+source scripts/service-lib.sh
+
+up() {
   curl -fsS --max-time 2 -H 'content-type: application/json' \
     -d '{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}' \
     "http://127.0.0.1:$port" >/dev/null 2>&1
@@ -35,47 +39,23 @@ case "$cmd" in
   start)
     mkdir -p "$state"
     if [[ ! -x $anvil ]]; then
-      echo "anvil.sh: $anvil not found; run npm ci first" >&2
+      echo "anvil.sh: $anvil not found; run `npm install` (or `make services`) first" >&2
       exit 1
     fi
-    if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    if running; then
       echo "anvil.sh: already running (pid $(cat "$pidfile"))" >&2
     else
-      if rpc_up; then
+      if up; then
         echo "anvil.sh: port $port is taken by another process; set ANVIL_PORT" >&2
         exit 1
       fi
       nohup "$anvil" --host 127.0.0.1 --port "$port" ${extra[@]+"${extra[@]}"} >>"$log" 2>&1 &
       echo $! >"$pidfile"
     fi
-    for _ in $(seq 1 120); do
-      if rpc_up; then
-        echo "export DIN_TEST_ANVIL=http://127.0.0.1:$port"
-        exit 0
-      fi
-      if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-        echo "anvil.sh: anvil exited; last lines of $log:" >&2
-        tail -n 20 "$log" >&2
-        rm -f "$pidfile"
-        exit 1
-      fi
-      sleep 0.25
-    done
-    echo "anvil.sh: 127.0.0.1:$port did not answer within 30 s; see $log" >&2
-    exit 1
+    wait_up 30 "export DIN_TEST_ANVIL=http://127.0.0.1:$port"
     ;;
   stop)
-    if [[ -f $pidfile ]]; then
-      pid=$(cat "$pidfile")
-      if kill "$pid" 2>/dev/null; then
-        for _ in $(seq 1 40); do
-          kill -0 "$pid" 2>/dev/null || break
-          sleep 0.25
-        done
-        kill -9 "$pid" 2>/dev/null || true
-      fi
-      rm -f "$pidfile"
-    fi
+    stop_pid
     ;;
   *)
     echo "usage: $0 start [--state FILE] | stop" >&2

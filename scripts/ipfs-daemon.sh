@@ -21,7 +21,11 @@ pidfile=$state/ipfs.pid
 log=$state/ipfs.log
 jsipfs=node_modules/.bin/jsipfs
 
-api_up() {
+name=ipfs-daemon
+# shellcheck source=scripts/service-lib.sh
+source scripts/service-lib.sh
+
+up() {
   curl -fsS -X POST --max-time 2 "http://127.0.0.1:$port/api/v0/id" >/dev/null 2>&1
 }
 
@@ -29,10 +33,10 @@ case "$cmd" in
   start)
     mkdir -p "$state"
     if [[ ! -x $jsipfs ]]; then
-      echo "ipfs-daemon: $jsipfs not found; run npm ci first" >&2
+      echo "ipfs-daemon: $jsipfs not found; run `npm install` (or `make services`) first" >&2
       exit 1
     fi
-    if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    if running; then
       echo "ipfs-daemon: already running (pid $(cat "$pidfile"))" >&2
     else
       export IPFS_PATH=$repo
@@ -51,34 +55,10 @@ case "$cmd" in
       nohup "$jsipfs" daemon --enable-preload=false >>"$log" 2>&1 &
       echo $! >"$pidfile"
     fi
-    for _ in $(seq 1 120); do
-      if api_up; then
-        echo "export DIN_TEST_IPFS=/ip4/127.0.0.1/tcp/$port"
-        exit 0
-      fi
-      if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-        echo "ipfs-daemon: the daemon exited; last lines of $log:" >&2
-        tail -n 20 "$log" >&2
-        rm -f "$pidfile"
-        exit 1
-      fi
-      sleep 0.5
-    done
-    echo "ipfs-daemon: API on 127.0.0.1:$port did not answer within 60 s; see $log" >&2
-    exit 1
+    wait_up 60 "export DIN_TEST_IPFS=/ip4/127.0.0.1/tcp/$port"
     ;;
   stop)
-    if [[ -f $pidfile ]]; then
-      pid=$(cat "$pidfile")
-      if kill "$pid" 2>/dev/null; then
-        for _ in $(seq 1 40); do
-          kill -0 "$pid" 2>/dev/null || break
-          sleep 0.25
-        done
-        kill -9 "$pid" 2>/dev/null || true
-      fi
-      rm -f "$pidfile"
-    fi
+    stop_pid
     ;;
   *)
     echo "usage: $0 start|stop [IPFS_PATH]" >&2
