@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: all install test test-fast lint docs docs-check contracts contracts-check demo services services-stop bench clean
+.PHONY: all install test lint docs contracts contracts-check demo services services-stop clean
 
 all: test lint
 

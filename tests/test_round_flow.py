@@ -234,3 +234,28 @@ class _Info:
 )
 def test_reached_orders_phases_by_round(now, want, round_, ok):
     assert status.reached(_Info(*now), want, round_) is ok
+
+
+def test_an_empty_subgroup_agrees_on_the_starting_model_and_nobody_is_slashed(tmp_path):
+    from din_cli.protocol.cids import to_text
+
+    w = World(tmp_path, participants=4, validators=2, subgroup_size=2, per_group=1, rounds=1)
+    try:
+        roundflow.start(w.ctx(w.owner), w.task)
+        groups = w.din.round_info(w.task).participant_groups
+        assert len(groups) == 2
+        w.train_all(skip=tuple(groups[1]), epochs=2)  # nobody in subgroup 1 submits
+        w.advance()
+        w.aggregate_all()
+        assert w.phase() == "global-model"
+        start = roundflow.start_model(w.ctx(), w.task, 1)
+        accepted = {g: to_text(c) for g, c in w.din.accepted_aggregates(w.task, 1).items()}
+        assert accepted[1] == start and accepted[0] != start
+        assert w.din.slashable_aggregators(w.task, 1) == []
+        w.finalize_and_attest()
+        assert w.phase() == "test-set"
+        model = roundflow.current_model(w.ctx(), w.task)
+        assert model not in (start, accepted[0])  # subgroup 0's result, re-aggregated alone
+        assert all(c["ok"] for c in verify.verify(w.ctx(), w.task))
+    finally:
+        w.chain.close()

@@ -233,14 +233,21 @@ def aggregate_cids(ctx, cids: list[bytes], work: Path, name: str) -> tuple[str, 
     return ctx.add(out), out
 
 
+def start_model(ctx, task_id: int, round_: int) -> str:
+    """The CID of the global model ``round_`` trains from."""
+    return to_text(ctx.din.round_info(task_id, round_).model_cid)
+
+
 def subgroup_aggregate(ctx, task_id: int, round_: int, group: int, work: Path) -> str:
-    """Recompute subgroup ``group``'s aggregate of ``round_``; its CID text."""
+    """Recompute subgroup ``group``'s aggregate of ``round_``; its CID text.
+
+    A subgroup that received no update agrees on the model the round started
+    from (the contracts' convention), so its validators still have a result
+    to commit and reveal, and nobody is slashed for an empty subgroup.
+    """
     updates = subgroup_updates(ctx, task_id, round_, group)
     if not updates:
-        raise NotFoundError(
-            f"no updates were submitted in subgroup {group} of round {round_}",
-            "nothing to aggregate",
-        )
+        return start_model(ctx, task_id, round_)
     cid, _ = aggregate_cids(ctx, [u.cid for u in updates], work, f"r{round_}-g{group}")
     return cid
 
@@ -349,16 +356,24 @@ def aggregate_reveal(ctx, task_id: int, round_: int | None = None) -> dict:
 
 
 def global_from_accepted(ctx, task_id: int, round_: int, work: Path) -> tuple[str, dict[int, str]]:
-    """The global model of ``round_``: the aggregate of its accepted subgroup aggregates; ``(cid, {group: cid})``."""
+    """The global model of ``round_``: the aggregate of its accepted subgroup aggregates; ``(cid, {group: cid})``.
+
+    Empty subgroups (their accepted result is the round's starting model)
+    add nothing; when every subgroup was empty the starting model stays.
+    """
     accepted = ctx.din.accepted_aggregates(task_id, round_)
     if not accepted:
         raise NotFoundError(
             f"no subgroup aggregate was accepted in round {round_} of task {task_id}",
             "the round keeps the previous global model once the global-model deadline passes",
         )
-    groups = sorted(accepted)
-    cid, _ = aggregate_cids(ctx, [accepted[g] for g in groups], work, f"r{round_}-global")
-    return cid, {g: to_text(accepted[g]) for g in groups}
+    groups = {g: to_text(accepted[g]) for g in sorted(accepted)}
+    start = start_model(ctx, task_id, round_)
+    fresh = [g for g, cid in groups.items() if cid != start]
+    if not fresh:
+        return start, groups
+    cid, _ = aggregate_cids(ctx, [accepted[g] for g in fresh], work, f"r{round_}-global")
+    return cid, groups
 
 
 def _proposed(ctx, task_id: int, round_: int) -> str | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from din_cli.errors import NotFoundError, VerificationError
 from din_cli.protocol.cids import to_text
-from din_cli.protocol.roundflow import aggregate_cids
+from din_cli.protocol.roundflow import global_from_accepted, subgroup_aggregate
 
 
 def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
@@ -41,11 +41,7 @@ def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
             for g in sorted(accepted):
                 updates = d.updates_submitted(task_id, r, g)
                 recorded = to_text(accepted[g])
-                expected, _ = (
-                    aggregate_cids(ctx, [u.cid for u in updates], work, f"v{r}-{g}")
-                    if updates
-                    else (None, None)
-                )
+                expected = subgroup_aggregate(ctx, task_id, r, g, work)
                 checks.append(
                     {
                         "round": r,
@@ -59,11 +55,7 @@ def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
                 )
             if r in globals_:
                 recorded = to_text(globals_[r])
-                expected = None
-                if accepted:
-                    expected, _ = aggregate_cids(
-                        ctx, [accepted[g] for g in sorted(accepted)], work, f"v{r}-global"
-                    )
+                expected = global_from_accepted(ctx, task_id, r, work)[0] if accepted else None
                 checks.append(
                     {
                         "round": r,
