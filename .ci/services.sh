@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 cmd=${1:-start}
 case "$cmd" in
   start)
-    bash scripts/anvil.sh start
-    bash scripts/ipfs-daemon.sh start
+    # One retry each: a port briefly held by a process that is just exiting
+    # should not fail a whole CI run.
+    bash scripts/anvil.sh start || { bash scripts/anvil.sh stop; sleep 3; bash scripts/anvil.sh start; }
+    bash scripts/ipfs-daemon.sh start || { bash scripts/ipfs-daemon.sh stop; sleep 3; bash scripts/ipfs-daemon.sh start; }
     ;;
   stop)
     bash scripts/anvil.sh stop || true

@@ -17,6 +17,8 @@ repo=${2:-$state/ipfs}
 port=${DIN_IPFS_PORT:-5001}
 swarm_port=${DIN_IPFS_SWARM_PORT:-$((port + 1))}
 gw_port=${DIN_IPFS_GATEWAY_PORT:-$((port + 2))}
+# js-ipfs also serves a websocket RPC, by default on 5003: move it beside the others.
+rpc_port=${DIN_IPFS_RPC_PORT:-$((port + 3))}
 pidfile=$state/ipfs.pid
 log=$state/ipfs.log
 jsipfs=node_modules/.bin/jsipfs
@@ -48,6 +50,7 @@ case "$cmd" in
       "$jsipfs" config --json Bootstrap '[]' >>"$log" 2>&1
       "$jsipfs" config Addresses.API "/ip4/127.0.0.1/tcp/$port" >>"$log" 2>&1
       "$jsipfs" config Addresses.Gateway "/ip4/127.0.0.1/tcp/$gw_port" >>"$log" 2>&1
+      "$jsipfs" config Addresses.RPC "/ip4/127.0.0.1/tcp/$rpc_port" >>"$log" 2>&1
       "$jsipfs" config --json Addresses.Swarm "[\"/ip4/127.0.0.1/tcp/$swarm_port\"]" >>"$log" 2>&1
       "$jsipfs" config --json Addresses.Delegates '[]' >>"$log" 2>&1
       "$jsipfs" config --json Discovery.MDNS.Enabled false >>"$log" 2>&1
