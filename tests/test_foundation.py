@@ -17,7 +17,7 @@ from din_cli.cli.main import COMMANDS, cli, main
 from din_cli.cli.options import ipfs_option
 from din_cli.errors import DinError, ExitCode, InputError, NotFoundError, UsageError
 
-HEAVY = ("torch", "web3", "eth_tester", "eth", "sklearn", "ipfshttpclient", "numpy", "safetensors")
+HEAVY = ("torch", "web3", "eth_tester", "eth", "eth_account", "sklearn", "ipfshttpclient", "numpy", "numba", "safetensors")
 
 
 def _imported_modules(*args: str) -> set[str]:
@@ -35,7 +35,7 @@ def _imported_modules(*args: str) -> set[str]:
     return mods
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["ipfs", "--help"], ["keys", "--help"], ["train", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["--version"], *([name, "--help"] for name in COMMANDS)])
 def test_help_and_version_import_no_heavy_library(args):
     mods = _imported_modules(*args)
     assert "din_cli" in mods
