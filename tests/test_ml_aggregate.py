@@ -46,10 +46,13 @@ def test_same_bytes_whatever_the_input_order(tmp_path, updates):
     assert len(digests) == 1
 
 
-def test_numba_and_numpy_kernels_give_the_same_bytes(tmp_path, updates, monkeypatch):
-    agg.aggregate(updates, tmp_path / "fast.safetensors")
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5, 6, 7])  # every remainder of the 4-input pass
+def test_numba_and_numpy_kernels_give_the_same_bytes(tmp_path, updates, monkeypatch, count):
+    more = updates + [_update(tmp_path / "u5.safetensors", 5, 9), _update(tmp_path / "u6.safetensors", 6, 40)]
+    chosen = more[:count]
+    agg.aggregate(chosen, tmp_path / "fast.safetensors")
     monkeypatch.setattr(agg, "_KERNELS", agg.NUMPY_KERNELS)
-    agg.aggregate(updates[::-1], tmp_path / "slow.safetensors")
+    agg.aggregate(chosen[::-1], tmp_path / "slow.safetensors")
     assert _digest(tmp_path / "fast.safetensors") == _digest(tmp_path / "slow.safetensors")
 
 

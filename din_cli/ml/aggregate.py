@@ -127,6 +127,8 @@ class _Kernels:
     accumulate: Callable
     finalize: Callable
     accumulate4: Callable | None = None  # four inputs per pass (less accumulator traffic)
+    accumulate2: Callable | None = None  # the remainder of two or three inputs, in one pass
+    accumulate3: Callable | None = None
 
 
 NUMPY_KERNELS = _Kernels("numpy", _numpy_accumulate, _numpy_finalize)
@@ -172,6 +174,16 @@ def _kernels() -> _Kernels:
             acc[i] += (q(w0[i], n0) + q(w1[i], n1)) + (q(w2[i], n2) + q(w3[i], n3))
 
     @numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+    def accumulate2(acc, w0, w1, n0, n1):
+        for i in range(acc.shape[0]):
+            acc[i] += q(w0[i], n0) + q(w1[i], n1)
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+    def accumulate3(acc, w0, w1, w2, n0, n1, n2):
+        for i in range(acc.shape[0]):
+            acc[i] += (q(w0[i], n0) + q(w1[i], n1)) + q(w2[i], n2)
+
+    @numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
     def finalize(acc, out, divisor):
         bad = 0
         for i in range(acc.shape[0]):
@@ -184,7 +196,7 @@ def _kernels() -> _Kernels:
     def call(acc, w, n, tmp):
         accumulate(acc, w, n)
 
-    _KERNELS = _Kernels("numba", call, finalize, accumulate4)
+    _KERNELS = _Kernels("numba", call, finalize, accumulate4, accumulate2, accumulate3)
     return _KERNELS
 
 
@@ -330,6 +342,29 @@ def aggregate_to(
                         n3,
                     )
                 k = len(group) - len(group) % 4
+                rest = group[k:]
+                if len(rest) == 3:
+                    (i0, n0), (i1, n1), (i2, n2) = rest
+                    kern.accumulate3(
+                        blk,
+                        _read(inputs[i0], starts[i0] + 4 * a, bufs[0][:m]),
+                        _read(inputs[i1], starts[i1] + 4 * a, bufs[1][:m]),
+                        _read(inputs[i2], starts[i2] + 4 * a, bufs[2][:m]),
+                        n0,
+                        n1,
+                        n2,
+                    )
+                    k = len(group)
+                elif len(rest) == 2:
+                    (i0, n0), (i1, n1) = rest
+                    kern.accumulate2(
+                        blk,
+                        _read(inputs[i0], starts[i0] + 4 * a, bufs[0][:m]),
+                        _read(inputs[i1], starts[i1] + 4 * a, bufs[1][:m]),
+                        n0,
+                        n1,
+                    )
+                    k = len(group)
             for i, weight in group[k:]:
                 accumulate(blk, _read(inputs[i], starts[i] + 4 * a, slot.buf[:m]), weight, slot.tmp)
             if multi:
