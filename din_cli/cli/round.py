@@ -13,20 +13,7 @@ from din_cli.cli.options import (
     quiet_option,
     read_password,
 )
-
-PHASES = [
-    "joining",
-    "training",
-    "aggregation-commit",
-    "aggregation-reveal",
-    "global-model",
-    "test-set",
-    "score-commit",
-    "score-reveal",
-    "settling",
-    "settled",
-    "abandoned",
-]
+from din_cli.protocol.status import PHASE_NAMES
 
 
 def unlock(key_name: str | None):
@@ -185,7 +172,7 @@ def round_status(task, chain_url, key_name, as_json):
 @click.option(
     "--phase",
     required=True,
-    type=click.Choice(PHASES),
+    type=click.Choice(PHASE_NAMES),
     help="Phase to wait for (or any later one).",
 )
 @click.option(

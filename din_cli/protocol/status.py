@@ -15,25 +15,16 @@ from __future__ import annotations
 
 import time
 
+from din_cli.chain.din import PHASES
 from din_cli.errors import DinError, NotFoundError, UsageError
 from din_cli.protocol.cids import to_text
 
 NO_DEADLINE = 2**64 - 1
-#: Phases in the order a task goes through them (the per-round ones repeat).
-ORDER = [
-    "joining",
-    "training",
-    "aggregation-commit",
-    "aggregation-reveal",
-    "global-model",
-    "test-set",
-    "score-commit",
-    "score-reveal",
-    "settling",
-    "settled",
-]
+#: Phases in the order a task goes through them (the per-round ones repeat),
+#: from the contract's own numbering; "abandoned" is the refund path, off the line.
+PHASE_NAMES = [PHASES[n] for n in sorted(PHASES)]
+ORDER = [name for name in PHASE_NAMES if name != "abandoned"]
 PER_ROUND = {"training", "aggregation-commit", "aggregation-reveal", "global-model"}
-PHASE_NAMES = [*ORDER, "abandoned"]
 
 
 class WaitTimeout(DinError):
