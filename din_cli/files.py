@@ -91,3 +91,24 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o644, ove
 def write_secret(path: str | os.PathLike, data: bytes) -> None:
     """Write a secret: mode 600, never overwriting an existing file (``-``: stdout)."""
     write_atomic(path, data, mode=0o600, overwrite=False)
+
+
+def readinto_full(src: BinaryIO, view: memoryview) -> int:
+    """Fill ``view`` from ``src`` as far as the stream goes; return the byte count.
+
+    Pipes and sockets return short reads; this keeps reading until ``view``
+    is full or the stream ends, and works on streams without ``readinto``.
+    """
+    got, want = 0, len(view)
+    readinto = getattr(src, "readinto", None)
+    while got < want:
+        if readinto is not None:
+            n = readinto(view[got:])
+        else:
+            data = src.read(want - got)
+            n = len(data) if data else 0
+            view[got : got + n] = data or b""
+        if not n:
+            break
+        got += n
+    return got

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from din_cli.errors import InputError, UsageError, VerificationError
+from din_cli.files import readinto_full
 
 MAGIC = b"din-aead"
 VERSION = 1
@@ -94,7 +95,7 @@ def decrypt_stream(
     """
     _check_key(key)
     header = bytearray(HEADER_LEN)
-    if _read_full(src, memoryview(header)) < HEADER_LEN:
+    if readinto_full(src, memoryview(header)) < HEADER_LEN:
         raise VerificationError(
             "encrypted file is shorter than its header",
             "it was truncated or is not a din-encrypted file",
@@ -290,7 +291,7 @@ def _pipeline(src, dst, unit: int, delta: int, work, threads: int | None, progre
         k = 0
         while True:
             inview, outview = views[k % 2]
-            n = _read_full(src, inview)
+            n = readinto_full(src, inview)
             jobs, off, j, final = [], 0, 0, False
             while True:
                 m = min(unit, n - off)
@@ -492,20 +493,3 @@ def _file_cipher(key: bytes, header: bytes):
 
 def _nonce(index: int, final: bool) -> bytes:
     return index.to_bytes(11, "big") + (b"\x01" if final else b"\x00")
-
-
-def _read_full(src: BinaryIO, view: memoryview) -> int:
-    """Fill ``view`` from ``src`` as far as the stream allows; return the count."""
-    readinto = getattr(src, "readinto", None)
-    got, want = 0, len(view)
-    while got < want:
-        if readinto is not None:
-            n = readinto(view[got:])
-        else:
-            data = src.read(want - got)
-            n = len(data) if data else 0
-            view[got : got + n] = data or b""
-        if not n:
-            break
-        got += n
-    return got

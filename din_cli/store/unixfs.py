@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from din_cli.errors import InputError
+from din_cli.files import readinto_full
 from din_cli.store import dagpb
 from din_cli.store.cid import CID, DAG_PB, RAW
 
@@ -125,24 +126,6 @@ class Builder:
         return self._node(root_links)[0]
 
 
-def _readinto_full(f, view: memoryview) -> int:
-    """Fill ``view`` from ``f`` as far as the stream goes; return the byte count."""
-    got = 0
-    total = len(view)
-    readinto = getattr(f, "readinto", None)
-    while got < total:
-        if readinto is not None:
-            n = readinto(view[got:])
-        else:
-            data = f.read(total - got)
-            n = len(data) if data else 0
-            view[got : got + n] = data or b""
-        if not n:
-            break
-        got += n
-    return got
-
-
 def import_stream(
     f: BinaryIO,
     *,
@@ -159,7 +142,7 @@ def import_stream(
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     try:
         while True:
-            n = _readinto_full(f, mv)
+            n = readinto_full(f, mv)
             if not n:
                 break
             chunks = [mv[i : min(i + CHUNK_SIZE, n)] for i in range(0, n, CHUNK_SIZE)]
