@@ -56,7 +56,7 @@ def run(url: str | None, n_participants: int, n_validators: int) -> Recorder:
 
     from din_cli.chain.client import connect
     from din_cli.chain.din import Din, deploy_all
-    from din_cli.protocol.assignment import per_group
+    from din_cli.chain.assignment import per_group
 
     chain = connect(url)
     dev = chain.dev_account()

@@ -13,8 +13,8 @@ import pytest
 
 from din_cli.chain.din import Din, cid_digest, deploy_all
 from din_cli.errors import AlreadyDone, TransactionReverted
-from din_cli.protocol import assignment
-from din_cli.protocol.settlement import settle_task, split_deposit
+from din_cli.chain import assignment
+from din_cli.chain.settlement import settle_task, split_deposit
 
 UNIT = 10**18
 MIN_STAKE = 100 * UNIT

@@ -1,6 +1,6 @@
 """The Python reference of assignment and settlement, alone and against the contracts.
 
-``din_cli.protocol.assignment`` / ``settlement`` must give exactly what the
+``din_cli.chain.assignment`` / ``settlement`` must give exactly what the
 contracts compute (Hypothesis, random inputs, ties and even counts included);
 the contracts' own answers come from eth_call on the embedded chain.
 """
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from din_cli.protocol import assignment as asg
-from din_cli.protocol import settlement as stl
+from din_cli.chain import assignment as asg
+from din_cli.chain import settlement as stl
 
 seeds = st.binary(min_size=32, max_size=32)
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from din_cli.errors import AlreadyDone, InputError, NotFoundError, UsageError
-from din_cli.protocol import assignment, settlement
+from din_cli.chain import assignment, settlement
 
 TOKEN = "DinToken"
 REGISTRY = "ValidatorRegistry"

@@ -2,7 +2,7 @@
 pragma solidity 0.8.30;
 
 /// @title Subgroup assignment: a keyed Feistel permutation of indices, cut into consecutive blocks.
-/// @notice Mirrors din_cli/protocol/assignment.py bit for bit. For a domain of n indices, pick the
+/// @notice Mirrors din_cli/chain/assignment.py bit for bit. For a domain of n indices, pick the
 ///         smallest h >= 1 with 4^h >= n, run a 4-round balanced Feistel network on 2h-bit values
 ///         (round function: low h bits of keccak256(abi.encode(key, round, right))), and cycle-walk
 ///         (re-apply) until the value falls below n. Checking one index costs O(1) hashes

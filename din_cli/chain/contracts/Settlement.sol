@@ -2,7 +2,7 @@
 pragma solidity 0.8.30;
 
 /// @title Settlement arithmetic: per-participant medians of validators' scores and tolerance checks.
-/// @notice Mirrors din_cli/protocol/settlement.py. The median of c values is the LOWER median:
+/// @notice Mirrors din_cli/chain/settlement.py. The median of c values is the LOWER median:
 ///         the element at index (c - 1) / 2 (integer division) of the values sorted ascending, so
 ///         for an even count it is the smaller of the two middle values; with no values it is 0.
 ///         A validator is penalised when any of its scores differs from the median by MORE than the
