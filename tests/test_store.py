@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+from pathlib import Path
 
 import pytest
-from conftest import SHARED
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +17,8 @@ from din_cli.store.cid import CID, DAG_PB, RAW, parse_cid
 from din_cli.store.local import LocalStore
 from din_cli.store.unixfs import CHUNK_SIZE, MAX_LINKS, StreamHasher
 
-VECTORS = SHARED / "vectors" / "unixfs-cid.tsv"
+# Kubo/js-ipfs CIDs of generated files: facts, kept beside the tests (no checkout needs more).
+VECTORS = Path(__file__).parent / "data" / "unixfs-cid.tsv"
 
 
 def vector_rows():
@@ -35,7 +36,7 @@ def vector_bytes(size: int, seed: str) -> bytes:
 
 
 def test_vectors_file_is_there():
-    assert VECTORS.is_file(), f"{VECTORS} missing: clone shared/ beside the repo"
+    assert VECTORS.is_file(), f"{VECTORS} missing from the checkout"
     assert len(vector_rows()) >= 6
 
 
