@@ -9,6 +9,7 @@ A test runs --check, so a command whose help changed without `make docs` fails C
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
@@ -42,6 +43,16 @@ def _roff(text: str) -> str:
     return "\n".join(lines)
 
 
+def _help_paragraphs(help_text: str | None) -> list[str]:
+    """A command's help as click's --help reads it: dedented, cut at ``\\f``, split at blank lines.
+
+    A docstring's paragraphs are indented, so the ``\\b`` marker of an
+    unwrapped block is found only once the text is dedented.
+    """
+    text = inspect.cleandoc(help_text or "").split("\f", 1)[0]
+    return [p.strip("\n") for p in text.split("\n\n") if p.strip()]
+
+
 def _walk(cmd: click.Command, path: list[str]):
     yield cmd, path
     if isinstance(cmd, click.Group):
@@ -61,6 +72,8 @@ def man_pages() -> dict[str, str]:
         usage = " ".join(cmd.collect_usage_pieces(ctx))
         parts = [
             f'.TH "{name.upper()}" "1" "" "din {__version__}" "din manual"',
+            ".nh",  # no hyphenation: option names, choices and CIDs are copied as printed
+            ".ad l",  # ragged right: long unbreakable words leave no stretched gaps
             ".SH NAME",
             _roff(f"{name} - {cmd.get_short_help_str(limit=200)}"),
             ".SH SYNOPSIS",
@@ -68,9 +81,8 @@ def man_pages() -> dict[str, str]:
             _roff(usage),
             ".SH DESCRIPTION",
         ]
-        for para in (cmd.help or "").split("\n\n"):
-            para = para.strip("\n")
-            if para.startswith("\b"):
+        for para in _help_paragraphs(cmd.help):
+            if para.startswith("\b"):  # click's "keep these lines as they are" marker
                 parts += [".PP", ".nf", _roff(para[1:].strip("\n")), ".fi"]
             else:
                 parts += [".PP", _roff(" ".join(para.split()))]
@@ -80,7 +92,8 @@ def man_pages() -> dict[str, str]:
             for p in opts:
                 rec = p.get_help_record(ctx)
                 if rec:
-                    parts += [".TP", ".B " + _roff(rec[0]), _roff(rec[1] or "")]
+                    # \: after each | lets a long [a|b|c] choice list break there
+                    parts += [".TP", ".B " + _roff(rec[0]).replace("|", "|\\:"), _roff(rec[1] or "")]
         if isinstance(cmd, click.Group):
             parts.append(".SH COMMANDS")
             for sub_name in cmd.list_commands(ctx):
