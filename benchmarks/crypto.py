@@ -147,8 +147,7 @@ def bench_wrap(counts: list[int], reps: int) -> None:
     publics = [hpke.generate_keypair()[1] for _ in range(max(counts))]
     acct = Account.create()
     owner = Identity("owner", acct.address, bytes(acct.key), *hpke.generate_keypair())
-    native = "cryptography.hazmat.primitives.hpke" if hpke._suite() is not None else "RFC 9180 from primitives"
-    print(f"## wrapping K for N validators ({native}; best of {reps})")
+    print(f"## wrapping K for N validators (cryptography.hazmat.primitives.hpke; best of {reps})")
     print(f"{'N':>7} {'wrap_key':>10} {'per key':>9} {'+ signed CID, JSON doc':>24}   target: 10000 < 2 s")
     for n in counts:
         recips = [wrap.Recipient(p, None) for p in publics[:n]]
