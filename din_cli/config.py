@@ -8,6 +8,7 @@ Order: command-line flag, then ``DIN_*`` environment variable, then
 from __future__ import annotations
 
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,10 @@ def ensure_home() -> Path:
 
 @lru_cache(maxsize=8)
 def _read_config(path: str, mtime_ns: int) -> dict[str, Any]:
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # the same parser, published as tomli before it joined the standard library
+        import tomli as tomllib
 
     try:
         with open(path, "rb") as f:
