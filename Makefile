@@ -23,8 +23,11 @@ install: $(VENV_STAMP)
 test: $(VENV_STAMP)
 	$(PY) -m pytest
 
+LINT_PATHS := din_cli tests benchmarks scripts examples
+
 lint: $(VENV_STAMP)
-	$(PY) -m ruff check din_cli tests benchmarks scripts examples
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
 
 ## completions/ and man/ from the click tree
 docs: $(VENV_STAMP)
