@@ -119,6 +119,11 @@ def main(argv: list[str] | None = None) -> None:
         rv = cli.main(args=argv, prog_name="din", standalone_mode=False)
         code = rv if isinstance(rv, int) else ExitCode.OK
     except DinError as e:
+        if os.environ.get("DIN_DEBUG"):  # the traceback, then the line and code scripts rely on
+            import traceback
+
+            _show_causes(e)
+            traceback.print_exception(e)
         _fail(e.one_line(), e.exit_code)
     except click.exceptions.Exit as e:
         code = e.exit_code
@@ -137,9 +142,25 @@ def main(argv: list[str] | None = None) -> None:
         code = 141
     except Exception as e:  # a bug: say so on one line; DIN_DEBUG=1 shows the traceback
         if os.environ.get("DIN_DEBUG"):
+            _show_causes(e)
             raise
         _fail(f"internal error: {type(e).__name__}: {e} (rerun with DIN_DEBUG=1 for a traceback)", ExitCode.ERROR)
     sys.exit(int(code))
+
+
+def _show_causes(error: BaseException) -> None:
+    """Let a traceback of ``error`` show every cause, even those hidden by ``raise ... from None``.
+
+    Library code raises DinErrors ``from None`` so that users read one line;
+    under DIN_DEBUG=1 the error it replaced (a parser's ValueError, an RPC
+    failure) is what a developer needs to see.
+    """
+    seen = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__suppress_context__ = False
+        e = e.__cause__ or e.__context__
 
 
 def _fail(message: str, code: int) -> None:

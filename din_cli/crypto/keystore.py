@@ -108,14 +108,12 @@ class Keystore:
         keyfile_password: str | None = None,
         light_kdf: bool = False,
     ) -> KeyInfo:
-        """Import an existing Ethereum key (keystore v3/v4 dict, or raw 32 bytes) and give it an HPKE key.
+        """Import an existing Ethereum key (keystore v3 dict, or raw 32 bytes) and give it an HPKE key.
 
         A keystore that opens with ``password`` (or with ``keyfile_password``
         equal to it) is kept byte for byte; otherwise it is re-encrypted under
         ``password``.
         """
-        from eth_account import Account
-
         if (keyfile is None) == (private_key is None):
             raise UsageError(
                 "give exactly one of a keystore file or a private key",
@@ -128,23 +126,17 @@ class Keystore:
                 raise InputError(
                     'not an Ethereum keystore (no "crypto" section)', "give a keystore v3 JSON file"
                 )
+            if keyfile.get("version") != 3:
+                raise InputError(
+                    f"keystore version {keyfile.get('version')!r} is not an Ethereum account keystore",
+                    "give a keystore v3 JSON file (geth, foundry, MetaMask)",
+                )
             opener = password if keyfile_password is None else keyfile_password
-            try:
-                private_key = bytes(Account.decrypt(keyfile, opener))
-            except ValueError as e:
-                if "MAC" in str(e) or "mismatch" in str(e).lower():
-                    raise VerificationError(
-                        "wrong password for the keystore being imported",
-                        "give the password it was saved with",
-                    ) from None
-                raise InputError(
-                    f"keystore cannot be read: {e}", "give a keystore v3 JSON file"
-                ) from None
-            except (KeyError, TypeError) as e:
-                raise InputError(
-                    f"keystore is missing field {e}", "give a keystore v3 JSON file"
-                ) from None
-            if opener == password and keyfile.get("version") == 3:
+            # decrypt_v3 tells a wrong password (VerificationError) from a damaged file (InputError)
+            private_key = _check_private_key(
+                decrypt_v3(keyfile, opener, where="the keystore being imported")
+            )
+            if opener == password and "crypto" in keyfile:  # eth-account opens it as it is
                 keep_json = dict(keyfile)
         else:
             private_key = _check_private_key(private_key)
