@@ -118,7 +118,7 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path):
 
 def test_settings_precedence_flag_env_config(din_home, monkeypatch):
     @click.command()
-    @ipfs_option
+    @ipfs_option()
     def show(ipfs_api):
         click.echo(ipfs_api or "none")
 

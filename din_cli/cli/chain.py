@@ -7,25 +7,17 @@ import os
 import click
 
 from din_cli.cli import output
-from din_cli.cli.options import chain_option, json_option, key_option, quiet_option, read_password
-
-
-def _identity(key_name: str | None):
-    """The unlocked identity named by --key (or the only key there is)."""
-    from din_cli.crypto.keystore import Keystore
-
-    ks = Keystore()
-    name = ks.default_name(key_name)
-    ks.show(name)  # NotFoundError before asking for a password
-    return ks.unlock(name, read_password(f"Password for {name}"))
-
-
-def _address(key_name: str | None) -> str:
-    """The address of --key (no password needed)."""
-    from din_cli.crypto.keystore import Keystore
-
-    ks = Keystore()
-    return ks.show(ks.default_name(key_name)).address
+from din_cli.cli.options import (
+    acting_options,
+    chain_option,
+    context,
+    json_option,
+    key_address,
+    key_option,
+    quiet_option,
+    read_password,
+    unlock,
+)
 
 
 def _dev_password() -> str:
@@ -72,7 +64,7 @@ def _set_config(name: str, value: str) -> None:
 
 
 @click.command("init")
-@chain_option
+@chain_option()
 @click.option(
     "--dev-accounts",
     type=click.IntRange(0, 100),
@@ -80,9 +72,9 @@ def _set_config(name: str, value: str) -> None:
     metavar="N",
     help="Dev accounts to create and fund (dev1..devN) on a dev chain. Default: 8.",
 )
-@key_option
-@json_option
-@quiet_option
+@key_option()
+@json_option()
+@quiet_option()
 def init(chain_url, dev_accounts, key_name, as_json):
     """Create $DIN_HOME, deploy din's contracts and fund dev accounts.
 
@@ -122,7 +114,7 @@ def init(chain_url, dev_accounts, key_name, as_json):
         chain_url,
         dev_accounts=dev_accounts,
         dev_key=dev_key,
-        deployer=lambda: _identity(key_name).account if key_name else None,
+        deployer=lambda: unlock(key_name).account if key_name else None,
     )
     dev = [{"name": names.get(a, ""), "address": a} for a in dep["dev_accounts"]]
     if as_json:
@@ -148,8 +140,8 @@ def chain():
 
 
 @chain.command("info")
-@chain_option
-@json_option
+@chain_option()
+@json_option()
 def chain_info(chain_url, as_json):
     """Print chain id, head block, block time and contract addresses.
 
@@ -175,7 +167,7 @@ def chain_info(chain_url, as_json):
 
 @chain.command("advance")
 @click.argument("seconds", type=click.IntRange(0, None))
-@chain_option
+@chain_option()
 def chain_advance(seconds, chain_url):
     """Move a dev chain's clock SECONDS ahead and mine a block; prints the new time.
 
@@ -200,29 +192,9 @@ def validator():
     """
 
 
-def _print_validator(state: dict, as_json: bool, line: str | None) -> None:
-    if as_json:
-        output.emit_json(state)
-        return
-    if line is not None:
-        output.emit(line)
-        return
-    rows = [
-        ("address", state["address"]),
-        ("stake", state["stake_din"]),
-        ("active", str(state["active"]).lower()),
-        ("unlock_at", state["unlock_at"] or "-"),
-        ("hpke_public", state["hpke_public"]),
-    ]
-    output.emit(*(f"{k}\t{v}" for k, v in rows))
-
-
 @validator.command("stake")
 @click.argument("amount")
-@chain_option
-@key_option
-@json_option
-@quiet_option
+@acting_options()
 def validator_stake(amount, chain_url, key_name, as_json):
     """Lock AMOUNT DIN in the validator registry (approving it first); prints the total stake.
 
@@ -236,23 +208,17 @@ def validator_stake(amount, chain_url, key_name, as_json):
     from din_cli.chain import network
 
     units = network.parse_amount(amount)
-    ident = _identity(key_name)
-    chain_, dep = network.open_network(chain_url)
-    try:
-        state = network.stake(chain_, dep, ident.account, ident.hpke_public, units)
-    finally:
-        chain_.close()
+    with context(chain_url, key_name=key_name) as ctx:
+        ident = ctx.identity
+        state = network.stake(ctx.chain, ctx.deployment, ident.account, ident.hpke_public, units)
     output.note(
         f"staked {network.format_amount(units)} DIN; total {state['stake_din']} DIN, active: {state['active']}"
     )
-    _print_validator(state, as_json, state["stake_din"])
+    output.emit_doc(state, as_json, state["stake_din"])
 
 
 @validator.command("unstake")
-@chain_option
-@key_option
-@json_option
-@quiet_option
+@acting_options()
 def validator_unstake(chain_url, key_name, as_json):
     """Ask to unstake (prints the unlock time); after the delay, withdraw (prints the amount).
 
@@ -264,12 +230,8 @@ def validator_unstake(chain_url, key_name, as_json):
     """
     from din_cli.chain import network
 
-    ident = _identity(key_name)
-    chain_, dep = network.open_network(chain_url)
-    try:
-        state = network.unstake(chain_, dep, ident.account)
-    finally:
-        chain_.close()
+    with context(chain_url, key_name=key_name) as ctx:
+        state = network.unstake(ctx.chain, ctx.deployment, ctx.account)
     if state["action"] == "withdrawn":
         output.note(f"withdrew {state['amount_din']} DIN")
         line = state["amount_din"]
@@ -278,14 +240,14 @@ def validator_unstake(chain_url, key_name, as_json):
             f"unstake requested; run it again after {network.iso_time(state['unlock_at'])} to withdraw"
         )
         line = state["unlock_at"]
-    _print_validator(state, as_json, line)
+    output.emit_doc(state, as_json, line)
 
 
 @validator.command("info")
 @click.argument("address", required=False)
-@chain_option
-@key_option
-@json_option
+@chain_option()
+@key_option()
+@json_option()
 def validator_info(address, chain_url, key_name, as_json):
     """Show the stake, status and HPKE key of ADDRESS (default: --key's address).
 
@@ -295,21 +257,26 @@ def validator_info(address, chain_url, key_name, as_json):
     """
     from din_cli.chain import network
 
-    address = _checksum(address) if address else _address(key_name)
-    chain_, dep = network.open_network(chain_url)
-    try:
-        state = network.validator_state(chain_, dep, address)
-    finally:
-        chain_.close()
-    _print_validator(state, as_json, None)
+    address = _checksum(address) if address else key_address(key_name)
+    with context(chain_url, act=False) as ctx:
+        state = network.validator_state(ctx.chain, ctx.deployment, address)
+    if as_json:
+        output.emit_json(state)
+        return
+    output.emit_fields(
+        [
+            ("address", state["address"]),
+            ("stake", state["stake_din"]),
+            ("active", str(state["active"]).lower()),
+            ("unlock_at", state["unlock_at"] or None),
+            ("hpke_public", state["hpke_public"]),
+        ]
+    )
 
 
 @validator.command("join")
 @click.argument("task")
-@chain_option
-@key_option
-@json_option
-@quiet_option
+@acting_options()
 def validator_join(task, chain_url, key_name, as_json):
     """Register as a validator of TASK (needs an active stake); prints your validator index.
 
@@ -319,17 +286,9 @@ def validator_join(task, chain_url, key_name, as_json):
     """
     from din_cli.chain import network
 
-    ident = _identity(key_name)
-    chain_, dep = network.open_network(chain_url)
-    try:
-        result = network.register_validator(chain_, dep, ident.account, task)
-    finally:
-        chain_.close()
-    if as_json:
-        output.emit_json(result)
-        return
-    output.note(f"registered for task {result['task']} as validator {result['index']}")
-    output.emit(result["index"])
+    with context(chain_url, key_name=key_name) as ctx:
+        result = network.register_validator(ctx.chain, ctx.deployment, ctx.account, task)
+    _print_joined(result, as_json, f"registered for task {result['task']} as validator")
 
 
 def _checksum(address: str) -> str:
@@ -354,10 +313,7 @@ def participant():
 
 @participant.command("join")
 @click.argument("task")
-@chain_option
-@key_option
-@json_option
-@quiet_option
+@acting_options()
 def participant_join(task, chain_url, key_name, as_json):
     """Join TASK as a participant, publishing your HPKE key; prints your participant index.
 
@@ -367,16 +323,18 @@ def participant_join(task, chain_url, key_name, as_json):
     """
     from din_cli.chain import network
 
-    ident = _identity(key_name)
-    chain_, dep = network.open_network(chain_url)
-    try:
-        result = network.join(chain_, dep, ident.account, task, ident.hpke_public)
-    finally:
-        chain_.close()
+    with context(chain_url, key_name=key_name) as ctx:
+        ident = ctx.identity
+        result = network.join(ctx.chain, ctx.deployment, ident.account, task, ident.hpke_public)
+    _print_joined(result, as_json, f"joined task {result['task']} as participant")
+
+
+def _print_joined(result: dict, as_json: bool, what: str) -> None:
+    """The index a join gave: JSON, or the index on stdout and ``what INDEX`` on stderr."""
     if as_json:
         output.emit_json(result)
         return
-    output.note(f"joined task {result['task']} as participant {result['index']}")
+    output.note(f"{what} {result['index']}")
     output.emit(result["index"])
 
 
@@ -391,8 +349,8 @@ def task():
 
 
 @task.command("list")
-@chain_option
-@json_option
+@chain_option()
+@json_option()
 def task_list(chain_url, as_json):
     """List the tasks of this deployment, newest first: id, phase, round, participants, validators.
 
@@ -403,27 +361,20 @@ def task_list(chain_url, as_json):
     """
     from din_cli.chain import network
 
-    chain_, dep = network.open_network(chain_url)
-    try:
-        tasks = network.list_tasks(chain_, dep)[::-1]  # newest first
-    finally:
-        chain_.close()
-    if as_json:
-        output.emit_json(tasks)
-        return
-    output.emit(
-        *(
-            f"{t['task_id']}\t{t['phase']}\t{t['round']}\t{t['participants']}\t{t['validators']}"
-            for t in tasks
-        )
+    with context(chain_url, act=False) as ctx:
+        tasks = network.list_tasks(ctx.chain, ctx.deployment)[::-1]  # newest first
+    lines = (
+        f"{t['task_id']}\t{t['phase']}\t{t['round']}\t{t['participants']}\t{t['validators']}"
+        for t in tasks
     )
+    output.emit_doc(tasks, as_json, *lines)
 
 
 @task.command("status")
 @click.argument("task_id", metavar="TASK")
-@chain_option
-@key_option
-@json_option
+@chain_option()
+@key_option()
+@json_option()
 def task_status(task_id, chain_url, key_name, as_json):
     """Show TASK's phase, round, deadline and counts (and your role with --key).
 
@@ -433,31 +384,10 @@ def task_status(task_id, chain_url, key_name, as_json):
     """
     from din_cli.chain import network
 
-    account = _address(key_name) if key_name else None
-    chain_, dep = network.open_network(chain_url)
-    try:
-        doc = network.task_status(chain_, dep, task_id, account=account)
-    finally:
-        chain_.close()
+    account = key_address(key_name) if key_name else None
+    with context(chain_url, act=False) as ctx:
+        doc = network.task_status(ctx.chain, ctx.deployment, task_id, account=account)
     if as_json:
         output.emit_json(doc)
         return
-    keys = [
-        "task_id",
-        "phase",
-        "round",
-        "last_round",
-        "deadline",
-        "seconds_left",
-        "participants",
-        "validators",
-        "groups",
-        "owner",
-        "arch",
-        "deposit",
-        "model_digest",
-    ]
-    rows = [(k, "-" if doc[k] is None else doc[k]) for k in keys if k in doc]
-    if "you" in doc:
-        rows.append(("you", doc["you"]["role"]))
-    output.emit(*(f"{k}\t{v}" for k, v in rows))
+    output.emit_task_status(doc, ("owner", "arch", "deposit", "model_digest"))

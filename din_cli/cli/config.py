@@ -31,7 +31,7 @@ def config_group():
 
 
 @config_group.command("show")
-@json_option
+@json_option()
 def config_show(as_json):
     """Print each setting's value and source (env, config.toml or default).
 

@@ -28,8 +28,8 @@ def _size(path):
     metavar="K.bin",
     help="Make a fresh key and write it here (mode 600, never overwritten).",
 )
-@output_option
-@quiet_option
+@output_option()
+@quiet_option()
 def data_encrypt(file, key_file, key_out, output):
     """Encrypt a file with AES-256-GCM in authenticated 1 MiB chunks.
 
@@ -66,8 +66,8 @@ def data_encrypt(file, key_file, key_out, output):
     required=True,
     help="File holding the 32-byte key (- for stdin).",
 )
-@output_option
-@quiet_option
+@output_option()
+@quiet_option()
 def data_decrypt(file, key_file, output):
     """Decrypt a din-encrypted file; nothing is written unless all of it verifies.
 

@@ -60,8 +60,8 @@ def ipfs():
     help="1: raw leaves, base32 (like `ipfs add --cid-version=1`); 0: classic Qm... CIDs.",
 )
 @click.option("-n", "--only-hash", is_flag=True, help="Only compute the CID; store nothing.")
-@ipfs_option
-@quiet_option
+@ipfs_option()
+@quiet_option()
 def ipfs_add(files, cid_version, only_hash, ipfs_api):
     """Add files (- for stdin) and print each one's CID, one per line.
 
@@ -82,9 +82,9 @@ def ipfs_add(files, cid_version, only_hash, ipfs_api):
 
 @ipfs.command("cat")
 @click.argument("cid", required=False)
-@output_option
-@ipfs_option
-@quiet_option
+@output_option()
+@ipfs_option()
+@quiet_option()
 def ipfs_cat(cid, output, ipfs_api):
     """Write a file's bytes (stdout, or -o FILE written atomically); CID from stdin if omitted.
 
@@ -105,7 +105,7 @@ def ipfs_cat(cid, output, ipfs_api):
 
 @ipfs.command("has")
 @click.argument("cids", nargs=-1)
-@ipfs_option
+@ipfs_option()
 def ipfs_has(cids, ipfs_api):
     """Exit 0 if every CID's whole DAG is in the store, else 4 naming the first missing.
 
@@ -127,8 +127,8 @@ def ipfs_has(cids, ipfs_api):
 
 
 @ipfs.command("ls")
-@json_option
-@ipfs_option
+@json_option()
+@ipfs_option()
 def ipfs_ls(as_json, ipfs_api):
     """List the root CIDs added or imported (a node's recursive pins with --ipfs).
 
@@ -139,10 +139,7 @@ def ipfs_ls(as_json, ipfs_api):
     from din_cli.store import open_store
 
     roots = open_store(ipfs_api).roots()
-    if as_json:
-        out.emit_json(roots)
-    else:
-        out.emit(*roots)
+    out.emit_doc(roots, as_json, *roots)
 
 
 @ipfs.group("car")
@@ -157,9 +154,9 @@ def car():
 
 @car.command("export")
 @click.argument("cids", nargs=-1)
-@output_option
-@ipfs_option
-@quiet_option
+@output_option()
+@ipfs_option()
+@quiet_option()
 def car_export(cids, output, ipfs_api):
     """Write a CAR v1 holding the whole DAG of each CID (CIDs from stdin if none given).
 
@@ -175,8 +172,8 @@ def car_export(cids, output, ipfs_api):
 
 @car.command("import")
 @click.argument("file", metavar="FILE|-")
-@ipfs_option
-@quiet_option
+@ipfs_option()
+@quiet_option()
 def car_import(file, ipfs_api):
     """Import a CAR v1 (- for stdin), verifying every block; print its root CIDs.
 

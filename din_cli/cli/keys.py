@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import click
 
-from din_cli import config
 from din_cli.cli import output as out
 from din_cli.cli.options import (
     chain_option,
+    context,
     json_option,
     key_option,
     output_option,
     quiet_option,
     read_password,
+    round_option,
+    task_option,
+    unlock,
 )
 from din_cli.errors import UsageError
 
@@ -26,22 +29,8 @@ def _binding_options(f):
         show_default=True,
         help="Chain id the key is bound to (0: not bound to a chain).",
     )(f)
-    f = click.option(
-        "--round",
-        "round_",
-        metavar="R",
-        type=click.IntRange(min=0),
-        required=True,
-        help="Round the key is bound to.",
-    )(f)
-    f = click.option(
-        "--task",
-        metavar="ID",
-        type=click.IntRange(min=0),
-        required=True,
-        help="Task id the key is bound to.",
-    )(f)
-    return f
+    f = round_option("Round the key is bound to.", required=True, min=0)(f)
+    return task_option("Task id the key is bound to.", metavar="ID", type=click.IntRange(min=0))(f)
 
 
 def _print_info(info, as_json: bool) -> None:
@@ -61,8 +50,8 @@ def _print_info(info, as_json: bool) -> None:
     is_flag=True,
     help="Cheap scrypt (n=2^14) for throw-away dev accounts; default is eth-account's n=2^18.",
 )
-@json_option
-@quiet_option
+@json_option()
+@quiet_option()
 def keys_new(name, light_kdf, as_json):
     """Create an identity: an Ethereum account and an HPKE encryption key.
 
@@ -87,7 +76,7 @@ def keys_new(name, light_kdf, as_json):
 
 
 @click.command("list")
-@json_option
+@json_option()
 def keys_list(as_json):
     """List identities: NAME, tab, ADDRESS per line (no password needed).
 
@@ -98,10 +87,7 @@ def keys_list(as_json):
     from din_cli.crypto.keystore import Keystore
 
     infos = Keystore().list()
-    if as_json:
-        out.emit_json([i.to_json() for i in infos])
-    else:
-        out.emit(*(f"{i.name}\t{i.address}" for i in infos))
+    out.emit_doc([i.to_json() for i in infos], as_json, *(f"{i.name}\t{i.address}" for i in infos))
 
 
 @click.command("show")
@@ -109,7 +95,7 @@ def keys_list(as_json):
 @click.option(
     "--field", type=click.Choice(["address", "hpke_public"]), help="Print only this value."
 )
-@json_option
+@json_option()
 def keys_show(name, field, as_json):
     """Show an identity's address and HPKE public key (one per line).
 
@@ -136,8 +122,8 @@ def keys_show(name, field, as_json):
     is_flag=True,
     help="Cheap scrypt for the new HPKE key file (and a re-encrypted key).",
 )
-@json_option
-@quiet_option
+@json_option()
+@quiet_option()
 def keys_import(name, source, light_kdf, as_json):
     """Import an Ethereum key: a keystore v3 JSON file, or a hex private key on stdin.
 
@@ -211,12 +197,10 @@ def _read_import_source(source):
 @click.option(
     "--cid", metavar="CID", help="Test set CID to sign with the owner's key and encrypt under K."
 )
-@click.option(
-    "--signer",
-    metavar="NAME",
-    envvar="DIN_KEY",
-    default=lambda: config.setting("key"),
-    help="Owner identity that signs --cid  [env: DIN_KEY]; default: the only key.",
+@key_option(
+    "Owner identity that signs --cid  [env: DIN_KEY]; default: the only key.",
+    flag="--signer",
+    dest="signer",
 )
 @_binding_options
 @click.option(
@@ -225,11 +209,11 @@ def _read_import_source(source):
     help="Publish on chain as TASK's test set (the task's owner signs with --signer): addresses resolve to the "
     "HPKE keys validators registered on chain; without --to, every validator assigned to the evaluation.",
 )
-@chain_option
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON document (the default).")
+@chain_option()
+@json_option("Print the JSON document (the default).")
 @click.option("--nl", is_flag=True, help="Print one JSON object per recipient per line instead.")
-@output_option
-@quiet_option
+@output_option()
+@quiet_option()
 def keys_wrap(key_file, recipients, cid, signer, task, round_, chain_id, post, chain_url, as_json, nl, output):
     """Wrap a test-set key K for validators (HPKE), bound to a task and round.
 
@@ -271,10 +255,7 @@ def keys_wrap(key_file, recipients, cid, signer, task, round_, chain_id, post, c
     key = aead.read_key(key_file)
     binding = wrap.Binding(chain_id, task, round_)
     targets = wrap.resolve_recipients(specs, keystore=ks)
-    owner = None
-    if cid is not None:
-        name = ks.default_name(signer)
-        owner = ks.unlock(name, read_password(f"Password for {name}"))
+    owner = unlock(signer) if cid is not None else None
     doc = wrap.wrap_test_key(key, targets, binding, cid=cid, owner=owner)
     write_atomic(output, wrap.dumps(doc, per_recipient=nl).encode())
     signed = f"; CID signed by {owner.address}" if owner else ""
@@ -283,7 +264,6 @@ def keys_wrap(key_file, recipients, cid, signer, task, round_, chain_id, post, c
 
 def _wrap_and_post(key_file, recipients, cid, signer, task, round_, chain_id, chain_url, nl, output):
     """`din keys wrap --post`: wrap K for the task's validators (keys from chain) and publish it."""
-    from din_cli.cli.round import context
     from din_cli.crypto import aead, wrap
     from din_cli.crypto.keystore import Keystore
     from din_cli.files import write_atomic
@@ -308,23 +288,18 @@ def _wrap_and_post(key_file, recipients, cid, signer, task, round_, chain_id, ch
 
 @click.command("unwrap")
 @click.argument("document", metavar="WRAPPED.json", default="-")
-@key_option
+@key_option()
 @click.option(
     "--owner",
     metavar="ADDRESS",
     help="Task owner's address: verify and print the signed test set CID.",
 )
 @_binding_options
-@click.option(
-    "-o",
-    "--output",
-    "key_out",
-    metavar="FILE|-",
-    default="-",
-    show_default=True,
-    help="Where to write K (mode 600, never overwritten); - writes raw bytes to stdout.",
+@output_option(
+    "Where to write K (mode 600, never overwritten); - writes raw bytes to stdout.",
+    dest="key_out",
 )
-@quiet_option
+@quiet_option()
 def keys_unwrap(document, key_name, owner, task, round_, chain_id, key_out):
     """Recover the test-set key K from a wrapped-key document, as a validator.
 
@@ -351,10 +326,8 @@ def keys_unwrap(document, key_name, owner, task, round_, chain_id, key_out):
         )
     with open_input(document) as f:
         doc = wrap.load_document(f.read(), str(document))
-    ks = Keystore()
-    name = key_name or _recipient_name(ks, doc)
     binding = wrap.Binding(chain_id, task, round_)
-    identity = ks.unlock(name, read_password(f"Password for {name}"))
+    identity = unlock(key_name or _recipient_name(Keystore(), doc))
     opened = wrap.open_test_key(doc, identity, binding, owner_address=owner)
     aead.write_key(key_out, opened.key)
     if opened.cid is not None:

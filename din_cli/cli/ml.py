@@ -6,12 +6,17 @@ import click
 
 from din_cli.cli import output as out
 from din_cli.cli.options import (
+    acting_options,
     chain_option,
+    context,
     ipfs_option,
     json_option,
     key_option,
     output_option,
     quiet_option,
+    require_one_step,
+    round_option,
+    task_option,
 )
 
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
@@ -26,7 +31,7 @@ DEVICE = click.Choice(["auto", "cpu", "cuda"])
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the initial weights.")
 @click.option("--task", default="", metavar="ID", help="Task id recorded in the file's metadata.")
-@output_option
+@output_option()
 def model_init(arch, seed, task, output):
     """Make a genesis model: a canonical safetensors file for ARCH.
 
@@ -46,8 +51,8 @@ def model_init(arch, seed, task, output):
 
 @click.command("info")
 @click.argument("model", metavar="FILE|CID|-")
-@ipfs_option
-@json_option
+@ipfs_option()
+@json_option()
 def model_info(model, ipfs_api, as_json):
     """Print a model file's architecture, kind, samples, round and parameter count.
 
@@ -60,10 +65,7 @@ def model_info(model, ipfs_api, as_json):
 
     with resolved([model], ipfs_api) as (path,):
         info = describe(path)
-    if as_json:
-        out.emit_json(info)
-    else:
-        out.emit(*(f"{k}\t{v}" for k, v in info.items()))
+    out.emit_doc(info, as_json, *(f"{k}\t{v}" for k, v in info.items()))
 
 
 @click.command("split")
@@ -150,14 +152,14 @@ def data_split(dataset, participants, alpha, test_fraction, seed, shuffle, out_d
 @click.option(
     "--device", type=DEVICE, default="auto", show_default=True, help="auto uses CUDA when present."
 )
-@click.option("--task", default=None, metavar="TASK", help="Train for TASK's current round: the model comes from the chain.")
+@task_option("Train for TASK's current round: the model comes from the chain.", required=False)
 @click.option("--submit", is_flag=True, help="With --task: add the update to the content store and submit its CID.")
-@ipfs_option
-@chain_option
-@key_option
-@output_option
-@json_option
-@quiet_option
+@ipfs_option()
+@chain_option()
+@key_option()
+@output_option()
+@json_option()
+@quiet_option()
 def train(model, data, epochs, lr, batch_size, seed, device, task, submit, ipfs_api, chain_url, key_name, output, as_json):
     """Train a model on a local data store and write the update with its sample count.
 
@@ -172,52 +174,59 @@ def train(model, data, epochs, lr, batch_size, seed, device, task, submit, ipfs_
         din ipfs cat "$GLOBAL_CID" | din train --model - --data mine.csv -o - | din ipfs add -
         din train --task 1 --data stores/participant-01.npz --submit --key dev2 | xargs din model info
     """
+    hyper = dict(epochs=epochs, lr=lr, batch_size=batch_size, device=device)
     if task is not None or submit:
-        from din_cli.cli.round import train_on_task
-
         if task is None:
             raise click.UsageError("--submit needs --task TASK")
         if model is not None or output != "-":
             raise click.UsageError("--task takes the model from the chain and submits the update: drop --model and -o")
-        train_on_task(task, data, submit=submit, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
-                      device=device, chain_url=chain_url, ipfs_api=ipfs_api, key_name=key_name, as_json=as_json)
+        _train_on_task(task, data, submit, seed, hyper, chain_url, ipfs_api, key_name, as_json)
         return
     if model is None:
         raise click.UsageError("Missing option '--model' (or give --task TASK --submit).")
-    if seed is None:
-        seed = 0
     from din_cli.ml.train import train as run
     from din_cli.protocol.inputs import resolved
 
     with resolved([model], ipfs_api) as (path,), out.progress("training", total=epochs) as advance:
-        run(
-            path,
-            data,
-            output,
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            seed=seed,
-            device=device,
-            progress=advance,
-        )
+        run(path, data, output, seed=0 if seed is None else seed, progress=advance, **hyper)
     if output != "-":
         out.emit(output)
 
 
+def _train_on_task(task, data, submit, seed, hyper, chain_url, ipfs_api, key_name, as_json):
+    """`din train --task TASK --data STORE --submit`: fetch the round's model, train, add, submit; prints the CID."""
+    from din_cli.errors import UsageError
+    from din_cli.protocol import roundflow
+
+    if not submit:
+        raise UsageError(
+            "--task trains for the chain and needs --submit",
+            "add --submit, or give --model FILE to train offline",
+        )
+    with (
+        context(chain_url, ipfs_api, key_name) as ctx,
+        out.progress("training", total=hyper["epochs"]) as advance,
+    ):
+        doc = roundflow.train_and_submit(
+            ctx, roundflow.task_number(task), data, seed=seed, progress=advance, **hyper
+        )
+    out.note(f"task {doc['task_id']} round {doc['round']}: submitted {doc['samples']} samples' update")
+    out.emit_doc(doc, as_json, doc["cid"])
+
+
 @click.command("aggregate")
 @click.argument("inputs", nargs=-1, metavar="[FILE|CID]...")
-@click.option("--task", default=None, metavar="TASK", help="Aggregate your subgroup of TASK's current round (validators).")
-@click.option("--round", "round_", type=click.IntRange(1, None), default=None, metavar="R", help="With --task: the round (default: the current one).")
+@task_option("Aggregate your subgroup of TASK's current round (validators).", required=False)
+@round_option("With --task: the round (default: the current one).")
 @click.option("--commit", is_flag=True, help="With --task: aggregate the subgroup's submitted updates and commit the result.")
 @click.option("--reveal", is_flag=True, help="With --task: reveal the committed aggregate.")
 @click.option("--cid", default=None, metavar="CID", help="With --commit: commit this CID instead of computing the aggregate.")
-@ipfs_option
-@chain_option
-@key_option
-@output_option
-@json_option
-@quiet_option
+@ipfs_option()
+@chain_option()
+@key_option()
+@output_option()
+@json_option()
+@quiet_option()
 def aggregate(inputs, task, round_, commit, reveal, cid, ipfs_api, chain_url, key_name, output, as_json):
     """Average updates weighted by their samples, bit-exactly (FedAvg).
 
@@ -238,14 +247,11 @@ def aggregate(inputs, task, round_, commit, reveal, cid, ipfs_api, chain_url, ke
         din aggregate --task 1 --commit --key dev8 && din aggregate --task 1 --reveal --key dev8
     """
     if task is not None or commit or reveal or cid or round_:
-        from din_cli.cli.round import aggregate_on_task
-
         if task is None:
             raise click.UsageError("--commit, --reveal, --round and --cid need --task TASK")
         if inputs or output != "-":
             raise click.UsageError("--task aggregates the subgroup's updates from the chain: drop the inputs and -o")
-        aggregate_on_task(task, round_, commit=commit, reveal=reveal, cid=cid, chain_url=chain_url,
-                          ipfs_api=ipfs_api, key_name=key_name, as_json=as_json)
+        _aggregate_on_task(task, round_, commit, reveal, cid, chain_url, ipfs_api, key_name, as_json)
         return
     from din_cli.ml.aggregate import aggregate as run
     from din_cli.protocol.inputs import read_refs, resolved
@@ -257,6 +263,23 @@ def aggregate(inputs, task, round_, commit, reveal, cid, ipfs_api, chain_url, ke
         out.emit(output)
 
 
+def _aggregate_on_task(task, round_, commit, reveal, cid, chain_url, ipfs_api, key_name, as_json):
+    """`din aggregate --task TASK [--round R] --commit|--reveal`: the validator's aggregation step; prints the CID."""
+    from din_cli.protocol import roundflow
+
+    require_one_step(commit, reveal, {"--cid": cid})
+    with context(chain_url, ipfs_api, key_name) as ctx:
+        tid = roundflow.task_number(task)
+        if commit:
+            doc = roundflow.aggregate_commit(ctx, tid, round_, cid=cid)
+        else:
+            doc = roundflow.aggregate_reveal(ctx, tid, round_)
+    out.note(
+        f"task {doc['task_id']} round {doc['round']} subgroup {doc['group']}: {'committed' if commit else 'revealed'}"
+    )
+    out.emit_doc(doc, as_json, doc["cid"])
+
+
 @click.command("evaluate")
 @click.option("--model", "model", default=None, metavar="FILE|CID|-", help="The model to score (not with --task).")
 @click.option(
@@ -265,16 +288,13 @@ def aggregate(inputs, task, round_, commit, reveal, cid, ipfs_api, chain_url, ke
 @click.option(
     "--metric", type=click.Choice(["accuracy", "f1", "loss"]), default="accuracy", show_default=True
 )
-@click.option("--task", default=None, metavar="TASK", help="Score your evaluation subgroup of TASK on the owner's test set (validators).")
+@task_option("Score your evaluation subgroup of TASK on the owner's test set (validators).", required=False)
 @click.option("--commit", is_flag=True, help="With --task: score and commit the score vector.")
 @click.option("--reveal", is_flag=True, help="With --task: reveal the committed scores.")
 @click.option("--set-score", "overrides", multiple=True, metavar="ADDRESS=BPS",
               help="With --commit: commit BPS for ADDRESS instead of its measured score (a deliberate disagreement; settlement penalises it).")
-@ipfs_option
-@chain_option
-@key_option
-@json_option
-@quiet_option
+@ipfs_option()
+@acting_options()
 def evaluate(model, data, metric, task, commit, reveal, overrides, ipfs_api, chain_url, key_name, as_json):
     """Score a model on a store; print the score in basis points (0..10000).
 
@@ -291,14 +311,11 @@ def evaluate(model, data, metric, task, commit, reveal, overrides, ipfs_api, cha
         din evaluate --task 1 --commit --key dev8 | sort -k2 -n | head -n 1
     """
     if task is not None or commit or reveal or overrides:
-        from din_cli.cli.round import evaluate_on_task
-
         if task is None:
             raise click.UsageError("--commit, --reveal and --set-score need --task TASK")
         if model is not None or data is not None:
             raise click.UsageError("--task scores the subgroup's models on the owner's test set: drop --model and --data")
-        evaluate_on_task(task, commit=commit, reveal=reveal, overrides=overrides, metric=metric,
-                         chain_url=chain_url, ipfs_api=ipfs_api, key_name=key_name, as_json=as_json)
+        _evaluate_on_task(task, commit, reveal, overrides, metric, chain_url, ipfs_api, key_name, as_json)
         return
     if model is None or data is None:
         raise click.UsageError("Missing option '--model' or '--data' (or give --task TASK --commit|--reveal).")
@@ -307,7 +324,34 @@ def evaluate(model, data, metric, task, commit, reveal, overrides, ipfs_api, cha
 
     with resolved([model], ipfs_api) as (path,):
         result = run(path, data, metric=metric)
-    if as_json:
-        out.emit_json(result.to_dict())
-    else:
-        out.emit(result.score_bps)
+    out.emit_doc(result.to_dict(), as_json, result.score_bps)
+
+
+def _evaluate_on_task(task, commit, reveal, overrides, metric, chain_url, ipfs_api, key_name, as_json):
+    """`din evaluate --task TASK --commit|--reveal`: score the subgroup on the owner's test set; prints the scores."""
+    from din_cli.protocol import evaluation, roundflow
+
+    require_one_step(commit, reveal, {"--set-score": overrides})
+    with context(chain_url, ipfs_api, key_name) as ctx:
+        tid = roundflow.task_number(task)
+        if commit:
+            doc = evaluation.evaluate_commit(ctx, tid, overrides=_parse_overrides(overrides), metric=metric)
+        else:
+            doc = evaluation.evaluate_reveal(ctx, tid)
+    lines = (f"{a}\t{s}" for a, s in zip(doc["participants"], doc["scores"], strict=True))
+    out.emit_doc(doc, as_json, *lines)
+
+
+def _parse_overrides(pairs) -> dict[str, int]:
+    """--set-score ADDRESS=BPS pairs as {address: bps}."""
+    from din_cli.errors import UsageError
+
+    overrides = {}
+    for pair in pairs or ():
+        who, sep, bps = pair.partition("=")
+        if not sep or not bps.strip().isdigit():
+            raise UsageError(
+                f"--set-score {pair!r} is not ADDRESS=BPS", "e.g. --set-score 0xAbC...=10000"
+            )
+        overrides[who.strip()] = int(bps)
+    return overrides

@@ -1,4 +1,10 @@
-"""Shared option decorators and parameter types for every command.
+"""Shared option factories and helpers for every command module.
+
+Each ``*_option(...)`` is a factory that returns a click decorator, so an
+option is written once and varied per command (``round_option("Check one
+round only.")``). ``unlock``, ``key_address`` and ``context`` turn the
+``--key``/``--chain``/``--ipfs`` values into what a library call needs.
+Nothing here imports torch, web3 or eth-*: ``din --help`` stays fast.
 
 Order of precedence for settings: flag, then ``DIN_*`` environment variable
 (click's ``envvar``), then ``$DIN_HOME/config.toml``, then the default.
@@ -16,75 +22,122 @@ import click
 from din_cli import config
 
 
-def _from_config(name: str, default=None):
-    return lambda: config.setting(name, default)
-
-
-def ipfs_option(f):
-    """``--ipfs MULTIADDR``: a Kubo RPC API instead of the local store."""
+def _setting_option(flag: str, dest: str, metavar: str, envvar: str, setting: str, help: str):
+    """An option that falls back to ``envvar``, then ``setting`` in config.toml."""
     return click.option(
+        flag,
+        dest,
+        metavar=metavar,
+        envvar=envvar,
+        default=lambda: config.setting(setting),
+        help=help,
+    )
+
+
+def ipfs_option():
+    """``--ipfs MULTIADDR``: a Kubo RPC API instead of the local store."""
+    return _setting_option(
         "--ipfs",
         "ipfs_api",
-        metavar="MULTIADDR",
-        envvar="DIN_IPFS",
-        default=_from_config("ipfs"),
-        help="Kubo RPC API, e.g. /ip4/127.0.0.1/tcp/5001. Default: the local store in $DIN_HOME/blocks  [env: DIN_IPFS]",
-    )(f)
+        "MULTIADDR",
+        "DIN_IPFS",
+        "ipfs",
+        "Kubo RPC API, e.g. /ip4/127.0.0.1/tcp/5001. Default: the local store in $DIN_HOME/blocks  [env: DIN_IPFS]",
+    )
 
 
-def chain_option(f):
+def chain_option():
     """``--chain URL``: a JSON-RPC node instead of the embedded chain."""
-    return click.option(
+    return _setting_option(
         "--chain",
         "chain_url",
-        metavar="URL",
-        envvar="DIN_CHAIN",
-        default=_from_config("chain"),
-        help="JSON-RPC node, e.g. http://127.0.0.1:8545. Default: the embedded chain in $DIN_HOME/chain.sqlite  [env: DIN_CHAIN]",
-    )(f)
+        "URL",
+        "DIN_CHAIN",
+        "chain",
+        "JSON-RPC node, e.g. http://127.0.0.1:8545. Default: the embedded chain in $DIN_HOME/chain.sqlite  [env: DIN_CHAIN]",
+    )
 
 
-def key_option(f):
-    """``--key NAME``: which of the keystore's identities acts."""
-    return click.option(
-        "--key",
-        "key_name",
-        metavar="NAME",
-        envvar="DIN_KEY",
-        default=_from_config("key"),
-        help="Identity to act as (see `din keys list`)  [env: DIN_KEY]",
-    )(f)
+def key_option(
+    help: str = "Identity to act as (see `din keys list`)  [env: DIN_KEY]",
+    *,
+    flag: str = "--key",
+    dest: str = "key_name",
+):
+    """``--key NAME``: which of the keystore's identities acts (``flag``: the same under another name)."""
+    return _setting_option(flag, dest, "NAME", "DIN_KEY", "key", help)
 
 
-def json_option(f):
+def json_option(help: str = "Print JSON on stdout."):
     """``--json``: print one JSON document instead of plain lines."""
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(f)
+    return click.option("--json", "as_json", is_flag=True, help=help)
 
 
-def quiet_option(f):
+def quiet_option():
     """``-q``: no progress or chatter on stderr."""
 
-    @click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes on stderr.")
-    @functools.wraps(f)
-    def wrapper(*args, quiet, **kwargs):
-        from din_cli.cli import output
+    def decorator(f):
+        @click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes on stderr.")
+        @functools.wraps(f)
+        def wrapper(*args, quiet, **kwargs):
+            from din_cli.cli import output
 
-        output.set_quiet(quiet)
-        return f(*args, **kwargs)
+            output.set_quiet(quiet)
+            return f(*args, **kwargs)
 
-    return wrapper
+        return wrapper
+
+    return decorator
 
 
-def output_option(f):
+def acting_options(*, ipfs: bool = False):
+    """``--chain [--ipfs] --key --json -q``: the options of a command that acts on chain as --key."""
+    decorators = [chain_option(), *([ipfs_option()] if ipfs else []), key_option(), json_option(), quiet_option()]
+
+    def decorator(f):
+        for option in reversed(decorators):  # the first listed is the outermost, as in a stack of @s
+            f = option(f)
+        return f
+
+    return decorator
+
+
+def output_option(help: str = "Output file; - for stdout. Written atomically.", *, dest: str = "output"):
     """``-o FILE|-``: where to write; ``-`` (the default) is stdout."""
     return click.option(
-        "-o",
-        "--output",
-        metavar="FILE|-",
-        default="-",
-        show_default=True,
-        help="Output file; - for stdout. Written atomically.",
-    )(f)
+        "-o", "--output", dest, metavar="FILE|-", default="-", show_default=True, help=help
+    )
+
+
+def task_option(help: str = "Task id (printed by `din model publish`).", *, required: bool = True, **kwargs):
+    """``--task TASK`` (None when optional and absent); ``kwargs`` override click.option's (``metavar``, ``type``)."""
+    settings = {"required": True} if required else {"required": False, "default": None}
+    return click.option("--task", "task", **{**settings, "metavar": "TASK", "help": help, **kwargs})
+
+
+def round_option(help: str, *, required: bool = False, min: int = 1):
+    """``--round R``: a round number (``min`` and up); without ``required``, None means all or the current one."""
+    settings = {"required": True} if required else {"required": False, "default": None}
+    return click.option(
+        "--round", "round_", type=click.IntRange(min, None), metavar="R", help=help, **settings
+    )
+
+
+def require_one_step(commit: bool, reveal: bool, commit_only: dict[str, object]) -> None:
+    """``--task`` steps take exactly one of --commit/--reveal; flags in ``commit_only`` only with --commit."""
+    from din_cli.errors import UsageError
+
+    if commit == reveal:
+        raise UsageError(
+            "--task needs exactly one of --commit and --reveal",
+            "commit first, reveal in the reveal phase",
+        )
+    for flag, value in commit_only.items():
+        if value and not commit:
+            raise UsageError(f"{flag} goes with --commit", f"drop {flag}")
+
+
+# ---------------------------------------------------------------- from option values to library objects
 
 
 def read_password(prompt: str = "Password", *, confirm: bool = False) -> str:
@@ -104,3 +157,39 @@ def read_password(prompt: str = "Password", *, confirm: bool = False) -> str:
     if not sys.stdin.isatty():
         raise UsageError("no password: stdin is not a terminal", "set DIN_PASSWORD_FILE to a file holding the password")
     return click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True)
+
+
+def unlock(key_name: str | None):
+    """The unlocked identity named by --key (or the only key there is)."""
+    from din_cli.crypto.keystore import Keystore
+
+    ks = Keystore()
+    name = ks.default_name(key_name)
+    ks.show(name)  # NotFoundError before asking for a password
+    return ks.unlock(name, read_password(f"Password for {name}"))
+
+
+def key_address(key_name: str | None, *, optional: bool = False) -> str | None:
+    """The address of --key (or of the only key) without unlocking it.
+
+    ``optional``: None instead of an error when no --key was given and no
+    single key can stand in for it.
+    """
+    from din_cli.crypto.keystore import Keystore
+    from din_cli.errors import DinError
+
+    try:
+        ks = Keystore()
+        return ks.show(ks.default_name(key_name)).address
+    except DinError:
+        if key_name or not optional:
+            raise
+        return None
+
+
+def context(chain_url: str | None, ipfs_api: str | None = None, key_name: str | None = None, *, act: bool = True):
+    """A protocol Context (a context manager that closes the chain); ``act`` unlocks --key."""
+    from din_cli.protocol.context import open_context
+
+    identity = unlock(key_name) if act else None
+    return open_context(chain_url, ipfs_api, identity)

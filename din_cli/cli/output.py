@@ -52,6 +52,40 @@ def emit_ndjson(records) -> None:
     sys.stdout.flush()
 
 
+def emit_doc(doc: Any, as_json: bool, *lines: Any) -> None:
+    """``doc`` as one JSON document under --json, else the plain ``lines`` (none: nothing)."""
+    if as_json:
+        emit_json(doc)
+    else:
+        emit(*lines)
+
+
+def emit_fields(rows) -> None:
+    """KEY<TAB>VALUE lines from (key, value) pairs; a None value prints as ``-``."""
+    emit(*(f"{k}\t{'-' if v is None else v}" for k, v in rows))
+
+
+#: The fields `din task status` and `din round status` print first, in this order.
+TASK_STATUS_FIELDS = (
+    "task_id",
+    "phase",
+    "round",
+    "last_round",
+    "deadline",
+    "seconds_left",
+    "participants",
+    "validators",
+    "groups",
+)
+
+
+def emit_task_status(doc: dict, more: tuple[str, ...], rows=()) -> None:
+    """A task status document as KEY<TAB>VALUE lines: the common fields, ``more`` of them, ``rows``, your role."""
+    fields = [(k, doc[k]) for k in (*TASK_STATUS_FIELDS, *more) if k in doc]
+    you = [("you", doc["you"]["role"])] if "you" in doc else []
+    emit_fields([*fields, *rows, *you])
+
+
 def note(message: str) -> None:
     """A human note on stderr (suppressed by -q)."""
     if not _quiet:

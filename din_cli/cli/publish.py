@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from din_cli.cli import output
-from din_cli.cli.options import chain_option, ipfs_option, json_option, key_option, quiet_option
-from din_cli.cli.round import context
+from din_cli.cli.options import acting_options, context
 
 
 @click.command("publish")
@@ -50,11 +49,7 @@ from din_cli.cli.round import context
     metavar="S",
     help="Length of every phase (default: 30-60 min each).",
 )
-@chain_option
-@ipfs_option
-@key_option
-@json_option
-@quiet_option
+@acting_options(ipfs=True)
 def model_publish(
     model,
     deposit,
@@ -96,7 +91,4 @@ def model_publish(
     output.note(
         f"task {doc['task_id']}: {doc['arch']} model {doc['cid']}, deposit {format_amount(units)} DIN"
     )
-    if as_json:
-        output.emit_json(doc)
-    else:
-        output.emit(doc["task_id"])
+    output.emit_doc(doc, as_json, doc["task_id"])

@@ -5,8 +5,13 @@ from __future__ import annotations
 import click
 
 from din_cli.cli import output
-from din_cli.cli.options import chain_option, json_option, key_option, quiet_option
-from din_cli.cli.round import context, print_doc, task_option
+from din_cli.cli.options import (
+    acting_options,
+    chain_option,
+    context,
+    json_option,
+    task_option,
+)
 
 
 @click.group("rewards")
@@ -20,11 +25,8 @@ def rewards():
 
 
 @rewards.command("settle")
-@task_option
-@chain_option
-@key_option
-@json_option
-@quiet_option
+@task_option()
+@acting_options()
 def rewards_settle(task, chain_url, key_name, as_json):
     """Slash convicted aggregators and settle every evaluation subgroup (anyone); prints the phase.
 
@@ -40,15 +42,12 @@ def rewards_settle(task, chain_url, key_name, as_json):
     for s in doc["slashed"]:
         output.note(f"slashed {s['validator']} for round {s['round']}")
     output.note(f"settled subgroups {doc['settled']}; task is {doc['phase']}")
-    print_doc(doc, as_json, doc["phase"])
+    output.emit_doc(doc, as_json, doc["phase"])
 
 
 @rewards.command("claim")
-@task_option
-@chain_option
-@key_option
-@json_option
-@quiet_option
+@task_option()
+@acting_options()
 def rewards_claim(task, chain_url, key_name, as_json):
     """Pull what TASK owes your key (score share, validator fee or owner refund); prints the amount in DIN.
 
@@ -64,13 +63,13 @@ def rewards_claim(task, chain_url, key_name, as_json):
 
     with context(chain_url, None, key_name) as ctx:
         doc = lib.claim(ctx, task_number(task))
-    print_doc(doc, as_json, format_amount(doc["amount"]))
+    output.emit_doc(doc, as_json, format_amount(doc["amount"]))
 
 
 @rewards.command("show")
-@task_option
-@chain_option
-@json_option
+@task_option()
+@chain_option()
+@json_option()
 def rewards_show(task, chain_url, as_json):
     """Show each participant's scores, median and payout, and each validator's stake and slashes.
 

@@ -5,23 +5,22 @@ from __future__ import annotations
 import click
 
 from din_cli.cli import output
-from din_cli.cli.options import chain_option, ipfs_option, json_option
-from din_cli.cli.round import context, task_option
+from din_cli.cli.options import (
+    chain_option,
+    context,
+    ipfs_option,
+    json_option,
+    round_option,
+    task_option,
+)
 
 
 @click.command("verify")
-@task_option
-@click.option(
-    "--round",
-    "round_",
-    type=click.IntRange(1, None),
-    default=None,
-    metavar="R",
-    help="Check one round only.",
-)
-@chain_option
-@ipfs_option
-@json_option
+@task_option()
+@round_option("Check one round only.")
+@chain_option()
+@ipfs_option()
+@json_option()
 def verify(task, round_, chain_url, ipfs_api, as_json):
     """Check that TASK's on-chain record holds: every accepted aggregate and global model recomputes bit-exactly.
 
@@ -39,13 +38,9 @@ def verify(task, round_, chain_url, ipfs_api, as_json):
     tid = task_number(task)
     with context(chain_url, ipfs_api, None, act=False) as ctx:
         checks = lib.audit(ctx, tid, round_)
-    if as_json:
-        output.emit_json(checks)
-    else:
-        output.emit(
-            *(
-                f"{c['round']}\t{c['what']}\t{'-' if c['group'] is None else c['group']}\t{'ok' if c['ok'] else 'FAIL'}\t{c['recorded']}"
-                for c in checks
-            )
-        )
+    lines = (
+        f"{c['round']}\t{c['what']}\t{'-' if c['group'] is None else c['group']}\t{'ok' if c['ok'] else 'FAIL'}\t{c['recorded']}"
+        for c in checks
+    )
+    output.emit_doc(checks, as_json, *lines)
     lib.require_ok(tid, checks)
