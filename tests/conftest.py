@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,65 @@ def ipfs_api() -> str:
 def anvil_url() -> str:
     """JSON-RPC URL of an anvil node on loopback (``DIN_TEST_ANVIL``)."""
     return _service("DIN_TEST_ANVIL", "anvil")
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a user sees of one ``din`` run: the exit status and the bytes on stdout and stderr."""
+
+    exit_code: int
+    stdout_bytes: bytes
+    stderr_bytes: bytes
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_bytes.decode(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_bytes.decode(errors="replace")
+
+    @property
+    def output(self) -> str:
+        """stderr then stdout, for assertion messages."""
+        return self.stderr + self.stdout
+
+    @classmethod
+    def of(cls, run) -> Result:
+        """A Result from a Result or from ``run_din``'s CompletedProcess."""
+        if isinstance(run, subprocess.CompletedProcess):
+            return cls(run.returncode, run.stdout or b"", run.stderr or b"")
+        return run
+
+
+@pytest.fixture
+def din():
+    """Run ``din ARGS`` in this process through ``main()``: the exit code as a user's shell sees it.
+
+    ``input`` (bytes or str) is stdin, which is never a terminal here; ``env``
+    sets variables for this run only. Returns a ``Result``. Faster than
+    ``run_din`` (imports are paid once); use ``run_din`` where a real process
+    matters (signals, concurrency, what a fresh interpreter imports).
+    """
+    from click.testing import CliRunner
+
+    from din_cli.cli import output
+    from din_cli.cli.main import main
+
+    def run(*args, input: bytes | str | None = None, env: dict | None = None) -> Result:
+        output.set_quiet(False)  # -q of an earlier run in this process must not leak
+        with CliRunner().isolation(input=input, env=env) as (out, err, _):
+            try:
+                main([str(a) for a in args])
+                code = 0
+            except SystemExit as e:
+                code = 0 if e.code is None else int(e.code)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+        return Result(code, out.getvalue(), err.getvalue())
+
+    return run
 
 
 @pytest.fixture

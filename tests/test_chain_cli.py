@@ -14,21 +14,25 @@ import subprocess
 import sys
 
 import pytest
+from conftest import Result
 
 CID = bytes.fromhex("01551220") + b"\x11" * 32  # a binary CIDv1 (raw, sha2-256)
 
 
-def ok(proc) -> str:
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
-    return proc.stdout.decode()
+def ok(run) -> str:
+    """stdout of a successful run (``din`` or ``run_din``)."""
+    r = Result.of(run)
+    assert r.exit_code == 0, r.stderr
+    return r.stdout
 
 
-def one_line_error(proc, code: int) -> str:
-    err = proc.stderr.decode()
-    assert proc.returncode == code, (proc.returncode, err)
-    assert err.startswith("din: error: ") and err.count("\n") == 1, err
-    assert proc.stdout == b""
-    return err
+def one_line_error(run, code: int) -> str:
+    """The one stderr line of a run that failed with ``code``, having printed nothing on stdout."""
+    r = Result.of(run)
+    assert r.exit_code == code, (r.exit_code, r.stderr)
+    assert r.stderr.startswith("din: error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert r.stdout_bytes == b""
+    return r.stderr
 
 
 def din_json(run_din, *args):
@@ -59,24 +63,6 @@ def start(*args, env=None) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )
-
-
-@pytest.fixture
-def din(capsysbinary):
-    """Run ``din ARGS`` in this process with main()'s exit-code mapping."""
-    from din_cli.cli.main import main
-
-    def run(*args):
-        capsysbinary.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code or 0
-        out, err = capsysbinary.readouterr()
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return run
 
 
 @pytest.fixture

@@ -7,27 +7,14 @@ import os
 import stat
 
 import pytest
-from click.testing import CliRunner
 from pyhpke import AEADId, CipherSuite, KDFId, KEMId
 
-from din_cli.cli.main import main
 from din_cli.crypto import wrap
 from din_cli.crypto.keystore import Keystore
 from din_cli.errors import ExitCode
 
 PW = "pw for tests"
 CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
-
-
-def din(*args, input=None):
-    """Run ``din`` in-process through main() (real exit-code mapping); return (code, stdout, stderr)."""
-    with CliRunner().isolation(input=input) as (out, err, _):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue().decode()
 
 
 def mode(path) -> int:
@@ -53,41 +40,42 @@ def plain(tmp_path):
 # -- data encrypt / decrypt -----------------------------------------------------
 
 
-def test_encrypt_decrypt_round_trip_with_a_fresh_key(tmp_path, plain):
-    code, out, err = din("data", "encrypt", "--key-out", "K.bin", "test.csv", "-o", "test.enc")
-    assert code == 0, err
-    assert out == b""
+def test_encrypt_decrypt_round_trip_with_a_fresh_key(tmp_path, plain, din):
+    r = din("data", "encrypt", "--key-out", "K.bin", "test.csv", "-o", "test.enc")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout_bytes == b""
     assert mode(tmp_path / "K.bin") == 0o600 and len((tmp_path / "K.bin").read_bytes()) == 32
-    code, _, err = din("data", "decrypt", "--key", "K.bin", "test.enc", "-o", "back.csv")
-    assert code == 0, err
+    r = din("data", "decrypt", "--key", "K.bin", "test.enc", "-o", "back.csv")
+    assert r.exit_code == 0, r.stderr
     assert (tmp_path / "back.csv").read_bytes() == plain
 
 
-def test_encrypt_to_stdout_and_decrypt_from_stdin(tmp_path):
+def test_encrypt_to_stdout_and_decrypt_from_stdin(tmp_path, din):
     (tmp_path / "a.txt").write_bytes(b"rows\n" * 100)
-    code, blob, err = din("data", "encrypt", "--key-out", "K.bin", "a.txt")
-    assert code == 0, err
+    r = din("data", "encrypt", "--key-out", "K.bin", "a.txt")
+    assert r.exit_code == 0, r.stderr
+    blob = r.stdout_bytes
     assert blob.startswith(b"din-aead")
-    code, out, err = din("data", "decrypt", "--key", "K.bin", "-", input=blob)
-    assert code == 0, err
-    assert out == b"rows\n" * 100
+    r = din("data", "decrypt", "--key", "K.bin", "-", input=blob)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout_bytes == b"rows\n" * 100
 
 
-def test_encrypt_reuses_a_key_and_never_overwrites_one(tmp_path):
+def test_encrypt_reuses_a_key_and_never_overwrites_one(tmp_path, din):
     (tmp_path / "a").write_bytes(b"aaa")
-    assert din("data", "encrypt", "--key-out", "K.bin", "a", "-o", "a.enc")[0] == 0
+    assert din("data", "encrypt", "--key-out", "K.bin", "a", "-o", "a.enc").exit_code == 0
     key = (tmp_path / "K.bin").read_bytes()
-    code, _, err = din("data", "encrypt", "--key-out", "K.bin", "a", "-o", "b.enc")
-    assert code == ExitCode.USAGE and "already exists" in err
+    r = din("data", "encrypt", "--key-out", "K.bin", "a", "-o", "b.enc")
+    assert r.exit_code == ExitCode.USAGE and "already exists" in r.stderr
     assert (tmp_path / "K.bin").read_bytes() == key and not (tmp_path / "b.enc").exists()
-    assert din("data", "encrypt", "--key", "K.bin", "a", "-o", "b.enc")[0] == 0
-    assert din("data", "decrypt", "--key", "K.bin", "b.enc")[1] == b"aaa"
+    assert din("data", "encrypt", "--key", "K.bin", "a", "-o", "b.enc").exit_code == 0
+    assert din("data", "decrypt", "--key", "K.bin", "b.enc").stdout_bytes == b"aaa"
 
 
-def test_encrypt_needs_exactly_one_key_option(tmp_path):
+def test_encrypt_needs_exactly_one_key_option(tmp_path, din):
     (tmp_path / "a").write_bytes(b"x")
-    assert din("data", "encrypt", "a")[0] == ExitCode.USAGE
-    assert din("data", "encrypt", "--key", "K", "--key-out", "K2", "a")[0] == ExitCode.USAGE
+    assert din("data", "encrypt", "a").exit_code == ExitCode.USAGE
+    assert din("data", "encrypt", "--key", "K", "--key-out", "K2", "a").exit_code == ExitCode.USAGE
 
 
 def _tampered(tmp_path, how):
@@ -114,63 +102,63 @@ def _tampered(tmp_path, how):
 @pytest.mark.parametrize(
     "how", ["bit-header", "bit-middle", "bit-last-tag", "truncated-mid", "truncated-at-chunk", "swapped-chunks", "extended"]
 )
-def test_tampered_file_exits_3_and_writes_no_plaintext(tmp_path, plain, how):
-    assert din("data", "encrypt", "--key-out", "K.bin", "test.csv", "-o", "test.enc")[0] == 0
+def test_tampered_file_exits_3_and_writes_no_plaintext(tmp_path, plain, how, din):
+    assert din("data", "encrypt", "--key-out", "K.bin", "test.csv", "-o", "test.enc").exit_code == 0
     _tampered(tmp_path, how)
-    code, out, err = din("data", "decrypt", "--key", "K.bin", "bad.enc", "-o", "out.csv")
-    assert code == ExitCode.VERIFICATION_FAILED, err
+    r = din("data", "decrypt", "--key", "K.bin", "bad.enc", "-o", "out.csv")
+    assert r.exit_code == ExitCode.VERIFICATION_FAILED, r.stderr
     assert not (tmp_path / "out.csv").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.csv")]  # no temp left
-    code, out, err = din("data", "decrypt", "--key", "K.bin", "bad.enc")  # to stdout
-    assert code == ExitCode.VERIFICATION_FAILED and out == b""
-    assert err.startswith("din: error:") and err.count("\n") == 1
+    r = din("data", "decrypt", "--key", "K.bin", "bad.enc")  # to stdout
+    assert r.exit_code == ExitCode.VERIFICATION_FAILED and r.stdout_bytes == b""
+    assert r.stderr.startswith("din: error:") and r.stderr.count("\n") == 1
 
 
-def test_decrypt_with_a_missing_key_file_is_not_found(tmp_path):
-    code, _, err = din("data", "decrypt", "--key", "nope.bin", "x.enc")
-    assert code == ExitCode.NOT_FOUND
+def test_decrypt_with_a_missing_key_file_is_not_found(tmp_path, din):
+    r = din("data", "decrypt", "--key", "nope.bin", "x.enc")
+    assert r.exit_code == ExitCode.NOT_FOUND, r.stderr
 
 
 # -- keys wrap / unwrap -----------------------------------------------------------
 
 
-def _wrap(tmp_path, people, *extra):
+def _wrap(din, tmp_path, people, *extra):
     (tmp_path / "K.bin").write_bytes(bytes(range(32)))
     os.chmod(tmp_path / "K.bin", 0o600)
     args = ["keys", "wrap", "--key", "K.bin", "--task", 5, "--round", 1, "--chain-id", 1337]
     args += ["--to", people["v1"].address, "--to", "0x" + people["v2"].hpke_public.hex()]
-    code, out, err = din(*args, *extra)
-    assert code == 0, err
-    return json.loads(out)
+    r = din(*args, *extra)
+    assert r.exit_code == 0, r.stderr
+    return json.loads(r.stdout)
 
 
-def test_wrap_document_with_signed_cid_and_unwrap_by_each_validator(tmp_path, people):
-    doc = _wrap(tmp_path, people, "--cid", CID, "--signer", "owner")
+def test_wrap_document_with_signed_cid_and_unwrap_by_each_validator(tmp_path, people, din):
+    doc = _wrap(din, tmp_path, people, "--cid", CID, "--signer", "owner")
     assert doc["owner"] == people["owner"].address
     assert [r["address"] for r in doc["recipients"]] == [people["v1"].address, None]
     (tmp_path / "w.json").write_text(json.dumps(doc))
     for v in ("v1", "v2"):
-        code, out, err = din("keys", "unwrap", "--key", v, "--owner", people["owner"].address,
-                             "--task", 5, "--round", 1, "--chain-id", 1337, "w.json", "-o", f"{v}.bin")
-        assert code == 0, err
-        assert out.decode() == CID + "\n"
+        r = din("keys", "unwrap", "--key", v, "--owner", people["owner"].address,
+                "--task", 5, "--round", 1, "--chain-id", 1337, "w.json", "-o", f"{v}.bin")
+        assert r.exit_code == 0, r.stderr
+        assert r.stdout == CID + "\n"
         assert (tmp_path / f"{v}.bin").read_bytes() == bytes(range(32))
         assert mode(tmp_path / f"{v}.bin") == 0o600
 
 
-def test_unwrap_to_stdout_finds_the_only_local_recipient(tmp_path, people, monkeypatch):
-    doc = _wrap(tmp_path, people)
+def test_unwrap_to_stdout_finds_the_only_local_recipient(tmp_path, people, din):
+    doc = _wrap(din, tmp_path, people)
     (tmp_path / "w.json").write_text(json.dumps(doc))
     # with v2 removed from the keystore, v1 is the one local recipient (owner is not one)
     for p in (tmp_path / ".din" / "keys").glob("v2*"):
         p.unlink()
-    code, out, err = din("keys", "unwrap", "--task", 5, "--round", 1, "--chain-id", 1337, "w.json")
-    assert code == 0, err
-    assert out == bytes(range(32))
+    r = din("keys", "unwrap", "--task", 5, "--round", 1, "--chain-id", 1337, "w.json")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout_bytes == bytes(range(32))
 
 
-def test_unwrap_refusals_exit_3_and_write_nothing(tmp_path, people):
-    doc = _wrap(tmp_path, people, "--cid", CID, "--signer", "owner")
+def test_unwrap_refusals_exit_3_and_write_nothing(tmp_path, people, din):
+    doc = _wrap(din, tmp_path, people, "--cid", CID, "--signer", "owner")
     (tmp_path / "w.json").write_text(json.dumps(doc))
     moved = {**doc, "task": 6}  # replayed into another task
     (tmp_path / "moved.json").write_text(json.dumps(moved))
@@ -181,27 +169,27 @@ def test_unwrap_refusals_exit_3_and_write_nothing(tmp_path, people):
         [*base, "--task", 5, "--owner", people["v2"].address, "w.json"],  # not the owner's signature
     ]
     for args in cases:
-        code, out, err = din(*args)
-        assert code == ExitCode.VERIFICATION_FAILED, (args, err)
-        assert out == b"" and not (tmp_path / "K1.bin").exists()
+        r = din(*args)
+        assert r.exit_code == ExitCode.VERIFICATION_FAILED, (args, r.stderr)
+        assert r.stdout_bytes == b"" and not (tmp_path / "K1.bin").exists()
 
 
-def test_cid_signed_by_another_key_is_refused(tmp_path, people):
+def test_cid_signed_by_another_key_is_refused(tmp_path, people, din):
     """A validator who knows K re-encrypts a CID of its own choosing: the owner check refuses it."""
     ks = Keystore()
-    doc = _wrap(tmp_path, people, "--cid", CID, "--signer", "owner")
+    doc = _wrap(din, tmp_path, people, "--cid", CID, "--signer", "owner")
     mallory = ks.unlock("v2", PW)
     binding = wrap.Binding(1337, 5, 1)
     doc["encrypted_cid"] = "0x" + wrap.sign_cid(bytes(range(32)), "bafkreievil", mallory, binding).hex()
     (tmp_path / "w.json").write_text(json.dumps(doc))
-    code, out, err = din("keys", "unwrap", "--key", "v1", "--owner", people["owner"].address,
-                         "--task", 5, "--round", 1, "--chain-id", 1337, "w.json", "-o", "K1.bin")
-    assert code == ExitCode.VERIFICATION_FAILED and "not by the task owner" in err
-    assert out == b"" and not (tmp_path / "K1.bin").exists()
+    r = din("keys", "unwrap", "--key", "v1", "--owner", people["owner"].address,
+            "--task", 5, "--round", 1, "--chain-id", 1337, "w.json", "-o", "K1.bin")
+    assert r.exit_code == ExitCode.VERIFICATION_FAILED and "not by the task owner" in r.stderr
+    assert r.stdout_bytes == b"" and not (tmp_path / "K1.bin").exists()
 
 
-def test_wrapped_key_from_the_cli_opens_with_pyhpke(tmp_path, people):
-    doc = _wrap(tmp_path, people)
+def test_wrapped_key_from_the_cli_opens_with_pyhpke(tmp_path, people, din):
+    doc = _wrap(din, tmp_path, people)
     secret = Keystore().unlock("v2", PW).hpke_private
     entry = doc["recipients"][1]
     sealed = bytes.fromhex(entry["wrapped_key"][2:])
@@ -211,21 +199,20 @@ def test_wrapped_key_from_the_cli_opens_with_pyhpke(tmp_path, people):
     assert ctx.open(sealed[32:]) == bytes(range(32))
 
 
-def test_wrap_reads_recipients_from_stdin_and_nl_output(tmp_path, people):
+def test_wrap_reads_recipients_from_stdin_and_nl_output(tmp_path, people, din):
     (tmp_path / "K.bin").write_bytes(bytes(range(32)))
     lines = f"{people['v1'].address}\n{people['v2'].address}\n".encode()
-    code, out, err = din("keys", "wrap", "--key", "K.bin", "--task", 1, "--round", 0, "--nl", input=lines)
-    assert code == 0, err
-    rows = [json.loads(line) for line in out.decode().splitlines()]
+    r = din("keys", "wrap", "--key", "K.bin", "--task", 1, "--round", 0, "--nl", input=lines)
+    assert r.exit_code == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert [r["address"] for r in rows] == [people["v1"].address, people["v2"].address]
     assert all(r["task"] == 1 for r in rows)
 
 
-def test_wrap_to_an_unknown_address_is_not_found(tmp_path, people):
+def test_wrap_to_an_unknown_address_is_not_found(tmp_path, people, din):
     (tmp_path / "K.bin").write_bytes(bytes(range(32)))
-    code, _, err = din("keys", "wrap", "--key", "K.bin", "--task", 1, "--round", 0,
-                       "--to", "0x" + "ab" * 20)
-    assert code == ExitCode.NOT_FOUND and "ADDRESS:HPKE_PUBLIC" in err
+    r = din("keys", "wrap", "--key", "K.bin", "--task", 1, "--round", 0, "--to", "0x" + "ab" * 20)
+    assert r.exit_code == ExitCode.NOT_FOUND and "ADDRESS:HPKE_PUBLIC" in r.stderr
 
 
 def test_whole_flow_in_real_processes(tmp_path, people, run_din):
@@ -245,14 +232,14 @@ def test_whole_flow_in_real_processes(tmp_path, people, run_din):
     assert proc.returncode == 3 and proc.stdout == b"" and not (tmp_path / "K2.bin").exists()
 
 
-def test_unwrap_reads_its_own_ndjson_line(tmp_path, people):
+def test_unwrap_reads_its_own_ndjson_line(tmp_path, people, din):
     """A validator handed only its line of `wrap --nl` output recovers K from it."""
     (tmp_path / "K.bin").write_bytes(bytes(range(32)))
-    code, out, err = din("keys", "wrap", "--key", "K.bin", "--task", 2, "--round", 0, "--nl", "--cid", CID,
-                         "--signer", "owner", "--to", "v1", "--to", "v2")
-    assert code == 0, err
-    line = [ln for ln in out.decode().splitlines() if people["v2"].address in ln]
-    code, cid, err = din("keys", "unwrap", "--key", "v2", "--owner", people["owner"].address, "--task", 2,
-                         "--round", 0, "-o", "K2.bin", "-", input=line[0].encode() + b"\n")
-    assert code == 0, err
-    assert cid.decode().strip() == CID and (tmp_path / "K2.bin").read_bytes() == bytes(range(32))
+    r = din("keys", "wrap", "--key", "K.bin", "--task", 2, "--round", 0, "--nl", "--cid", CID,
+            "--signer", "owner", "--to", "v1", "--to", "v2")
+    assert r.exit_code == 0, r.stderr
+    line = [ln for ln in r.stdout.splitlines() if people["v2"].address in ln]
+    r = din("keys", "unwrap", "--key", "v2", "--owner", people["owner"].address, "--task", 2,
+            "--round", 0, "-o", "K2.bin", "-", input=line[0].encode() + b"\n")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.strip() == CID and (tmp_path / "K2.bin").read_bytes() == bytes(range(32))

@@ -10,10 +10,9 @@ import time
 
 import click
 import pytest
-from click.testing import CliRunner
 
 from din_cli import __version__, files
-from din_cli.cli.main import COMMANDS, cli, main
+from din_cli.cli.main import COMMANDS, cli
 from din_cli.cli.options import ipfs_option
 from din_cli.errors import DinError, ExitCode, InputError, NotFoundError, UsageError
 
@@ -69,6 +68,20 @@ def test_unknown_command_is_usage_error(run_din):
     assert proc.stdout == b""
 
 
+@pytest.fixture
+def hidden_command():
+    """Register a hidden ``din NAME`` for one test: ``hidden_command(name)(function)``."""
+    added = []
+
+    def register(name):
+        added.append(name)
+        return cli.command(name, hidden=True)
+
+    yield register
+    for name in added:
+        cli.commands.pop(name, None)
+
+
 @pytest.mark.parametrize(
     "error, code",
     [
@@ -77,20 +90,50 @@ def test_unknown_command_is_usage_error(run_din):
         (NotFoundError("missing"), ExitCode.NOT_FOUND),
     ],
 )
-def test_din_errors_become_one_line_and_their_exit_code(error, code, capsys, monkeypatch):
-    @cli.command("raise-for-test", hidden=True)
+def test_din_errors_become_one_line_and_their_exit_code(error, code, din, hidden_command):
+    @hidden_command("raise-for-test")
     def _raise():
         raise error
 
-    try:
-        with pytest.raises(SystemExit) as exc:
-            main(["raise-for-test"])
-    finally:
-        cli.commands.pop("raise-for-test", None)
-    assert exc.value.code == code
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("din: error: ")
-    assert error.message in err and (error.hint or "") in err
+    r = din("raise-for-test")
+    assert r.exit_code == code
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("din: error: ")
+    assert error.message in r.stderr and (error.hint or "") in r.stderr
+    assert r.stdout_bytes == b""
+
+
+def test_din_debug_shows_a_din_errors_traceback_and_its_cause(din, hidden_command):
+    @hidden_command("raise-for-test")
+    def _raise():
+        try:
+            int("twelve")
+        except ValueError:
+            raise InputError("bad number", "give digits") from None  # hidden from users, not from DIN_DEBUG
+
+    r = din("raise-for-test")
+    assert r.stderr == "din: error: bad number; give digits\n"
+    r = din("raise-for-test", env={"DIN_DEBUG": "1"})
+    assert r.exit_code == ExitCode.ERROR  # scripts see the same code
+    assert r.stderr.startswith("Traceback (most recent call last):")
+    assert "ValueError: invalid literal for int() with base 10: 'twelve'" in r.stderr
+    assert "din_cli.errors.InputError: bad number" in r.stderr
+    assert r.stderr.endswith("\ndin: error: bad number; give digits\n")
+
+
+def test_din_debug_raises_an_unexpected_error_with_its_cause(din, hidden_command):
+    @hidden_command("bug-for-test")
+    def _bug():
+        try:
+            {}["missing"]
+        except KeyError:
+            raise RuntimeError("a bug") from None
+
+    r = din("bug-for-test")
+    assert r.exit_code == ExitCode.ERROR
+    assert r.stderr == "din: error: internal error: RuntimeError: a bug (rerun with DIN_DEBUG=1 for a traceback)\n"
+    with pytest.raises(RuntimeError) as exc:
+        din("bug-for-test", env={"DIN_DEBUG": "1"})
+    assert isinstance(exc.value.__context__, KeyError) and not exc.value.__suppress_context__
 
 
 def test_every_exit_code_is_distinct_and_documented():
@@ -116,20 +159,19 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path):
     assert out == b""
 
 
-def test_settings_precedence_flag_env_config(din_home, monkeypatch):
-    @click.command()
+def test_settings_precedence_flag_env_config(din_home, monkeypatch, din, hidden_command):
+    @hidden_command("show-for-test")
     @ipfs_option()
     def show(ipfs_api):
         click.echo(ipfs_api or "none")
 
-    runner = CliRunner()
-    assert runner.invoke(show, []).output.strip() == "none"
+    assert din("show-for-test").stdout.strip() == "none"
     din_home.mkdir(parents=True)
     (din_home / "config.toml").write_text('ipfs = "/ip4/127.0.0.1/tcp/7001"\n')
-    assert runner.invoke(show, []).output.strip() == "/ip4/127.0.0.1/tcp/7001"
+    assert din("show-for-test").stdout.strip() == "/ip4/127.0.0.1/tcp/7001"
     monkeypatch.setenv("DIN_IPFS", "/ip4/127.0.0.1/tcp/7002")
-    assert runner.invoke(show, []).output.strip() == "/ip4/127.0.0.1/tcp/7002"
-    assert runner.invoke(show, ["--ipfs", "/ip4/127.0.0.1/tcp/7003"]).output.strip() == "/ip4/127.0.0.1/tcp/7003"
+    assert din("show-for-test").stdout.strip() == "/ip4/127.0.0.1/tcp/7002"
+    assert din("show-for-test", "--ipfs", "/ip4/127.0.0.1/tcp/7003").stdout.strip() == "/ip4/127.0.0.1/tcp/7003"
 
 
 def test_config_show_reports_sources(din_home, run_din):

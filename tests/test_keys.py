@@ -6,27 +6,14 @@ import json
 import stat
 
 import pytest
-from click.testing import CliRunner
 from eth_account import Account
 from eth_keyfile import decode_keyfile_json
 
-from din_cli.cli.main import main
 from din_cli.crypto import hpke
 from din_cli.crypto.keystore import Keystore, check_name
 from din_cli.errors import ExitCode, NotFoundError, UsageError, VerificationError
 
 PW = "correct horse"
-
-
-def din(*args, input=None):
-    """Run ``din`` in-process through main() (real exit-code mapping); return (code, stdout, stderr)."""
-    with CliRunner().isolation(input=input) as (out, err, _):
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-    return code, out.getvalue(), err.getvalue().decode()
 
 
 @pytest.fixture
@@ -144,60 +131,72 @@ def test_bad_names_are_refused(name):
 # -- commands -----------------------------------------------------------------
 
 
-def test_keys_new_list_show(password, din_home):
-    code, out, err = din("keys", "new", "alice", "--light-kdf")
-    assert code == 0, err
-    address = out.decode().strip()
+def test_keys_new_list_show(password, din_home, din):
+    r = din("keys", "new", "alice", "--light-kdf")
+    assert r.exit_code == 0, r.stderr
+    address = r.stdout.strip()
     assert address.startswith("0x") and len(address) == 42
-    code, out, _ = din("keys", "list")
-    assert out.decode() == f"alice\t{address}\n"
-    code, out, _ = din("keys", "show", "alice", "--json")
-    doc = json.loads(out)
+    assert din("keys", "list").stdout == f"alice\t{address}\n"
+    doc = json.loads(din("keys", "show", "alice", "--json").stdout)
     assert doc["address"] == address and len(bytes.fromhex(doc["hpke_public"][2:])) == 32
-    assert din("keys", "show", "alice", "--field", "address")[1].decode().strip() == address
-    assert din("keys", "show", "alice")[1].decode().split() == [address, doc["hpke_public"]]
-    assert json.loads(din("keys", "list", "--json")[1]) == [doc]
+    assert din("keys", "show", "alice", "--field", "address").stdout.strip() == address
+    assert din("keys", "show", "alice").stdout.split() == [address, doc["hpke_public"]]
+    assert json.loads(din("keys", "list", "--json").stdout) == [doc]
 
 
-def test_keys_new_twice_is_refused_with_usage_code(password, din_home):
-    assert din("keys", "new", "alice", "--light-kdf")[0] == 0
+def test_keys_new_twice_is_refused_with_usage_code(password, din_home, din):
+    assert din("keys", "new", "alice", "--light-kdf").exit_code == 0
     before = (din_home / "keys" / "alice.json").read_bytes()
-    code, out, err = din("keys", "new", "alice", "--light-kdf")
-    assert code == ExitCode.USAGE and out == b""
-    assert "already exists" in err and err.count("\n") == 1
+    r = din("keys", "new", "alice", "--light-kdf")
+    assert r.exit_code == ExitCode.USAGE and r.stdout_bytes == b""
+    assert "already exists" in r.stderr and r.stderr.count("\n") == 1
     assert (din_home / "keys" / "alice.json").read_bytes() == before
 
 
-def test_keys_show_missing_is_not_found():
-    code, _, err = din("keys", "show", "nobody")
-    assert code == ExitCode.NOT_FOUND and "din keys list" in err
+def test_keys_show_missing_is_not_found(din):
+    r = din("keys", "show", "nobody")
+    assert r.exit_code == ExitCode.NOT_FOUND and "din keys list" in r.stderr
 
 
-def test_keys_new_without_a_password_source_is_a_usage_error(din_home):
-    code, _, err = din("keys", "new", "alice", "--light-kdf")  # stdin is not a terminal here
-    assert code == ExitCode.USAGE and "DIN_PASSWORD_FILE" in err
+def test_keys_new_without_a_password_source_is_a_usage_error(din_home, din):
+    r = din("keys", "new", "alice", "--light-kdf")  # stdin is not a terminal here
+    assert r.exit_code == ExitCode.USAGE and "DIN_PASSWORD_FILE" in r.stderr
     assert not (din_home / "keys" / "alice.json").exists()
 
 
-def test_keys_import_hex_from_stdin(password):
+def test_keys_import_hex_from_stdin(password, din):
     key = bytes(range(3, 35))
-    code, out, err = din("keys", "import", "dev", "--light-kdf", input=("0x" + key.hex() + "\n").encode())
-    assert code == 0, err
-    assert out.decode().strip() == Account.from_key(key).address
+    r = din("keys", "import", "dev", "--light-kdf", input=("0x" + key.hex() + "\n").encode())
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.strip() == Account.from_key(key).address
 
 
-def test_keys_import_keystore_file(password, tmp_path):
+def test_keys_import_keystore_file(password, tmp_path, din):
     key = bytes(range(4, 36))
     path = tmp_path / "foundry-keystore"
     path.write_text(json.dumps(Account.encrypt(key, PW, kdf="scrypt", iterations=2**12)))
-    code, out, err = din("keys", "import", "deployer", path, "--light-kdf")
-    assert code == 0, err
-    assert out.decode().strip() == Account.from_key(key).address
+    r = din("keys", "import", "deployer", path, "--light-kdf")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.strip() == Account.from_key(key).address
 
 
-def test_keys_import_garbage_is_an_input_error(password):
-    code, _, err = din("keys", "import", "dev", input=b"not a key\n")
-    assert code == ExitCode.ERROR and "hex private key" in err
+def test_keys_import_garbage_is_an_input_error(password, din):
+    r = din("keys", "import", "dev", input=b"not a key\n")
+    assert r.exit_code == ExitCode.ERROR and "hex private key" in r.stderr
+
+
+def test_keys_import_wrong_password_and_damaged_keystore(password, tmp_path, din, din_home):
+    """A wrong password (exit 3) is told apart from a damaged or foreign file (exit 1); nothing is written."""
+    good = Account.encrypt(bytes(range(5, 37)), "other", kdf="pbkdf2", iterations=1000)
+    damaged = {**good, "crypto": {**good["crypto"], "ciphertext": "zz"}}
+    bls = {**good, "version": 4}
+    cases = [(good, ExitCode.VERIFICATION_FAILED, "wrong password"), (damaged, ExitCode.ERROR, "damaged keystore"),
+             (bls, ExitCode.ERROR, "version 4")]
+    for doc, code, text in cases:
+        (tmp_path / "k.json").write_text(json.dumps(doc))
+        r = din("keys", "import", "imp", "k.json", "--light-kdf")
+        assert r.exit_code == code and text in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert not (din_home / "keys" / "imp.json").exists()
 
 
 def test_no_command_takes_a_secret_as_an_option_value():
