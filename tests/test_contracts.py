@@ -11,10 +11,10 @@ import os
 
 import pytest
 
-from din_cli.chain.din import Din, cid_digest, deploy_all
-from din_cli.errors import AlreadyDone, TransactionReverted
 from din_cli.chain import assignment
+from din_cli.chain.din import Din, cid_digest, deploy_all
 from din_cli.chain.settlement import settle_task, split_deposit
+from din_cli.errors import AlreadyDone, TransactionReverted
 
 UNIT = 10**18
 MIN_STAKE = 100 * UNIT
@@ -505,6 +505,17 @@ def test_task_without_participants_refunds_the_owner(world):
     assert din.balance(world.owner.address) == before + DEPOSIT
     with reverts("already claimed"):
         din.claim(world.owner, task)
+
+
+def test_max_samples_is_fixed_at_creation(deployed):
+    """The per-participant weight cap is a task parameter the owner cannot leave out or change."""
+    chain, dev, dep = deployed
+    w = World(chain, dev, dep, max_samples=1234)
+    assert w.info().max_samples == 1234
+    assert w.info().as_dict()["max_samples"] == 1234
+    assert World(chain, dev, dep).info().max_samples == 2**16
+    with reverts("max samples must be positive"):
+        World(chain, dev, dep, max_samples=0)
 
 
 def test_round_seed_fixes_an_assignment_the_contract_accepts(world):

@@ -22,8 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from din_cli.errors import AlreadyDone, InputError, NotFoundError, UsageError
 from din_cli.chain import assignment, settlement
+from din_cli.errors import AlreadyDone, InputError, NotFoundError, UsageError
 
 TOKEN = "DinToken"
 REGISTRY = "ValidatorRegistry"
@@ -66,6 +66,8 @@ DEFAULT_DURATIONS = {
     "score_reveal": 1800,
 }
 EVAL_ROUND = 0
+#: Default per-participant sample cap (FedAvg weight) of a task.
+DEFAULT_MAX_SAMPLES = 2**16
 TOKEN_UNIT = 10**18
 
 
@@ -127,6 +129,7 @@ class TaskInfo:
     fee_bps: int
     tolerance_bps: int
     slash_amount: int
+    max_samples: int  # cap on one participant's FedAvg weight (samples)
     durations: dict
     phase: str
     round: int
@@ -343,13 +346,20 @@ class Din:
         fee_bps: int = 1000,
         tolerance_bps: int = settlement.BLOCKFLOW_TOLERANCE,
         slash_amount: int | None = None,
+        max_samples: int = DEFAULT_MAX_SAMPLES,
         durations: dict | None = None,
     ) -> int:
         """Approve the deposit and create a task; its id.
 
         ``durations`` maps names of DURATION_NAMES to seconds (missing ones take
         DEFAULT_DURATIONS); ``slash_amount`` defaults to a tenth of the minimum stake.
+        ``max_samples`` caps one participant's FedAvg weight: a declared sample
+        count above it counts as ``max_samples``.
         """
+        if not 0 <= int(max_samples) < 2**32:
+            raise UsageError(
+                f"max samples {max_samples} out of range", "give --max-samples between 1 and 2**32-1"
+            )
         spans = {**DEFAULT_DURATIONS, **(durations or {})}
         unknown = set(spans) - set(DURATION_NAMES)
         if unknown:
@@ -369,6 +379,7 @@ class Din:
             int(fee_bps),
             int(tolerance_bps),
             int(slash_amount),
+            int(max_samples),
             [int(spans[name]) for name in DURATION_NAMES],
         )
         self._ensure_allowance(account, self.tasks.address, int(deposit))
@@ -601,39 +612,45 @@ class Din:
         """Configuration and live state of ``task_id`` (NotFoundError if there is none)."""
         if not 1 <= int(task_id) <= self.task_count():
             raise NotFoundError(f"task {task_id} does not exist", "list tasks with `din task list`")
-        r = self._call(self.tasks.functions.taskInfo(int(task_id)))
+        r = dict(zip(self._task_view_fields(), self._call(self.tasks.functions.taskInfo(int(task_id))), strict=True))
         created = self._logs("TaskCreated", taskId=int(task_id))
         return TaskInfo(
             task_id=int(task_id),
-            owner=r[0],
-            arch=bytes(r[1]).rstrip(b"\0").decode(errors="replace"),
-            deposit=int(r[2]),
-            subgroup_size=int(r[3]),
-            validators_per_subgroup=int(r[4]),
-            max_rounds=int(r[5]),
-            fee_bps=int(r[6]),
-            tolerance_bps=int(r[7]),
-            slash_amount=int(r[8]),
-            durations=dict(zip(DURATION_NAMES, (int(d) for d in r[9]), strict=True)),
-            phase=PHASES.get(int(r[10]), str(r[10])),
-            round=int(r[11]),
-            last_round=int(r[12]),
-            deadline=int(r[13]),
-            participants=int(r[14]),
-            validators=int(r[15]),
-            groups=int(r[16]),
-            per_group=int(r[17]),
-            acted=int(r[18]),
-            committed=int(r[19]),
-            contributors=int(r[20]),
-            settled_groups=int(r[21]),
-            good_validators=int(r[22]),
-            total_score=int(r[23]),
-            model_digest=bytes(r[24]),
-            proposed_digest=bytes(r[25]),
-            test_set_digest=bytes(r[26]),
+            owner=r["owner"],
+            arch=bytes(r["arch"]).rstrip(b"\0").decode(errors="replace"),
+            deposit=int(r["deposit"]),
+            subgroup_size=int(r["subgroupSize"]),
+            validators_per_subgroup=int(r["validatorsPerSubgroup"]),
+            max_rounds=int(r["maxRounds"]),
+            fee_bps=int(r["feeBps"]),
+            tolerance_bps=int(r["toleranceBps"]),
+            slash_amount=int(r["slashAmount"]),
+            max_samples=int(r["maxSamples"]),
+            durations=dict(zip(DURATION_NAMES, (int(d) for d in r["durations"]), strict=True)),
+            phase=PHASES.get(int(r["phase"]), str(r["phase"])),
+            round=int(r["round"]),
+            last_round=int(r["lastRound"]),
+            deadline=int(r["deadline"]),
+            participants=int(r["participants"]),
+            validators=int(r["validators"]),
+            groups=int(r["groups"]),
+            per_group=int(r["perGroup"]),
+            acted=int(r["acted"]),
+            committed=int(r["committed"]),
+            contributors=int(r["contributors"]),
+            settled_groups=int(r["settledGroups"]),
+            good_validators=int(r["goodValidators"]),
+            total_score=int(r["totalScore"]),
+            model_digest=bytes(r["model"]),
+            proposed_digest=bytes(r["proposed"]),
+            test_set_digest=bytes(r["testSet"]),
             genesis_cid=bytes(created[0]["args"]["genesisCid"]) if created else b"",
         )
+
+    def _task_view_fields(self) -> list[str]:
+        """Field names of ``taskInfo``'s TaskView, in ABI order."""
+        abi = next(f for f in self.tasks.abi if f.get("name") == "taskInfo")
+        return [c["name"] for c in abi["outputs"][0]["components"]]
 
     def participants(self, task_id: int) -> list[str]:
         """Participant addresses by index."""

@@ -44,6 +44,7 @@ contract DinTasks is ReentrancyGuard {
         uint16 feeBps; // validators' share of the deposit
         uint16 toleranceBps; // BlockFlow: 5000 (0.5 of the scale)
         uint128 slashAmount; // at most the registry's minimum stake
+        uint32 maxSamples; // cap on one participant's FedAvg weight (declared samples above it count as this)
         uint32[8] durations; // seconds: join, train, aggCommit, aggReveal, global, testSet, scoreCommit, scoreReveal
     }
 
@@ -57,6 +58,7 @@ contract DinTasks is ReentrancyGuard {
         // slot: configuration
         uint16 toleranceBps;
         uint128 slashAmount;
+        uint32 maxSamples;
         // slot: durations
         uint32[8] durations;
         // slot: state
@@ -167,6 +169,7 @@ contract DinTasks is ReentrancyGuard {
         require(p.maxRounds > 0, "max rounds must be positive");
         require(p.feeBps <= SCORE_SCALE && p.toleranceBps <= SCORE_SCALE, "basis points above 10000");
         require(p.slashAmount <= registry.minStake(), "slash amount above the minimum stake");
+        require(p.maxSamples > 0, "max samples must be positive");
         for (uint256 i = 0; i < 8; i++) require(p.durations[i] > 0, "phase durations must be positive");
         id = ++taskCount;
         Task storage t = _tasks[id];
@@ -177,6 +180,7 @@ contract DinTasks is ReentrancyGuard {
         t.feeBps = p.feeBps;
         t.toleranceBps = p.toleranceBps;
         t.slashAmount = p.slashAmount;
+        t.maxSamples = p.maxSamples;
         t.durations = p.durations;
         t.phase = JOINING;
         t.lastRound = p.maxRounds;
@@ -509,6 +513,7 @@ contract DinTasks is ReentrancyGuard {
         uint256 feeBps;
         uint256 toleranceBps;
         uint256 slashAmount;
+        uint256 maxSamples;
         uint32[8] durations;
         uint8 phase; // as stored: a phase past its deadline moves on with the next transaction
         uint256 round;
@@ -542,6 +547,7 @@ contract DinTasks is ReentrancyGuard {
         r.feeBps = t.feeBps;
         r.toleranceBps = t.toleranceBps;
         r.slashAmount = t.slashAmount;
+        r.maxSamples = t.maxSamples;
         r.durations = t.durations;
         r.phase = t.phase;
         r.round = t.round;
