@@ -66,9 +66,9 @@ class World:
         self.by_address = {a.address: a for a in [self.owner, *self.parts, *self.vals]}
         for a in self.by_address.values():
             chain.fund(a.address, UNIT)
-        self.din.mint(dev, self.owner.address, 10 * DEPOSIT)
+        self.din.transfer(dev, self.owner.address, 10 * DEPOSIT)
         for v in self.vals:
-            self.din.mint(dev, v.address, 2 * MIN_STAKE)
+            self.din.transfer(dev, v.address, 2 * MIN_STAKE)
         kw = {
             "subgroup_size": 2,
             "validators_per_subgroup": 2,
@@ -89,7 +89,7 @@ class World:
             self.din.join_task(p, self.task, os.urandom(32))
         for v in self.vals:
             if stake:
-                self.din.stake(v, MIN_STAKE, os.urandom(32))
+                self.din.stake(v, MIN_STAKE, x25519_public())
             self.din.register_validator_for_task(v, self.task)
 
     def start(self):
@@ -141,6 +141,13 @@ class World:
     def post_test_set(self):
         keys = {v.address: os.urandom(48) for v in self.vals}
         self.din.post_test_set(self.owner, self.task, cid("test-set"), keys)
+
+
+def x25519_public() -> bytes:
+    """A fresh, valid X25519 public key (the registry refuses low-order and non-canonical ones)."""
+    from din_cli.crypto import hpke
+
+    return hpke.generate_keypair()[1]
 
 
 def reverts(reason: str):
@@ -323,7 +330,7 @@ def test_wrong_phase_late_double_and_non_member_submissions(world):
     for q in world.parts[1:]:
         din.join_task(q, task, os.urandom(32))
     for v in world.vals:
-        din.stake(v, MIN_STAKE, os.urandom(32))
+        din.stake(v, MIN_STAKE, x25519_public())
         din.register_validator_for_task(v, task)
     with reverts("only the model owner starts before the join deadline"):
         din.start_round(p, task)
@@ -350,8 +357,8 @@ def test_under_staked_validator_cannot_register(world):
     with reverts("stake below minimum"):
         din.register_validator_for_task(v, task)
     with reverts("stake below minimum"):
-        din.stake(v, MIN_STAKE - 1, os.urandom(32))
-    din.stake(v, MIN_STAKE, os.urandom(32))
+        din.stake(v, MIN_STAKE - 1, x25519_public())
+    din.stake(v, MIN_STAKE, x25519_public())
     din.unstake(v)
     with reverts("stake below minimum"):  # unstaking validators are not active
         din.register_validator_for_task(v, task)
@@ -580,3 +587,156 @@ def test_evaluation_nobody_reveals_refunds_the_owner_and_slashes(world):
     for p in world.parts:
         assert din.claimable(task, p.address) == 0
     assert din.claim(world.owner, task) == DEPOSIT
+
+
+# ---------------------------------------------------------------- attacks: admin powers (issue 10, item 8)
+
+
+def test_nobody_can_mint_or_name_a_slasher_after_deployment(deployed):
+    """Old: the token owner minted at will and the registry owner added slashers. New: neither exists."""
+    chain, dev, dep = deployed
+    from eth_account import Account
+
+    din = Din(chain, dep)
+    attacker = Account.create()
+    chain.fund(attacker.address, UNIT)
+    token_fns = {f.get("name") for f in din.token.abi}
+    registry_fns = {f.get("name") for f in din.registry.abi}
+    assert not token_fns & {"mint", "owner", "transferOwnership"}
+    assert not registry_fns & {"setSlasher", "owner", "transferOwnership"}
+    # the old selectors are gone from the bytecode too: calling them reverts for the deployer
+    old = chain.w3.eth.contract(
+        address=dep["DinToken"],
+        abi=[{"type": "function", "name": "mint", "stateMutability": "nonpayable", "outputs": [],
+              "inputs": [{"name": "to", "type": "address"}, {"name": "amount", "type": "uint256"}]}],
+    )
+    supply = chain.call(din.token.functions.totalSupply())
+    with pytest.raises(TransactionReverted):
+        chain.send(dev, old.functions.mint(dev.address, 10**30))
+    assert chain.call(din.token.functions.totalSupply()) == supply
+    # the task manager was named once at deployment; nobody can name another one
+    assert chain.call(din.registry.functions.tasks()) == dep["DinTasks"]
+    with reverts("only the deployer initializes"):
+        chain.send(attacker, din.registry.functions.initialize(attacker.address))
+    with reverts("already initialized"):
+        chain.send(dev, din.registry.functions.initialize(dev.address))
+    # only the task manager may slash, bond or unbond
+    victim = Account.create()
+    chain.fund(victim.address, UNIT)
+    din.transfer(dev, victim.address, MIN_STAKE)
+    din.stake(victim, MIN_STAKE, x25519_public())
+    for who in (dev, attacker):
+        with reverts("caller is not the task manager"):
+            chain.send(who, din.registry.functions.slash(victim.address, MIN_STAKE))
+        with reverts("caller is not the task manager"):
+            chain.send(who, din.registry.functions.bond(victim.address, MIN_STAKE))
+        with reverts("caller is not the task manager"):
+            chain.send(who, din.registry.functions.unbond(victim.address, 0))
+    assert din.validator_info(victim.address).stake == MIN_STAKE
+
+
+# ---------------------------------------------------------------- attacks: bonded stake (issue 10, item 4)
+
+
+def test_stake_serving_a_task_cannot_be_withdrawn_until_it_ends(deployed):
+    """Old: a validator unstaked and withdrew mid-task, so a later slash burnt 0. New: its bond holds."""
+    chain, dev, dep = deployed
+    w = World(chain, dev, dep)
+    din, task = w.din, w.task
+    w.start()
+    escaper = w.vals[0]
+    assert din.validator_info(escaper.address).bonded == MIN_STAKE // 10
+    assert din.bonded(task, escaper.address)
+    w.train(1)
+    assigned = w.assigned(1)
+    din.unstake(escaper)
+    chain.advance_time(3601)  # past the unstake delay; nobody aggregated round 1
+    din.advance(dev, task)
+    with reverts("stake is bonded to a task in progress"):
+        din.withdraw(escaper)
+    with reverts("task is not settled"):
+        din.release(dev, task, escaper.address)
+    # it did not aggregate in round 1: slashable, and the slash burns its bond
+    if escaper in assigned:
+        assert din.slash_aggregator(dev, task, 1, escaper.address) == MIN_STAKE // 10
+        info = din.validator_info(escaper.address)
+        assert (info.stake, info.bonded) == (MIN_STAKE - MIN_STAKE // 10, 0)
+    else:  # not assigned: nothing to slash; the bond stays until the task ends
+        assert din.validator_info(escaper.address).bonded == MIN_STAKE // 10
+
+
+def test_bond_is_released_when_the_task_ends_and_then_withdraw_works(world):
+    din, task, dev = world.din, world.task, world.dev
+    v = world.vals[0]
+    for q in world.vals:
+        din.stake(q, MIN_STAKE, x25519_public())
+        din.register_validator_for_task(q, task)
+    din.unstake(v)
+    world.chain.advance_time(3601)  # the join deadline passes with no participant: abandoned
+    din.advance(dev, task)
+    assert world.info().phase == "abandoned"
+    with reverts("stake is bonded to a task in progress"):
+        din.withdraw(v)
+    din.release(dev, task, v.address)  # anyone may release an ended task's bond
+    with reverts("no bond to release"):
+        din.release(dev, task, v.address)
+    assert din.validator_info(v.address).bonded == 0
+    assert din.withdraw(v) == MIN_STAKE
+    # claim releases the bond too, even with nothing to pay
+    other = world.vals[1]
+    assert din.claim(other, task) == 0
+    assert din.validator_info(other.address).bonded == 0
+    with reverts("nothing to claim"):
+        din.claim(other, task)
+
+
+def test_one_stake_cannot_back_more_tasks_than_it_covers(deployed):
+    """Old: isActive was the only check, so one minimum stake backed any number of tasks."""
+    chain, dev, dep = deployed
+    a = World(chain, dev, dep, slash_amount=MIN_STAKE // 2)
+    b = World(chain, dev, dep, slash_amount=MIN_STAKE // 2)
+    c = World(chain, dev, dep, slash_amount=1)
+    v = a.vals[0]
+    a.din.stake(v, MIN_STAKE, x25519_public())
+    a.din.register_validator_for_task(v, a.task)
+    b.din.register_validator_for_task(v, b.task)
+    assert a.din.validator_info(v.address).bonded == MIN_STAKE
+    with reverts("free stake below the task's slash amount"):
+        c.din.register_validator_for_task(v, c.task)
+    a.din.stake(v, 1, x25519_public())  # one more unit of stake covers the third
+    c.din.register_validator_for_task(v, c.task)
+
+
+P25519 = 2**255 - 19
+LOW_ORDER = [
+    0,
+    1,
+    325606250916557431795983626356110631294008115727848805560023387167927233504,
+    39382357235489614581723060781553021112529911719440698176882885853963445705823,
+    P25519 - 1,
+]
+
+
+def test_registry_refuses_low_order_and_non_canonical_hpke_keys(world):
+    """Old: any non-zero 32 bytes; a low-order key makes every wrap to it a known secret.
+
+    Every refused key is one X25519 itself rejects (all-zero shared secret) or a
+    non-canonical encoding (>= p, or the top bit set) of some other point.
+    """
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+    din, v = world.din, world.vals[0]
+    bad = [u.to_bytes(32, "little") for u in LOW_ORDER]
+    bad += [(u + P25519).to_bytes(32, "little") for u in LOW_ORDER if u + P25519 < 2**256]
+    bad += [bytes(31) + b"\x80", b"\xff" * 32]
+    for key in bad:
+        with reverts("HPKE public key is empty, low-order or not canonical"):
+            din.stake(v, MIN_STAKE, key)
+        assert not world.chain.call(din.registry.functions.validKey(key))
+    for u in LOW_ORDER:  # the contract's list is exactly the points X25519 refuses
+        with pytest.raises(ValueError):
+            X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(u.to_bytes(32, "little")))
+    good = x25519_public()
+    assert world.chain.call(din.registry.functions.validKey(good))
+    din.stake(v, MIN_STAKE, good)
+    assert din.validator_info(v.address).hpke_key == good

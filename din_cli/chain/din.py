@@ -92,7 +92,7 @@ def deploy_all(
     registry = chain.deploy(deployer, REGISTRY, token, int(min_stake), int(unstake_delay))
     tasks = chain.deploy(deployer, TASKS, registry)
     reg = chain.contract(REGISTRY, registry)
-    chain.send(deployer, reg.functions.setSlasher(tasks, True))
+    chain.send(deployer, reg.functions.initialize(tasks))  # once; nobody can change it after
     return {
         "chain_id": chain.chain_id,
         "deployer": deployer.address,
@@ -115,6 +115,7 @@ class ValidatorInfo:
     unlock_at: int  # 0 while staked
     hpke_key: bytes
     active: bool
+    bonded: int = 0  # stake bonded to tasks not yet settled or abandoned (withdraw needs 0)
 
 
 @dataclass(frozen=True)
@@ -298,10 +299,6 @@ class Din:
         """DIN token balance of ``address`` (smallest unit)."""
         return int(self._call(self.token.functions.balanceOf(address)))
 
-    def mint(self, account, to: str, amount: int) -> None:
-        """Mint ``amount`` DIN to ``to`` (the deployer only)."""
-        self._send(account, self.token.functions.mint(to, int(amount)))
-
     def transfer(self, account, to: str, amount: int) -> None:
         self._send(account, self.token.functions.transfer(to, int(amount)))
 
@@ -325,9 +322,11 @@ class Din:
         return int(self._events(receipt, self.registry, "Withdrawn")[0]["args"]["amount"])
 
     def validator_info(self, address: str) -> ValidatorInfo:
-        stake, unlock_at, key = self._call(self.registry.functions.validators(address))
+        stake, unlock_at, bonded, key = self._call(self.registry.functions.validators(address))
         active = self._call(self.registry.functions.isActive(address))
-        return ValidatorInfo(address, int(stake), int(unlock_at), bytes(key), bool(active))
+        return ValidatorInfo(
+            address, int(stake), int(unlock_at), bytes(key), bool(active), int(bonded)
+        )
 
     def min_stake(self) -> int:
         return int(self._call(self.registry.functions.minStake()))
@@ -599,10 +598,18 @@ class Din:
         return int(self._call(self.tasks.functions.claimable(int(task_id), address, medians)))
 
     def claim(self, account, task_id: int) -> int:
-        """Pull what ``task_id`` owes ``account``; the amount."""
+        """Pull what ``task_id`` owes ``account`` (and release its bond); the amount."""
         medians = self.settled_medians(task_id, account.address)
         receipt = self._send(account, self.tasks.functions.claim(int(task_id), medians))
-        return int(self._events(receipt, self.tasks, "Claimed")[0]["args"]["amount"])
+        return sum(int(e["args"]["amount"]) for e in self._events(receipt, self.tasks, "Claimed"))
+
+    def release(self, account, task_id: int, validator: str) -> None:
+        """Release ``validator``'s bond in a settled or abandoned task (anyone)."""
+        self._send(account, self.tasks.functions.release(int(task_id), validator))
+
+    def bonded(self, task_id: int, validator: str) -> bool:
+        """Whether ``validator`` still holds a bond in ``task_id``."""
+        return bool(self._call(self.tasks.functions.validatorState(int(task_id), validator))[6] & 8)
 
     # -- reads
     def task_count(self) -> int:

@@ -210,6 +210,7 @@ def _print_validator(state: dict, as_json: bool, line: str | None) -> None:
     rows = [
         ("address", state["address"]),
         ("stake", state["stake_din"]),
+        ("bonded", state["bonded_din"]),
         ("active", str(state["active"]).lower()),
         ("unlock_at", state["unlock_at"] or "-"),
         ("hpke_public", state["hpke_public"]),

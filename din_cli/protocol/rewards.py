@@ -78,7 +78,7 @@ def slash_aggregators(ctx, task_id: int, rounds) -> list[dict]:
 
 
 def claim(ctx, task_id: int) -> dict:
-    """Pull what ``task_id`` owes the acting key; AlreadyDone once claimed."""
+    """Pull what ``task_id`` owes the acting key and release its validator bond; AlreadyDone once claimed."""
     d = ctx.din
     info = d.task_info(task_id)
     if info.phase not in ("settled", "abandoned"):
@@ -87,6 +87,9 @@ def claim(ctx, task_id: int) -> dict:
             f"settle it first: `din rewards settle --task {task_id}`",
         )
     with ctx.chain.writing():
+        if d.claimable(task_id, ctx.address) == 0 and d.bonded(task_id, ctx.address):
+            d.release(ctx.account, task_id, ctx.address)  # nothing to pay, but the stake unlocks
+            return {"task_id": task_id, "account": ctx.address, "amount": 0, "bond_released": True}
         if d.claimable(task_id, ctx.address) == 0:
             claimed = [
                 e for e in d.events(task_id, "Claimed") if e["args"]["account"] == ctx.address

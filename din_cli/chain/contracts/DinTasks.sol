@@ -117,6 +117,7 @@ contract DinTasks is ReentrancyGuard {
     uint8 internal constant REMOVED = 1; // slashed: no more votes, no fee
     uint8 internal constant SETTLED_FEE = 2; // earns a fee
     uint8 internal constant CLAIMED = 4;
+    uint8 internal constant BONDED = 8; // slashAmount of its registry stake is bonded to this task
 
     ValidatorRegistry public immutable registry;
     IERC20 public immutable token;
@@ -152,6 +153,7 @@ contract DinTasks is ReentrancyGuard {
     event ValidatorPenalised(uint256 indexed taskId, address indexed validator, uint256 amount, string reason);
     event TaskAbandoned(uint256 indexed taskId, string reason);
     event Claimed(uint256 indexed taskId, address indexed account, uint256 amount);
+    event BondReleased(uint256 indexed taskId, address indexed validator);
 
     constructor(ValidatorRegistry registry_) {
         registry = registry_;
@@ -208,20 +210,22 @@ contract DinTasks is ReentrancyGuard {
         emit ParticipantJoined(id, msg.sender, index, hpkeKey);
     }
 
-    /// @notice Register as a validator of task `id` (needs an active stake in the registry).
+    /// @notice Register as a validator of task `id`: bonds the task's slash amount of your free stake
+    ///         in the registry until the task is settled or abandoned (needs an active stake).
     function registerValidator(uint256 id) external {
         Task storage t = _sync(id);
         require(t.phase == JOINING, "task is not open for registration");
         require(msg.sender != t.owner, "the model owner cannot validate");
         require(_members[id][msg.sender].index1 == 0, "participants cannot validate");
-        require(registry.isActive(msg.sender), "stake below minimum");
         Val storage v = _vals[id][msg.sender];
         require(v.index1 == 0, "already registered");
         uint16 index = t.validators;
         require(index < type(uint16).max - 1, "task has all the validators it can take");
         t.validators = index + 1;
         v.index1 = index + 1;
+        v.flags = BONDED;
         emit ValidatorRegistered(id, msg.sender, index);
+        registry.bond(msg.sender, t.slashAmount); // reverts unless active with enough free stake
     }
 
     // ------------------------------------------------------------------ phases
@@ -448,7 +452,9 @@ contract DinTasks is ReentrancyGuard {
         amount = claimable(id, msg.sender, medians);
         Member storage m = _members[id][msg.sender];
         Val storage v = _vals[id][msg.sender];
+        bool released = _release(id, t, v, msg.sender);
         if (amount == 0) {
+            if (released) return 0;
             require(!(m.claimed || v.flags & CLAIMED != 0 || (msg.sender == t.owner && t.ownerClaimed)), "already claimed");
             revert("nothing to claim");
         }
@@ -457,6 +463,14 @@ contract DinTasks is ReentrancyGuard {
         if (msg.sender == t.owner) t.ownerClaimed = true;
         emit Claimed(id, msg.sender, amount);
         token.safeTransfer(msg.sender, amount);
+    }
+
+    /// @notice Release `validator`'s bond in task `id` once the task is settled or abandoned (anyone;
+    ///         `claim` does it too). Reverts when there is no bond to release.
+    function release(uint256 id, address validator) external {
+        Task storage t = _sync(id);
+        require(t.phase == SETTLED || t.phase == ABANDONED, "task is not settled");
+        require(_release(id, t, _vals[id][validator], validator), "no bond to release");
     }
 
     /// @notice What `account` can claim from task `id` now (0 before settlement or once claimed);
@@ -649,14 +663,23 @@ contract DinTasks is ReentrancyGuard {
         medians = new uint256[](participants.length);
     }
 
+    /// @dev Unbond the task's slash amount when `v` still holds a bond in an ended task.
+    function _release(uint256 id, Task storage t, Val storage v, address validator) internal returns (bool) {
+        if (v.flags & BONDED == 0 || (t.phase != SETTLED && t.phase != ABANDONED)) return false;
+        v.flags &= ~BONDED;
+        emit BondReleased(id, validator);
+        registry.unbond(validator, t.slashAmount);
+        return true;
+    }
+
     function _slash(uint256 id, Task storage t, Val storage v, address validator, uint256 round, string memory reason) internal {
-        v.flags |= REMOVED;
+        v.flags = (v.flags | REMOVED) & ~BONDED; // the slash burns this task's bond
         uint256 burnt = registry.slash(validator, t.slashAmount);
         emit ValidatorSlashed(id, validator, round, burnt, reason);
     }
 
     function _penalise(uint256 id, Task storage t, Val storage v, address validator, string memory reason) internal {
-        v.flags |= REMOVED;
+        v.flags = (v.flags | REMOVED) & ~BONDED; // the slash burns this task's bond
         uint256 burnt = registry.slash(validator, t.slashAmount);
         emit ValidatorPenalised(id, validator, burnt, reason);
     }
