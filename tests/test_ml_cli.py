@@ -164,27 +164,53 @@ def test_bad_inputs(tmp_path, stores, genesis, run):
     _assert_failed(run("evaluate", "--model", other, "--data", p1), 1, "expects 30")
 
 
-def test_bad_updates_in_aggregate(tmp_path, stores, genesis, run):
+def test_bad_updates_in_aggregate_are_left_out_not_fatal(tmp_path, stores, genesis, run):
     (p1, p2, _), _ = stores
     assert run("train", "-q", "--model", genesis, "--data", p1, "-o", "u1.safetensors")[0] == 0
+    assert run("train", "-q", "--model", genesis, "--data", p2, "-o", "u2.safetensors")[0] == 0
     other = tmp_path / "other.safetensors"
     models.init_model("mlp:64-16-10", other)
     h = tensorfile.read_header(other)
     w = tensorfile.load_arrays(h)
     tensorfile.write(other, w, {**h.metadata, "din.samples": "5", "din.kind": "update"})
-    out = tmp_path / "agg.safetensors"
-    _assert_failed(run("aggregate", "u1.safetensors", other, "-o", out), 1, "differs", out)
     h = tensorfile.read_header(tmp_path / "u1.safetensors")
     w = tensorfile.load_arrays(h)
     w["layers.0.weight"][0, 0] = np.nan
     tensorfile.write(tmp_path / "nan.safetensors", w, h.metadata)
-    _assert_failed(run("aggregate", "u1.safetensors", "nan.safetensors", "-o", out), 1, "contains NaN", out)
-    _assert_failed(run("aggregate", "u1.safetensors", "nan.safetensors", "-o", "-"), 1, "contains NaN")
     w["layers.0.weight"][0, 0] = np.inf
     tensorfile.write(tmp_path / "inf.safetensors", w, h.metadata)
-    _assert_failed(run("aggregate", "inf.safetensors", "u1.safetensors", "-o", out), 1, "contains Inf", out)
+    assert run("aggregate", "u1.safetensors", "u2.safetensors", "-o", "clean.safetensors")[0] == 0
+    code, out, err = run("aggregate", "u1.safetensors", "nan.safetensors", other, "inf.safetensors", "u2.safetensors", "-o", "agg.safetensors")
+    assert code == 0 and out == "agg.safetensors\n", err
+    assert "excluded nan.safetensors: non-finite: tensor 'layers.0.weight' holds NaN" in err
+    assert f"excluded {other}: architecture" in err and "excluded inf.safetensors: non-finite" in err
+    got = models.read_model(tmp_path / "agg.safetensors")
+    clean = models.read_model(tmp_path / "clean.safetensors")
+    assert all(np.array_equal(got.weights[k], clean.weights[k]) for k in clean.weights)
+    assert [(e["index"], e["reason"]) for e in json.loads(got.header.metadata["din.excluded"])] == [(1, "non-finite"), (2, "architecture"), (3, "non-finite")]
+    # every input excluded: nothing to aggregate, nothing written (with --base: the base itself)
+    out = tmp_path / "none.safetensors"
+    _assert_failed(run("aggregate", "nan.safetensors", "inf.safetensors", "-o", out), 1, "nothing to aggregate", out)
+    _assert_failed(run("aggregate", "nan.safetensors", "-o", "-"), 1, "non-finite")
+    code, out, err = run("aggregate", "--base", genesis, "nan.safetensors", genesis, "-o", "same.safetensors")
+    assert code == 0 and (tmp_path / "same.safetensors").read_bytes() == genesis.read_bytes(), err
+    assert "unchanged" in err
     _assert_failed(run("evaluate", "--model", "inf.safetensors", "--data", p1), 1, "contains Inf")
-    _assert_failed(run("aggregate", "-o", out, input=b""), 2, "no inputs", out)
+    _assert_failed(run("aggregate", "-o", tmp_path / "x", input=b""), 2, "no inputs", tmp_path / "x")
+    code, _, err = run("aggregate", "--task", "1", "--commit", "--max-samples", "5")
+    assert code == 2 and "drop --base and --max-samples" in err
+
+
+def test_aggregate_max_samples_caps_each_weight(tmp_path, stores, genesis, run):
+    (p1, p2, _), _ = stores
+    for k, p in enumerate((p1, p2)):
+        assert run("train", "-q", "--model", genesis, "--data", p, "-o", f"u{k}.safetensors")[0] == 0
+    h = tensorfile.read_header(tmp_path / "u0.safetensors")
+    tensorfile.write(tmp_path / "liar.safetensors", tensorfile.load_arrays(h), {**h.metadata, "din.samples": str(2**31)})
+    assert run("aggregate", "--max-samples", "50", "liar.safetensors", "u1.safetensors", "-o", "a.safetensors")[0] == 0
+    assert run("aggregate", "--max-samples", "50", "u0.safetensors", "u1.safetensors", "-o", "b.safetensors")[0] == 0
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    assert tensorfile.read_header(tmp_path / "a.safetensors").samples == 100
 
 
 def _has_cuda():
@@ -210,3 +236,4 @@ def test_cid_inputs_come_from_the_content_store(tmp_path, stores, genesis, run):
     assert code == 0, err
     missing = "bafkreie5cvv4h45feadgeuwhbcutmh6t2ceseocckahdoe6uat64zmz454"
     _assert_failed(run("model", "info", missing), 4, missing)
+

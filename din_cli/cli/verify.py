@@ -26,7 +26,10 @@ def verify(task, round_, chain_url, ipfs_api, as_json):
     """Check that TASK's on-chain record holds: every accepted aggregate and global model recomputes bit-exactly.
 
     Prints one line per check (ROUND<TAB>WHAT<TAB>GROUP<TAB>ok|FAIL<TAB>CID);
-    exit 0 when all hold, 3 when any does not.
+    exit 0 when all hold, 3 when any does not. Subgroups are recomputed with
+    the admission rule every validator applies: the updates it excluded are
+    named on stderr (and under "excluded" with --json), and a recorded
+    aggregate that used one of them fails, naming it.
 
     \b
     Example:
@@ -48,4 +51,9 @@ def verify(task, round_, chain_url, ipfs_api, as_json):
                 for c in checks
             )
         )
+    for c in checks:
+        for e in c["excluded"]:
+            output.note(
+                f"round {c['round']} subgroup {c['group']}: excluded update #{e['index']} {e['cid']}: {e['reason']}"
+            )
     lib.require_ok(tid, checks)

@@ -68,7 +68,7 @@ import contextlib
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -216,17 +216,21 @@ class _Input:
     fd: int | None = None
 
 
-def _open_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[_Input], str, dict]:
+def _open_inputs(
+    paths: Sequence[str | os.PathLike], weights: Sequence[int] | None = None
+) -> tuple[list[_Input], str, dict]:
     from din_cli.ml import tensorfile, zoo
 
     if not paths:
         raise UsageError(
             "no inputs to aggregate", "pass update files or CIDs, or pipe them one per line"
         )
+    if weights is not None and len(weights) != len(paths):
+        raise ValueError("one weight per input")
     inputs: list[_Input] = []
     arch = None
     expected: dict = {}
-    for p in paths:
+    for k, p in enumerate(paths):
         h = tensorfile.read_header(p)
         if arch is None:
             if not h.arch:
@@ -242,12 +246,13 @@ def _open_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[_Input], str,
                 "aggregate updates of one task only",
             )
         tensorfile.check_model(h, expected, arch=arch, kinds=("update", "aggregate", "model"))
-        if h.samples <= 0:
+        samples = h.samples if weights is None else int(weights[k])
+        if samples <= 0:
             raise InputError(
                 f"{h.path}: din.samples is 0, so it has no weight in FedAvg",
                 "aggregate trained updates (din train sets the sample count)",
             )
-        inputs.append(_Input(str(h.path), h.samples, h))
+        inputs.append(_Input(str(h.path), samples, h))
     total = sum(i.samples for i in inputs)
     if total > MAX_TOTAL_SAMPLES:
         raise InputError(
@@ -306,13 +311,17 @@ class _Plan:
                 yield seg_name, starts, a, min(BLOCK, count - a)
 
 
-def _plan(paths: Sequence[str | os.PathLike]) -> _Plan:
+def _plan(
+    paths: Sequence[str | os.PathLike],
+    weights: Sequence[int] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> _Plan:
     """Open and check the inputs' headers; the output header, blocks and passes."""
     import numpy as np
 
     from din_cli.ml import tensorfile
 
-    inputs, arch, expected = _open_inputs(paths)
+    inputs, arch, expected = _open_inputs(paths, weights)
     names = sorted(expected)
     sizes = {name: int(np.prod(expected[name], dtype=np.int64)) for name in names}
     total = sum(i.samples for i in inputs)
@@ -322,6 +331,7 @@ def _plan(paths: Sequence[str | os.PathLike]) -> _Plan:
     meta = tensorfile.make_metadata(
         arch=arch, kind="aggregate", samples=total, round=rounds, task=task, encoding=ENCODING
     )
+    meta.update(metadata or {})
     header = tensorfile.encode_header(meta, {n: ("F32", expected[n]) for n in names})
     params = sum(sizes.values())
     canonical = all(_is_canonical(i.header, names) for i in inputs)
@@ -487,12 +497,17 @@ def aggregate_to(
     *,
     progress: Callable[[int], None] | None = None,
     threads: int | None = None,
+    weights: Sequence[int] | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> AggregateResult:
     """Aggregate model files ``paths`` into ``out`` (a binary file object), canonically.
 
     ``threads`` (default: :func:`default_threads`) changes the speed, never the bytes.
+    ``weights`` (one positive integer per input) replaces the inputs' declared
+    ``din.samples`` as their FedAvg weights (the admission rule's capped
+    weights); ``metadata`` adds keys to the output's (``din.excluded``).
     """
-    plan = _plan(paths)
+    plan = _plan(paths, weights, metadata)
     nthreads = max(1, int(threads if threads is not None else default_threads()))
     with _opened(plan.inputs):
         out.write(plan.header)
@@ -506,12 +521,16 @@ def aggregate(
     *,
     progress: Callable[[int], None] | None = None,
     threads: int | None = None,
+    weights: Sequence[int] | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> AggregateResult:
     """Aggregate model files ``paths`` into the file ``output`` (``-``: stdout), atomically.
 
     With ``-`` the result is assembled in a temporary file first, so a bad
-    input found half-way leaves stdout empty.
+    input found half-way leaves stdout empty. ``weights`` and ``metadata`` as
+    in :func:`aggregate_to`.
     """
+    kw = {"progress": progress, "threads": threads, "weights": weights, "metadata": metadata}
     import shutil
     import sys
     import tempfile
@@ -520,13 +539,13 @@ def aggregate(
 
     if is_stdio(output):
         with tempfile.TemporaryFile() as tmp:
-            result = aggregate_to(paths, tmp, progress=progress, threads=threads)
+            result = aggregate_to(paths, tmp, **kw)
             tmp.seek(0)
             shutil.copyfileobj(tmp, sys.stdout.buffer, 1 << 20)
             sys.stdout.buffer.flush()
         return result
     with atomic_output(output) as f:
-        return aggregate_to(paths, f, progress=progress, threads=threads)
+        return aggregate_to(paths, f, **kw)
 
 
 class _Slot:
