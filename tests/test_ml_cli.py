@@ -237,3 +237,99 @@ def test_cid_inputs_come_from_the_content_store(tmp_path, stores, genesis, run):
     missing = "bafkreie5cvv4h45feadgeuwhbcutmh6t2ceseocckahdoe6uat64zmz454"
     _assert_failed(run("model", "info", missing), 4, missing)
 
+
+# --- evaluation is exact: the same integers on any machine, thread count and batch size ---
+
+
+def _reference_logits(mf, x):
+    """The published order in plain Python floats: bias, then + x_k * w_k for k = 0, 1, ... (convs: c, dy, dx)."""
+    w = {k: v.astype(np.float64).tolist() for k, v in mf.weights.items()}
+
+    def linear(h, W, b):
+        out = []
+        for j in range(len(W)):
+            acc = b[j]
+            for k in range(len(h)):
+                acc = acc + h[k] * W[j][k]
+            out.append(acc)
+        return out
+
+    def relu(h):
+        return [v if v > 0 else 0.0 for v in h]
+
+    rows = []
+    for row in np.asarray(x, dtype=np.float64).tolist():
+        if mf.arch.startswith("cnn"):
+            c, hh, ww = (int(d) for d in mf.arch.split(":")[1].split("-")[0].split("x"))
+            img = [[row[(ci * hh + y) * ww : (ci * hh + y) * ww + ww] for y in range(hh)] for ci in range(c)]
+            for name in ("layers.1", "layers.4"):
+                W, b = w[f"{name}.weight"], w[f"{name}.bias"]
+                chans, hh, ww = len(img), len(img[0]), len(img[0][0])
+                pad = [[[0.0] * (ww + 2)] + [[0.0, *r, 0.0] for r in ch] + [[0.0] * (ww + 2)] for ch in img]
+                conv = []
+                for o in range(len(W)):
+                    plane = []
+                    for y in range(hh):
+                        line = []
+                        for xx in range(ww):
+                            acc = b[o]
+                            for ci in range(chans):
+                                for dy in range(3):
+                                    for dx in range(3):
+                                        acc = acc + W[o][ci][dy][dx] * pad[ci][y + dy][xx + dx]
+                            line.append(acc if acc > 0 else 0.0)
+                        plane.append(line)
+                    conv.append(plane)
+                img = [[[max(p[2 * y][2 * xx], p[2 * y][2 * xx + 1], p[2 * y + 1][2 * xx], p[2 * y + 1][2 * xx + 1]) for xx in range(ww // 2)] for y in range(hh // 2)] for p in conv]
+            rows.append(linear([v for ch in img for r in ch for v in r], w["layers.8.weight"], w["layers.8.bias"]))
+        else:
+            h = row
+            n = len(w) // 2
+            for i in range(n):
+                h = linear(h, w[f"layers.{2 * i}.weight"], w[f"layers.{2 * i}.bias"])
+                h = relu(h) if i < n - 1 else h
+            rows.append(h)
+    return np.array(rows, dtype=np.float64)
+
+
+@pytest.mark.parametrize("arch", ["logreg:64-10", "mlp:64-24-16-10", "cnn:1x8x8-10"])
+def test_logits_are_the_published_order_bit_for_bit(tmp_path, stores, arch):
+    _, test = stores
+    models.init_model(arch, tmp_path / "m.safetensors", seed=4)
+    mf = models.read_model(tmp_path / "m.safetensors")
+    x = data.load_store(test).x[:6]
+    got = evaluate.logits(mf, x)
+    assert got.tobytes() == _reference_logits(mf, x).tobytes()
+
+
+def test_scores_do_not_depend_on_threads_or_batch_size(tmp_path, stores, genesis, run):
+    import torch
+
+    (p1, _, _), test = stores
+    assert run("train", "-q", "--model", genesis, "--data", p1, "--epochs", "2", "-o", "u.safetensors")[0] == 0
+    mf = models.read_model(tmp_path / "u.safetensors")
+    ds = data.load_store(test)
+    before = torch.get_num_threads()
+    seen = set()
+    try:
+        for threads, batch in ((1, 4096), (2, 4096), (2, 1), (1, 33)):
+            torch.set_num_threads(threads)
+            z = evaluate.logits(mf, ds.x, batch=batch)
+            scores = tuple(evaluate.score(m, z, ds.y).score_bps for m in evaluate.METRICS)
+            seen.add((z.tobytes(), scores))
+    finally:
+        torch.set_num_threads(before)
+    assert len(seen) == 1
+    (_, (acc, f1, loss)), = seen
+    assert 0 < loss < acc <= 10000 and 0 < f1 <= 10000
+    # and it is what the command prints
+    assert run("evaluate", "--model", "u.safetensors", "--data", test)[1].strip() == str(acc)
+
+
+def test_loss_score_rounds_exactly_in_decimal():
+    z = np.array([[0.0, 0.0], [0.0, 0.0]])  # loss ln 2: exp(-L) = 0.5 exactly -> 5000
+    s = evaluate.score("loss", z, np.array([0, 1]))
+    assert s.score_bps == 5000 and abs(s.value - np.log(2)) < 1e-15
+    z = np.array([[np.log(3.0), 0.0, 0.0]])  # p = 3/5 -> 6000
+    assert evaluate.score("loss", z, np.array([0])).score_bps == 6000
+    assert evaluate.score("loss", np.array([[np.inf, 0.0]]), np.array([1])).score_bps == 0
