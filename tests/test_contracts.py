@@ -28,6 +28,7 @@ SHORT = {
     "test_set": 600,
     "score_commit": 600,
     "score_reveal": 600,
+    "settle": 600,
 }
 
 
@@ -210,7 +211,7 @@ def test_whole_task_pays_exactly_the_deposit(deployed):
     assert test_cid == cid("test-set") and set(keys) == {v.address for v in world.vals}
 
     assigned = world.assigned(0)
-    vectors = {v: scores_for(world, v, g, offset=7 * i) for i, (v, g) in enumerate(assigned.items())}
+    vectors = {v: scores_for(world, v, g) for v, g in assigned.items()}  # honest validators agree exactly
     for v, s in vectors.items():
         din.commit_scores(v, task, s)
     for v, s in vectors.items():
@@ -227,19 +228,19 @@ def test_whole_task_pays_exactly_the_deposit(deployed):
         members = [parts[i] for i in rnd.participant_groups[g]]
         vs = [vals[i] for i in rnd.validator_groups[g]]
         groups.append((members, vs, [vectors[world.by_address[a]] for a in vs]))
-    ref = settle_task(DEPOSIT, 1000, groups, tolerance_bps=5000)
-    assert din.settlement_results(task) == ref.medians
+    ref = settle_task(DEPOSIT, 1000, groups)
+    assert din.settlement_results(task) == ref.scores
     paid = {}
     for a, acct in world.by_address.items():
         amount = din.claimable(task, a)
         if amount:
             assert din.claim(acct, task) == amount
             paid[a] = amount
-    pool, fees = split_deposit(DEPOSIT, 1000)
+    _, fees = split_deposit(DEPOSIT, 1000)
     assert sum(paid.values()) == DEPOSIT
     for p in parts:
         assert paid.get(p, 0) == ref.participants[p]
-    assert sum(paid.get(v, 0) for v in vals) == fees
+    assert [paid.get(v, 0) for v in vals] == [fees // len(vals)] * len(vals) == [ref.validators[v] for v in vals]
     for a, before in balances.items():
         after = din.balance(a)
         if a == world.owner.address:  # the deposit left before the snapshot
@@ -415,20 +416,22 @@ def test_roles_are_enforced(world):
         din.claim(world.parts[0], task)
 
 
-def test_scores_reveal_settle_and_claim_twice(world):
-    din, task = world.din, world.task
-    world.to_evaluation(rounds=2)
+def test_scores_reveal_settle_and_claim_twice(deployed):
+    """A lazy validator revealing a constant 5000 is a minority: slashed, no fee (old: tolerated)."""
+    w = World(*deployed, n_validators=6, validators_per_subgroup=3)
+    din, task = w.din, w.task
+    w.to_evaluation(rounds=2)
     with reverts("not in the score commit phase"):
-        din.commit_scores(world.vals[0], task, [1, 2])
-    world.post_test_set()
-    assigned = world.assigned(0)
-    items = list(assigned.items())
+        din.commit_scores(w.vals[0], task, [1, 2])
+    w.post_test_set()
+    items = list(w.assigned(0).items())
+    lazy = items[1][0]
     vectors = {}
-    for i, (v, g) in enumerate(items):
-        # one validator scores far off: with tolerance 5000 it is penalised only beyond 5000
-        vectors[v] = [10000] * len(scores_for(world, v, g)) if i == 1 else scores_for(world, v, g)
+    for v, g in items:
+        honest = scores_for(w, v, g)
+        vectors[v] = [5000] * len(honest) if v is lazy else honest
         din.commit_scores(v, task, vectors[v])
-    v0, g0 = items[0]
+    v0, _ = items[0]
     good = vectors[v0]
     with reverts("reveal does not match commitment"):
         din.reveal_scores(v0, task, [s + 1 for s in good])
@@ -439,40 +442,105 @@ def test_scores_reveal_settle_and_claim_twice(world):
         din.reveal_scores(v0, task, good)
     for v, _ in items[1:]:
         din.reveal_scores(v, task, vectors[v])
-    din.settle(world.dev, task)
+    # the lazy vector cannot be passed off as the subgroup's: it has no majority
+    g_lazy = items[1][1]
+    parts_g, vals_g, majority = din.settlement_inputs(task, g_lazy)
+    assert majority == scores_for(w, items[0][0], g_lazy)
+    with reverts("scores differ from the majority's vector"):
+        w.chain.send(w.dev, din.tasks.functions.settle(task, g_lazy, parts_g, vals_g, vectors[lazy]))
+    with reverts("scores differ from the majority's vector"):
+        w.chain.send(w.dev, din.tasks.functions.settle(task, g_lazy, parts_g, vals_g, []))
+    din.settle(w.dev, task)
     with reverts("not in the settlement phase"):
-        world.chain.send(world.dev, din.tasks.functions.settle(task, 0, [], [], []))
-    p = world.parts[0]
+        w.chain.send(w.dev, din.tasks.functions.settle(task, 0, [], [], []))
+    p = w.parts[0]
     assert din.claim(p, task) > 0
     with reverts("already claimed"):
         din.claim(p, task)
-    stranger = world.dev
     with reverts("nothing to claim"):
-        din.claim(stranger, task)
-    total = sum(din.claim(a, task) for a in world.by_address.values() if din.claimable(task, a.address))
+        din.claim(w.dev, task)
+    for a in w.by_address.values():
+        if din.claimable(task, a.address):
+            din.claim(a, task)
     paid: dict[str, int] = {}
     for e in din.events(task, "Claimed"):
         paid[e["args"]["account"]] = paid.get(e["args"]["account"], 0) + e["args"]["amount"]
-    assert sum(paid.values()) == DEPOSIT and total > 0
-    # the far-off validator is penalised (slashed, no fee); payouts equal the Python reference
+    assert sum(paid.values()) == DEPOSIT
     rnd = din.round_info(task, 0)
     parts, vals = din.participants(task), din.validators(task)
     groups = [
         (
             [parts[i] for i in rnd.participant_groups[g]],
             [vals[i] for i in rnd.validator_groups[g]],
-            [vectors[world.by_address[vals[i]]] for i in rnd.validator_groups[g]],
+            [vectors[w.by_address[vals[i]]] for i in rnd.validator_groups[g]],
         )
         for g in range(rnd.groups)
     ]
-    ref = settle_task(DEPOSIT, 1000, groups, tolerance_bps=5000)
-    far = items[1][0].address
-    assert far in ref.penalised
-    assert [e["args"]["validator"] for e in din.events(task, "ValidatorPenalised")] == [far]
-    assert din.validator_info(far).stake == MIN_STAKE - MIN_STAKE // 10
+    ref = settle_task(DEPOSIT, 1000, groups)
+    assert ref.penalised == {lazy.address}
+    assert [e["args"]["validator"] for e in din.events(task, "ValidatorPenalised")] == [lazy.address]
+    assert din.validator_info(lazy.address).stake == MIN_STAKE - MIN_STAKE // 10
+    assert paid.get(lazy.address, 0) == 0
     for who, amount in {**ref.participants, **ref.validators}.items():
         assert paid.get(who, 0) == amount, who
-    assert paid.get(world.owner.address, 0) == ref.owner
+    assert paid.get(w.owner.address, 0) == ref.owner == 0
+
+
+def score_round(w, choose):
+    """Commit and reveal score vectors: ``choose(validator, group, honest)`` gives one or None."""
+    chosen = {}
+    for v, g in w.assigned(0).items():
+        vec = choose(v, g, scores_for(w, v, g))
+        if vec is not None:
+            chosen[v] = vec
+            w.din.commit_scores(v, w.task, vec)
+    if w.info().phase == "score-commit":  # someone stayed silent: let the phase run out
+        w.chain.advance_time(601)
+        w.din.advance(w.dev, w.task)
+    for v, vec in chosen.items():
+        w.din.reveal_scores(v, w.task, vec)
+    return chosen
+
+
+def test_copied_vector_and_no_majority_split(deployed):
+    """4 validators per subgroup. Group A: one copies another subgroup's honest vector (slashed).
+    Group B: a 2-of-4 split (two honest, two colluders) has no strict majority: everyone there
+    scores 0, nobody is slashed (all revealed), nobody earns a fee; a silent one would be slashed."""
+    w = World(*deployed, n_participants=4, n_validators=8, validators_per_subgroup=4, max_rounds=1)
+    din, task = w.din, w.task
+    w.to_evaluation(rounds=1)
+    w.post_test_set()
+    assigned = w.assigned(0)
+    by_group = {}
+    for v, g in assigned.items():
+        by_group.setdefault(g, []).append(v)
+    ga, gb = sorted(by_group)
+    copier = by_group[ga][0]
+    colluders = by_group[gb][:2]
+    copied = [10000 - s for s in scores_for(w, None, gb)]  # what the colluders of B reveal
+
+    def choose(v, g, honest):
+        if v is copier:
+            return copied  # same length, another subgroup's vector
+        if v in colluders:
+            return [10000 - s for s in honest]
+        return honest
+
+    score_round(w, choose)
+    assert w.info().phase == "settling"
+    din.settle(w.dev, task)
+    penalised = {e["args"]["validator"] for e in din.events(task, "ValidatorPenalised")}
+    assert penalised == {copier.address}
+    results = din.settlement_results(task)
+    rnd = din.round_info(task, 0)
+    parts = din.participants(task)
+    assert all(results[parts[i]] == 0 for i in rnd.participant_groups[gb])
+    assert [results[parts[i]] for i in rnd.participant_groups[ga]] == scores_for(w, None, ga)
+    for v in by_group[gb]:
+        assert din.claimable(task, v.address) == 0  # no fee without a majority
+    fee = DEPOSIT * 1000 // 10000 // 3
+    for v in by_group[ga]:
+        assert din.claimable(task, v.address) == (0 if v is copier else fee)
 
 
 def test_abandoned_task_refunds_contributors(world):
@@ -571,8 +639,9 @@ def test_gas_budgets_hold_for_every_call(deployed):
     assert max(used["commitAggregate"]) + max(used["revealAggregate"]) <= 120_000
 
 
-def test_evaluation_nobody_reveals_refunds_the_owner_and_slashes(world):
-    """No validator scores: every median is 0, they are all penalised, the deposit goes back."""
+def test_evaluation_nobody_reveals_pays_the_contributors_and_slashes(world):
+    """No validator scores: every score is 0 and they are all slashed. Old: the owner got the whole
+    deposit back (its own silent validators were a cheap way to take it). New: the contributors."""
     din, task = world.din, world.task
     world.to_evaluation(rounds=2)
     world.post_test_set()
@@ -584,9 +653,10 @@ def test_evaluation_nobody_reveals_refunds_the_owner_and_slashes(world):
     assigned = world.assigned(0)
     penalised = {e["args"]["validator"] for e in din.events(task, "ValidatorPenalised")}
     assert penalised == {v.address for v in assigned}
-    for p in world.parts:
-        assert din.claimable(task, p.address) == 0
-    assert din.claim(world.owner, task) == DEPOSIT
+    with reverts("nothing to claim"):
+        din.claim(world.owner, task)
+    paid = [din.claim(p, task) for p in world.parts]
+    assert sum(paid) == DEPOSIT and max(paid) - min(paid) <= 1
 
 
 # ---------------------------------------------------------------- attacks: admin powers (issue 10, item 8)
@@ -740,3 +810,149 @@ def test_registry_refuses_low_order_and_non_canonical_hpke_keys(world):
     assert world.chain.call(din.registry.functions.validKey(good))
     din.stake(v, MIN_STAKE, good)
     assert din.validator_info(v.address).hpke_key == good
+
+
+# ---------------------------------------------------------------- attacks: every lie punishable (issue 10, item 3)
+
+
+def honest_scores(w):
+    score_round(w, lambda v, g, honest: honest)
+
+
+def test_lie_in_a_past_round_is_slashable_until_settlement_and_forfeits_the_fee(deployed):
+    """Old: committing again in the next round erased the record, so a round-1 liar escaped and
+    kept its fee. New: per-round records; slashable during SETTLING even after its subgroup settled."""
+    w = World(*deployed, n_participants=4, n_validators=6, validators_per_subgroup=3, max_rounds=2)
+    din, task, dev = w.din, w.task, w.dev
+    w.start()
+    w.train(1)
+    liar = next(iter(w.assigned(1)))
+    w.aggregate(1, liar=liar)  # 2 of 3 honest: the honest CID is accepted, the liar is a minority
+    w.globalise(1)
+    w.train(2)
+    w.aggregate(2)  # the liar commits again (old: "too late to slash for that round")
+    w.globalise(2)
+    w.post_test_set()
+    honest_scores(w)
+    assert w.info().phase == "settling"
+    assert din.slashable_aggregators(task, 1) == [liar.address]
+    liar_group = w.assigned(0)[liar]
+    din.settle(dev, task, [liar_group])  # its evaluation subgroup settles first: it earned a fee
+    assert w.info().good_validators == 3
+    assert din.slash_aggregator(dev, task, 1, liar.address) == MIN_STAKE // 10
+    assert w.info().good_validators == 2  # the fee is forfeited
+    din.settle(dev, task)
+    assert w.info().phase == "settled"
+    with reverts("task has ended: too late to slash"):
+        din.slash_aggregator(dev, task, 2, w.vals[1].address)
+    with reverts("nothing to claim"):  # no fee, and no bond left: the slash burnt it
+        din.claim(liar, task)
+    assert din.validator_info(liar.address).bonded == 0
+    paid = {liar.address: 0}
+    for a in w.by_address.values():
+        if din.claimable(task, a.address):
+            paid[a.address] = din.claim(a, task)
+    assert sum(paid.values()) == DEPOSIT
+    fee = DEPOSIT * 1000 // 10000 // 5
+    assert sorted(paid[v.address] for v in w.vals) == [0] + [fee] * 5
+
+
+def test_rewards_settle_slashes_liars_of_every_round(tmp_path, deployed):
+    """`din rewards settle` (protocol.rewards.settle) slashes round-1 liars and non-revealers."""
+    from din_cli.protocol import rewards
+
+    class Ctx:  # the slice of the protocol context settle uses
+        def __init__(self, w):
+            self.din, self.chain, self.account, self.address = w.din, w.chain, w.dev, w.dev.address
+
+    w = World(*deployed, n_participants=4, n_validators=6, validators_per_subgroup=3, max_rounds=2)
+    din, task = w.din, w.task
+    w.start()
+    w.train(1)
+    liar = next(iter(w.assigned(1)))
+    w.aggregate(1, liar=liar)
+    w.globalise(1)
+    w.train(2)
+    assigned = w.assigned(2)
+    silent = next(v for v in assigned if v is not liar)
+    for v, g in assigned.items():
+        if v is not silent:
+            din.commit_aggregate(v, task, cid(f"agg-2-{g}"))
+    w.chain.advance_time(601)  # the silent one never commits: the commit phase runs out
+    din.advance(w.dev, task)
+    for v, g in assigned.items():
+        if v is not silent:
+            din.reveal_aggregate(v, task, cid(f"agg-2-{g}"))
+    model = cid("global-2")
+    din.post_global_model(w.owner, task, model)
+    for v in assigned:
+        if v is not silent:
+            try:
+                din.attest_global(v, task, model)
+            except AlreadyDone:
+                pass
+    w.post_test_set()
+    score_round(w, lambda v, g, honest: None if v is silent else honest)
+    out = rewards.settle(Ctx(w), task)
+    assert {(s["validator"], s["round"]) for s in out["slashed"]} == {(liar.address, 1), (silent.address, 2)}
+    assert w.info().phase == "settled"
+
+
+def test_settling_has_a_deadline_and_unsettled_subgroups_score_zero(deployed):
+    """Old: SETTLING had no deadline, so a subgroup nobody settled locked the deposit forever."""
+    w = World(*deployed, max_rounds=1)
+    din, task, dev = w.din, w.task, w.dev
+    w.to_evaluation(rounds=1)
+    w.post_test_set()
+    honest_scores(w)
+    info = w.info()
+    assert info.phase == "settling" and info.deadline < 2**64 - 1
+    din.settle(dev, task, [0])
+    w.chain.advance_time(601)
+    din.advance(dev, task)
+    assert w.info().phase == "settled"
+    rnd = din.round_info(task, 0)
+    parts = din.participants(task)
+    unsettled = {parts[i] for i in rnd.participant_groups[1]}
+    paid = {}
+    for a in w.by_address.values():
+        if din.claimable(task, a.address):
+            paid[a.address] = din.claim(a, task)
+    assert sum(paid.values()) == DEPOSIT
+    assert not unsettled & set(paid)
+    assert all(paid.get(parts[i], 0) > 0 for i in rnd.participant_groups[0])
+
+
+# ---------------------------------------------------------------- attacks: liveness (issue 10, item 8)
+
+
+def test_sybil_joins_beyond_what_validators_cover_sit_out_instead_of_abandoning(deployed):
+    """Old: joining Sybils until subgroups outnumbered validators abandoned the task at start."""
+    chain, dev, dep = deployed
+    w = World(chain, dev, dep, n_participants=7, n_validators=2, subgroup_size=2, validators_per_subgroup=1)
+    din, task = w.din, w.task
+    for p in w.parts:
+        din.join_task(p, task, os.urandom(32))
+    for v in w.vals:
+        din.stake(v, MIN_STAKE, x25519_public())
+        din.register_validator_for_task(v, task)
+    chain.advance_time(601)  # the join deadline passes: anyone's call starts the task
+    din.advance(dev, task)
+    info = w.info()
+    assert (info.phase, info.participants, info.groups, info.per_group) == ("training", 4, 2, 1)
+    assert din.participants(task) == [p.address for p in w.parts[:4]]
+    for late in w.parts[4:]:
+        with reverts("not a participant of this task"):
+            din.submit_update(late, task, cid("sybil"))
+    for p in w.parts[:4]:
+        din.submit_update(p, task, cid(p.address))
+    assert w.info().phase == "aggregation-commit"
+
+
+def test_subgroup_sizes_are_capped_at_creation(deployed):
+    chain, dev, dep = deployed
+    with reverts("at most 256 participants per subgroup"):
+        World(chain, dev, dep, subgroup_size=257)
+    with reverts("at most 64 validators per subgroup"):
+        World(chain, dev, dep, validators_per_subgroup=65)
+    assert World(chain, dev, dep, subgroup_size=256, validators_per_subgroup=64).info().subgroup_size == 256

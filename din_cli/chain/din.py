@@ -54,6 +54,7 @@ DURATION_NAMES = (
     "test_set",
     "score_commit",
     "score_reveal",
+    "settle",
 )
 DEFAULT_DURATIONS = {
     "join": 3600,
@@ -64,6 +65,7 @@ DEFAULT_DURATIONS = {
     "test_set": 3600,
     "score_commit": 1800,
     "score_reveal": 1800,
+    "settle": 3600,
 }
 EVAL_ROUND = 0
 #: Default per-participant sample cap (FedAvg weight) of a task.
@@ -128,7 +130,6 @@ class TaskInfo:
     validators_per_subgroup: int
     max_rounds: int
     fee_bps: int
-    tolerance_bps: int
     slash_amount: int
     max_samples: int  # cap on one participant's FedAvg weight (samples)
     durations: dict
@@ -221,6 +222,17 @@ def derive_salt(account, task_id: int, round_: int, kind: str) -> bytes:
 
 def new_salt() -> bytes:
     return os.urandom(32)
+
+
+def file_sha256(path) -> bytes:
+    """sha256 of a file's bytes: what a task commits to as its test set (``test_set_hash``)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
 
 
 def _word(n: int) -> bytes:
@@ -343,7 +355,6 @@ class Din:
         validators_per_subgroup: int = 3,
         max_rounds: int = 1,
         fee_bps: int = 1000,
-        tolerance_bps: int = settlement.BLOCKFLOW_TOLERANCE,
         slash_amount: int | None = None,
         max_samples: int = DEFAULT_MAX_SAMPLES,
         durations: dict | None = None,
@@ -376,7 +387,6 @@ class Din:
             int(validators_per_subgroup),
             int(max_rounds),
             int(fee_bps),
-            int(tolerance_bps),
             int(slash_amount),
             int(max_samples),
             [int(spans[name]) for name in DURATION_NAMES],
@@ -450,10 +460,10 @@ class Din:
     def slashable_aggregators(self, task_id: int, round_: int) -> list[str]:
         """Validators of ``round_`` that did not reveal or revealed a minority aggregate.
 
-        Only those the contract can still slash: not removed, and not committed since
-        (a later commit replaces the validator's record of the round). By convention a
-        subgroup without updates aggregates to the round's starting global model, so
-        its validators can reveal and are not slashed.
+        Every round's record stays on chain until the task is settled, so any past
+        round's liars are slashable; only validators already removed are skipped.
+        By convention a subgroup without updates aggregates to the round's starting
+        global model, so its validators can reveal and are not slashed.
         """
         info = self.round_info(task_id, round_)
         accepted = self.accepted_aggregates(task_id, round_)
@@ -467,18 +477,12 @@ class Din:
         slashed |= {
             e["args"]["validator"] for e in self._logs("ValidatorPenalised", taskId=int(task_id))
         }
-        later = {
-            e["args"]["validator"]
-            for e in self._logs("AggregateCommitted", taskId=int(task_id))
-            if int(e["args"]["round"]) > int(round_)
-        }
-        later |= {e["args"]["validator"] for e in self._logs("ScoresCommitted", taskId=int(task_id))}
         addresses = self.validators(task_id)
         out = []
         for g, indices in enumerate(info.validator_groups):
             for i in indices:
                 who = addresses[i]
-                if who in slashed or who in later:  # removed, or its record of the round is gone
+                if who in slashed:
                     continue
                 if who not in revealed or (g in accepted and revealed[who] != accepted[g]):
                     out.append(who)
@@ -543,16 +547,20 @@ class Din:
 
     def settlement_inputs(
         self, task_id: int, group: int
-    ) -> tuple[list[int], list[str], list[list[int]]]:
-        """``(participant indices, validator addresses, vectors)`` that settle ``group``, from events."""
+    ) -> tuple[list[int], list[str], list[int]]:
+        """``(participant indices, validator addresses, scores)`` that settle ``group``, from events.
+
+        ``scores`` is the vector a strict majority of the subgroup's validators revealed, or
+        [] when none has one (then every participant of the subgroup scores 0).
+        """
         info = self.round_info(task_id, EVAL_ROUND)
         participants = info.participant_groups[group]
         validators = info.validator_groups[group]
         addresses = self.validators(task_id)
         revealed = self.scores_revealed(task_id)
         chosen = [addresses[i] for i in validators]
-        vectors = [revealed.get(a, []) for a in chosen]
-        return list(participants), chosen, vectors
+        winner, _ = settlement.majority([revealed.get(a) for a in chosen])
+        return list(participants), chosen, list(winner or [])
 
     def settle(self, account, task_id: int, groups: Iterable[int] | None = None) -> list[int]:
         """Settle the given subgroups (default: every unsettled one); the subgroups settled."""
@@ -560,32 +568,30 @@ class Din:
         done = {int(e["args"]["group"]) for e in self._logs("SubgroupSettled", taskId=int(task_id))}
         todo = [g for g in (range(info.groups) if groups is None else groups) if g not in done]
         for g in todo:
-            participants, validators, vectors = self.settlement_inputs(task_id, g)
+            participants, validators, scores = self.settlement_inputs(task_id, g)
             self._send(
                 account,
-                self.tasks.functions.settle(
-                    int(task_id), int(g), participants, validators, vectors
-                ),
+                self.tasks.functions.settle(int(task_id), int(g), participants, validators, scores),
             )
         return todo
 
-    def settled_medians(self, task_id: int, address: str) -> list[int]:
-        """The settled medians of the subgroup ``address`` was evaluated in ([] if none)."""
+    def settled_scores(self, task_id: int, address: str) -> list[int]:
+        """The accepted scores of the settled subgroup ``address`` was evaluated in ([] if none)."""
         parts = self.participants(task_id)
         if address not in parts:
             return []
         index = parts.index(address)
         for e in self._logs("SubgroupSettled", taskId=int(task_id)):
             if index in e["args"]["participants"]:
-                return [int(m) for m in e["args"]["medians"]]
+                return [int(m) for m in e["args"]["scores"]]
         return []
 
     def settlement_results(self, task_id: int) -> dict[str, int]:
-        """``{participant address: median score}`` of every settled subgroup."""
+        """``{participant address: accepted score}`` of every settled subgroup."""
         parts = self.participants(task_id)
         out = {}
         for e in self._logs("SubgroupSettled", taskId=int(task_id)):
-            for i, m in zip(e["args"]["participants"], e["args"]["medians"], strict=True):
+            for i, m in zip(e["args"]["participants"], e["args"]["scores"], strict=True):
                 out[parts[i]] = int(m)
         return out
 
@@ -594,13 +600,13 @@ class Din:
         from eth_utils import to_checksum_address
 
         address = to_checksum_address(address)
-        medians = self.settled_medians(task_id, address)
-        return int(self._call(self.tasks.functions.claimable(int(task_id), address, medians)))
+        scores = self.settled_scores(task_id, address)
+        return int(self._call(self.tasks.functions.claimable(int(task_id), address, scores)))
 
     def claim(self, account, task_id: int) -> int:
         """Pull what ``task_id`` owes ``account`` (and release its bond); the amount."""
-        medians = self.settled_medians(task_id, account.address)
-        receipt = self._send(account, self.tasks.functions.claim(int(task_id), medians))
+        scores = self.settled_scores(task_id, account.address)
+        receipt = self._send(account, self.tasks.functions.claim(int(task_id), scores))
         return sum(int(e["args"]["amount"]) for e in self._events(receipt, self.tasks, "Claimed"))
 
     def release(self, account, task_id: int, validator: str) -> None:
@@ -630,7 +636,6 @@ class Din:
             validators_per_subgroup=int(r["validatorsPerSubgroup"]),
             max_rounds=int(r["maxRounds"]),
             fee_bps=int(r["feeBps"]),
-            tolerance_bps=int(r["toleranceBps"]),
             slash_amount=int(r["slashAmount"]),
             max_samples=int(r["maxSamples"]),
             durations=dict(zip(DURATION_NAMES, (int(d) for d in r["durations"]), strict=True)),
@@ -660,9 +665,11 @@ class Din:
         return [c["name"] for c in abi["outputs"][0]["components"]]
 
     def participants(self, task_id: int) -> list[str]:
-        """Participant addresses by index."""
+        """Participant addresses by index (joins beyond the cap applied at round 1 sit out)."""
         logs = self._logs("ParticipantJoined", taskId=int(task_id))
-        return [e["args"]["participant"] for e in sorted(logs, key=lambda e: e["args"]["index"])]
+        capped = self._logs("ParticipantsCapped", taskId=int(task_id))
+        joined = [e["args"]["participant"] for e in sorted(logs, key=lambda e: e["args"]["index"])]
+        return joined[: int(capped[0]["args"]["participants"])] if capped else joined
 
     def participant_keys(self, task_id: int) -> dict[str, bytes]:
         return {
