@@ -54,9 +54,13 @@ class Recorder:
 def run(url: str | None, n_participants: int, n_validators: int) -> Recorder:
     from eth_account import Account
 
+    from din_cli.chain.assignment import per_group
     from din_cli.chain.client import connect
     from din_cli.chain.din import Din, deploy_all
-    from din_cli.chain.assignment import per_group
+    from din_cli.crypto.hpke import generate_keypair
+
+    def x25519_public():
+        return generate_keypair()[1]
 
     chain = connect(url)
     dev = chain.dev_account()
@@ -67,9 +71,9 @@ def run(url: str | None, n_participants: int, n_validators: int) -> Recorder:
     owner, parts, vals = people[0], people[1 : 1 + n_participants], people[1 + n_participants :]
     for a in people:
         chain.fund(a.address, 10**18)
-    din.mint(dev, owner.address, 10**24)
+    din.transfer(dev, owner.address, 10**24)
     for v in vals:
-        din.mint(dev, v.address, 10**21)
+        din.transfer(dev, v.address, 10**21)
     task = din.create_task(
         owner,
         genesis_cid=b"\x01\x55\x12\x20" + bytes(32),
@@ -82,7 +86,7 @@ def run(url: str | None, n_participants: int, n_validators: int) -> Recorder:
     for p in parts:
         din.join_task(p, task, os.urandom(32))
     for v in vals:
-        din.stake(v, 100 * 10**18, os.urandom(32))
+        din.stake(v, 100 * 10**18, x25519_public())
         din.register_validator_for_task(v, task)
     din.start_round(owner, task)
     for i, p in enumerate(parts):

@@ -52,9 +52,9 @@ class World:
         self.vals = [identity(f"v{i}") for i in range(validators)]
         for who in [self.owner, *self.parts, *self.vals]:
             self.chain.fund(who.address, UNIT)
-        din.mint(dev, self.owner.address, 10 * DEPOSIT)
+        din.transfer(dev, self.owner.address, 10 * DEPOSIT)
         for v in self.vals:
-            din.mint(dev, v.address, 2 * MIN_STAKE)
+            din.transfer(dev, v.address, 2 * MIN_STAKE)
         self.stores = split(
             "digits",
             tmp / "stores",

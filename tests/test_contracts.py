@@ -11,10 +11,10 @@ import os
 
 import pytest
 
-from din_cli.chain.din import Din, cid_digest, deploy_all
-from din_cli.errors import AlreadyDone, TransactionReverted
 from din_cli.chain import assignment
+from din_cli.chain.din import Din, cid_digest, deploy_all
 from din_cli.chain.settlement import settle_task, split_deposit
+from din_cli.errors import AlreadyDone, TransactionReverted
 
 UNIT = 10**18
 MIN_STAKE = 100 * UNIT
@@ -28,6 +28,7 @@ SHORT = {
     "test_set": 600,
     "score_commit": 600,
     "score_reveal": 600,
+    "settle": 600,
 }
 
 
@@ -66,9 +67,9 @@ class World:
         self.by_address = {a.address: a for a in [self.owner, *self.parts, *self.vals]}
         for a in self.by_address.values():
             chain.fund(a.address, UNIT)
-        self.din.mint(dev, self.owner.address, 10 * DEPOSIT)
+        self.din.transfer(dev, self.owner.address, 10 * DEPOSIT)
         for v in self.vals:
-            self.din.mint(dev, v.address, 2 * MIN_STAKE)
+            self.din.transfer(dev, v.address, 2 * MIN_STAKE)
         kw = {
             "subgroup_size": 2,
             "validators_per_subgroup": 2,
@@ -89,7 +90,7 @@ class World:
             self.din.join_task(p, self.task, os.urandom(32))
         for v in self.vals:
             if stake:
-                self.din.stake(v, MIN_STAKE, os.urandom(32))
+                self.din.stake(v, MIN_STAKE, x25519_public())
             self.din.register_validator_for_task(v, self.task)
 
     def start(self):
@@ -141,6 +142,13 @@ class World:
     def post_test_set(self):
         keys = {v.address: os.urandom(48) for v in self.vals}
         self.din.post_test_set(self.owner, self.task, cid("test-set"), keys)
+
+
+def x25519_public() -> bytes:
+    """A fresh, valid X25519 public key (the registry refuses low-order and non-canonical ones)."""
+    from din_cli.crypto import hpke
+
+    return hpke.generate_keypair()[1]
 
 
 def reverts(reason: str):
@@ -203,7 +211,7 @@ def test_whole_task_pays_exactly_the_deposit(deployed):
     assert test_cid == cid("test-set") and set(keys) == {v.address for v in world.vals}
 
     assigned = world.assigned(0)
-    vectors = {v: scores_for(world, v, g, offset=7 * i) for i, (v, g) in enumerate(assigned.items())}
+    vectors = {v: scores_for(world, v, g) for v, g in assigned.items()}  # honest validators agree exactly
     for v, s in vectors.items():
         din.commit_scores(v, task, s)
     for v, s in vectors.items():
@@ -220,19 +228,19 @@ def test_whole_task_pays_exactly_the_deposit(deployed):
         members = [parts[i] for i in rnd.participant_groups[g]]
         vs = [vals[i] for i in rnd.validator_groups[g]]
         groups.append((members, vs, [vectors[world.by_address[a]] for a in vs]))
-    ref = settle_task(DEPOSIT, 1000, groups, tolerance_bps=5000)
-    assert din.settlement_results(task) == ref.medians
+    ref = settle_task(DEPOSIT, 1000, groups)
+    assert din.settlement_results(task) == ref.scores
     paid = {}
     for a, acct in world.by_address.items():
         amount = din.claimable(task, a)
         if amount:
             assert din.claim(acct, task) == amount
             paid[a] = amount
-    pool, fees = split_deposit(DEPOSIT, 1000)
+    _, fees = split_deposit(DEPOSIT, 1000)
     assert sum(paid.values()) == DEPOSIT
     for p in parts:
         assert paid.get(p, 0) == ref.participants[p]
-    assert sum(paid.get(v, 0) for v in vals) == fees
+    assert [paid.get(v, 0) for v in vals] == [fees // len(vals)] * len(vals) == [ref.validators[v] for v in vals]
     for a, before in balances.items():
         after = din.balance(a)
         if a == world.owner.address:  # the deposit left before the snapshot
@@ -323,7 +331,7 @@ def test_wrong_phase_late_double_and_non_member_submissions(world):
     for q in world.parts[1:]:
         din.join_task(q, task, os.urandom(32))
     for v in world.vals:
-        din.stake(v, MIN_STAKE, os.urandom(32))
+        din.stake(v, MIN_STAKE, x25519_public())
         din.register_validator_for_task(v, task)
     with reverts("only the model owner starts before the join deadline"):
         din.start_round(p, task)
@@ -350,8 +358,8 @@ def test_under_staked_validator_cannot_register(world):
     with reverts("stake below minimum"):
         din.register_validator_for_task(v, task)
     with reverts("stake below minimum"):
-        din.stake(v, MIN_STAKE - 1, os.urandom(32))
-    din.stake(v, MIN_STAKE, os.urandom(32))
+        din.stake(v, MIN_STAKE - 1, x25519_public())
+    din.stake(v, MIN_STAKE, x25519_public())
     din.unstake(v)
     with reverts("stake below minimum"):  # unstaking validators are not active
         din.register_validator_for_task(v, task)
@@ -408,20 +416,22 @@ def test_roles_are_enforced(world):
         din.claim(world.parts[0], task)
 
 
-def test_scores_reveal_settle_and_claim_twice(world):
-    din, task = world.din, world.task
-    world.to_evaluation(rounds=2)
+def test_scores_reveal_settle_and_claim_twice(deployed):
+    """A lazy validator revealing a constant 5000 is a minority: slashed, no fee (old: tolerated)."""
+    w = World(*deployed, n_validators=6, validators_per_subgroup=3)
+    din, task = w.din, w.task
+    w.to_evaluation(rounds=2)
     with reverts("not in the score commit phase"):
-        din.commit_scores(world.vals[0], task, [1, 2])
-    world.post_test_set()
-    assigned = world.assigned(0)
-    items = list(assigned.items())
+        din.commit_scores(w.vals[0], task, [1, 2])
+    w.post_test_set()
+    items = list(w.assigned(0).items())
+    lazy = items[1][0]
     vectors = {}
-    for i, (v, g) in enumerate(items):
-        # one validator scores far off: with tolerance 5000 it is penalised only beyond 5000
-        vectors[v] = [10000] * len(scores_for(world, v, g)) if i == 1 else scores_for(world, v, g)
+    for v, g in items:
+        honest = scores_for(w, v, g)
+        vectors[v] = [5000] * len(honest) if v is lazy else honest
         din.commit_scores(v, task, vectors[v])
-    v0, g0 = items[0]
+    v0, _ = items[0]
     good = vectors[v0]
     with reverts("reveal does not match commitment"):
         din.reveal_scores(v0, task, [s + 1 for s in good])
@@ -432,40 +442,105 @@ def test_scores_reveal_settle_and_claim_twice(world):
         din.reveal_scores(v0, task, good)
     for v, _ in items[1:]:
         din.reveal_scores(v, task, vectors[v])
-    din.settle(world.dev, task)
+    # the lazy vector cannot be passed off as the subgroup's: it has no majority
+    g_lazy = items[1][1]
+    parts_g, vals_g, majority = din.settlement_inputs(task, g_lazy)
+    assert majority == scores_for(w, items[0][0], g_lazy)
+    with reverts("scores differ from the majority's vector"):
+        w.chain.send(w.dev, din.tasks.functions.settle(task, g_lazy, parts_g, vals_g, vectors[lazy]))
+    with reverts("scores differ from the majority's vector"):
+        w.chain.send(w.dev, din.tasks.functions.settle(task, g_lazy, parts_g, vals_g, []))
+    din.settle(w.dev, task)
     with reverts("not in the settlement phase"):
-        world.chain.send(world.dev, din.tasks.functions.settle(task, 0, [], [], []))
-    p = world.parts[0]
+        w.chain.send(w.dev, din.tasks.functions.settle(task, 0, [], [], []))
+    p = w.parts[0]
     assert din.claim(p, task) > 0
     with reverts("already claimed"):
         din.claim(p, task)
-    stranger = world.dev
     with reverts("nothing to claim"):
-        din.claim(stranger, task)
-    total = sum(din.claim(a, task) for a in world.by_address.values() if din.claimable(task, a.address))
+        din.claim(w.dev, task)
+    for a in w.by_address.values():
+        if din.claimable(task, a.address):
+            din.claim(a, task)
     paid: dict[str, int] = {}
     for e in din.events(task, "Claimed"):
         paid[e["args"]["account"]] = paid.get(e["args"]["account"], 0) + e["args"]["amount"]
-    assert sum(paid.values()) == DEPOSIT and total > 0
-    # the far-off validator is penalised (slashed, no fee); payouts equal the Python reference
+    assert sum(paid.values()) == DEPOSIT
     rnd = din.round_info(task, 0)
     parts, vals = din.participants(task), din.validators(task)
     groups = [
         (
             [parts[i] for i in rnd.participant_groups[g]],
             [vals[i] for i in rnd.validator_groups[g]],
-            [vectors[world.by_address[vals[i]]] for i in rnd.validator_groups[g]],
+            [vectors[w.by_address[vals[i]]] for i in rnd.validator_groups[g]],
         )
         for g in range(rnd.groups)
     ]
-    ref = settle_task(DEPOSIT, 1000, groups, tolerance_bps=5000)
-    far = items[1][0].address
-    assert far in ref.penalised
-    assert [e["args"]["validator"] for e in din.events(task, "ValidatorPenalised")] == [far]
-    assert din.validator_info(far).stake == MIN_STAKE - MIN_STAKE // 10
+    ref = settle_task(DEPOSIT, 1000, groups)
+    assert ref.penalised == {lazy.address}
+    assert [e["args"]["validator"] for e in din.events(task, "ValidatorPenalised")] == [lazy.address]
+    assert din.validator_info(lazy.address).stake == MIN_STAKE - MIN_STAKE // 10
+    assert paid.get(lazy.address, 0) == 0
     for who, amount in {**ref.participants, **ref.validators}.items():
         assert paid.get(who, 0) == amount, who
-    assert paid.get(world.owner.address, 0) == ref.owner
+    assert paid.get(w.owner.address, 0) == ref.owner == 0
+
+
+def score_round(w, choose):
+    """Commit and reveal score vectors: ``choose(validator, group, honest)`` gives one or None."""
+    chosen = {}
+    for v, g in w.assigned(0).items():
+        vec = choose(v, g, scores_for(w, v, g))
+        if vec is not None:
+            chosen[v] = vec
+            w.din.commit_scores(v, w.task, vec)
+    if w.info().phase == "score-commit":  # someone stayed silent: let the phase run out
+        w.chain.advance_time(601)
+        w.din.advance(w.dev, w.task)
+    for v, vec in chosen.items():
+        w.din.reveal_scores(v, w.task, vec)
+    return chosen
+
+
+def test_copied_vector_and_no_majority_split(deployed):
+    """4 validators per subgroup. Group A: one copies another subgroup's honest vector (slashed).
+    Group B: a 2-of-4 split (two honest, two colluders) has no strict majority: everyone there
+    scores 0, nobody is slashed (all revealed), nobody earns a fee; a silent one would be slashed."""
+    w = World(*deployed, n_participants=4, n_validators=8, validators_per_subgroup=4, max_rounds=1)
+    din, task = w.din, w.task
+    w.to_evaluation(rounds=1)
+    w.post_test_set()
+    assigned = w.assigned(0)
+    by_group = {}
+    for v, g in assigned.items():
+        by_group.setdefault(g, []).append(v)
+    ga, gb = sorted(by_group)
+    copier = by_group[ga][0]
+    colluders = by_group[gb][:2]
+    copied = [10000 - s for s in scores_for(w, None, gb)]  # what the colluders of B reveal
+
+    def choose(v, g, honest):
+        if v is copier:
+            return copied  # same length, another subgroup's vector
+        if v in colluders:
+            return [10000 - s for s in honest]
+        return honest
+
+    score_round(w, choose)
+    assert w.info().phase == "settling"
+    din.settle(w.dev, task)
+    penalised = {e["args"]["validator"] for e in din.events(task, "ValidatorPenalised")}
+    assert penalised == {copier.address}
+    results = din.settlement_results(task)
+    rnd = din.round_info(task, 0)
+    parts = din.participants(task)
+    assert all(results[parts[i]] == 0 for i in rnd.participant_groups[gb])
+    assert [results[parts[i]] for i in rnd.participant_groups[ga]] == scores_for(w, None, ga)
+    for v in by_group[gb]:
+        assert din.claimable(task, v.address) == 0  # no fee without a majority
+    fee = DEPOSIT * 1000 // 10000 // 3
+    for v in by_group[ga]:
+        assert din.claimable(task, v.address) == (0 if v is copier else fee)
 
 
 def test_abandoned_task_refunds_contributors(world):
@@ -505,6 +580,17 @@ def test_task_without_participants_refunds_the_owner(world):
     assert din.balance(world.owner.address) == before + DEPOSIT
     with reverts("already claimed"):
         din.claim(world.owner, task)
+
+
+def test_max_samples_is_fixed_at_creation(deployed):
+    """The per-participant weight cap is a task parameter the owner cannot leave out or change."""
+    chain, dev, dep = deployed
+    w = World(chain, dev, dep, max_samples=1234)
+    assert w.info().max_samples == 1234
+    assert w.info().as_dict()["max_samples"] == 1234
+    assert World(chain, dev, dep).info().max_samples == 2**16
+    with reverts("max samples must be positive"):
+        World(chain, dev, dep, max_samples=0)
 
 
 def test_round_seed_fixes_an_assignment_the_contract_accepts(world):
@@ -553,8 +639,9 @@ def test_gas_budgets_hold_for_every_call(deployed):
     assert max(used["commitAggregate"]) + max(used["revealAggregate"]) <= 120_000
 
 
-def test_evaluation_nobody_reveals_refunds_the_owner_and_slashes(world):
-    """No validator scores: every median is 0, they are all penalised, the deposit goes back."""
+def test_evaluation_nobody_reveals_pays_the_contributors_and_slashes(world):
+    """No validator scores: every score is 0 and they are all slashed. Old: the owner got the whole
+    deposit back (its own silent validators were a cheap way to take it). New: the contributors."""
     din, task = world.din, world.task
     world.to_evaluation(rounds=2)
     world.post_test_set()
@@ -566,6 +653,306 @@ def test_evaluation_nobody_reveals_refunds_the_owner_and_slashes(world):
     assigned = world.assigned(0)
     penalised = {e["args"]["validator"] for e in din.events(task, "ValidatorPenalised")}
     assert penalised == {v.address for v in assigned}
-    for p in world.parts:
-        assert din.claimable(task, p.address) == 0
-    assert din.claim(world.owner, task) == DEPOSIT
+    with reverts("nothing to claim"):
+        din.claim(world.owner, task)
+    paid = [din.claim(p, task) for p in world.parts]
+    assert sum(paid) == DEPOSIT and max(paid) - min(paid) <= 1
+
+
+# ---------------------------------------------------------------- attacks: admin powers (issue 10, item 8)
+
+
+def test_nobody_can_mint_or_name_a_slasher_after_deployment(deployed):
+    """Old: the token owner minted at will and the registry owner added slashers. New: neither exists."""
+    chain, dev, dep = deployed
+    from eth_account import Account
+
+    din = Din(chain, dep)
+    attacker = Account.create()
+    chain.fund(attacker.address, UNIT)
+    token_fns = {f.get("name") for f in din.token.abi}
+    registry_fns = {f.get("name") for f in din.registry.abi}
+    assert not token_fns & {"mint", "owner", "transferOwnership"}
+    assert not registry_fns & {"setSlasher", "owner", "transferOwnership"}
+    # the old selectors are gone from the bytecode too: calling them reverts for the deployer
+    old = chain.w3.eth.contract(
+        address=dep["DinToken"],
+        abi=[{"type": "function", "name": "mint", "stateMutability": "nonpayable", "outputs": [],
+              "inputs": [{"name": "to", "type": "address"}, {"name": "amount", "type": "uint256"}]}],
+    )
+    supply = chain.call(din.token.functions.totalSupply())
+    with pytest.raises(TransactionReverted):
+        chain.send(dev, old.functions.mint(dev.address, 10**30))
+    assert chain.call(din.token.functions.totalSupply()) == supply
+    # the task manager was named once at deployment; nobody can name another one
+    assert chain.call(din.registry.functions.tasks()) == dep["DinTasks"]
+    with reverts("only the deployer initializes"):
+        chain.send(attacker, din.registry.functions.initialize(attacker.address))
+    with reverts("already initialized"):
+        chain.send(dev, din.registry.functions.initialize(dev.address))
+    # only the task manager may slash, bond or unbond
+    victim = Account.create()
+    chain.fund(victim.address, UNIT)
+    din.transfer(dev, victim.address, MIN_STAKE)
+    din.stake(victim, MIN_STAKE, x25519_public())
+    for who in (dev, attacker):
+        with reverts("caller is not the task manager"):
+            chain.send(who, din.registry.functions.slash(victim.address, MIN_STAKE))
+        with reverts("caller is not the task manager"):
+            chain.send(who, din.registry.functions.bond(victim.address, MIN_STAKE))
+        with reverts("caller is not the task manager"):
+            chain.send(who, din.registry.functions.unbond(victim.address, 0))
+    assert din.validator_info(victim.address).stake == MIN_STAKE
+
+
+# ---------------------------------------------------------------- attacks: bonded stake (issue 10, item 4)
+
+
+def test_stake_serving_a_task_cannot_be_withdrawn_until_it_ends(deployed):
+    """Old: a validator unstaked and withdrew mid-task, so a later slash burnt 0. New: its bond holds."""
+    chain, dev, dep = deployed
+    w = World(chain, dev, dep)
+    din, task = w.din, w.task
+    w.start()
+    escaper = w.vals[0]
+    assert din.validator_info(escaper.address).bonded == MIN_STAKE // 10
+    assert din.bonded(task, escaper.address)
+    w.train(1)
+    assigned = w.assigned(1)
+    din.unstake(escaper)
+    chain.advance_time(3601)  # past the unstake delay; nobody aggregated round 1
+    din.advance(dev, task)
+    with reverts("stake is bonded to a task in progress"):
+        din.withdraw(escaper)
+    with reverts("task is not settled"):
+        din.release(dev, task, escaper.address)
+    # it did not aggregate in round 1: slashable, and the slash burns its bond
+    if escaper in assigned:
+        assert din.slash_aggregator(dev, task, 1, escaper.address) == MIN_STAKE // 10
+        info = din.validator_info(escaper.address)
+        assert (info.stake, info.bonded) == (MIN_STAKE - MIN_STAKE // 10, 0)
+    else:  # not assigned: nothing to slash; the bond stays until the task ends
+        assert din.validator_info(escaper.address).bonded == MIN_STAKE // 10
+
+
+def test_bond_is_released_when_the_task_ends_and_then_withdraw_works(world):
+    din, task, dev = world.din, world.task, world.dev
+    v = world.vals[0]
+    for q in world.vals:
+        din.stake(q, MIN_STAKE, x25519_public())
+        din.register_validator_for_task(q, task)
+    din.unstake(v)
+    world.chain.advance_time(3601)  # the join deadline passes with no participant: abandoned
+    din.advance(dev, task)
+    assert world.info().phase == "abandoned"
+    with reverts("stake is bonded to a task in progress"):
+        din.withdraw(v)
+    din.release(dev, task, v.address)  # anyone may release an ended task's bond
+    with reverts("no bond to release"):
+        din.release(dev, task, v.address)
+    assert din.validator_info(v.address).bonded == 0
+    assert din.withdraw(v) == MIN_STAKE
+    # claim releases the bond too, even with nothing to pay
+    other = world.vals[1]
+    assert din.claim(other, task) == 0
+    assert din.validator_info(other.address).bonded == 0
+    with reverts("nothing to claim"):
+        din.claim(other, task)
+
+
+def test_one_stake_cannot_back_more_tasks_than_it_covers(deployed):
+    """Old: isActive was the only check, so one minimum stake backed any number of tasks."""
+    chain, dev, dep = deployed
+    a = World(chain, dev, dep, slash_amount=MIN_STAKE // 2)
+    b = World(chain, dev, dep, slash_amount=MIN_STAKE // 2)
+    c = World(chain, dev, dep, slash_amount=1)
+    v = a.vals[0]
+    a.din.stake(v, MIN_STAKE, x25519_public())
+    a.din.register_validator_for_task(v, a.task)
+    b.din.register_validator_for_task(v, b.task)
+    assert a.din.validator_info(v.address).bonded == MIN_STAKE
+    with reverts("free stake below the task's slash amount"):
+        c.din.register_validator_for_task(v, c.task)
+    a.din.stake(v, 1, x25519_public())  # one more unit of stake covers the third
+    c.din.register_validator_for_task(v, c.task)
+
+
+P25519 = 2**255 - 19
+LOW_ORDER = [
+    0,
+    1,
+    325606250916557431795983626356110631294008115727848805560023387167927233504,
+    39382357235489614581723060781553021112529911719440698176882885853963445705823,
+    P25519 - 1,
+]
+
+
+def test_registry_refuses_low_order_and_non_canonical_hpke_keys(world):
+    """Old: any non-zero 32 bytes; a low-order key makes every wrap to it a known secret.
+
+    Every refused key is one X25519 itself rejects (all-zero shared secret) or a
+    non-canonical encoding (>= p, or the top bit set) of some other point.
+    """
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+    din, v = world.din, world.vals[0]
+    bad = [u.to_bytes(32, "little") for u in LOW_ORDER]
+    bad += [(u + P25519).to_bytes(32, "little") for u in LOW_ORDER if u + P25519 < 2**256]
+    bad += [bytes(31) + b"\x80", b"\xff" * 32]
+    for key in bad:
+        with reverts("HPKE public key is empty, low-order or not canonical"):
+            din.stake(v, MIN_STAKE, key)
+        assert not world.chain.call(din.registry.functions.validKey(key))
+    for u in LOW_ORDER:  # the contract's list is exactly the points X25519 refuses
+        with pytest.raises(ValueError):
+            X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(u.to_bytes(32, "little")))
+    good = x25519_public()
+    assert world.chain.call(din.registry.functions.validKey(good))
+    din.stake(v, MIN_STAKE, good)
+    assert din.validator_info(v.address).hpke_key == good
+
+
+# ---------------------------------------------------------------- attacks: every lie punishable (issue 10, item 3)
+
+
+def honest_scores(w):
+    score_round(w, lambda v, g, honest: honest)
+
+
+def test_lie_in_a_past_round_is_slashable_until_settlement_and_forfeits_the_fee(deployed):
+    """Old: committing again in the next round erased the record, so a round-1 liar escaped and
+    kept its fee. New: per-round records; slashable during SETTLING even after its subgroup settled."""
+    w = World(*deployed, n_participants=4, n_validators=6, validators_per_subgroup=3, max_rounds=2)
+    din, task, dev = w.din, w.task, w.dev
+    w.start()
+    w.train(1)
+    liar = next(iter(w.assigned(1)))
+    w.aggregate(1, liar=liar)  # 2 of 3 honest: the honest CID is accepted, the liar is a minority
+    w.globalise(1)
+    w.train(2)
+    w.aggregate(2)  # the liar commits again (old: "too late to slash for that round")
+    w.globalise(2)
+    w.post_test_set()
+    honest_scores(w)
+    assert w.info().phase == "settling"
+    assert din.slashable_aggregators(task, 1) == [liar.address]
+    liar_group = w.assigned(0)[liar]
+    din.settle(dev, task, [liar_group])  # its evaluation subgroup settles first: it earned a fee
+    assert w.info().good_validators == 3
+    assert din.slash_aggregator(dev, task, 1, liar.address) == MIN_STAKE // 10
+    assert w.info().good_validators == 2  # the fee is forfeited
+    din.settle(dev, task)
+    assert w.info().phase == "settled"
+    with reverts("task has ended: too late to slash"):
+        din.slash_aggregator(dev, task, 2, w.vals[1].address)
+    with reverts("nothing to claim"):  # no fee, and no bond left: the slash burnt it
+        din.claim(liar, task)
+    assert din.validator_info(liar.address).bonded == 0
+    paid = {liar.address: 0}
+    for a in w.by_address.values():
+        if din.claimable(task, a.address):
+            paid[a.address] = din.claim(a, task)
+    assert sum(paid.values()) == DEPOSIT
+    fee = DEPOSIT * 1000 // 10000 // 5
+    assert sorted(paid[v.address] for v in w.vals) == [0] + [fee] * 5
+
+
+def test_rewards_settle_slashes_liars_of_every_round(tmp_path, deployed):
+    """`din rewards settle` (protocol.rewards.settle) slashes round-1 liars and non-revealers."""
+    from din_cli.protocol import rewards
+
+    class Ctx:  # the slice of the protocol context settle uses
+        def __init__(self, w):
+            self.din, self.chain, self.account, self.address = w.din, w.chain, w.dev, w.dev.address
+
+    w = World(*deployed, n_participants=4, n_validators=6, validators_per_subgroup=3, max_rounds=2)
+    din, task = w.din, w.task
+    w.start()
+    w.train(1)
+    liar = next(iter(w.assigned(1)))
+    w.aggregate(1, liar=liar)
+    w.globalise(1)
+    w.train(2)
+    assigned = w.assigned(2)
+    silent = next(v for v in assigned if v is not liar)
+    for v, g in assigned.items():
+        if v is not silent:
+            din.commit_aggregate(v, task, cid(f"agg-2-{g}"))
+    w.chain.advance_time(601)  # the silent one never commits: the commit phase runs out
+    din.advance(w.dev, task)
+    for v, g in assigned.items():
+        if v is not silent:
+            din.reveal_aggregate(v, task, cid(f"agg-2-{g}"))
+    model = cid("global-2")
+    din.post_global_model(w.owner, task, model)
+    for v in assigned:
+        if v is not silent:
+            try:
+                din.attest_global(v, task, model)
+            except AlreadyDone:
+                pass
+    w.post_test_set()
+    score_round(w, lambda v, g, honest: None if v is silent else honest)
+    out = rewards.settle(Ctx(w), task)
+    assert {(s["validator"], s["round"]) for s in out["slashed"]} == {(liar.address, 1), (silent.address, 2)}
+    assert w.info().phase == "settled"
+
+
+def test_settling_has_a_deadline_and_unsettled_subgroups_score_zero(deployed):
+    """Old: SETTLING had no deadline, so a subgroup nobody settled locked the deposit forever."""
+    w = World(*deployed, max_rounds=1)
+    din, task, dev = w.din, w.task, w.dev
+    w.to_evaluation(rounds=1)
+    w.post_test_set()
+    honest_scores(w)
+    info = w.info()
+    assert info.phase == "settling" and info.deadline < 2**64 - 1
+    din.settle(dev, task, [0])
+    w.chain.advance_time(601)
+    din.advance(dev, task)
+    assert w.info().phase == "settled"
+    rnd = din.round_info(task, 0)
+    parts = din.participants(task)
+    unsettled = {parts[i] for i in rnd.participant_groups[1]}
+    paid = {}
+    for a in w.by_address.values():
+        if din.claimable(task, a.address):
+            paid[a.address] = din.claim(a, task)
+    assert sum(paid.values()) == DEPOSIT
+    assert not unsettled & set(paid)
+    assert all(paid.get(parts[i], 0) > 0 for i in rnd.participant_groups[0])
+
+
+# ---------------------------------------------------------------- attacks: liveness (issue 10, item 8)
+
+
+def test_sybil_joins_beyond_what_validators_cover_sit_out_instead_of_abandoning(deployed):
+    """Old: joining Sybils until subgroups outnumbered validators abandoned the task at start."""
+    chain, dev, dep = deployed
+    w = World(chain, dev, dep, n_participants=7, n_validators=2, subgroup_size=2, validators_per_subgroup=1)
+    din, task = w.din, w.task
+    for p in w.parts:
+        din.join_task(p, task, os.urandom(32))
+    for v in w.vals:
+        din.stake(v, MIN_STAKE, x25519_public())
+        din.register_validator_for_task(v, task)
+    chain.advance_time(601)  # the join deadline passes: anyone's call starts the task
+    din.advance(dev, task)
+    info = w.info()
+    assert (info.phase, info.participants, info.groups, info.per_group) == ("training", 4, 2, 1)
+    assert din.participants(task) == [p.address for p in w.parts[:4]]
+    for late in w.parts[4:]:
+        with reverts("not a participant of this task"):
+            din.submit_update(late, task, cid("sybil"))
+    for p in w.parts[:4]:
+        din.submit_update(p, task, cid(p.address))
+    assert w.info().phase == "aggregation-commit"
+
+
+def test_subgroup_sizes_are_capped_at_creation(deployed):
+    chain, dev, dep = deployed
+    with reverts("at most 256 participants per subgroup"):
+        World(chain, dev, dep, subgroup_size=257)
+    with reverts("at most 64 validators per subgroup"):
+        World(chain, dev, dep, validators_per_subgroup=65)
+    assert World(chain, dev, dep, subgroup_size=256, validators_per_subgroup=64).info().subgroup_size == 256

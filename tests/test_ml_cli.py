@@ -134,27 +134,57 @@ def test_bad_inputs(tmp_path, stores, genesis, din):
     _assert_failed(din("evaluate", "--model", other, "--data", p1), 1, "expects 30")
 
 
-def test_bad_updates_in_aggregate(tmp_path, stores, genesis, din):
+def test_bad_updates_in_aggregate_are_left_out_not_fatal(tmp_path, stores, genesis, din):
     (p1, p2, _), _ = stores
     assert din("train", "-q", "--model", genesis, "--data", p1, "-o", "u1.safetensors").exit_code == 0
+    assert din("train", "-q", "--model", genesis, "--data", p2, "-o", "u2.safetensors").exit_code == 0
     other = tmp_path / "other.safetensors"
     models.init_model("mlp:64-16-10", other)
     h = tensorfile.read_header(other)
     w = tensorfile.load_arrays(h)
     tensorfile.write(other, w, {**h.metadata, "din.samples": "5", "din.kind": "update"})
-    out = tmp_path / "agg.safetensors"
-    _assert_failed(din("aggregate", "u1.safetensors", other, "-o", out), 1, "differs", out)
     h = tensorfile.read_header(tmp_path / "u1.safetensors")
     w = tensorfile.load_arrays(h)
     w["layers.0.weight"][0, 0] = np.nan
     tensorfile.write(tmp_path / "nan.safetensors", w, h.metadata)
-    _assert_failed(din("aggregate", "u1.safetensors", "nan.safetensors", "-o", out), 1, "contains NaN", out)
-    _assert_failed(din("aggregate", "u1.safetensors", "nan.safetensors", "-o", "-"), 1, "contains NaN")
     w["layers.0.weight"][0, 0] = np.inf
     tensorfile.write(tmp_path / "inf.safetensors", w, h.metadata)
-    _assert_failed(din("aggregate", "inf.safetensors", "u1.safetensors", "-o", out), 1, "contains Inf", out)
+    assert din("aggregate", "u1.safetensors", "u2.safetensors", "-o", "clean.safetensors").exit_code == 0
+    code, out, err = _triple(din("aggregate", "u1.safetensors", "nan.safetensors", other, "inf.safetensors", "u2.safetensors", "-o", "agg.safetensors"))
+    assert code == 0 and out == "agg.safetensors\n", err
+    assert "excluded nan.safetensors: non-finite: tensor 'layers.0.weight' holds NaN" in err
+    assert f"excluded {other}: architecture" in err and "excluded inf.safetensors: non-finite" in err
+    got = models.read_model(tmp_path / "agg.safetensors")
+    clean = models.read_model(tmp_path / "clean.safetensors")
+    assert all(np.array_equal(got.weights[k], clean.weights[k]) for k in clean.weights)
+    assert [(e["index"], e["reason"]) for e in json.loads(got.header.metadata["din.excluded"])] == [(1, "non-finite"), (2, "architecture"), (3, "non-finite")]
+    # every input excluded: nothing to aggregate, nothing written (with --base: the base itself)
+    out = tmp_path / "none.safetensors"
+    _assert_failed(din("aggregate", "nan.safetensors", "inf.safetensors", "-o", out), 1, "nothing to aggregate", out)
+    _assert_failed(din("aggregate", "nan.safetensors", "-o", "-"), 1, "non-finite")
+    code, out, err = _triple(din("aggregate", "--base", genesis, "nan.safetensors", genesis, "-o", "same.safetensors"))
+    assert code == 0 and (tmp_path / "same.safetensors").read_bytes() == genesis.read_bytes(), err
+    assert "unchanged" in err
     _assert_failed(din("evaluate", "--model", "inf.safetensors", "--data", p1), 1, "contains Inf")
-    _assert_failed(din("aggregate", "-o", out, input=b""), 2, "no inputs", out)
+    _assert_failed(din("aggregate", "-o", tmp_path / "x", input=b""), 2, "no inputs", tmp_path / "x")
+    code, _, err = _triple(din("aggregate", "--task", "1", "--commit", "--max-samples", "5"))
+    assert code == 2 and "drop --base and --max-samples" in err
+
+
+def test_aggregate_max_samples_caps_each_weight(tmp_path, stores, genesis, din):
+    (p1, p2, _), _ = stores
+    for k, p in enumerate((p1, p2)):
+        assert din("train", "-q", "--model", genesis, "--data", p, "-o", f"u{k}.safetensors").exit_code == 0
+    h = tensorfile.read_header(tmp_path / "u0.safetensors")
+    tensorfile.write(tmp_path / "liar.safetensors", tensorfile.load_arrays(h), {**h.metadata, "din.samples": str(2**31)})
+    assert din("aggregate", "--max-samples", "50", "liar.safetensors", "u1.safetensors", "-o", "a.safetensors").exit_code == 0
+    assert din("aggregate", "--max-samples", "50", "u0.safetensors", "u1.safetensors", "-o", "b.safetensors").exit_code == 0
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+    assert tensorfile.read_header(tmp_path / "a.safetensors").samples == 100
+
+
+def _triple(r):
+    return r.exit_code, r.stdout, r.stderr
 
 
 def _has_cuda():
@@ -180,3 +210,100 @@ def test_cid_inputs_come_from_the_content_store(tmp_path, stores, genesis, din):
     assert r.exit_code == 0, r.stderr
     missing = "bafkreie5cvv4h45feadgeuwhbcutmh6t2ceseocckahdoe6uat64zmz454"
     _assert_failed(din("model", "info", missing), 4, missing)
+
+
+# --- evaluation is exact: the same integers on any machine, thread count and batch size ---
+
+
+def _reference_logits(mf, x):
+    """The published order in plain Python floats: bias, then + x_k * w_k for k = 0, 1, ... (convs: c, dy, dx)."""
+    w = {k: v.astype(np.float64).tolist() for k, v in mf.weights.items()}
+
+    def linear(h, W, b):
+        out = []
+        for j in range(len(W)):
+            acc = b[j]
+            for k in range(len(h)):
+                acc = acc + h[k] * W[j][k]
+            out.append(acc)
+        return out
+
+    def relu(h):
+        return [v if v > 0 else 0.0 for v in h]
+
+    rows = []
+    for row in np.asarray(x, dtype=np.float64).tolist():
+        if mf.arch.startswith("cnn"):
+            c, hh, ww = (int(d) for d in mf.arch.split(":")[1].split("-")[0].split("x"))
+            img = [[row[(ci * hh + y) * ww : (ci * hh + y) * ww + ww] for y in range(hh)] for ci in range(c)]
+            for name in ("layers.1", "layers.4"):
+                W, b = w[f"{name}.weight"], w[f"{name}.bias"]
+                chans, hh, ww = len(img), len(img[0]), len(img[0][0])
+                pad = [[[0.0] * (ww + 2)] + [[0.0, *r, 0.0] for r in ch] + [[0.0] * (ww + 2)] for ch in img]
+                conv = []
+                for o in range(len(W)):
+                    plane = []
+                    for y in range(hh):
+                        line = []
+                        for xx in range(ww):
+                            acc = b[o]
+                            for ci in range(chans):
+                                for dy in range(3):
+                                    for dx in range(3):
+                                        acc = acc + W[o][ci][dy][dx] * pad[ci][y + dy][xx + dx]
+                            line.append(acc if acc > 0 else 0.0)
+                        plane.append(line)
+                    conv.append(plane)
+                img = [[[max(p[2 * y][2 * xx], p[2 * y][2 * xx + 1], p[2 * y + 1][2 * xx], p[2 * y + 1][2 * xx + 1]) for xx in range(ww // 2)] for y in range(hh // 2)] for p in conv]
+            rows.append(linear([v for ch in img for r in ch for v in r], w["layers.8.weight"], w["layers.8.bias"]))
+        else:
+            h = row
+            n = len(w) // 2
+            for i in range(n):
+                h = linear(h, w[f"layers.{2 * i}.weight"], w[f"layers.{2 * i}.bias"])
+                h = relu(h) if i < n - 1 else h
+            rows.append(h)
+    return np.array(rows, dtype=np.float64)
+
+
+@pytest.mark.parametrize("arch", ["logreg:64-10", "mlp:64-24-16-10", "cnn:1x8x8-10"])
+def test_logits_are_the_published_order_bit_for_bit(tmp_path, stores, arch):
+    _, test = stores
+    models.init_model(arch, tmp_path / "m.safetensors", seed=4)
+    mf = models.read_model(tmp_path / "m.safetensors")
+    x = data.load_store(test).x[:6]
+    got = evaluate.logits(mf, x)
+    assert got.tobytes() == _reference_logits(mf, x).tobytes()
+
+
+def test_scores_do_not_depend_on_threads_or_batch_size(tmp_path, stores, genesis, din):
+    import torch
+
+    (p1, _, _), test = stores
+    assert din("train", "-q", "--model", genesis, "--data", p1, "--epochs", "2", "-o", "u.safetensors").exit_code == 0
+    mf = models.read_model(tmp_path / "u.safetensors")
+    ds = data.load_store(test)
+    before = torch.get_num_threads()
+    seen = set()
+    try:
+        for threads, batch in ((1, 4096), (2, 4096), (2, 1), (1, 33)):
+            torch.set_num_threads(threads)
+            z = evaluate.logits(mf, ds.x, batch=batch)
+            scores = tuple(evaluate.score(m, z, ds.y).score_bps for m in evaluate.METRICS)
+            seen.add((z.tobytes(), scores))
+    finally:
+        torch.set_num_threads(before)
+    assert len(seen) == 1
+    (_, (acc, f1, loss)), = seen
+    assert 0 < loss < acc <= 10000 and 0 < f1 <= 10000
+    # and it is what the command prints
+    assert din("evaluate", "--model", "u.safetensors", "--data", test).stdout.strip() == str(acc)
+
+
+def test_loss_score_rounds_exactly_in_decimal():
+    z = np.array([[0.0, 0.0], [0.0, 0.0]])  # loss ln 2: exp(-L) = 0.5 exactly -> 5000
+    s = evaluate.score("loss", z, np.array([0, 1]))
+    assert s.score_bps == 5000 and abs(s.value - np.log(2)) < 1e-15
+    z = np.array([[np.log(3.0), 0.0, 0.0]])  # p = 3/5 -> 6000
+    assert evaluate.score("loss", z, np.array([0])).score_bps == 6000
+    assert evaluate.score("loss", np.array([[np.inf, 0.0]]), np.array([1])).score_bps == 0

@@ -68,7 +68,7 @@ def test_one_round_settles_pays_the_deposit_exactly_and_verifies(world):
         rewards.settle(w.ctx(w.owner), w.task)
     shown = rewards.show(w.ctx(), w.task)
     assert shown["fully_paid"] and shown["balanced"]
-    assert all(p["median"] and p["median"] > 2000 for p in shown["participants"]), shown[
+    assert all(p["score"] and p["score"] > 2000 for p in shown["participants"]), shown[
         "participants"
     ]
     checks = verify.verify(w.ctx(), w.task)

@@ -22,8 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from din_cli.errors import AlreadyDone, InputError, NotFoundError, UsageError
 from din_cli.chain import assignment, settlement
+from din_cli.errors import AlreadyDone, InputError, NotFoundError, UsageError
 
 TOKEN = "DinToken"
 REGISTRY = "ValidatorRegistry"
@@ -54,6 +54,7 @@ DURATION_NAMES = (
     "test_set",
     "score_commit",
     "score_reveal",
+    "settle",
 )
 DEFAULT_DURATIONS = {
     "join": 3600,
@@ -64,8 +65,11 @@ DEFAULT_DURATIONS = {
     "test_set": 3600,
     "score_commit": 1800,
     "score_reveal": 1800,
+    "settle": 3600,
 }
 EVAL_ROUND = 0
+#: Default per-participant sample cap (FedAvg weight) of a task.
+DEFAULT_MAX_SAMPLES = 2**16
 TOKEN_UNIT = 10**18
 
 
@@ -90,7 +94,7 @@ def deploy_all(
     registry = chain.deploy(deployer, REGISTRY, token, int(min_stake), int(unstake_delay))
     tasks = chain.deploy(deployer, TASKS, registry)
     reg = chain.contract(REGISTRY, registry)
-    chain.send(deployer, reg.functions.setSlasher(tasks, True))
+    chain.send(deployer, reg.functions.initialize(tasks))  # once; nobody can change it after
     return {
         "chain_id": chain.chain_id,
         "deployer": deployer.address,
@@ -113,6 +117,7 @@ class ValidatorInfo:
     unlock_at: int  # 0 while staked
     hpke_key: bytes
     active: bool
+    bonded: int = 0  # stake bonded to tasks not yet settled or abandoned (withdraw needs 0)
 
 
 @dataclass(frozen=True)
@@ -125,8 +130,8 @@ class TaskInfo:
     validators_per_subgroup: int
     max_rounds: int
     fee_bps: int
-    tolerance_bps: int
     slash_amount: int
+    max_samples: int  # cap on one participant's FedAvg weight (samples)
     durations: dict
     phase: str
     round: int
@@ -219,6 +224,17 @@ def new_salt() -> bytes:
     return os.urandom(32)
 
 
+def file_sha256(path) -> bytes:
+    """sha256 of a file's bytes: what a task commits to as its test set (``test_set_hash``)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
+
+
 def _word(n: int) -> bytes:
     return int(n).to_bytes(32, "big")
 
@@ -295,10 +311,6 @@ class Din:
         """DIN token balance of ``address`` (smallest unit)."""
         return int(self._call(self.token.functions.balanceOf(address)))
 
-    def mint(self, account, to: str, amount: int) -> None:
-        """Mint ``amount`` DIN to ``to`` (the deployer only)."""
-        self._send(account, self.token.functions.mint(to, int(amount)))
-
     def transfer(self, account, to: str, amount: int) -> None:
         self._send(account, self.token.functions.transfer(to, int(amount)))
 
@@ -322,9 +334,11 @@ class Din:
         return int(self._events(receipt, self.registry, "Withdrawn")[0]["args"]["amount"])
 
     def validator_info(self, address: str) -> ValidatorInfo:
-        stake, unlock_at, key = self._call(self.registry.functions.validators(address))
+        stake, unlock_at, bonded, key = self._call(self.registry.functions.validators(address))
         active = self._call(self.registry.functions.isActive(address))
-        return ValidatorInfo(address, int(stake), int(unlock_at), bytes(key), bool(active))
+        return ValidatorInfo(
+            address, int(stake), int(unlock_at), bytes(key), bool(active), int(bonded)
+        )
 
     def min_stake(self) -> int:
         return int(self._call(self.registry.functions.minStake()))
@@ -341,15 +355,21 @@ class Din:
         validators_per_subgroup: int = 3,
         max_rounds: int = 1,
         fee_bps: int = 1000,
-        tolerance_bps: int = settlement.BLOCKFLOW_TOLERANCE,
         slash_amount: int | None = None,
+        max_samples: int = DEFAULT_MAX_SAMPLES,
         durations: dict | None = None,
     ) -> int:
         """Approve the deposit and create a task; its id.
 
         ``durations`` maps names of DURATION_NAMES to seconds (missing ones take
         DEFAULT_DURATIONS); ``slash_amount`` defaults to a tenth of the minimum stake.
+        ``max_samples`` caps one participant's FedAvg weight: a declared sample
+        count above it counts as ``max_samples``.
         """
+        if not 0 <= int(max_samples) < 2**32:
+            raise UsageError(
+                f"max samples {max_samples} out of range", "give --max-samples between 1 and 2**32-1"
+            )
         spans = {**DEFAULT_DURATIONS, **(durations or {})}
         unknown = set(spans) - set(DURATION_NAMES)
         if unknown:
@@ -367,8 +387,8 @@ class Din:
             int(validators_per_subgroup),
             int(max_rounds),
             int(fee_bps),
-            int(tolerance_bps),
             int(slash_amount),
+            int(max_samples),
             [int(spans[name]) for name in DURATION_NAMES],
         )
         self._ensure_allowance(account, self.tasks.address, int(deposit))
@@ -440,10 +460,10 @@ class Din:
     def slashable_aggregators(self, task_id: int, round_: int) -> list[str]:
         """Validators of ``round_`` that did not reveal or revealed a minority aggregate.
 
-        Only those the contract can still slash: not removed, and not committed since
-        (a later commit replaces the validator's record of the round). By convention a
-        subgroup without updates aggregates to the round's starting global model, so
-        its validators can reveal and are not slashed.
+        Every round's record stays on chain until the task is settled, so any past
+        round's liars are slashable; only validators already removed are skipped.
+        By convention a subgroup without updates aggregates to the round's starting
+        global model, so its validators can reveal and are not slashed.
         """
         info = self.round_info(task_id, round_)
         accepted = self.accepted_aggregates(task_id, round_)
@@ -457,18 +477,12 @@ class Din:
         slashed |= {
             e["args"]["validator"] for e in self._logs("ValidatorPenalised", taskId=int(task_id))
         }
-        later = {
-            e["args"]["validator"]
-            for e in self._logs("AggregateCommitted", taskId=int(task_id))
-            if int(e["args"]["round"]) > int(round_)
-        }
-        later |= {e["args"]["validator"] for e in self._logs("ScoresCommitted", taskId=int(task_id))}
         addresses = self.validators(task_id)
         out = []
         for g, indices in enumerate(info.validator_groups):
             for i in indices:
                 who = addresses[i]
-                if who in slashed or who in later:  # removed, or its record of the round is gone
+                if who in slashed:
                     continue
                 if who not in revealed or (g in accepted and revealed[who] != accepted[g]):
                     out.append(who)
@@ -533,16 +547,20 @@ class Din:
 
     def settlement_inputs(
         self, task_id: int, group: int
-    ) -> tuple[list[int], list[str], list[list[int]]]:
-        """``(participant indices, validator addresses, vectors)`` that settle ``group``, from events."""
+    ) -> tuple[list[int], list[str], list[int]]:
+        """``(participant indices, validator addresses, scores)`` that settle ``group``, from events.
+
+        ``scores`` is the vector a strict majority of the subgroup's validators revealed, or
+        [] when none has one (then every participant of the subgroup scores 0).
+        """
         info = self.round_info(task_id, EVAL_ROUND)
         participants = info.participant_groups[group]
         validators = info.validator_groups[group]
         addresses = self.validators(task_id)
         revealed = self.scores_revealed(task_id)
         chosen = [addresses[i] for i in validators]
-        vectors = [revealed.get(a, []) for a in chosen]
-        return list(participants), chosen, vectors
+        winner, _ = settlement.majority([revealed.get(a) for a in chosen])
+        return list(participants), chosen, list(winner or [])
 
     def settle(self, account, task_id: int, groups: Iterable[int] | None = None) -> list[int]:
         """Settle the given subgroups (default: every unsettled one); the subgroups settled."""
@@ -550,32 +568,30 @@ class Din:
         done = {int(e["args"]["group"]) for e in self._logs("SubgroupSettled", taskId=int(task_id))}
         todo = [g for g in (range(info.groups) if groups is None else groups) if g not in done]
         for g in todo:
-            participants, validators, vectors = self.settlement_inputs(task_id, g)
+            participants, validators, scores = self.settlement_inputs(task_id, g)
             self._send(
                 account,
-                self.tasks.functions.settle(
-                    int(task_id), int(g), participants, validators, vectors
-                ),
+                self.tasks.functions.settle(int(task_id), int(g), participants, validators, scores),
             )
         return todo
 
-    def settled_medians(self, task_id: int, address: str) -> list[int]:
-        """The settled medians of the subgroup ``address`` was evaluated in ([] if none)."""
+    def settled_scores(self, task_id: int, address: str) -> list[int]:
+        """The accepted scores of the settled subgroup ``address`` was evaluated in ([] if none)."""
         parts = self.participants(task_id)
         if address not in parts:
             return []
         index = parts.index(address)
         for e in self._logs("SubgroupSettled", taskId=int(task_id)):
             if index in e["args"]["participants"]:
-                return [int(m) for m in e["args"]["medians"]]
+                return [int(m) for m in e["args"]["scores"]]
         return []
 
     def settlement_results(self, task_id: int) -> dict[str, int]:
-        """``{participant address: median score}`` of every settled subgroup."""
+        """``{participant address: accepted score}`` of every settled subgroup."""
         parts = self.participants(task_id)
         out = {}
         for e in self._logs("SubgroupSettled", taskId=int(task_id)):
-            for i, m in zip(e["args"]["participants"], e["args"]["medians"], strict=True):
+            for i, m in zip(e["args"]["participants"], e["args"]["scores"], strict=True):
                 out[parts[i]] = int(m)
         return out
 
@@ -584,14 +600,22 @@ class Din:
         from eth_utils import to_checksum_address
 
         address = to_checksum_address(address)
-        medians = self.settled_medians(task_id, address)
-        return int(self._call(self.tasks.functions.claimable(int(task_id), address, medians)))
+        scores = self.settled_scores(task_id, address)
+        return int(self._call(self.tasks.functions.claimable(int(task_id), address, scores)))
 
     def claim(self, account, task_id: int) -> int:
-        """Pull what ``task_id`` owes ``account``; the amount."""
-        medians = self.settled_medians(task_id, account.address)
-        receipt = self._send(account, self.tasks.functions.claim(int(task_id), medians))
-        return int(self._events(receipt, self.tasks, "Claimed")[0]["args"]["amount"])
+        """Pull what ``task_id`` owes ``account`` (and release its bond); the amount."""
+        scores = self.settled_scores(task_id, account.address)
+        receipt = self._send(account, self.tasks.functions.claim(int(task_id), scores))
+        return sum(int(e["args"]["amount"]) for e in self._events(receipt, self.tasks, "Claimed"))
+
+    def release(self, account, task_id: int, validator: str) -> None:
+        """Release ``validator``'s bond in a settled or abandoned task (anyone)."""
+        self._send(account, self.tasks.functions.release(int(task_id), validator))
+
+    def bonded(self, task_id: int, validator: str) -> bool:
+        """Whether ``validator`` still holds a bond in ``task_id``."""
+        return bool(self._call(self.tasks.functions.validatorState(int(task_id), validator))[6] & 8)
 
     # -- reads
     def task_count(self) -> int:
@@ -601,44 +625,51 @@ class Din:
         """Configuration and live state of ``task_id`` (NotFoundError if there is none)."""
         if not 1 <= int(task_id) <= self.task_count():
             raise NotFoundError(f"task {task_id} does not exist", "list tasks with `din task list`")
-        r = self._call(self.tasks.functions.taskInfo(int(task_id)))
+        r = dict(zip(self._task_view_fields(), self._call(self.tasks.functions.taskInfo(int(task_id))), strict=True))
         created = self._logs("TaskCreated", taskId=int(task_id))
         return TaskInfo(
             task_id=int(task_id),
-            owner=r[0],
-            arch=bytes(r[1]).rstrip(b"\0").decode(errors="replace"),
-            deposit=int(r[2]),
-            subgroup_size=int(r[3]),
-            validators_per_subgroup=int(r[4]),
-            max_rounds=int(r[5]),
-            fee_bps=int(r[6]),
-            tolerance_bps=int(r[7]),
-            slash_amount=int(r[8]),
-            durations=dict(zip(DURATION_NAMES, (int(d) for d in r[9]), strict=True)),
-            phase=PHASES.get(int(r[10]), str(r[10])),
-            round=int(r[11]),
-            last_round=int(r[12]),
-            deadline=int(r[13]),
-            participants=int(r[14]),
-            validators=int(r[15]),
-            groups=int(r[16]),
-            per_group=int(r[17]),
-            acted=int(r[18]),
-            committed=int(r[19]),
-            contributors=int(r[20]),
-            settled_groups=int(r[21]),
-            good_validators=int(r[22]),
-            total_score=int(r[23]),
-            model_digest=bytes(r[24]),
-            proposed_digest=bytes(r[25]),
-            test_set_digest=bytes(r[26]),
+            owner=r["owner"],
+            arch=bytes(r["arch"]).rstrip(b"\0").decode(errors="replace"),
+            deposit=int(r["deposit"]),
+            subgroup_size=int(r["subgroupSize"]),
+            validators_per_subgroup=int(r["validatorsPerSubgroup"]),
+            max_rounds=int(r["maxRounds"]),
+            fee_bps=int(r["feeBps"]),
+            slash_amount=int(r["slashAmount"]),
+            max_samples=int(r["maxSamples"]),
+            durations=dict(zip(DURATION_NAMES, (int(d) for d in r["durations"]), strict=True)),
+            phase=PHASES.get(int(r["phase"]), str(r["phase"])),
+            round=int(r["round"]),
+            last_round=int(r["lastRound"]),
+            deadline=int(r["deadline"]),
+            participants=int(r["participants"]),
+            validators=int(r["validators"]),
+            groups=int(r["groups"]),
+            per_group=int(r["perGroup"]),
+            acted=int(r["acted"]),
+            committed=int(r["committed"]),
+            contributors=int(r["contributors"]),
+            settled_groups=int(r["settledGroups"]),
+            good_validators=int(r["goodValidators"]),
+            total_score=int(r["totalScore"]),
+            model_digest=bytes(r["model"]),
+            proposed_digest=bytes(r["proposed"]),
+            test_set_digest=bytes(r["testSet"]),
             genesis_cid=bytes(created[0]["args"]["genesisCid"]) if created else b"",
         )
 
+    def _task_view_fields(self) -> list[str]:
+        """Field names of ``taskInfo``'s TaskView, in ABI order."""
+        abi = next(f for f in self.tasks.abi if f.get("name") == "taskInfo")
+        return [c["name"] for c in abi["outputs"][0]["components"]]
+
     def participants(self, task_id: int) -> list[str]:
-        """Participant addresses by index."""
+        """Participant addresses by index (joins beyond the cap applied at round 1 sit out)."""
         logs = self._logs("ParticipantJoined", taskId=int(task_id))
-        return [e["args"]["participant"] for e in sorted(logs, key=lambda e: e["args"]["index"])]
+        capped = self._logs("ParticipantsCapped", taskId=int(task_id))
+        joined = [e["args"]["participant"] for e in sorted(logs, key=lambda e: e["args"]["index"])]
+        return joined[: int(capped[0]["args"]["participants"])] if capped else joined
 
     def participant_keys(self, task_id: int) -> dict[str, bytes]:
         return {

@@ -237,6 +237,8 @@ def validator_state(chain, dep: dict, address: str) -> dict:
         "address": v.address,
         "stake": v.stake,
         "stake_din": format_amount(v.stake),
+        "bonded": v.bonded,
+        "bonded_din": format_amount(v.bonded),
         "min_stake": d.min_stake(),
         "active": v.active,
         "unlock_at": v.unlock_at or None,
@@ -262,6 +264,11 @@ def unstake(chain, dep: dict, account) -> dict:
     with chain.writing():
         v = d.validator_info(account.address)
         if v.unlock_at and chain.now() >= v.unlock_at:
+            if v.bonded:
+                raise UsageError(
+                    f"{format_amount(v.bonded)} DIN of the stake is bonded to tasks in progress",
+                    "withdraw after they settle: `din rewards claim --task N` releases a bond",
+                )
             amount, action = d.withdraw(account), "withdrawn"
         elif v.unlock_at:
             raise AlreadyDone(

@@ -1,29 +1,29 @@
-"""Settlement: medians of validators' scores, penalties, and the exact reward split.
+"""Settlement: strict-majority score vectors, penalties, and the exact reward split.
 
 The Python reference of ``DinTasks.settle`` / ``claimable`` (``Settlement.sol``):
 
-* scores are integers in basis points, ``0..10000``;
-* the median of ``c`` values is the LOWER median, ``sorted(values)[(c - 1) // 2]``
-  (for an even count the smaller middle value); no values give 0;
-* a validator is penalised when any of its scores differs from the median by
-  more than the tolerance (``abs(score - median) > tolerance``; BlockFlow: 5000);
-  one that did not reveal is penalised too; neither earns a fee;
-* the deposit splits into ``fees = deposit * fee_bps // 10000`` for the good
-  validators and ``pool = deposit - fees`` for the participants;
+* scores are integers in basis points, ``0..10000``; evaluation is deterministic,
+  so honest validators reveal the very same vector;
+* a subgroup's score vector is the one revealed by MORE than half of its ``k``
+  evaluation validators (non-revealers count in ``k``); every validator that
+  revealed another vector, or none, is penalised (slashed, no fee). With no
+  strict majority every participant of the subgroup scores 0, only the
+  validators that did not reveal are penalised, and nobody earns a fee. There
+  is no tolerance: a constant or copied vector is simply a minority;
+* fees: each good validator gets ``deposit * fee_bps // 10000 // good``; the
+  participants' pool is the rest of the deposit (fee dust included);
 * shares are exact (they sum to the pool, no dust): subgroups are settled one
-  after another; a participant settled when the running total of medians was
-  ``before`` gets ``pool * (before + median) // total - pool * before // total``.
-  Fees go the same way with weight 1 per good validator, in the order they were
-  settled. With a total of 0 (or no good validator) the pool (fees) goes back
-  to the model owner;
-* an abandoned task (no test set by its deadline) splits the whole deposit
-  equally, the same telescoping way, among participants that submitted at least
-  one update, in the order of their first submission; with none it goes back to
-  the model owner.
+  after another; a participant settled when the running total of scores was
+  ``before`` gets ``pool * (before + score) // total - pool * before // total``.
+  A subgroup nobody settled before the settling deadline scores 0;
+* with a total score of 0 the pool goes to the contributors (participants that
+  submitted at least one update, equally, in the order of their first
+  submission), as in an abandoned task (no test set by its deadline); the model
+  owner gets the deposit back only when nobody contributed.
 
 Example:
-    >>> settle_group([[9000, 1200], [8800, 1000], None], tolerance_bps=5000)
-    ([8800, 1000], [False, False, True])
+    >>> settle_group([[9000, 1200], [9000, 1200], None])
+    ([9000, 1200], [False, False, True], [True, True, False])
     >>> share(1000, [3, 0, 4])
     [428, 0, 572]
 """
@@ -34,36 +34,41 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 SCALE = 10_000
-BLOCKFLOW_TOLERANCE = SCALE // 2
 
 
-def lower_median(values: Sequence[int]) -> int:
-    """The lower median: ``sorted(values)[(len - 1) // 2]``; 0 for no values."""
-    if not values:
-        return 0
-    return sorted(values)[(len(values) - 1) // 2]
+def majority(vectors: Sequence[Sequence[int] | None]) -> tuple[list[int] | None, int | None]:
+    """``(vector, index)`` of the first holder of a vector more than half of ``vectors`` share.
+
+    ``(None, None)`` when there is none; None entries (not revealed) count in the denominator.
+    """
+    k = len(vectors)
+    for a, v in enumerate(vectors):
+        if v is None:
+            continue
+        if 2 * sum(1 for w in vectors if w is not None and list(w) == list(v)) > k:
+            return list(v), a
+    return None, None
 
 
 def settle_group(
-    vectors: Sequence[Sequence[int] | None], tolerance_bps: int = BLOCKFLOW_TOLERANCE
-) -> tuple[list[int], list[bool]]:
-    """Medians per participant and, per validator, whether it is penalised.
+    vectors: Sequence[Sequence[int] | None], size: int | None = None
+) -> tuple[list[int], list[bool], list[bool]]:
+    """``(scores, penalised, earns_fee)`` of one subgroup.
 
-    ``vectors[j]`` is validator j's score vector (subgroup position order), or
-    None when it did not reveal (then it is penalised).
+    ``vectors[j]`` is validator j's revealed score vector (subgroup position order),
+    or None when it did not reveal. ``size`` (participants) sizes the all-zero
+    vector of a subgroup without a majority (default: the revealed length, or 0).
     """
     revealed = [v for v in vectors if v is not None]
-    size = len(revealed[0]) if revealed else 0
-    if any(len(v) != size for v in revealed):
-        raise ValueError("score vectors differ in length")
     if any(not 0 <= s <= SCALE for v in revealed for s in v):
         raise ValueError(f"scores must lie in 0..{SCALE}")
-    medians = [lower_median([v[i] for v in revealed]) for i in range(size)]
-    penalised = [
-        v is None or any(abs(s - m) > tolerance_bps for s, m in zip(v, medians, strict=True))
-        for v in vectors
-    ]
-    return medians, penalised
+    winner, _ = majority(vectors)
+    if winner is None:
+        if size is None:
+            size = len(revealed[0]) if revealed else 0
+        return [0] * size, [v is None for v in vectors], [False] * len(vectors)
+    bad = [v is None or list(v) != winner for v in vectors]
+    return winner, bad, [not b for b in bad]
 
 
 def split_deposit(deposit: int, fee_bps: int) -> tuple[int, int]:
@@ -94,7 +99,7 @@ class Settlement:
     participants: dict = field(default_factory=dict)
     validators: dict = field(default_factory=dict)
     owner: int = 0
-    medians: dict = field(default_factory=dict)
+    scores: dict = field(default_factory=dict)
     penalised: set = field(default_factory=set)
 
     def total(self) -> int:
@@ -105,42 +110,45 @@ def settle_task(
     deposit: int,
     fee_bps: int,
     groups: Sequence[tuple[Sequence, Sequence, Sequence[Sequence[int] | None]]],
-    tolerance_bps: int = BLOCKFLOW_TOLERANCE,
     removed: frozenset | set = frozenset(),
+    contributors: Sequence = (),
 ) -> Settlement:
     """Settle subgroups in the order given; each is ``(participants, validators, vectors)``.
 
     ``vectors[j]`` belongs to ``validators[j]`` (None: not revealed). Validators
     in ``removed`` (slashed earlier) neither earn a fee nor count as penalised.
+    ``contributors`` (first-submission order) share the pool when every score is 0.
     """
-    pool, fees = split_deposit(deposit, fee_bps)
     out = Settlement()
     order, weights, good = [], [], []
     for participants, validators, vectors in groups:
-        medians, bad = settle_group(vectors, tolerance_bps)
-        if not medians:
-            medians = [0] * len(participants)
-        if len(medians) != len(participants):
+        scores, bad, earns = settle_group(vectors, len(participants))
+        if len(scores) != len(participants):
             raise ValueError("score vectors and participants differ in length")
-        for p, m in zip(participants, medians, strict=True):
-            out.medians[p] = m
+        for p, m in zip(participants, scores, strict=True):
+            out.scores[p] = m
             order.append(p)
             weights.append(m)
-        for v, is_bad in zip(validators, bad, strict=True):
+        for v, is_bad, fee in zip(validators, bad, earns, strict=True):
             if v in removed:
                 continue
             if is_bad:
                 out.penalised.add(v)
-            else:
+            elif fee:
                 good.append(v)
-    for p, amount in zip(order, share(pool, weights), strict=True):
-        out.participants[p] = out.participants.get(p, 0) + amount
-    for v, amount in zip(good, share(fees, [1] * len(good)), strict=True):
-        out.validators[v] = amount
-    if sum(weights) == 0:
+    pool = deposit
+    if good:
+        fee = deposit * fee_bps // SCALE // len(good)
+        pool -= fee * len(good)
+        out.validators = {v: fee for v in good}
+    if sum(weights):
+        for p, amount in zip(order, share(pool, weights), strict=True):
+            out.participants[p] = out.participants.get(p, 0) + amount
+    elif contributors:
+        for p, amount in zip(contributors, share(pool, [1] * len(contributors)), strict=True):
+            out.participants[p] = out.participants.get(p, 0) + amount
+    else:
         out.owner += pool
-    if not good:
-        out.owner += fees
     return out
 
 

@@ -267,6 +267,7 @@ def validator_info(address, chain_url, key_name, as_json):
         [
             ("address", state["address"]),
             ("stake", state["stake_din"]),
+            ("bonded", state["bonded_din"]),
             ("active", str(state["active"]).lower()),
             ("unlock_at", state["unlock_at"] or None),
             ("hpke_public", state["hpke_public"]),

@@ -221,19 +221,25 @@ def _train_on_task(task, data, submit, seed, hyper, chain_url, ipfs_api, key_nam
 @click.option("--commit", is_flag=True, help="With --task: aggregate the subgroup's submitted updates and commit the result.")
 @click.option("--reveal", is_flag=True, help="With --task: reveal the committed aggregate.")
 @click.option("--cid", default=None, metavar="CID", help="With --commit: commit this CID instead of computing the aggregate.")
+@click.option("--base", default=None, metavar="FILE|CID", help="The round's starting model: admit updates of its architecture only, exclude copies of it, and output it when every input is excluded.")
+@click.option("--max-samples", type=click.IntRange(1, 2**32 - 1), default=None, metavar="N", help="Cap each input's weight at N samples (a task's maxSamples).  [default: no cap]")
 @ipfs_option()
 @chain_option()
 @key_option()
 @output_option()
 @json_option()
 @quiet_option()
-def aggregate(inputs, task, round_, commit, reveal, cid, ipfs_api, chain_url, key_name, output, as_json):
+def aggregate(inputs, task, round_, commit, reveal, cid, base, max_samples, ipfs_api, chain_url, key_name, output, as_json):
     """Average updates weighted by their samples, bit-exactly (FedAvg).
 
     Inputs come from the arguments or, when none are given, from stdin one
-    per line. The bytes are identical whatever the input order or machine;
-    the result carries the total sample count, so aggregates can be
-    aggregated again.
+    per line. Each input goes through the admission rule every validator
+    applies (canonical din file, one architecture, finite weights within
+    +-1024, samples >= 1, no copies): an input that fails it is left out,
+    named on stderr with its reason and in the result's din.excluded, and
+    its weight is min(samples, --max-samples). With the same inputs in the
+    same order the bytes are identical on any machine; the result carries
+    the total weight, so aggregates can be aggregated again.
 
     With --task TASK --commit a validator fetches exactly its subgroup's
     submitted updates (from the chain's events), aggregates them, adds the
@@ -244,21 +250,27 @@ def aggregate(inputs, task, round_, commit, reveal, cid, ipfs_api, chain_url, ke
     Example:
         din aggregate u1.safetensors u2.safetensors -o global.safetensors
         ls updates/*.safetensors | din aggregate -o - | din ipfs add -
+        din aggregate --base global.safetensors --max-samples 5000 u*.safetensors -o next.safetensors
         din aggregate --task 1 --commit --key dev8 && din aggregate --task 1 --reveal --key dev8
     """
     if task is not None or commit or reveal or cid or round_:
         if task is None:
             raise click.UsageError("--commit, --reveal, --round and --cid need --task TASK")
+        if base is not None or max_samples is not None:
+            raise click.UsageError("--task takes the starting model and --max-samples from the chain: drop --base and --max-samples")
         if inputs or output != "-":
             raise click.UsageError("--task aggregates the subgroup's updates from the chain: drop the inputs and -o")
         _aggregate_on_task(task, round_, commit, reveal, cid, chain_url, ipfs_api, key_name, as_json)
         return
-    from din_cli.ml.aggregate import aggregate as run
+    from din_cli.protocol.admission import aggregate as run
     from din_cli.protocol.inputs import read_refs, resolved
 
     refs = read_refs(inputs)
-    with resolved(refs, ipfs_api) as paths, out.progress("aggregating") as advance:
-        run(paths, output, progress=advance)
+    bases = [base] if base is not None else []
+    with resolved(bases + refs, ipfs_api) as paths, out.progress("aggregating") as advance:
+        done = run(paths[len(bases):], output, base=paths[0] if bases else None, max_samples=max_samples, progress=advance)
+    for v in done.admission.excluded:
+        out.note(f"excluded {refs[v.index]}: {v.reason}: {v.detail or v.cid}")
     if output != "-":
         out.emit(output)
 

@@ -43,6 +43,14 @@ from din_cli.cli.options import acting_options, context
     help="Validators' share of the deposit, in basis points.",
 )
 @click.option(
+    "--max-samples",
+    type=click.IntRange(1, 2**32 - 1),
+    default=2**16,
+    show_default=True,
+    metavar="N",
+    help="Cap on one participant's weight in an aggregate: declared samples above N count as N.",
+)
+@click.option(
     "--phase-seconds",
     type=click.IntRange(1, None),
     default=None,
@@ -57,6 +65,7 @@ def model_publish(
     validators_per_subgroup,
     rounds,
     fee_bps,
+    max_samples,
     phase_seconds,
     chain_url,
     ipfs_api,
@@ -81,6 +90,7 @@ def model_publish(
         validators_per_subgroup=validators_per_subgroup,
         max_rounds=rounds,
         fee_bps=fee_bps,
+        max_samples=max_samples,
     )
     if phase_seconds:
         from din_cli.chain.din import DURATION_NAMES

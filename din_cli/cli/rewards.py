@@ -71,9 +71,9 @@ def rewards_claim(task, chain_url, key_name, as_json):
 @chain_option()
 @json_option()
 def rewards_show(task, chain_url, as_json):
-    """Show each participant's scores, median and payout, and each validator's stake and slashes.
+    """Show each participant's scores, accepted score and payout, and each validator's stake and slashes.
 
-    Plain output: ROLE<TAB>ADDRESS<TAB>MEDIAN|STAKE<TAB>PAID<TAB>CLAIMABLE lines (amounts in DIN);
+    Plain output: ROLE<TAB>ADDRESS<TAB>SCORE|STAKE<TAB>PAID<TAB>CLAIMABLE lines (amounts in DIN);
     validator lines end with the reasons it was slashed (or -).
 
     \b
@@ -91,7 +91,7 @@ def rewards_show(task, chain_url, as_json):
         return
     f = format_amount
     lines = [
-        f"participant\t{p['address']}\t{'-' if p['median'] is None else p['median']}\t{f(p['claimed'])}\t{f(p['claimable'])}"
+        f"participant\t{p['address']}\t{'-' if p['score'] is None else p['score']}\t{f(p['claimed'])}\t{f(p['claimable'])}"
         for p in doc["participants"]
     ]
     lines += [

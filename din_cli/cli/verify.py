@@ -25,7 +25,10 @@ def verify(task, round_, chain_url, ipfs_api, as_json):
     """Check that TASK's on-chain record holds: every accepted aggregate and global model recomputes bit-exactly.
 
     Prints one line per check (ROUND<TAB>WHAT<TAB>GROUP<TAB>ok|FAIL<TAB>CID);
-    exit 0 when all hold, 3 when any does not.
+    exit 0 when all hold, 3 when any does not. Subgroups are recomputed with
+    the admission rule every validator applies: the updates it excluded are
+    named on stderr (and under "excluded" with --json), and a recorded
+    aggregate that used one of them fails, naming it.
 
     \b
     Example:
@@ -43,4 +46,9 @@ def verify(task, round_, chain_url, ipfs_api, as_json):
         for c in checks
     )
     output.emit_doc(checks, as_json, *lines)
+    for c in checks:
+        for e in c["excluded"]:
+            output.note(
+                f"round {c['round']} subgroup {c['group']}: excluded update #{e['index']} {e['cid']}: {e['reason']}"
+            )
     lib.require_ok(tid, checks)

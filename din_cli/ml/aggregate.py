@@ -64,10 +64,11 @@ tensor; nothing is written.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -215,17 +216,21 @@ class _Input:
     fd: int | None = None
 
 
-def _open_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[_Input], str, dict]:
+def _open_inputs(
+    paths: Sequence[str | os.PathLike], weights: Sequence[int] | None = None
+) -> tuple[list[_Input], str, dict]:
     from din_cli.ml import tensorfile, zoo
 
     if not paths:
         raise UsageError(
             "no inputs to aggregate", "pass update files or CIDs, or pipe them one per line"
         )
+    if weights is not None and len(weights) != len(paths):
+        raise ValueError("one weight per input")
     inputs: list[_Input] = []
     arch = None
     expected: dict = {}
-    for p in paths:
+    for k, p in enumerate(paths):
         h = tensorfile.read_header(p)
         if arch is None:
             if not h.arch:
@@ -241,12 +246,13 @@ def _open_inputs(paths: Sequence[str | os.PathLike]) -> tuple[list[_Input], str,
                 "aggregate updates of one task only",
             )
         tensorfile.check_model(h, expected, arch=arch, kinds=("update", "aggregate", "model"))
-        if h.samples <= 0:
+        samples = h.samples if weights is None else int(weights[k])
+        if samples <= 0:
             raise InputError(
                 f"{h.path}: din.samples is 0, so it has no weight in FedAvg",
                 "aggregate trained updates (din train sets the sample count)",
             )
-        inputs.append(_Input(str(h.path), h.samples, h))
+        inputs.append(_Input(str(h.path), samples, h))
     total = sum(i.samples for i in inputs)
     if total > MAX_TOTAL_SAMPLES:
         raise InputError(
@@ -273,22 +279,49 @@ def _passes(inputs: list[_Input]) -> list[list[tuple[int, float]]]:
     return groups
 
 
-def aggregate_to(
-    paths: Sequence[str | os.PathLike],
-    out: BinaryIO,
-    *,
-    progress: Callable[[int], None] | None = None,
-    threads: int | None = None,
-) -> AggregateResult:
-    """Aggregate model files ``paths`` into ``out`` (a binary file object), canonically.
+@dataclass
+class _Plan:
+    """What :func:`aggregate_to` computes, fixed before the first block is read.
 
-    ``threads`` (default: :func:`default_threads`) changes the speed, never the bytes.
+    ``segments`` cut the output's flat float32 space into runs that are
+    contiguous in every input, each with every input's byte offset (canonical
+    inputs -- sorted, contiguous -- collapse to one run); ``groups`` are the
+    exact-sum passes of :func:`_passes`.
     """
+
+    inputs: list[_Input]
+    result: AggregateResult
+    header: bytes
+    names: list[str]
+    sizes: dict[str, int]
+    canonical: bool
+    segments: list[tuple[str, int, list[int]]]
+    groups: list[list[tuple[int, float]]]
+    divisor: float
+
+    @property
+    def multi(self) -> bool:
+        """More than one pass: partial sums are folded into an int64 accumulator."""
+        return len(self.groups) > 1
+
+    def blocks(self):
+        """``(segment name, input offsets, first weight, count)`` of every output block, in order."""
+        for seg_name, count, starts in self.segments:
+            for a in range(0, count, BLOCK):
+                yield seg_name, starts, a, min(BLOCK, count - a)
+
+
+def _plan(
+    paths: Sequence[str | os.PathLike],
+    weights: Sequence[int] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> _Plan:
+    """Open and check the inputs' headers; the output header, blocks and passes."""
     import numpy as np
 
     from din_cli.ml import tensorfile
 
-    inputs, arch, expected = _open_inputs(paths)
+    inputs, arch, expected = _open_inputs(paths, weights)
     names = sorted(expected)
     sizes = {name: int(np.prod(expected[name], dtype=np.int64)) for name in names}
     total = sum(i.samples for i in inputs)
@@ -298,10 +331,8 @@ def aggregate_to(
     meta = tensorfile.make_metadata(
         arch=arch, kind="aggregate", samples=total, round=rounds, task=task, encoding=ENCODING
     )
+    meta.update(metadata or {})
     header = tensorfile.encode_header(meta, {n: ("F32", expected[n]) for n in names})
-
-    # Segments of the output's flat float32 space, each with every input's
-    # byte offset. Canonical inputs (sorted, contiguous) collapse to one.
     params = sum(sizes.values())
     canonical = all(_is_canonical(i.header, names) for i in inputs)
     if canonical:
@@ -310,127 +341,178 @@ def aggregate_to(
         ]
     else:
         segments = [(n, sizes[n], [i.header.tensors[n].start for i in inputs]) for n in names]
+    result = AggregateResult(
+        arch=arch, samples=total, inputs=len(inputs), params=params, round=rounds, task=task
+    )
+    return _Plan(
+        inputs=inputs,
+        result=result,
+        header=header,
+        names=names,
+        sizes=sizes,
+        canonical=canonical,
+        segments=segments,
+        groups=_passes(inputs),
+        divisor=float(total) * float(2**SCALE_BITS),
+    )
 
-    kern = _kernels()
-    accumulate, finalize, accumulate4 = kern.accumulate, kern.finalize, kern.accumulate4
-    groups = _passes(inputs)
-    multi = len(groups) > 1
-    divisor = float(total) * float(2**SCALE_BITS)
-    nthreads = max(1, int(threads if threads is not None else default_threads()))
-    slots = [_Slot(multi) for _ in range(2 * nthreads if nthreads > 1 else 1)]
 
-    def work(slot: _Slot, seg_name: str, starts: list[int], a: int, m: int):
-        blk = slot.acc[:m]  # all zeros: fresh, or reset by finalize
-        o = slot.out[:m]
+def _fold_group(kern: _Kernels, inputs, group, starts, offset: int, slot: _Slot, blk, m: int):
+    """``blk += rint(clip(w * 2^S)) * n`` over one pass's inputs, for the block at byte ``offset``.
+
+    Four inputs per kernel call, then a remainder of two or three in one call,
+    then one at a time (the numpy kernels take one at a time only).
+    """
+    k = 0
+    if kern.accumulate4 is not None:
+        bufs = slot.bufs
+        full = len(group) - len(group) % 4
+        for k in range(0, full, 4):
+            (i0, n0), (i1, n1), (i2, n2), (i3, n3) = group[k : k + 4]
+            kern.accumulate4(
+                blk,
+                _read(inputs[i0], starts[i0] + offset, bufs[0][:m]),
+                _read(inputs[i1], starts[i1] + offset, bufs[1][:m]),
+                _read(inputs[i2], starts[i2] + offset, bufs[2][:m]),
+                _read(inputs[i3], starts[i3] + offset, bufs[3][:m]),
+                n0,
+                n1,
+                n2,
+                n3,
+            )
+        k = full
+        rest = group[full:]
+        if len(rest) == 3:
+            (i0, n0), (i1, n1), (i2, n2) = rest
+            kern.accumulate3(
+                blk,
+                _read(inputs[i0], starts[i0] + offset, bufs[0][:m]),
+                _read(inputs[i1], starts[i1] + offset, bufs[1][:m]),
+                _read(inputs[i2], starts[i2] + offset, bufs[2][:m]),
+                n0,
+                n1,
+                n2,
+            )
+            k = len(group)
+        elif len(rest) == 2:
+            (i0, n0), (i1, n1) = rest
+            kern.accumulate2(
+                blk,
+                _read(inputs[i0], starts[i0] + offset, bufs[0][:m]),
+                _read(inputs[i1], starts[i1] + offset, bufs[1][:m]),
+                n0,
+                n1,
+            )
+            k = len(group)
+    for i, weight in group[k:]:
+        kern.accumulate(blk, _read(inputs[i], starts[i] + offset, slot.buf[:m]), weight, slot.tmp)
+
+
+def _block(plan: _Plan, kern: _Kernels, slot: _Slot, seg_name: str, starts, a: int, m: int):
+    """The output block of ``m`` weights from weight ``a`` of a segment: float32, in ``slot.out``.
+
+    Each pass is summed exactly in float64; with several passes the sums are
+    folded into int64 in between. NaN/Inf in an input poisons the sum and
+    raises InputError naming the file and tensor.
+    """
+    import numpy as np
+
+    blk = slot.acc[:m]  # all zeros: fresh, or reset by finalize
+    o = slot.out[:m]
+    multi = plan.multi
+    if multi:
+        slot.iacc[:m] = 0
+    for group in plan.groups:
+        _fold_group(kern, plan.inputs, group, starts, 4 * a, slot, blk, m)
         if multi:
-            slot.iacc[:m] = 0
-        for group in groups:
-            k = 0
-            if accumulate4 is not None:
-                bufs = slot.bufs
-                for k in range(0, len(group) - 3, 4):
-                    (i0, n0), (i1, n1), (i2, n2), (i3, n3) = group[k : k + 4]
-                    accumulate4(
-                        blk,
-                        _read(inputs[i0], starts[i0] + 4 * a, bufs[0][:m]),
-                        _read(inputs[i1], starts[i1] + 4 * a, bufs[1][:m]),
-                        _read(inputs[i2], starts[i2] + 4 * a, bufs[2][:m]),
-                        _read(inputs[i3], starts[i3] + 4 * a, bufs[3][:m]),
-                        n0,
-                        n1,
-                        n2,
-                        n3,
-                    )
-                k = len(group) - len(group) % 4
-                rest = group[k:]
-                if len(rest) == 3:
-                    (i0, n0), (i1, n1), (i2, n2) = rest
-                    kern.accumulate3(
-                        blk,
-                        _read(inputs[i0], starts[i0] + 4 * a, bufs[0][:m]),
-                        _read(inputs[i1], starts[i1] + 4 * a, bufs[1][:m]),
-                        _read(inputs[i2], starts[i2] + 4 * a, bufs[2][:m]),
-                        n0,
-                        n1,
-                        n2,
-                    )
-                    k = len(group)
-                elif len(rest) == 2:
-                    (i0, n0), (i1, n1) = rest
-                    kern.accumulate2(
-                        blk,
-                        _read(inputs[i0], starts[i0] + 4 * a, bufs[0][:m]),
-                        _read(inputs[i1], starts[i1] + 4 * a, bufs[1][:m]),
-                        n0,
-                        n1,
-                    )
-                    k = len(group)
-            for i, weight in group[k:]:
-                accumulate(blk, _read(inputs[i], starts[i] + 4 * a, slot.buf[:m]), weight, slot.tmp)
-            if multi:
-                if math.isnan(blk.sum()):  # NaN/Inf inputs poison the sum (acc itself is bounded)
-                    blk.fill(0.0)
-                    _name_culprit(inputs, seg_name, starts, a, m, canonical, names, sizes)
-                slot.iacc[:m] += blk.astype(np.int64)
+            if math.isnan(blk.sum()):  # NaN/Inf inputs poison the sum (acc itself is bounded)
                 blk.fill(0.0)
-        if multi:
-            r = slot.res[:m]
-            r[:] = slot.iacc[:m]
-            finalize(r, o, divisor)
-        elif finalize(blk, o, divisor):
-            _name_culprit(inputs, seg_name, starts, a, m, canonical, names, sizes)
-        return o
+                _name_culprit(plan, seg_name, starts, a, m)
+            slot.iacc[:m] += blk.astype(np.int64)
+            blk.fill(0.0)
+    if multi:
+        r = slot.res[:m]
+        r[:] = slot.iacc[:m]
+        kern.finalize(r, o, plan.divisor)
+    elif kern.finalize(blk, o, plan.divisor):
+        _name_culprit(plan, seg_name, starts, a, m)
+    return o
 
-    pool = None
+
+def _write_blocks(plan: _Plan, out: BinaryIO, nthreads: int, progress) -> None:
+    """Compute every block and write it to ``out`` in order, on ``nthreads`` worker threads."""
+    kern = _kernels()
+    slots = [_Slot(plan.multi) for _ in range(2 * nthreads if nthreads > 1 else 1)]
+    if nthreads == 1:
+        for seg_name, starts, a, m in plan.blocks():
+            out.write(memoryview(_block(plan, kern, slots[0], seg_name, starts, a, m)).cast("B"))
+            if progress:
+                progress(m)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Workers take blocks as they come (no lock-step), at most len(slots) in
+    # flight; results are written in block order as they complete.
+    free = list(slots)
+    pending: deque = deque()
+
+    def write_oldest():
+        future, slot, m = pending.popleft()
+        out.write(memoryview(future.result()).cast("B"))
+        free.append(slot)
+        if progress:
+            progress(m)
+
+    pool = ThreadPoolExecutor(nthreads, thread_name_prefix="din-aggregate")
     try:
-        keep_open = _fd_budget(len(inputs))
-        for inp in inputs[:keep_open]:
-            inp.fd = os.open(inp.path, os.O_RDONLY)
-        if nthreads > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            pool = ThreadPoolExecutor(nthreads, thread_name_prefix="din-aggregate")
-        out.write(header)
-        blocks = (
-            (seg_name, starts, a, min(BLOCK, count - a))
-            for seg_name, count, starts in segments
-            for a in range(0, count, BLOCK)
-        )
-        if pool is None:
-            for seg_name, starts, a, m in blocks:
-                out.write(memoryview(work(slots[0], seg_name, starts, a, m)).cast("B"))
-                if progress:
-                    progress(m)
-        else:
-            # Workers take blocks as they come (no lock-step), at most len(slots)
-            # in flight; results are written in block order as they complete.
-            free = list(slots)
-            pending: deque = deque()
-
-            def write_oldest():
-                future, slot, m = pending.popleft()
-                out.write(memoryview(future.result()).cast("B"))
-                free.append(slot)
-                if progress:
-                    progress(m)
-
-            for seg_name, starts, a, m in blocks:
-                if not free:
-                    write_oldest()
-                slot = free.pop()
-                pending.append((pool.submit(work, slot, seg_name, starts, a, m), slot, m))
-            while pending:
+        for seg_name, starts, a, m in plan.blocks():
+            if not free:
                 write_oldest()
+            slot = free.pop()
+            future = pool.submit(_block, plan, kern, slot, seg_name, starts, a, m)
+            pending.append((future, slot, m))
+        while pending:
+            write_oldest()
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _opened(inputs: list[_Input]):
+    """Keep as many inputs open as the descriptor limit allows (the rest are opened per read)."""
+    try:
+        for inp in inputs[: _fd_budget(len(inputs))]:
+            inp.fd = os.open(inp.path, os.O_RDONLY)
+        yield
+    finally:
         for inp in inputs:
             if inp.fd is not None:
                 os.close(inp.fd)
                 inp.fd = None
-    return AggregateResult(
-        arch=arch, samples=total, inputs=len(inputs), params=params, round=rounds, task=task
-    )
+
+
+def aggregate_to(
+    paths: Sequence[str | os.PathLike],
+    out: BinaryIO,
+    *,
+    progress: Callable[[int], None] | None = None,
+    threads: int | None = None,
+    weights: Sequence[int] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> AggregateResult:
+    """Aggregate model files ``paths`` into ``out`` (a binary file object), canonically.
+
+    ``threads`` (default: :func:`default_threads`) changes the speed, never the bytes.
+    ``weights`` (one positive integer per input) replaces the inputs' declared
+    ``din.samples`` as their FedAvg weights (the admission rule's capped
+    weights); ``metadata`` adds keys to the output's (``din.excluded``).
+    """
+    plan = _plan(paths, weights, metadata)
+    nthreads = max(1, int(threads if threads is not None else default_threads()))
+    with _opened(plan.inputs):
+        out.write(plan.header)
+        _write_blocks(plan, out, nthreads, progress)
+    return plan.result
 
 
 def aggregate(
@@ -439,12 +521,16 @@ def aggregate(
     *,
     progress: Callable[[int], None] | None = None,
     threads: int | None = None,
+    weights: Sequence[int] | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> AggregateResult:
     """Aggregate model files ``paths`` into the file ``output`` (``-``: stdout), atomically.
 
     With ``-`` the result is assembled in a temporary file first, so a bad
-    input found half-way leaves stdout empty.
+    input found half-way leaves stdout empty. ``weights`` and ``metadata`` as
+    in :func:`aggregate_to`.
     """
+    kw = {"progress": progress, "threads": threads, "weights": weights, "metadata": metadata}
     import shutil
     import sys
     import tempfile
@@ -453,13 +539,13 @@ def aggregate(
 
     if is_stdio(output):
         with tempfile.TemporaryFile() as tmp:
-            result = aggregate_to(paths, tmp, progress=progress, threads=threads)
+            result = aggregate_to(paths, tmp, **kw)
             tmp.seek(0)
             shutil.copyfileobj(tmp, sys.stdout.buffer, 1 << 20)
             sys.stdout.buffer.flush()
         return result
     with atomic_output(output) as f:
-        return aggregate_to(paths, f, progress=progress, threads=threads)
+        return aggregate_to(paths, f, **kw)
 
 
 class _Slot:
@@ -544,22 +630,23 @@ def _pread_into(fd: int, buf, offset: int) -> int:  # pragma: no cover - platfor
     return len(data)
 
 
-def _name_culprit(inputs, seg_name, starts, a, m, canonical, names, sizes):
+def _name_culprit(plan: _Plan, seg_name: str, starts, a: int, m: int):
+    """Raise InputError naming the first input and tensor with NaN/Inf in this block."""
     import numpy as np
 
-    for i, inp in enumerate(inputs):
+    for i, inp in enumerate(plan.inputs):
         w = _read(inp, starts[i] + 4 * a, np.empty(m, dtype="<f4"))
         bad = ~np.isfinite(w)
         if bad.any():
             k = int(np.argmax(bad))
             tensor = seg_name
-            if canonical:
+            if plan.canonical:
                 pos = a + k
-                for n in names:
-                    if pos < sizes[n]:
+                for n in plan.names:
+                    if pos < plan.sizes[n]:
                         tensor = n
                         break
-                    pos -= sizes[n]
+                    pos -= plan.sizes[n]
             what = "NaN" if np.isnan(w[k]) else "Inf"
             raise InputError(
                 f"{inp.path}: tensor {tensor!r} contains {what}",

@@ -8,16 +8,33 @@ Scores are integers in basis points (0..10000), the scale the contracts use:
   mean probability given to the true class), so higher is better like the
   others; the raw loss is reported beside it.
 
-Integer ratios are rounded half-up with integer arithmetic. The forward pass
-runs on the CPU in float64 from the file's float32 weights, in a fixed batch
-order, so predictions agree across machines unless two logits tie to within
-float64 rounding. :func:`evaluate_rows` takes explicit row indices (with
-repeats): the on-chain flow scores a round-seeded resample of the test pool.
+Honest validators must reveal the very same integers, so nothing here may
+depend on the machine, the BLAS library, the thread count or the batch size:
+
+- **Logits are bit-exact.** For the built-in families (logreg, mlp, cnn) the
+  forward pass is written out in numpy float64 with one fixed order of
+  operations: every output element is ``bias``, then ``+ x_k * w_k`` for
+  ``k = 0, 1, ...`` in index order (convolutions: channel, then kernel row,
+  then kernel column), each step one IEEE multiply and one IEEE add
+  (element-wise ufuncs: no BLAS, no threads, no fused multiply-add, no
+  reassociation). The float32 weights and features are exact in float64.
+  ReLU and max-pooling are exact. So the logits are the same bits on every
+  IEEE-754 machine, and so are the argmax predictions (ties: lowest class).
+- **Integer ratios** are rounded half-up in integers.
+- **The loss** is computed in decimal arithmetic (``decimal``: correctly
+  rounded exp and ln, 34 digits, the same on every platform) from the exact
+  logits, and ``exp(-L) * 10000`` is rounded half-up there, so no libm or
+  SIMD ``exp`` takes part.
+
+A plugin architecture (``din.models``) has no written-out forward pass; its
+logits come from torch in float64 on the CPU with one thread, which is
+repeatable on one machine but not promised across machines.
+:func:`evaluate_rows` takes explicit row indices (with repeats): the on-chain
+flow scores a round-seeded resample of the test pool.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass
 
@@ -44,22 +61,109 @@ def _ratio_bps(num: int, den: int) -> int:
     return (2 * BPS * num + den) // (2 * den) if den else 0
 
 
-def logits(mf, x, *, batch: int = 4096):
-    """Float64 logits of a checked :class:`~din_cli.ml.models.ModelFile` on rows ``x``."""
+def logits(mf, x, *, batch: int = 1024):
+    """Float64 logits of a checked :class:`~din_cli.ml.models.ModelFile` on rows ``x``, bit-exact.
+
+    ``batch`` bounds memory only: every row's logits are computed on their own.
+    """
+    import numpy as np
+
+    from din_cli.ml import zoo
+
+    family, _ = zoo.parse_arch(mf.arch)
+    x = np.asarray(x)
+    if family not in zoo.BUILTIN:
+        return _torch_logits(mf, x, batch)
+    w = {k: np.asarray(v, dtype=np.float64) for k, v in mf.weights.items()}
+    forward = _cnn if family == "cnn" else _dense
+    out = [forward(mf.arch, w, np.asarray(x[s : s + batch], dtype=np.float64)) for s in range(0, x.shape[0], batch)]
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def _linear(h, weight, bias):
+    """``bias + sum_k h[:, k] * weight[:, k]``, added in index order ``k = 0, 1, ...``."""
+    import numpy as np
+
+    out = np.empty((h.shape[0], weight.shape[0]), dtype=np.float64)
+    out[:] = bias
+    tmp = np.empty_like(out)
+    for k in range(weight.shape[1]):
+        np.multiply(h[:, k : k + 1], weight[:, k], out=tmp)
+        np.add(out, tmp, out=out)
+    return out
+
+
+def _dense(arch: str, w: dict, h):
+    """logreg / mlp: linear layers with ReLU between them."""
+    import numpy as np
+
+    layers = len(w) // 2
+    for i in range(layers):
+        h = _linear(h, w[f"layers.{2 * i}.weight"], w[f"layers.{2 * i}.bias"])
+        if i < layers - 1:
+            np.maximum(h, 0.0, out=h)
+    return h
+
+
+def _conv3x3(h, weight, bias):
+    """3x3 convolution, padding 1: ``bias``, then ``+ w[o, c, dy, dx] * x[c, y+dy-1, x+dx-1]`` in (c, dy, dx) order."""
+    import numpy as np
+
+    n, c, hh, ww = h.shape
+    o = weight.shape[0]
+    pad = np.zeros((c, n, hh + 2, ww + 2), dtype=np.float64)
+    pad[:, :, 1:-1, 1:-1] = h.transpose(1, 0, 2, 3)
+    out = np.empty((o, n * hh * ww), dtype=np.float64)  # long rows: few, fast ufunc loops
+    out[:] = bias[:, None]
+    tmp = np.empty_like(out)
+    for ci in range(c):
+        for dy in range(3):
+            for dx in range(3):
+                patch = np.ascontiguousarray(pad[ci, :, dy : dy + hh, dx : dx + ww]).reshape(-1)
+                np.multiply(weight[:, ci, dy, dx, None], patch[None, :], out=tmp)
+                np.add(out, tmp, out=out)
+    return out.reshape(o, n, hh, ww).transpose(1, 0, 2, 3)
+
+
+def _pool2(h):
+    n, c, hh, ww = h.shape
+    h = h[:, :, : hh // 2 * 2, : ww // 2 * 2]
+    return h.reshape(n, c, hh // 2, 2, ww // 2, 2).max(axis=(3, 5))
+
+
+def _cnn(arch: str, w: dict, h):
+    """cnn: conv-ReLU-pool twice, then a linear classifier (as ``zoo.build_model``)."""
+    import numpy as np
+
+    from din_cli.ml import zoo
+
+    c, hh, ww, _ = zoo._cnn_dims(arch, zoo.parse_arch(arch)[1])
+    h = h.reshape(h.shape[0], c, hh, ww)
+    for conv in ("layers.1", "layers.4"):
+        h = _conv3x3(h, w[f"{conv}.weight"], w[f"{conv}.bias"])
+        np.maximum(h, 0.0, out=h)
+        h = _pool2(h)
+    return _linear(h.reshape(h.shape[0], -1), w["layers.8.weight"], w["layers.8.bias"])
+
+
+def _torch_logits(mf, x, batch: int):
+    """A plugin's logits: torch float64 on the CPU, one thread (repeatable on one machine)."""
     import numpy as np
     import torch
 
     from din_cli.ml import models
 
     model = models.to_torch(mf).double().eval()
+    threads = torch.get_num_threads()
     out = []
-    with torch.no_grad():
-        for s in range(0, x.shape[0], batch):
-            out.append(
-                model(
-                    torch.from_numpy(np.ascontiguousarray(x[s : s + batch], dtype=np.float64))
-                ).numpy()
-            )
+    try:
+        torch.set_num_threads(1)
+        with torch.no_grad():
+            for s in range(0, x.shape[0], batch):
+                rows = np.ascontiguousarray(x[s : s + batch], dtype=np.float64)
+                out.append(model(torch.from_numpy(rows)).numpy())
+    finally:
+        torch.set_num_threads(threads)
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
@@ -86,16 +190,39 @@ def score(metric: str, z, y) -> Score:
             f1_bps.append(_ratio_bps(2 * tp, 2 * tp + fp + fn))
         bps = (2 * sum(f1_bps) + len(f1_bps)) // (2 * len(f1_bps))
         return Score(metric, bps, bps / BPS, n, correct)
-    m = z.max(axis=1, keepdims=True)
-    lse = m[:, 0] + np.log(np.exp(z - m).sum(axis=1))
     if int(y.max()) >= z.shape[1]:
         raise UsageError(
             f"label {int(y.max())} but the model has {z.shape[1]} classes",
             "use a store made for this model",
         )
-    loss = float(np.mean(lse - z[np.arange(n), y]))
-    bps = int(math.floor(BPS * math.exp(-loss) + 0.5))
+    loss, bps = _loss_bps(z, y)
     return Score(metric, max(0, min(BPS, bps)), loss, n, correct)
+
+
+def _loss_bps(z, y) -> tuple[float, int]:
+    """Mean cross-entropy and ``round(10000 * exp(-loss))``, half up, in decimal arithmetic.
+
+    ``decimal``'s exp and ln are correctly rounded, so the result is the same
+    on every platform (no libm, no SIMD exp). The sum is taken in row order.
+    """
+    import decimal
+
+    import numpy as np
+
+    if not np.isfinite(z).all():  # overflowed logits: no probability to speak of
+        return float("inf"), 0
+    ctx = decimal.Context(prec=34, rounding=decimal.ROUND_HALF_EVEN)
+    D = decimal.Decimal
+    total = D(0)
+    for row, label in zip(z.tolist(), y.tolist(), strict=True):
+        top = max(row)
+        s = D(0)
+        for v in row:
+            s = ctx.add(s, ctx.exp(ctx.subtract(D(v), D(top))))
+        total = ctx.add(total, ctx.subtract(ctx.add(ctx.ln(s), D(top)), D(row[label])))
+    mean = ctx.divide(total, D(len(z)))
+    scaled = ctx.multiply(ctx.exp(ctx.minus(mean)), D(BPS))
+    return float(mean), int(scaled.quantize(D(1), rounding=decimal.ROUND_HALF_UP, context=ctx))
 
 
 def evaluate_rows(

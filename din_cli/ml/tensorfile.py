@@ -21,6 +21,14 @@ Metadata schema (all values are strings; every key is always present):
 ``din.task``     task id, or empty
 ===============  =========================================================
 
+Aggregates may carry one more key, present only when the admission rule
+(``din_cli.protocol.admission``) left inputs out:
+
+===============  =========================================================
+``din.excluded`` compact JSON list, sorted by index, of the inputs left
+                 out: ``[{"cid":"bafk...","index":2,"reason":"non-finite"}]``
+===============  =========================================================
+
 Reading never trusts the file: the header must parse, offsets must be
 contiguous and inside the file, and :func:`check_model` compares names,
 shapes, dtype and (optionally) finiteness with what the architecture expects,
@@ -40,6 +48,7 @@ from din_cli.errors import InputError, NotFoundError
 
 KINDS = ("model", "update", "aggregate")
 META_KEYS = ("din.arch", "din.encoding", "din.kind", "din.round", "din.samples", "din.task")
+EXCLUDED_KEY = "din.excluded"  # aggregates only, when inputs were left out
 MAX_HEADER = 100 * 1024 * 1024
 
 # numpy dtype name -> safetensors dtype
@@ -286,6 +295,28 @@ def read_header(path: str | os.PathLike) -> Header:
             "fetch or write the file again",
         )
     return header
+
+
+def is_canonical(header: Header) -> bool:
+    """True when the file's header is byte for byte what :func:`encode_header` writes.
+
+    That is: keys sorted, no spaces, ASCII, padded to 8 bytes, tensors in
+    sorted name order and back to back, and the metadata exactly din's schema
+    (:data:`META_KEYS`, plus :data:`EXCLUDED_KEY` on an aggregate).
+    """
+    keys = set(header.metadata)
+    schema = set(META_KEYS)
+    if keys != schema and not (header.kind == "aggregate" and keys == schema | {EXCLUDED_KEY}):
+        return False
+    specs = {n: (t.dtype, t.shape) for n, t in header.tensors.items()}
+    try:
+        want = encode_header(header.metadata, specs)
+    except (KeyError, ValueError):
+        return False
+    if len(want) != header.data_start:
+        return False
+    with open(header.path, "rb") as f:
+        return f.read(len(want)) == want
 
 
 def load_arrays(header: Header, *, names: list[str] | None = None) -> dict:

@@ -166,7 +166,13 @@ def latest_updates(ctx, task_id: int) -> dict[int, bytes]:
 def compute_scores(
     ctx, task_id: int, group: int, test_path: Path, work: Path, metric: str = "accuracy"
 ) -> tuple[list[str], list[int]]:
-    """Score each participant of evaluation subgroup ``group``; ``(addresses, scores in bps)``."""
+    """Score each participant of evaluation subgroup ``group``; ``(addresses, scores in bps)``.
+
+    A participant scores its latest update; 0 when it never submitted, or when
+    the admission rule excluded that update from its round's subgroup
+    aggregate (judged as the validators of that subgroup judged it), so a
+    bad update earns nothing and is never evaluated.
+    """
     from din_cli.ml.data import load_store
     from din_cli.ml.evaluate import evaluate_rows
     from din_cli.protocol.sampling import evaluation_rows
@@ -175,15 +181,42 @@ def compute_scores(
     parts = ctx.din.participants(task_id)
     latest = latest_updates(ctx, task_id)
     rows = evaluation_rows(rnd.seed, len(load_store(test_path)), final=True)
+    admitted = _admitted_latest(ctx, task_id, [i for i in rnd.participant_groups[group] if i in latest], work)
     addresses, scores = [], []
     for i in rnd.participant_groups[group]:
         addresses.append(parts[i])
-        if i not in latest:
+        if i not in admitted:
             scores.append(0)
             continue
         model = ctx.fetch(latest[i], work / f"model-{i}.safetensors")
         scores.append(int(evaluate_rows(model, test_path, rows, metric=metric).score_bps))
     return addresses, scores
+
+
+def _admitted_latest(ctx, task_id: int, indices: list[int], work: Path) -> set[int]:
+    """Which of participants ``indices`` had their latest update admitted in its round."""
+    from din_cli.protocol.roundflow import subgroup_result
+
+    last_round: dict[int, int] = {}
+    for e in ctx.din.events(task_id, "UpdateSubmitted"):
+        i, r = int(e["args"]["index"]), int(e["args"]["round"])
+        if i in indices:
+            last_round[i] = max(r, last_round.get(i, 0))
+    judged: dict[tuple[int, int], tuple[list, object]] = {}
+    out: set[int] = set()
+    for i, r in last_round.items():
+        mine = [u for u in ctx.din.updates_submitted(task_id, r) if u.index == i]
+        g = mine[-1].group
+        if (r, g) not in judged:
+            updates = ctx.din.updates_submitted(task_id, r, g)
+            sub = work / f"admission-r{r}-g{g}"
+            sub.mkdir(exist_ok=True)
+            judged[(r, g)] = (updates, subgroup_result(ctx, task_id, r, g, sub, aggregate=False)[1])
+        updates, admission = judged[(r, g)]
+        k = max(pos for pos, u in enumerate(updates) if u.index == i)
+        if admission is not None and admission.verdicts[k].admitted:
+            out.add(i)
+    return out
 
 
 def _overrides(

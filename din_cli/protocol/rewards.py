@@ -1,9 +1,11 @@
 """Settlement and payouts: slash what the record proves, settle every subgroup, claim, show.
 
-``settle`` first slashes every aggregator the chain's record convicts (it did
-not reveal, or revealed a minority aggregate), then settles each evaluation
-subgroup (medians of the revealed score vectors; validators outside the
-tolerance are penalised). Anyone may run it. ``claim`` pulls what the task
+``settle`` first slashes every aggregator the chain's record convicts, in
+every round (it did not reveal, or revealed a minority aggregate), then settles
+each evaluation subgroup: the score vector a strict majority of its validators
+revealed is accepted and every other validator there (another vector, or none)
+is penalised; with no strict majority the subgroup scores 0 and only silent
+validators are penalised. Anyone may run it, until the settling deadline. ``claim`` pulls what the task
 owes the acting key; ``show`` lists scores, payouts, stakes and slashes.
 
 Payouts telescope (``pool * (before + m) / total - pool * before / total``),
@@ -25,7 +27,7 @@ NO_DEADLINE = 2**64 - 1
 
 
 def settle(ctx, task_id: int) -> dict:
-    """Slash convicted aggregators, then settle every unsettled subgroup; what was done."""
+    """Slash convicted aggregators of every round, then settle every unsettled subgroup; what was done."""
     d = ctx.din
     info = d.task_info(task_id)
     if info.phase in ("settled", "abandoned"):
@@ -57,8 +59,8 @@ def settle(ctx, task_id: int) -> dict:
 def slash_aggregators(ctx, task_id: int, rounds) -> list[dict]:
     """Slash every aggregator the record convicts in ``rounds`` (no reveal, or a minority CID); what was slashed.
 
-    The contract accepts a slash only until the validator commits again, so
-    offences already out of reach are skipped.
+    The contract keeps every round's record until the task is settled; a
+    validator slashed meanwhile (by someone else) is skipped.
     """
     from din_cli.errors import TransactionReverted
 
@@ -70,7 +72,7 @@ def slash_aggregators(ctx, task_id: int, rounds) -> list[dict]:
                 with ctx.chain.writing():
                     amount = d.slash_aggregator(ctx.account, task_id, r, who)
             except TransactionReverted as e:
-                if "too late" in e.reason or "already removed" in e.reason:
+                if "already removed" in e.reason:
                     continue
                 raise
             slashed.append({"validator": who, "round": r, "amount": amount})
@@ -78,7 +80,7 @@ def slash_aggregators(ctx, task_id: int, rounds) -> list[dict]:
 
 
 def claim(ctx, task_id: int) -> dict:
-    """Pull what ``task_id`` owes the acting key; AlreadyDone once claimed."""
+    """Pull what ``task_id`` owes the acting key and release its validator bond; AlreadyDone once claimed."""
     d = ctx.din
     info = d.task_info(task_id)
     if info.phase not in ("settled", "abandoned"):
@@ -87,6 +89,9 @@ def claim(ctx, task_id: int) -> dict:
             f"settle it first: `din rewards settle --task {task_id}`",
         )
     with ctx.chain.writing():
+        if d.claimable(task_id, ctx.address) == 0 and d.bonded(task_id, ctx.address):
+            d.release(ctx.account, task_id, ctx.address)  # nothing to pay, but the stake unlocks
+            return {"task_id": task_id, "account": ctx.address, "amount": 0, "bond_released": True}
         if d.claimable(task_id, ctx.address) == 0:
             claimed = [
                 e for e in d.events(task_id, "Claimed") if e["args"]["account"] == ctx.address
@@ -113,7 +118,7 @@ def show(ctx, task_id: int) -> dict:
         claimed[e["args"]["account"]] = claimed.get(e["args"]["account"], 0) + int(
             e["args"]["amount"]
         )
-    medians = d.settlement_results(task_id)
+    accepted = d.settlement_results(task_id)
     revealed = d.scores_revealed(task_id)
     parts = d.participants(task_id)
     index = {a: i for i, a in enumerate(parts)}
@@ -140,7 +145,7 @@ def show(ctx, task_id: int) -> dict:
                 "address": a,
                 "index": index[a],
                 "scores": scores,
-                "median": medians.get(a),
+                "score": accepted.get(a),
                 "claimed": claimed.get(a, 0),
                 "claimable": d.claimable(task_id, a)
                 if info.phase in ("settled", "abandoned")

@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from din_cli.errors import AlreadyDone, NotFoundError, UsageError, VerificationError
+from din_cli.errors import AlreadyDone, InputError, NotFoundError, UsageError, VerificationError
 from din_cli.protocol.cids import to_bytes, to_text
 
 TRAIN_DEFAULTS = {"epochs": 1, "lr": 0.1, "batch_size": 32}
@@ -103,7 +103,7 @@ def publish(ctx, model_path: str | Path, deposit: int, **options) -> dict:
     """Add the genesis model to the store and create a task with ``deposit`` token units; ``{task_id, cid}``.
 
     ``options``: subgroup_size, validators_per_subgroup, max_rounds, fee_bps,
-    tolerance_bps, slash_amount, durations (see ``Din.create_task``).
+    tolerance_bps, slash_amount, max_samples, durations (see ``Din.create_task``).
     """
     from din_cli.ml.models import read_model
 
@@ -220,7 +220,10 @@ def subgroup_updates(ctx, task_id: int, round_: int, group: int) -> list:
 
 
 def aggregate_cids(ctx, cids: list[bytes], work: Path, name: str) -> tuple[str, Path]:
-    """Fetch ``cids``, aggregate them bit-exactly into ``work/name``, add it; ``(cid text, path)``."""
+    """Fetch ``cids``, aggregate them bit-exactly into ``work/name``, add it; ``(cid text, path)``.
+
+    No admission rule: for results already accepted on chain (the global model).
+    """
     from din_cli.ml.aggregate import aggregate
 
     if not cids:
@@ -238,18 +241,64 @@ def start_model(ctx, task_id: int, round_: int) -> str:
     return to_text(ctx.din.round_info(task_id, round_).model_cid)
 
 
-def subgroup_aggregate(ctx, task_id: int, round_: int, group: int, work: Path) -> str:
-    """Recompute subgroup ``group``'s aggregate of ``round_``; its CID text.
+def _cid_text(raw: bytes) -> str:
+    try:
+        return to_text(raw)
+    except InputError:  # not a CID at all (sent to the contract directly)
+        return "0x" + bytes(raw).hex()
 
-    A subgroup that received no update agrees on the model the round started
-    from (the contracts' convention), so its validators still have a result
-    to commit and reveal, and nobody is slashed for an empty subgroup.
+
+def _fetch_updates(ctx, updates: list, work: Path, name: str) -> list[Path | None]:
+    """Each update's file; None (``unavailable``) when the store has no such CID or it is not one."""
+    paths: list[Path | None] = []
+    for i, u in enumerate(updates):
+        try:
+            paths.append(ctx.fetch(u.cid, work / f"{name}-in-{i:04d}.safetensors"))
+        except (NotFoundError, InputError):
+            paths.append(None)
+    return paths
+
+
+def subgroup_result(ctx, task_id: int, round_: int, group: int, work: Path, *, aggregate: bool = True):
+    """Subgroup ``group``'s result of ``round_`` by the admission rule; ``(cid text, Admission | None)``.
+
+    The subgroup's submitted updates, in submission order, go through
+    :func:`din_cli.protocol.admission.admit` against the round's starting
+    model with the task's ``maxSamples`` cap; the admitted ones are
+    aggregated (their exclusions recorded in ``din.excluded``). A subgroup
+    that received no update, or whose every update was excluded, agrees on
+    the starting model (the contracts' convention), so its validators still
+    have a result to commit and reveal, and nobody is slashed for it.
+    ``aggregate=False`` only judges (the CID is then None unless it is the
+    starting model).
     """
+    from din_cli.protocol import admission
+
     updates = subgroup_updates(ctx, task_id, round_, group)
+    start = start_model(ctx, task_id, round_)
     if not updates:
-        return start_model(ctx, task_id, round_)
-    cid, _ = aggregate_cids(ctx, [u.cid for u in updates], work, f"r{round_}-g{group}")
-    return cid
+        return start, None
+    name = f"r{round_}-g{group}"
+    base = ctx.fetch(start, work / f"{name}-start.safetensors")
+    paths = _fetch_updates(ctx, updates, work, name)
+    rule = {
+        "base": base,
+        "max_samples": ctx.din.task_info(task_id).max_samples,
+        "ids": [_cid_text(u.cid) for u in updates],
+    }
+    if not aggregate:
+        judged = admission.admit(paths, **rule)
+        return (start if not judged.admitted else None), judged
+    out = work / f"{name}.safetensors"
+    outcome = admission.aggregate(paths, out, **rule)
+    if outcome.unchanged:
+        return start, outcome.admission
+    return ctx.add(out), outcome.admission
+
+
+def subgroup_aggregate(ctx, task_id: int, round_: int, group: int, work: Path) -> str:
+    """Recompute subgroup ``group``'s aggregate of ``round_`` by the admission rule; its CID text."""
+    return subgroup_result(ctx, task_id, round_, group, work)[0]
 
 
 def _my_slot(ctx, task_id: int, round_: int):

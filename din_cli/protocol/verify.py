@@ -2,9 +2,13 @@
 
 Aggregation is bit-exact, so anyone holding the content can check the chain:
 for each round, every accepted subgroup CID must equal the aggregate of that
-subgroup's submitted updates, and the accepted global model must equal the
-aggregate of the accepted subgroup results. Each check is one row of the
-report; ``verify`` raises VerificationError (exit 3) when any fails.
+subgroup's submitted updates under the admission rule
+(``din_cli.protocol.admission``, the one every validator applies), and the
+accepted global model must equal the aggregate of the accepted subgroup
+results. Each check is one row of the report, with the updates the rule
+excluded and why; when an accepted aggregate admitted an update the rule
+excludes (its ``din.excluded`` lacks it), the row names it under
+``included``. ``verify`` raises VerificationError (exit 3) when any fails.
 
 Example:
     with open_context() as ctx:
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 from din_cli.errors import NotFoundError, VerificationError
 from din_cli.protocol.cids import to_text
-from din_cli.protocol.roundflow import global_from_accepted, subgroup_aggregate
+from din_cli.protocol.roundflow import global_from_accepted, start_model, subgroup_result
 
 
 def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
@@ -41,7 +45,8 @@ def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
             for g in sorted(accepted):
                 updates = d.updates_submitted(task_id, r, g)
                 recorded = to_text(accepted[g])
-                expected = subgroup_aggregate(ctx, task_id, r, g, work)
+                expected, judged = subgroup_result(ctx, task_id, r, g, work)
+                excluded = [_row(v) for v in judged.excluded] if judged else []
                 checks.append(
                     {
                         "round": r,
@@ -51,6 +56,10 @@ def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
                         "expected": expected,
                         "recorded": recorded,
                         "ok": expected == recorded,
+                        "excluded": excluded,
+                        "included": []
+                        if expected == recorded
+                        else _wrongly_included(ctx, task_id, r, recorded, excluded, work),
                     }
                 )
             if r in globals_:
@@ -65,9 +74,35 @@ def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
                         "expected": expected,
                         "recorded": recorded,
                         "ok": expected == recorded,
+                        "excluded": [],
+                        "included": [],
                     }
                 )
     return checks
+
+
+def _row(v) -> dict:
+    return {"index": v.index, "cid": v.cid, "reason": v.reason, "detail": v.detail}
+
+
+def _wrongly_included(ctx, task_id: int, round_: int, recorded: str, excluded: list, work) -> list:
+    """The rule's exclusions that the recorded aggregate did not record as excluded (it used them).
+
+    Read from the recorded aggregate's ``din.excluded``; ``[]`` when the
+    record is the starting model (it used nothing) or its content is not in
+    the store (nothing can be said beyond the CID mismatch).
+    """
+    from din_cli.errors import DinError
+    from din_cli.protocol.admission import recorded_exclusions
+
+    if not excluded or recorded == start_model(ctx, task_id, round_):
+        return []
+    try:
+        path = ctx.fetch(recorded, work / f"recorded-r{round_}-{recorded}.safetensors")
+    except DinError:
+        return []
+    left_out = {int(e.get("index", -1)) for e in recorded_exclusions(path) if isinstance(e, dict)}
+    return [e for e in excluded if e["index"] not in left_out]
 
 
 def verify(ctx, task_id: int, round_: int | None = None) -> list[dict]:
@@ -85,8 +120,13 @@ def require_ok(task_id: int, checks: list[dict]) -> None:
         what = (
             f"subgroup {c['group']}'s aggregate" if c["what"] == "subgroup" else "the global model"
         )
+        used = "; ".join(
+            f"it includes update #{e['index']} {e['cid']} that the admission rule excludes ({e['reason']})"
+            for e in c.get("included") or []
+        )
         raise VerificationError(
             f"task {task_id} round {c['round']}: {what} on chain is {c['recorded']} but recomputes to {c['expected']}"
+            + (f"; {used}" if used else "")
             + (f" ({len(bad)} checks failed)" if len(bad) > 1 else ""),
             "the chain's record does not hold; do not build on it",
         )

@@ -12,7 +12,8 @@ import {Settlement} from "./Settlement.sol";
 /// @notice Lifecycle of a task (phase numbers in brackets):
 ///   Joining [1] -> per round: Training [2] -> AggCommit [3] -> AggReveal [4] -> Global [5]
 ///   -> after the last round: TestSet [6] -> ScoreCommit [7] -> ScoreReveal [8] -> Settling [9]
-///   -> Settled [10] (claims). Abandoned [11] is the refund path.
+///   -> Settled [10] (claims). Abandoned [11] is the refund path. Settling has a deadline too:
+///   subgroups nobody settled by then score 0 (settle is permissionless).
 ///   Every phase ends at its deadline OR as soon as everyone expected has acted; any call
 ///   (including the permissionless `advance`) first moves a task past expired deadlines.
 ///   CIDs are stored as keccak256 digests; the full CID bytes travel in events.
@@ -33,6 +34,8 @@ contract DinTasks is ReentrancyGuard {
 
     uint256 internal constant EVAL_ROUND = 0; // seed slot of the evaluation assignment
     uint256 public constant SCORE_SCALE = 10000; // scores are basis points
+    uint256 internal constant MAX_PER_GROUP = 64; // validators per subgroup (bits of GroupVotes.mask)
+    uint256 internal constant MAX_SUBGROUP = 256; // participants per subgroup: settle stays far below 10M gas
 
     struct TaskParams {
         bytes genesisCid;
@@ -42,9 +45,9 @@ contract DinTasks is ReentrancyGuard {
         uint32 validatorsPerSubgroup;
         uint16 maxRounds;
         uint16 feeBps; // validators' share of the deposit
-        uint16 toleranceBps; // BlockFlow: 5000 (0.5 of the scale)
         uint128 slashAmount; // at most the registry's minimum stake
-        uint32[8] durations; // seconds: join, train, aggCommit, aggReveal, global, testSet, scoreCommit, scoreReveal
+        uint32 maxSamples; // cap on one participant's FedAvg weight (declared samples above it count as this)
+        uint32[9] durations; // seconds: join, train, aggCommit, aggReveal, global, testSet, scoreCommit, scoreReveal, settle
     }
 
     struct Task {
@@ -55,10 +58,10 @@ contract DinTasks is ReentrancyGuard {
         uint16 maxRounds;
         uint16 feeBps;
         // slot: configuration
-        uint16 toleranceBps;
         uint128 slashAmount;
+        uint32 maxSamples;
         // slot: durations
-        uint32[8] durations;
+        uint32[9] durations;
         // slot: state
         uint8 phase;
         uint16 round;
@@ -91,23 +94,25 @@ contract DinTasks is ReentrancyGuard {
         bool claimed;
     }
 
-    /// @dev A settled subgroup: the hash of its medians (position order) and the running total of
-    ///      medians settled before it. Claims bring the medians back as calldata.
+    /// @dev A settled subgroup: the hash of its accepted scores (position order) and the running
+    ///      total of scores settled before it. Claims bring the scores back as calldata.
     struct GroupResult {
-        bytes32 mediansHash;
+        bytes32 scoresHash;
         uint64 before;
     }
 
-    /// @dev One slot per validator and task. `hash` holds the latest commitment while
-    ///      commitRound > revealRound, else the revealed CID digest (aggregation) or score-vector
-    ///      hash (evaluation), truncated to 160 bits. Round SCORES marks the evaluation.
+    /// @dev One slot per validator and task. `hash` holds the latest commitment; after the score
+    ///      reveal (revealRound = SCORES), the revealed score-vector hash
+    ///      (160 bits). Round SCORES marks the evaluation. What a validator revealed in each
+    ///      aggregation round stays in GroupVotes / _deviant (per round), so a lie stays
+    ///      provable until settlement.
     struct Val {
         uint16 index1; // index + 1 (0 = not registered)
         uint16 commitRound;
         uint16 revealRound;
         uint16 attestRound;
         bytes20 hash;
-        uint24 feeOrdinal; // 1-based, among validators earning a fee
+        uint24 pos; // slot position (group * perGroup + slot) in the round last committed
         uint8 flags; // REMOVED | SETTLED | CLAIMED
     }
 
@@ -115,6 +120,7 @@ contract DinTasks is ReentrancyGuard {
     uint8 internal constant REMOVED = 1; // slashed: no more votes, no fee
     uint8 internal constant SETTLED_FEE = 2; // earns a fee
     uint8 internal constant CLAIMED = 4;
+    uint8 internal constant BONDED = 8; // slashAmount of its registry stake is bonded to this task
 
     ValidatorRegistry public immutable registry;
     IERC20 public immutable token;
@@ -127,6 +133,16 @@ contract DinTasks is ReentrancyGuard {
     /// @dev keccak(task, round, group, CID digest) -> reveals (group = 2^256-1: global attestations)
     mapping(bytes32 => uint256) public votes;
     mapping(bytes32 => GroupResult) public groupResults; // keccak(task, group)
+    /// @dev The first CID digest revealed in a subgroup of a round, how many revealed it, and which
+    ///      slots (bit j = slot j) did; keyed keccak(task, round, group).
+    struct GroupVotes {
+        bytes20 first;
+        uint8 count;
+        uint64 mask;
+    }
+    mapping(bytes32 => GroupVotes) internal _groupVotes;
+    /// @dev keccak(task, round, validator) -> a revealed CID digest other than its subgroup's first.
+    mapping(bytes32 => bytes32) internal _deviant;
 
     event TaskCreated(uint256 indexed taskId, address indexed owner, bytes genesisCid, bytes32 arch, uint256 deposit, uint256 subgroupSize, uint256 validatorsPerSubgroup, uint256 maxRounds, uint64 joinDeadline);
     event ParticipantJoined(uint256 indexed taskId, address indexed participant, uint256 index, bytes32 hpkeKey);
@@ -146,10 +162,12 @@ contract DinTasks is ReentrancyGuard {
     event TestSetPosted(uint256 indexed taskId, bytes cid, address[] validators, bytes[] wrappedKeys);
     event ScoresCommitted(uint256 indexed taskId, address indexed validator, uint256 group);
     event ScoresRevealed(uint256 indexed taskId, address indexed validator, uint256 group, uint256[] scores);
-    event SubgroupSettled(uint256 indexed taskId, uint256 group, uint256[] participants, uint256[] medians, uint256 before);
+    event SubgroupSettled(uint256 indexed taskId, uint256 group, uint256[] participants, uint256[] scores, uint256 before);
     event ValidatorPenalised(uint256 indexed taskId, address indexed validator, uint256 amount, string reason);
     event TaskAbandoned(uint256 indexed taskId, string reason);
     event Claimed(uint256 indexed taskId, address indexed account, uint256 amount);
+    event BondReleased(uint256 indexed taskId, address indexed validator);
+    event ParticipantsCapped(uint256 indexed taskId, uint256 participants);
 
     constructor(ValidatorRegistry registry_) {
         registry = registry_;
@@ -163,11 +181,14 @@ contract DinTasks is ReentrancyGuard {
         require(p.genesisCid.length > 0, "genesis CID is empty");
         require(p.deposit > 0 && p.deposit < type(uint128).max, "deposit must be positive");
         require(p.subgroupSize > 0, "subgroup size must be positive");
+        require(p.subgroupSize <= MAX_SUBGROUP, "at most 256 participants per subgroup");
         require(p.validatorsPerSubgroup > 0, "validators per subgroup must be positive");
         require(p.maxRounds > 0, "max rounds must be positive");
-        require(p.feeBps <= SCORE_SCALE && p.toleranceBps <= SCORE_SCALE, "basis points above 10000");
+        require(p.feeBps <= SCORE_SCALE, "basis points above 10000");
+        require(p.validatorsPerSubgroup <= MAX_PER_GROUP, "at most 64 validators per subgroup");
         require(p.slashAmount <= registry.minStake(), "slash amount above the minimum stake");
-        for (uint256 i = 0; i < 8; i++) require(p.durations[i] > 0, "phase durations must be positive");
+        require(p.maxSamples > 0, "max samples must be positive");
+        for (uint256 i = 0; i < 9; i++) require(p.durations[i] > 0, "phase durations must be positive");
         id = ++taskCount;
         Task storage t = _tasks[id];
         t.owner = msg.sender;
@@ -175,8 +196,8 @@ contract DinTasks is ReentrancyGuard {
         t.validatorsPerSubgroup = p.validatorsPerSubgroup;
         t.maxRounds = p.maxRounds;
         t.feeBps = p.feeBps;
-        t.toleranceBps = p.toleranceBps;
         t.slashAmount = p.slashAmount;
+        t.maxSamples = p.maxSamples;
         t.durations = p.durations;
         t.phase = JOINING;
         t.lastRound = p.maxRounds;
@@ -204,20 +225,22 @@ contract DinTasks is ReentrancyGuard {
         emit ParticipantJoined(id, msg.sender, index, hpkeKey);
     }
 
-    /// @notice Register as a validator of task `id` (needs an active stake in the registry).
+    /// @notice Register as a validator of task `id`: bonds the task's slash amount of your free stake
+    ///         in the registry until the task is settled or abandoned (needs an active stake).
     function registerValidator(uint256 id) external {
         Task storage t = _sync(id);
         require(t.phase == JOINING, "task is not open for registration");
         require(msg.sender != t.owner, "the model owner cannot validate");
         require(_members[id][msg.sender].index1 == 0, "participants cannot validate");
-        require(registry.isActive(msg.sender), "stake below minimum");
         Val storage v = _vals[id][msg.sender];
         require(v.index1 == 0, "already registered");
         uint16 index = t.validators;
         require(index < type(uint16).max - 1, "task has all the validators it can take");
         t.validators = index + 1;
         v.index1 = index + 1;
+        v.flags = BONDED;
         emit ValidatorRegistered(id, msg.sender, index);
+        registry.bond(msg.sender, t.slashAmount); // reverts unless active with enough free stake
     }
 
     // ------------------------------------------------------------------ phases
@@ -232,7 +255,7 @@ contract DinTasks is ReentrancyGuard {
         if (t.phase != JOINING) return; // the join deadline had passed
         require(msg.sender == t.owner, "only the model owner starts before the join deadline");
         require(t.participants > 0, "no participants joined yet");
-        require(t.validators >= Assignment.groupCount(t.participants, t.subgroupSize), "fewer validators than subgroups");
+        require(t.validators > 0, "no validators registered yet");
         _advance(id, t);
     }
 
@@ -259,7 +282,7 @@ contract DinTasks is ReentrancyGuard {
         Task storage t = _sync(id);
         require(t.phase == TRAINING, "not in the training phase");
         Member storage m = _members[id][msg.sender];
-        require(m.index1 != 0, "not a participant of this task");
+        require(m.index1 != 0 && m.index1 <= t.participants, "not a participant of this task");
         uint16 round = t.round;
         require(m.lastRound < round, "update already submitted this round");
         require(cid.length > 0, "CID is empty");
@@ -278,10 +301,11 @@ contract DinTasks is ReentrancyGuard {
         uint16 round = t.round;
         Val storage v = _vals[id][msg.sender];
         require(v.commitRound < round, "aggregate already committed this round");
-        uint256 group = _validatorGroup(id, t, v, round);
+        uint256 pos = _validatorPos(id, t, v, round);
         v.commitRound = round;
         v.hash = bytes20(commitment);
-        emit AggregateCommitted(id, round, msg.sender, group);
+        v.pos = uint24(pos);
+        emit AggregateCommitted(id, round, msg.sender, pos / t.perGroup);
         if (++t.committed == uint256(t.groups) * t.perGroup) _advance(id, t);
     }
 
@@ -292,40 +316,55 @@ contract DinTasks is ReentrancyGuard {
         uint16 round = t.round;
         Val storage v = _vals[id][msg.sender];
         require(v.commitRound == round, "no aggregate committed this round");
-        require(v.revealRound < round, "aggregate already revealed this round");
+        require(v.flags & REMOVED == 0, "validator was slashed out of this task");
         require(bytes20(keccak256(abi.encodePacked(cid, salt, msg.sender))) == v.hash, "reveal does not match commitment");
         bytes32 digest = keccak256(cid);
-        v.revealRound = round;
-        v.hash = bytes20(digest);
-        uint256 group = _validatorGroup(id, t, v, round);
+        uint256 per = t.perGroup;
+        uint256 pos = v.pos; // set by commitAggregate this round
+        uint256 group = pos / per;
         emit AggregateRevealed(id, round, msg.sender, group, cid);
-        if (++votes[keccak256(abi.encode(id, round, group, digest))] == uint256(t.perGroup) / 2 + 1) {
-            emit SubgroupAccepted(id, round, group, cid);
+        GroupVotes storage gv = _groupVotes[keccak256(abi.encode(id, round, group))];
+        uint256 count;
+        if (gv.count == 0 || gv.first == bytes20(digest)) {
+            uint64 bit = uint64(1) << uint64(pos % per);
+            require(gv.mask & bit == 0, "aggregate already revealed this round");
+            gv.first = bytes20(digest);
+            gv.mask |= bit;
+            count = ++gv.count;
+        } else {
+            bytes32 key = keccak256(abi.encode(id, round, msg.sender));
+            require(_deviant[key] == bytes32(0), "aggregate already revealed this round");
+            _deviant[key] = digest;
+            count = ++votes[keccak256(abi.encode(id, round, group, digest))];
         }
+        if (count == per / 2 + 1) emit SubgroupAccepted(id, round, group, cid);
         if (++t.acted == t.committed) _advance(id, t);
     }
 
     /// @notice Slash `validator` for round `round`: it was assigned and did not reveal, or
-    ///         `majority` (a CID digest) won its subgroup and it revealed another CID. Anyone may call
-    ///         after that round's reveal phase and before the validator commits again (its record of
-    ///         the round is then replaced); give majority = 0 for "did not reveal".
+    ///         `majority` (a CID digest) won its subgroup and it revealed another CID. Anyone may call,
+    ///         for any past round, until the task is settled; give majority = 0 for "did not reveal".
+    ///         The validator is removed from the task and forfeits its fee.
     function slashAggregator(uint256 id, uint256 round, address validator, bytes32 majority) external nonReentrant {
         Task storage t = _sync(id);
+        require(t.phase <= SETTLING, "task has ended: too late to slash");
         require(round >= 1 && (round < t.round || (round == t.round && t.phase >= GLOBAL)), "round not revealed yet");
         Val storage v = _vals[id][validator];
         require(v.index1 != 0, "not a validator of this task");
         require(v.flags & REMOVED == 0, "validator already removed");
-        require(v.commitRound <= round, "validator has committed since; too late to slash for that round");
         uint256 per = t.perGroup;
         uint256 pos = Assignment.permute(Assignment.key(roundSeed[id][round], Assignment.VALIDATORS), v.index1 - 1, t.validators);
         require(pos < uint256(t.groups) * per, "validator not assigned in that round");
+        GroupVotes storage gv = _groupVotes[keccak256(abi.encode(id, round, pos / per))];
+        bytes20 revealed = ((gv.mask >> (pos % per)) & 1) == 1 ? gv.first : bytes20(_deviant[keccak256(abi.encode(id, round, validator))]);
         string memory reason;
-        if (v.revealRound != round) {
+        if (revealed == bytes20(0)) {
             reason = "did not reveal its aggregate";
         } else {
             require(majority != bytes32(0), "validator revealed an aggregate");
-            require(votes[keccak256(abi.encode(id, round, pos / per, majority))] > per / 2, "no majority for that CID in the subgroup");
-            require(v.hash != bytes20(majority), "validator revealed the majority aggregate");
+            uint256 count = bytes20(majority) == gv.first ? gv.count : votes[keccak256(abi.encode(id, round, pos / per, majority))];
+            require(count > per / 2, "no majority for that CID in the subgroup");
+            require(revealed != bytes20(majority), "validator revealed the majority aggregate");
             reason = "revealed a minority aggregate";
         }
         _slash(id, t, v, validator, round, reason);
@@ -408,43 +447,57 @@ contract DinTasks is ReentrancyGuard {
         if (++t.acted == t.committed) _advance(id, t);
     }
 
-    /// @notice Settle subgroup `group`: medians of the revealed score vectors, penalties, reward shares.
+    /// @notice Settle subgroup `group` (anyone, in the settling phase): the score vector whose hash a
+    ///         strict majority of the subgroup's evaluation validators revealed is accepted, and every
+    ///         other validator of the subgroup (another vector, or none) is slashed. With no strict
+    ///         majority, every participant of the subgroup scores 0, only validators that did not
+    ///         reveal are slashed and none earns a fee.
     /// @param participants participant indices in subgroup position order
     /// @param validators   the subgroup's validators in slot order (perGroup of them)
-    /// @param vectors      each validator's revealed scores (empty for one that did not reveal)
-    function settle(uint256 id, uint256 group, uint256[] calldata participants, address[] calldata validators, uint256[][] calldata vectors) external nonReentrant {
+    /// @param scores       the majority's score vector, or empty when there is no strict majority
+    function settle(uint256 id, uint256 group, uint256[] calldata participants, address[] calldata validators, uint256[] calldata scores) external nonReentrant {
         Task storage t = _sync(id);
         require(t.phase == SETTLING, "not in the settlement phase");
         require(group < t.groups, "no such subgroup");
         GroupResult storage r = groupResults[keccak256(abi.encode(id, group))];
-        require(r.mediansHash == bytes32(0), "subgroup already settled");
+        require(r.scoresHash == bytes32(0), "subgroup already settled");
         bytes32 seed = roundSeed[id][EVAL_ROUND];
-        bool[] memory revealed = _checkValidators(id, t, group, validators, vectors, seed);
-        uint256[] memory medians = _checkParticipants(t, group, participants, seed);
-        bool[] memory penalised = Settlement.medians(vectors, revealed, medians, t.toleranceBps);
+        bytes20[] memory hashes = _checkValidators(id, t, group, validators, seed);
+        uint256 size = _checkParticipants(t, group, participants, seed);
+        uint256 winner = Settlement.majority(hashes); // index + 1, or 0
+        uint256[] memory accepted = scores;
+        if (winner != 0) {
+            require(bytes20(keccak256(abi.encodePacked(scores))) == hashes[winner - 1], "scores differ from the majority's vector");
+        } else {
+            require(scores.length == 0, "no strict majority revealed that vector: give no scores");
+            accepted = new uint256[](size);
+        }
         uint64 before = t.totalScore;
         uint256 sum = 0;
-        for (uint256 i = 0; i < medians.length; i++) sum += medians[i];
-        r.mediansHash = keccak256(abi.encodePacked(medians));
+        for (uint256 i = 0; i < accepted.length; i++) sum += accepted[i];
+        r.scoresHash = keccak256(abi.encodePacked(accepted));
         r.before = before;
         t.totalScore = before + uint64(sum);
-        emit SubgroupSettled(id, group, participants, medians, before);
-        _payValidators(id, t, validators, revealed, penalised);
+        emit SubgroupSettled(id, group, participants, accepted, before);
+        _payValidators(id, t, validators, hashes, winner);
         if (++t.settledGroups == t.groups) _advance(id, t);
     }
 
     // ------------------------------------------------------------------ claims
 
     /// @notice Pull everything task `id` owes the caller: participant share (give your settled
-    ///         subgroup's `medians`, from SubgroupSettled; empty otherwise), validator fee, owner refund.
-    function claim(uint256 id, uint256[] calldata medians) external nonReentrant returns (uint256 amount) {
+    ///         subgroup's `scores`, from SubgroupSettled; empty otherwise), validator fee, owner refund;
+    ///         a validator's bond is released too.
+    function claim(uint256 id, uint256[] calldata scores) external nonReentrant returns (uint256 amount) {
         Task storage t = _sync(id);
         uint8 phase = t.phase;
         require(phase == SETTLED || phase == ABANDONED, "task is not settled");
-        amount = claimable(id, msg.sender, medians);
+        amount = claimable(id, msg.sender, scores);
         Member storage m = _members[id][msg.sender];
         Val storage v = _vals[id][msg.sender];
+        bool released = _release(id, t, v, msg.sender);
         if (amount == 0) {
+            if (released) return 0;
             require(!(m.claimed || v.flags & CLAIMED != 0 || (msg.sender == t.owner && t.ownerClaimed)), "already claimed");
             revert("nothing to claim");
         }
@@ -455,46 +508,59 @@ contract DinTasks is ReentrancyGuard {
         token.safeTransfer(msg.sender, amount);
     }
 
-    /// @notice What `account` can claim from task `id` now (0 before settlement or once claimed);
-    ///         a participant gives its subgroup's settled medians.
-    function claimable(uint256 id, address account, uint256[] calldata medians) public view returns (uint256 amount) {
-        Task storage t = _tasks[id];
-        uint256 deposit = t.deposit;
-        uint256 fees = (deposit * t.feeBps) / SCORE_SCALE;
-        Member storage m = _members[id][account];
-        Val storage v = _vals[id][account];
-        if (t.phase == SETTLED) {
-            uint256 total = t.totalScore;
-            if (m.index1 != 0 && !m.claimed && total > 0) amount += _share(id, t, m.index1 - 1, deposit - fees, total, medians);
-            uint256 good = t.goodValidators;
-            if (v.flags & (SETTLED_FEE | CLAIMED) == SETTLED_FEE && good > 0) {
-                amount += (fees * v.feeOrdinal) / good - (fees * (v.feeOrdinal - 1)) / good;
-            }
-            if (account == t.owner && !t.ownerClaimed) {
-                if (total == 0) amount += deposit - fees;
-                if (good == 0) amount += fees;
-            }
-        } else if (t.phase == ABANDONED) {
-            uint256 c = t.contributors;
-            if (m.ordinal != 0 && !m.claimed) {
-                amount += (deposit * m.ordinal) / c - (deposit * (m.ordinal - 1)) / c;
-            }
-            if (account == t.owner && !t.ownerClaimed && c == 0) amount += deposit;
-        }
+    /// @notice Release `validator`'s bond in task `id` once the task is settled or abandoned (anyone;
+    ///         `claim` does it too). Reverts when there is no bond to release.
+    function release(uint256 id, address validator) external {
+        Task storage t = _sync(id);
+        require(t.phase == SETTLED || t.phase == ABANDONED, "task is not settled");
+        require(_release(id, t, _vals[id][validator], validator), "no bond to release");
     }
 
-    /// @dev pool * (before + median) / total - pool * before / total for participant `index`.
-    function _share(uint256 id, Task storage t, uint256 index, uint256 pool, uint256 total, uint256[] calldata medians) internal view returns (uint256) {
+    /// @notice What `account` can claim from task `id` now (0 before settlement or once claimed);
+    ///         a participant gives its subgroup's settled scores.
+    /// @dev Settled: each validator that earned a fee gets fees / good; the participants' pool is the
+    ///      rest of the deposit (fee dust included), split by accepted score; with a total score of 0
+    ///      the pool goes to the contributors as in an abandoned task. The owner gets something back
+    ///      only when nobody contributed an update.
+    function claimable(uint256 id, address account, uint256[] calldata scores) public view returns (uint256 amount) {
+        Task storage t = _tasks[id];
+        uint256 deposit = t.deposit;
+        Member storage m = _members[id][account];
+        Val storage v = _vals[id][account];
+        uint256 c = t.contributors;
+        uint256 pool = deposit;
+        if (t.phase == SETTLED) {
+            uint256 good = t.goodValidators;
+            if (good > 0) {
+                uint256 fee = (deposit * t.feeBps) / SCORE_SCALE / good;
+                pool -= fee * good;
+                if (v.flags & (SETTLED_FEE | CLAIMED | REMOVED) == SETTLED_FEE) amount += fee;
+            }
+            uint256 total = t.totalScore;
+            if (total > 0) {
+                if (m.index1 != 0 && m.index1 <= t.participants && !m.claimed) amount += _share(id, t, m.index1 - 1, pool, total, scores);
+                return amount;
+            }
+        } else if (t.phase != ABANDONED) {
+            return 0;
+        }
+        if (m.ordinal != 0 && !m.claimed) amount += (pool * m.ordinal) / c - (pool * (m.ordinal - 1)) / c;
+        if (account == t.owner && !t.ownerClaimed && c == 0) amount += pool;
+    }
+
+    /// @dev pool * (before + score) / total - pool * before / total for participant `index`.
+    function _share(uint256 id, Task storage t, uint256 index, uint256 pool, uint256 total, uint256[] calldata scores) internal view returns (uint256) {
         uint256 n = t.participants;
         uint256 g = t.groups;
         uint256 pos = Assignment.permute(Assignment.key(roundSeed[id][EVAL_ROUND], Assignment.PARTICIPANTS), index, n);
         uint256 group = Assignment.groupOf(pos, n, g);
         GroupResult storage r = groupResults[keccak256(abi.encode(id, group))];
-        require(keccak256(abi.encodePacked(medians)) == r.mediansHash, "medians differ from the settled subgroup's");
+        if (r.scoresHash == bytes32(0)) return 0; // not settled by the deadline: scores 0
+        require(keccak256(abi.encodePacked(scores)) == r.scoresHash, "scores differ from the settled subgroup's");
         uint256 offset = pos - Assignment.groupStart(group, n, g);
         uint256 before = r.before;
-        for (uint256 i = 0; i < offset; i++) before += medians[i];
-        return (pool * (before + medians[offset])) / total - (pool * before) / total;
+        for (uint256 i = 0; i < offset; i++) before += scores[i];
+        return (pool * (before + scores[offset])) / total - (pool * before) / total;
     }
 
     // ------------------------------------------------------------------ reads
@@ -507,9 +573,9 @@ contract DinTasks is ReentrancyGuard {
         uint256 validatorsPerSubgroup;
         uint256 maxRounds;
         uint256 feeBps;
-        uint256 toleranceBps;
         uint256 slashAmount;
-        uint32[8] durations;
+        uint256 maxSamples;
+        uint32[9] durations;
         uint8 phase; // as stored: a phase past its deadline moves on with the next transaction
         uint256 round;
         uint256 lastRound;
@@ -540,8 +606,8 @@ contract DinTasks is ReentrancyGuard {
         r.validatorsPerSubgroup = t.validatorsPerSubgroup;
         r.maxRounds = t.maxRounds;
         r.feeBps = t.feeBps;
-        r.toleranceBps = t.toleranceBps;
         r.slashAmount = t.slashAmount;
+        r.maxSamples = t.maxSamples;
         r.durations = t.durations;
         r.phase = t.phase;
         r.round = t.round;
@@ -568,14 +634,10 @@ contract DinTasks is ReentrancyGuard {
         return Assignment.permute(Assignment.key(seed, population), index, n);
     }
 
-    /// @notice Medians and penalties of score vectors exactly as `settle` computes them.
-    function scoreMedians(uint256[][] calldata vectors, bool[] calldata revealed, uint256 size, uint256 tolerance)
-        external
-        pure
-        returns (uint256[] memory medians, bool[] memory penalised)
-    {
-        medians = new uint256[](size);
-        penalised = Settlement.medians(vectors, revealed, medians, tolerance);
+    /// @notice The strict-majority winner among revealed score-vector hashes (bytes20(0) = not
+    ///         revealed) exactly as `settle` computes it: index + 1 of a holder, or 0 for none.
+    function scoreMajority(bytes20[] calldata hashes) external pure returns (uint256) {
+        return Settlement.majority(hashes);
     }
 
     function member(uint256 id, address account) external view returns (Member memory) {
@@ -590,48 +652,51 @@ contract DinTasks is ReentrancyGuard {
 
     /// @dev The subgroup of an assigned, not removed validator under the seed of `round`.
     function _validatorGroup(uint256 id, Task storage t, Val storage v, uint256 round) internal view returns (uint256) {
-        require(v.index1 != 0, "not a validator of this task");
-        require(v.flags & REMOVED == 0, "validator was slashed out of this task");
-        uint256 per = t.perGroup;
-        uint256 pos = Assignment.permute(Assignment.key(roundSeed[id][round], Assignment.VALIDATORS), v.index1 - 1, t.validators);
-        require(pos < uint256(t.groups) * per, "validator not assigned this round");
-        return pos / per;
+        return _validatorPos(id, t, v, round) / t.perGroup;
     }
 
-    function _checkValidators(uint256 id, Task storage t, uint256 group, address[] calldata validators, uint256[][] calldata vectors, bytes32 seed) internal view returns (bool[] memory revealed) {
+    /// @dev Slot position (group * perGroup + slot) of an assigned, not removed validator in `round`.
+    function _validatorPos(uint256 id, Task storage t, Val storage v, uint256 round) internal view returns (uint256 pos) {
+        require(v.index1 != 0, "not a validator of this task");
+        require(v.flags & REMOVED == 0, "validator was slashed out of this task");
+        pos = Assignment.permute(Assignment.key(roundSeed[id][round], Assignment.VALIDATORS), v.index1 - 1, t.validators);
+        require(pos < uint256(t.groups) * t.perGroup, "validator not assigned this round");
+    }
+
+    /// @dev Check `validators` is the subgroup's slot order; their revealed score hashes (0: none).
+    function _checkValidators(uint256 id, Task storage t, uint256 group, address[] calldata validators, bytes32 seed) internal view returns (bytes20[] memory hashes) {
         uint256 per = t.perGroup;
-        require(validators.length == per && vectors.length == per, "need one vector per assigned validator");
-        revealed = new bool[](per);
+        require(validators.length == per, "need the subgroup's validators in slot order");
+        hashes = new bytes20[](per);
         bytes32 kv = Assignment.key(seed, Assignment.VALIDATORS);
         for (uint256 j = 0; j < per; j++) {
             Val storage v = _vals[id][validators[j]];
             require(v.index1 != 0 && Assignment.permute(kv, v.index1 - 1, t.validators) == group * per + j, "validator not in this slot");
-            if (v.revealRound == SCORES) {
-                require(bytes20(keccak256(abi.encodePacked(vectors[j]))) == v.hash, "vector differs from the revealed one");
-                revealed[j] = true;
-            } else {
-                require(vectors[j].length == 0, "vector given for a validator that did not reveal");
-            }
+            if (v.revealRound == SCORES) hashes[j] = v.hash;
         }
     }
 
-    function _payValidators(uint256 id, Task storage t, address[] calldata validators, bool[] memory revealed, bool[] memory penalised) internal {
+    /// @dev With a majority, pay it and slash the rest; without, slash only the silent.
+    function _payValidators(uint256 id, Task storage t, address[] calldata validators, bytes20[] memory hashes, uint256 winner) internal {
+        bytes20 w = winner == 0 ? bytes20(0) : hashes[winner - 1];
         for (uint256 j = 0; j < validators.length; j++) {
             address va = validators[j];
             Val storage v = _vals[id][va];
             if (v.flags & REMOVED != 0) continue;
-            if (!revealed[j]) {
+            if (hashes[j] == bytes20(0)) {
                 _penalise(id, t, v, va, "did not reveal scores");
-            } else if (penalised[j]) {
-                _penalise(id, t, v, va, "score outside tolerance of the median");
+            } else if (winner == 0) {
+                continue; // no majority: no fee, no slash
+            } else if (hashes[j] != w) {
+                _penalise(id, t, v, va, "revealed a minority score vector");
             } else {
                 v.flags |= SETTLED_FEE;
-                v.feeOrdinal = uint24(++t.goodValidators);
+                t.goodValidators++;
             }
         }
     }
 
-    function _checkParticipants(Task storage t, uint256 group, uint256[] calldata participants, bytes32 seed) internal view returns (uint256[] memory medians) {
+    function _checkParticipants(Task storage t, uint256 group, uint256[] calldata participants, bytes32 seed) internal view returns (uint256) {
         uint256 n = t.participants;
         uint256 g = t.groups;
         uint256 start = Assignment.groupStart(group, n, g);
@@ -640,17 +705,27 @@ contract DinTasks is ReentrancyGuard {
         for (uint256 i = 0; i < participants.length; i++) {
             require(Assignment.permute(kp, participants[i], n) == start + i, "participant not at this subgroup position");
         }
-        medians = new uint256[](participants.length);
+        return participants.length;
+    }
+
+    /// @dev Unbond the task's slash amount when `v` still holds a bond in an ended task.
+    function _release(uint256 id, Task storage t, Val storage v, address validator) internal returns (bool) {
+        if (v.flags & BONDED == 0 || (t.phase != SETTLED && t.phase != ABANDONED)) return false;
+        v.flags &= ~BONDED;
+        emit BondReleased(id, validator);
+        registry.unbond(validator, t.slashAmount);
+        return true;
     }
 
     function _slash(uint256 id, Task storage t, Val storage v, address validator, uint256 round, string memory reason) internal {
-        v.flags |= REMOVED;
+        if (v.flags & SETTLED_FEE != 0) t.goodValidators--; // settled already: the fee is forfeited
+        v.flags = (v.flags | REMOVED) & ~(BONDED | SETTLED_FEE); // the slash burns this task's bond
         uint256 burnt = registry.slash(validator, t.slashAmount);
         emit ValidatorSlashed(id, validator, round, burnt, reason);
     }
 
     function _penalise(uint256 id, Task storage t, Val storage v, address validator, string memory reason) internal {
-        v.flags |= REMOVED;
+        v.flags = (v.flags | REMOVED) & ~BONDED; // the slash burns this task's bond
         uint256 burnt = registry.slash(validator, t.slashAmount);
         emit ValidatorPenalised(id, validator, burnt, reason);
     }
@@ -665,7 +740,7 @@ contract DinTasks is ReentrancyGuard {
     function _catchUp(uint256 id, Task storage t) internal {
         while (true) {
             uint8 phase = t.phase;
-            if (phase >= SETTLING) return;
+            if (phase >= SETTLED) return;
             if (block.timestamp < t.deadline) return;
             _advance(id, t);
         }
@@ -685,10 +760,17 @@ contract DinTasks is ReentrancyGuard {
         if (phase == JOINING) {
             uint256 n = t.participants;
             if (n == 0) return _abandon(id, t, "no participants joined");
+            if (t.validators == 0) return _abandon(id, t, "no validators registered");
+            uint256 cap = uint256(t.validators) * t.subgroupSize;
+            if (n > cap) {
+                // more joins than the validators can cover: the latest joiners sit out (no abandonment)
+                n = cap;
+                t.participants = uint24(cap);
+                emit ParticipantsCapped(id, cap);
+            }
             uint256 g = Assignment.groupCount(n, t.subgroupSize);
             uint256 per = t.validators / g;
             if (per > t.validatorsPerSubgroup) per = t.validatorsPerSubgroup;
-            if (per == 0) return _abandon(id, t, "fewer validators than subgroups");
             t.groups = uint24(g);
             t.perGroup = uint16(per);
             return _startRound(id, t, 1);
@@ -712,7 +794,7 @@ contract DinTasks is ReentrancyGuard {
         t.phase = phase;
         t.acted = 0;
         t.committed = phase == SCORE_REVEAL || phase == AGG_REVEAL ? t.committed : 0;
-        uint64 deadline = phase <= SCORE_REVEAL ? uint64(block.timestamp) + t.durations[phase - 1] : type(uint64).max;
+        uint64 deadline = phase <= SETTLING ? uint64(block.timestamp) + t.durations[phase - 1] : type(uint64).max;
         t.deadline = deadline;
         emit PhaseChanged(id, t.round, phase, deadline);
         if (_complete(t, phase)) _advance(id, t); // e.g. a reveal phase nobody committed for
