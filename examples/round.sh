@@ -64,7 +64,7 @@ din data split --dataset digits --participants 6 --alpha 0.5 --seed 1 --shuffle-
 din model init --arch logreg:64-10 --seed 0 -o genesis.safetensors >/dev/null
 
 say "model owner publishes the task"
-TASK=$(din model publish genesis.safetensors --deposit 1000 --subgroup-size 6 \
+TASK=$(din model publish genesis.safetensors --test-set stores/test.npz --deposit 1000 --subgroup-size 6 \
     --validators-per-subgroup 4 --rounds "$ROUNDS" --key "$OWNER" -q)
 GENESIS=$(din round status --task "$TASK" | field model)
 echo "task $TASK, genesis model $GENESIS" >&2

@@ -38,7 +38,7 @@ class World:
         fee_bps=1000,
     ):
         from din_cli.chain.client import connect
-        from din_cli.chain.din import DURATION_NAMES, Din, deploy_all
+        from din_cli.chain.din import DURATION_NAMES, Din, deploy_all, file_sha256
         from din_cli.ml.data import split
         from din_cli.ml.models import init_model
         from din_cli.protocol.context import open_context
@@ -76,6 +76,7 @@ class World:
             max_rounds=rounds,
             fee_bps=fee_bps,
             durations={n: SPAN for n in DURATION_NAMES},
+            test_set_hash=file_sha256(self.test_store),
         )["task_id"]
         for v in self.vals:
             din.stake(v.account, MIN_STAKE, v.hpke_public)

@@ -50,7 +50,7 @@ def create_task(din_home, owner_key: str = "dev1") -> int:
     try:
         with chain.writing():
             return network.din(chain, dep).create_task(
-                owner, genesis_cid=CID, arch="mlp", deposit=10**18
+                owner, genesis_cid=CID, arch="mlp", deposit=10**18, test_set_hash=b"\x5e" * 32
             )
     finally:
         chain.close()

@@ -14,9 +14,10 @@ import pytest
 from din_cli.chain import assignment
 from din_cli.chain.din import Din, cid_digest, deploy_all
 from din_cli.chain.settlement import settle_task, split_deposit
-from din_cli.errors import AlreadyDone, TransactionReverted
+from din_cli.errors import AlreadyDone, InputError, TransactionReverted
 
 UNIT = 10**18
+TEST_SET_HASH = bytes.fromhex("5e" * 32)  # the owner's commitment to its plaintext test set
 MIN_STAKE = 100 * UNIT
 DEPOSIT = 1000 * UNIT + 7  # odd on purpose: shares must still sum to it exactly
 SHORT = {
@@ -79,7 +80,11 @@ class World:
             **task_kw,
         }
         self.task = self.din.create_task(
-            self.owner, genesis_cid=cid("genesis"), arch="mlp-test", deposit=DEPOSIT, **kw
+            self.owner,
+            genesis_cid=cid("genesis"),
+            arch="mlp-test",
+            deposit=DEPOSIT,
+            **{"test_set_hash": TEST_SET_HASH, **kw},
         )
 
     def info(self):
@@ -956,3 +961,64 @@ def test_subgroup_sizes_are_capped_at_creation(deployed):
     with reverts("at most 64 validators per subgroup"):
         World(chain, dev, dep, validators_per_subgroup=65)
     assert World(chain, dev, dep, subgroup_size=256, validators_per_subgroup=64).info().subgroup_size == 256
+
+
+# ---------------------------------------------------------------- attacks: the owner's test set (issue 10, item 7)
+
+
+def test_owner_commits_to_its_test_set_and_wraps_k_to_exactly_the_evaluation_validators(deployed):
+    """Old: postTestSet checked only that the arrays had equal lengths, so the owner could wrap K to
+    nobody (or to strangers) and let the evaluation fail. New: exactly the evaluation slots, in order."""
+    chain, dev, dep = deployed
+    w = World(chain, dev, dep, n_validators=6, validators_per_subgroup=2, max_rounds=1)
+    din, task = w.din, w.task
+    assert w.info().test_set_hash == TEST_SET_HASH
+    with pytest.raises(InputError, match="test set hash"):
+        World(chain, dev, dep, test_set_hash=bytes(32))
+    w.to_evaluation(rounds=1)
+    rnd = din.round_info(task, 0)
+    addrs = din.validators(task)
+    slots = [addrs[i] for g in rnd.validator_groups for i in g]
+    outsiders = [a for a in addrs if a not in slots]
+    assert len(slots) == 4 and len(outsiders) == 2
+
+    def post(validators, keys):
+        chain.send(w.owner, din.tasks.functions.postTestSet(task, cid("test-set"), validators, keys))
+
+    key = os.urandom(48)
+    with reverts("wrap K to exactly the evaluation validators"):
+        post([], [])
+    with reverts("wrap K to exactly the evaluation validators"):
+        post(slots[:3], [key] * 3)
+    with reverts("validator not in this evaluation slot"):
+        post([slots[1], slots[0], *slots[2:]], [key] * 4)  # wrong order
+    with reverts("validator not in this evaluation slot"):
+        post([outsiders[0], *slots[1:]], [key] * 4)
+    with reverts("wrapped key is empty"):
+        post(slots, [key, key, b"", key])
+    post(slots, [key] * 4)
+    assert w.info().phase == "score-commit"
+
+
+# ---------------------------------------------------------------- attacks: predictable subgroups (issue 10, item 9)
+
+
+def test_round_seed_comes_from_the_blocks_real_randomness(deployed):
+    """Old: the embedded chain's prevrandao was 0, so every assignment was known before the round
+    started. New: each block carries a random mix_hash, and the seed is keccak(prevrandao, id, round)
+    of the block that started the round."""
+    from eth_abi import encode
+
+    from din_cli.chain.assignment import keccak
+
+    chain, dev, dep = deployed
+    w = World(chain, dev, dep)
+    w.start()
+    started = w.din.events(w.task, "RoundStarted")[-1]
+    block = chain.w3.eth.get_block(started["blockNumber"])
+    randao = bytes(block["mixHash"])
+    assert randao != bytes(32)
+    seed = keccak(encode(["bytes32", "uint256", "uint256"], [randao, w.task, 1]))
+    assert w.din.round_info(w.task, 1).seed == seed == bytes(started["args"]["seed"])
+    parent = chain.w3.eth.get_block(started["blockNumber"] - 1)
+    assert bytes(parent["mixHash"]) != randao  # a fresh value per block

@@ -35,6 +35,8 @@ def test_a_task_from_publish_to_the_first_round(run_din, chain_home):
             "model",
             "publish",
             "genesis.safetensors",
+            "--test-set",
+            "genesis.safetensors",  # any file: these tasks never reach their test set
             "--deposit",
             "10",
             "--subgroup-size",
@@ -55,6 +57,8 @@ def test_a_task_from_publish_to_the_first_round(run_din, chain_home):
                 "model",
                 "publish",
                 "genesis.safetensors",
+                "--test-set",
+                "genesis.safetensors",
                 "--deposit",
                 "5",
                 "--key",
@@ -64,6 +68,9 @@ def test_a_task_from_publish_to_the_first_round(run_din, chain_home):
         )
     )
     assert doc["task_id"] == 2 and doc["cid"].startswith("bafk") and doc["arch"] == "logreg:64-10"
+    # the owner must commit to its test set when it publishes
+    proc = run_din("model", "publish", "genesis.safetensors", "--deposit", "5", "--key", "dev1")
+    assert proc.returncode == 2 and b"--test-set" in proc.stderr
     # newest first
     assert [line.split("\t")[0] for line in out(run_din("task", "list")).splitlines()] == ["2", "1"]
 
@@ -133,6 +140,8 @@ def test_killing_train_submit_midway_and_running_it_again_submits_once(run_din, 
             "model",
             "publish",
             "genesis.safetensors",
+            "--test-set",
+            "stores/test.npz",
             "--deposit",
             "10",
             "--subgroup-size",

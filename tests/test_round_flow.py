@@ -259,3 +259,19 @@ def test_an_empty_subgroup_agrees_on_the_starting_model_and_nobody_is_slashed(tm
         assert all(c["ok"] for c in verify.verify(w.ctx(), w.task))
     finally:
         w.chain.close()
+
+
+def test_validators_refuse_a_test_set_other_than_the_committed_one(tmp_path):
+    """Old: the owner chose the test set after seeing every update. New: the task commits to the
+    plaintext's sha256 at publish; a validator refuses to score anything else (exit 3)."""
+    w = World(tmp_path, participants=3, validators=3, subgroup_size=3, per_group=3, rounds=1)
+    try:
+        roundflow.start(w.ctx(w.owner), w.task)
+        w.run_round(epochs=1)
+        assert w.phase() == "test-set"
+        evaluation.post_test_set(w.ctx(w.owner), w.task, w.stores[0])  # not the committed file
+        v = w.assigned(0)[0]
+        with pytest.raises(VerificationError, match="not the .* committed at publish"):
+            evaluation.evaluate_commit(w.ctx(v), w.task)
+    finally:
+        w.chain.close()

@@ -150,11 +150,12 @@ class TaskInfo:
     model_digest: bytes
     proposed_digest: bytes
     test_set_digest: bytes
+    test_set_hash: bytes = b""  # sha256 of the plaintext test set, committed at creation
     genesis_cid: bytes = b""
 
     def as_dict(self) -> dict:
         out = asdict(self)
-        for k in ("model_digest", "proposed_digest", "test_set_digest", "genesis_cid"):
+        for k in ("model_digest", "proposed_digest", "test_set_digest", "test_set_hash", "genesis_cid"):
             out[k] = "0x" + out[k].hex()
         return out
 
@@ -351,6 +352,7 @@ class Din:
         genesis_cid: bytes,
         arch: str,
         deposit: int,
+        test_set_hash: bytes,
         subgroup_size: int = 10,
         validators_per_subgroup: int = 3,
         max_rounds: int = 1,
@@ -364,8 +366,15 @@ class Din:
         ``durations`` maps names of DURATION_NAMES to seconds (missing ones take
         DEFAULT_DURATIONS); ``slash_amount`` defaults to a tenth of the minimum stake.
         ``max_samples`` caps one participant's FedAvg weight: a declared sample
-        count above it counts as ``max_samples``.
+        count above it counts as ``max_samples``. ``test_set_hash`` is the sha256
+        of the plaintext test set the owner will post (``file_sha256``).
         """
+        test_set_hash = bytes(test_set_hash)
+        if len(test_set_hash) != 32 or not any(test_set_hash):
+            raise InputError(
+                "the test set hash must be 32 non-zero bytes",
+                "give the sha256 of the test set file (`din model publish --test-set FILE`)",
+            )
         if not 0 <= int(max_samples) < 2**32:
             raise UsageError(
                 f"max samples {max_samples} out of range", "give --max-samples between 1 and 2**32-1"
@@ -389,6 +398,7 @@ class Din:
             int(fee_bps),
             int(slash_amount),
             int(max_samples),
+            test_set_hash,
             [int(spans[name]) for name in DURATION_NAMES],
         )
         self._ensure_allowance(account, self.tasks.address, int(deposit))
@@ -507,8 +517,27 @@ class Din:
     def post_test_set(
         self, account, task_id: int, cid: bytes, wrapped_keys: dict[str, bytes]
     ) -> dict:
-        """Publish the encrypted test set CID and the key wrapped per validator (owner)."""
-        validators = list(wrapped_keys)
+        """Publish the encrypted test set CID and the key wrapped per validator (owner).
+
+        The contract takes exactly the evaluation validators in slot order; ``wrapped_keys``
+        must hold one for each of them (others are left out).
+        """
+        try:
+            rnd = self.round_info(task_id, EVAL_ROUND)
+        except NotFoundError:  # no evaluation yet: the contract says which phase it is in
+            rnd = None
+        addresses = self.validators(task_id)
+        validators = (
+            [addresses[i] for group in rnd.validator_groups for i in group]
+            if rnd
+            else list(wrapped_keys)
+        )
+        missing = [v for v in validators if not wrapped_keys.get(v)]
+        if missing:
+            raise InputError(
+                f"K is not wrapped for evaluation validator(s) {', '.join(missing)}",
+                "wrap it for every validator assigned to the evaluation",
+            )
         keys = [bytes(wrapped_keys[v]) for v in validators]
         return self._send(
             account, self.tasks.functions.postTestSet(int(task_id), _cid(cid), validators, keys)
@@ -656,6 +685,7 @@ class Din:
             model_digest=bytes(r["model"]),
             proposed_digest=bytes(r["proposed"]),
             test_set_digest=bytes(r["testSet"]),
+            test_set_hash=bytes(r["testSetHash"]),
             genesis_cid=bytes(created[0]["args"]["genesisCid"]) if created else b"",
         )
 

@@ -140,22 +140,36 @@ def _backend_class():
 
         # Mining ---------------------------------------------------------
         def prepare_block(self) -> None:
-            """Give the pending block the timestamp max(now + offset, parent + 1)."""
+            """Give the pending block the timestamp max(now + offset, parent + 1) and a fresh
+            random mix_hash, so its transactions see a real ``block.prevrandao``."""
             if self.chain.get_block().transactions:
                 return
             parent = self.chain.get_canonical_head()
             ts = max(int(time.time()) + self.store.time_offset(), parent.timestamp + 1)
-            self.chain.header = self.chain.header.copy(timestamp=ts)
+            self.chain.header = self.chain.header.copy(timestamp=ts, mix_hash=os.urandom(32))
 
         def send_raw_transaction(self, raw_transaction):
             self.prepare_block()
             return super().send_raw_transaction(raw_transaction)
 
         def mine_blocks(self, num_blocks=1, coinbase=b"\0" * 20):
-            hashes = super().mine_blocks(num_blocks, coinbase)
-            for block_hash in hashes:
-                self.store.index_block(self.chain.get_block_by_hash(block_hash), self.chain.chaindb)
-            return hashes
+            """Seal blocks keeping the mix_hash the pending transactions ran with (eth-tester
+            would draw another one after execution); an empty block gets a fresh one."""
+            from eth_tester.backends.pyevm.main import PragueVM, get_total_blob_gas
+
+            hashes = []
+            for _ in range(num_blocks):
+                pending = self.chain.get_block().transactions
+                kw = {
+                    "coinbase": coinbase,
+                    "mix_hash": self.chain.header.mix_hash if pending else os.urandom(32),
+                }
+                if isinstance(self.chain.get_vm(), PragueVM):
+                    kw["blob_gas_used"] = sum(get_total_blob_gas(tx) for tx in pending)
+                block = self.chain.mine_block(**kw)
+                self.store.index_block(block, self.chain.chaindb)
+                hashes.append(block.hash)
+            return tuple(hashes)
 
         # Lookups by hash in O(1) (eth-tester scans every block) ---------
         def _locate(self, transaction_hash):

@@ -11,6 +11,14 @@ from din_cli.cli.options import acting_options, context
 @click.command("publish")
 @click.argument("model", metavar="FILE")
 @click.option(
+    "--test-set",
+    "test_set",
+    required=True,
+    metavar="FILE",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The plaintext test set you will post after training; the task commits to its sha256 now.",
+)
+@click.option(
     "--deposit",
     required=True,
     metavar="AMOUNT",
@@ -60,6 +68,7 @@ from din_cli.cli.options import acting_options, context
 @acting_options(ipfs=True)
 def model_publish(
     model,
+    test_set,
     deposit,
     subgroup_size,
     validators_per_subgroup,
@@ -74,13 +83,16 @@ def model_publish(
 ):
     """Add the genesis MODEL to the content store and create a task with a reward deposit; prints the task id.
 
-    --json prints the task id, the model's CID, its architecture and the deposit.
+    The task commits to the sha256 of --test-set FILE: validators refuse to score
+    a test set whose plaintext differs, so the owner cannot pick it after seeing
+    the updates. --json prints the task id, the model's CID, its architecture and the deposit.
 
     \b
     Example:
-        TASK=$(din model publish genesis.safetensors --deposit 1000 --rounds 3 --key owner)
-        din model publish genesis.safetensors --deposit 10 --key owner --json | jq -r .cid
+        TASK=$(din model publish genesis.safetensors --test-set stores/test.npz --deposit 1000 --rounds 3 --key owner)
+        din model publish genesis.safetensors --test-set stores/test.npz --deposit 10 --key owner --json | jq -r .cid
     """
+    from din_cli.chain.din import file_sha256
     from din_cli.chain.network import format_amount, parse_amount
     from din_cli.protocol import roundflow
 
@@ -91,6 +103,7 @@ def model_publish(
         max_rounds=rounds,
         fee_bps=fee_bps,
         max_samples=max_samples,
+        test_set_hash=file_sha256(test_set),
     )
     if phase_seconds:
         from din_cli.chain.din import DURATION_NAMES

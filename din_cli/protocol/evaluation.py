@@ -144,12 +144,28 @@ def open_test_set(ctx, task_id: int, dest: Path) -> tuple[str, Path]:
     sealed = ctx.fetch(opened.cid, dest.with_suffix(".enc"))
     plain = dest.with_suffix(".plain")
     aead.decrypt_file(sealed, plain, opened.key)
+    _check_committed(ctx, task_id, plain)
     with open(plain, "rb") as f:  # the store's format decides its suffix
         head = f.read(9)
     suffix = ".npz" if head.startswith(b"PK") else ".safetensors" if head[8:9] == b"{" else ".csv"
     dest = dest.with_suffix(suffix)
     plain.rename(dest)
     return opened.cid, dest
+
+
+def _check_committed(ctx, task_id: int, plain: Path) -> None:
+    """Refuse a test set whose plaintext differs from the one the task committed to at publish."""
+    from din_cli.chain.din import file_sha256
+    from din_cli.errors import VerificationError
+
+    want = ctx.din.task_info(task_id).test_set_hash
+    got = file_sha256(plain)
+    if got != want:
+        plain.unlink(missing_ok=True)
+        raise VerificationError(
+            f"task {task_id}'s test set hashes to {got.hex()}, not the {want.hex()} committed at publish",
+            "do not score it; the owner posted another test set than it committed to",
+        )
 
 
 def latest_updates(ctx, task_id: int) -> dict[int, bytes]:
@@ -245,7 +261,7 @@ def evaluate_commit(
 
     ``overrides`` (address -> bps) replaces computed scores (a validator
     disagreeing on purpose: the demo's dishonest validator; settlement
-    penalises it when it is further than the tolerance from the median).
+    slashes it unless a strict majority of its subgroup revealed the same vector).
     """
     state = validator_state(ctx, task_id, ctx.address)
     if not state["index1"]:

@@ -103,7 +103,7 @@ def publish(ctx, model_path: str | Path, deposit: int, **options) -> dict:
     """Add the genesis model to the store and create a task with ``deposit`` token units; ``{task_id, cid}``.
 
     ``options``: subgroup_size, validators_per_subgroup, max_rounds, fee_bps,
-    tolerance_bps, slash_amount, max_samples, durations (see ``Din.create_task``).
+    slash_amount, max_samples, test_set_hash, durations (see ``Din.create_task``).
     """
     from din_cli.ml.models import read_model
 

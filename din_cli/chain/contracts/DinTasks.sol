@@ -47,6 +47,7 @@ contract DinTasks is ReentrancyGuard {
         uint16 feeBps; // validators' share of the deposit
         uint128 slashAmount; // at most the registry's minimum stake
         uint32 maxSamples; // cap on one participant's FedAvg weight (declared samples above it count as this)
+        bytes32 testSetHash; // sha256 of the plaintext test set the owner will post (its commitment)
         uint32[9] durations; // seconds: join, train, aggCommit, aggReveal, global, testSet, scoreCommit, scoreReveal, settle
     }
 
@@ -85,6 +86,7 @@ contract DinTasks is ReentrancyGuard {
         bytes32 model; // digest of the current global model CID
         bytes32 proposed; // digest of the global model the owner proposed this round
         bytes32 testSet; // digest of the encrypted test set CID
+        bytes32 testSetHash; // sha256 of the plaintext test set, fixed at creation
     }
 
     struct Member {
@@ -179,6 +181,7 @@ contract DinTasks is ReentrancyGuard {
     /// @notice Create a task and deposit its reward; returns the task id (ids start at 1).
     function createTask(TaskParams calldata p) external nonReentrant returns (uint256 id) {
         require(p.genesisCid.length > 0, "genesis CID is empty");
+        require(p.testSetHash != bytes32(0), "test set hash is empty");
         require(p.deposit > 0 && p.deposit < type(uint128).max, "deposit must be positive");
         require(p.subgroupSize > 0, "subgroup size must be positive");
         require(p.subgroupSize <= MAX_SUBGROUP, "at most 256 participants per subgroup");
@@ -206,6 +209,7 @@ contract DinTasks is ReentrancyGuard {
         t.deposit = uint128(p.deposit);
         t.arch = p.arch;
         t.model = keccak256(p.genesisCid);
+        t.testSetHash = p.testSetHash;
         emit TaskCreated(id, msg.sender, p.genesisCid, p.arch, p.deposit, p.subgroupSize, p.validatorsPerSubgroup, p.maxRounds, deadline);
         token.safeTransferFrom(msg.sender, address(this), p.deposit);
     }
@@ -402,13 +406,23 @@ contract DinTasks is ReentrancyGuard {
 
     // ------------------------------------------------------------------ evaluation
 
-    /// @notice Publish the encrypted test set and the key wrapped to each validator (model owner).
+    /// @notice Publish the encrypted test set and the key wrapped to each evaluation validator (model
+    ///         owner): `validators` must be exactly the evaluation assignment's validators in slot order,
+    ///         each with a non-empty wrapped key. The plaintext must hash (sha256) to the testSetHash
+    ///         committed at creation; validators check that off chain and refuse to score otherwise.
     function postTestSet(uint256 id, bytes calldata cid, address[] calldata validators, bytes[] calldata wrappedKeys) external {
         Task storage t = _sync(id);
         require(msg.sender == t.owner, "only the model owner");
         require(t.phase == TEST_SET, "not in the test set phase");
         require(cid.length > 0, "CID is empty");
-        require(validators.length == wrappedKeys.length, "validators and wrapped keys differ in length");
+        uint256 k = uint256(t.groups) * t.perGroup;
+        require(validators.length == k && wrappedKeys.length == k, "wrap K to exactly the evaluation validators");
+        bytes32 kv = Assignment.key(roundSeed[id][EVAL_ROUND], Assignment.VALIDATORS);
+        for (uint256 j = 0; j < k; j++) {
+            uint256 i1 = _vals[id][validators[j]].index1;
+            require(i1 != 0 && Assignment.permute(kv, i1 - 1, t.validators) == j, "validator not in this evaluation slot");
+            require(wrappedKeys[j].length > 0, "wrapped key is empty");
+        }
         t.testSet = keccak256(cid);
         emit TestSetPosted(id, cid, validators, wrappedKeys);
         _advance(id, t);
@@ -593,6 +607,7 @@ contract DinTasks is ReentrancyGuard {
         bytes32 model;
         bytes32 proposed;
         bytes32 testSet;
+        bytes32 testSetHash;
     }
 
     /// @notice Configuration and live state of task `id`.
@@ -626,6 +641,7 @@ contract DinTasks is ReentrancyGuard {
         r.model = t.model;
         r.proposed = t.proposed;
         r.testSet = t.testSet;
+        r.testSetHash = t.testSetHash;
     }
 
     /// @notice Position of `index` among n under `seed` (population 0: participants, 1: validators),
