@@ -83,7 +83,9 @@ def flwr_python() -> str:
     if not py.exists():
         print(f"creating {venv} with flwr (once)", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "flwr", "numpy", "safetensors"], check=True)
+        subprocess.run(
+            [str(py), "-m", "pip", "install", "-q", "flwr", "numpy", "safetensors"], check=True
+        )
     probe = subprocess.run([str(py), "-c", "import safetensors"], capture_output=True)
     if probe.returncode:
         subprocess.run([str(py), "-m", "pip", "install", "-q", "safetensors"], check=True)
@@ -106,7 +108,9 @@ def make_inputs(folder: Path, n: int, p: int) -> tuple[list[str], list[int]]:
         w = {"layers.0.weight": base_w * noise, "layers.0.bias": base_b * noise}
         s = int(rng.integers(10, 5000))
         path = folder / f"u{i:03d}.safetensors"
-        tensorfile.write(path, w, tensorfile.make_metadata(arch=arch, kind="update", samples=s, round=1))
+        tensorfile.write(
+            path, w, tensorfile.make_metadata(arch=arch, kind="update", samples=s, round=1)
+        )
         files.append(str(path))
         samples.append(s)
     return files, samples
@@ -125,24 +129,45 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="*", help="NxP pairs, e.g. 10x1e7 100x1e6")
     ap.add_argument("--no-flower", action="store_true", help="time din only")
     ap.add_argument("--dir", help="folder for the generated updates (default: a temp folder)")
-    ap.add_argument("--repeat", type=int, default=3, help="timed runs per measurement; the fastest counts (default 3)")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="timed runs per measurement; the fastest counts (default 3)",
+    )
     args = ap.parse_args()
-    sizes = [(int(a), int(float(b))) for a, b in (s.lower().split("x") for s in args.sizes)] if args.sizes else SIZES
+    sizes = (
+        [(int(a), int(float(b))) for a, b in (s.lower().split("x") for s in args.sizes)]
+        if args.sizes
+        else SIZES
+    )
     fpy = None if args.no_flower else flwr_python()
-    print(f"{'N':>4} {'P':>11} {'GB':>6} | {'din s':>7} {'GB/s':>6} {'cpu s':>6} {'peak MiB':>9} {'limit':>6} | {'flwr s':>7} {'GB/s':>6} {'cpu s':>6} {'peak MiB':>9} | {'speedup':>7} {'cpu':>5}")
+    print(
+        f"{'N':>4} {'P':>11} {'GB':>6} | {'din s':>7} {'GB/s':>6} {'cpu s':>6} {'peak MiB':>9} {'limit':>6} | {'flwr s':>7} {'GB/s':>6} {'cpu s':>6} {'peak MiB':>9} | {'speedup':>7} {'cpu':>5}"
+    )
     for n, p in sizes:
         with tempfile.TemporaryDirectory(dir=args.dir) as d:
             folder = Path(d)
             files, samples = make_inputs(folder, n, p)
             size = n * p * 4
-            din = run_child(sys.executable, DIN_CHILD, json.dumps(files), str(folder / "out.safetensors"), str(args.repeat))
+            din = run_child(
+                sys.executable,
+                DIN_CHILD,
+                json.dumps(files),
+                str(folder / "out.safetensors"),
+                str(args.repeat),
+            )
             limit = 300 * MiB + 3 * p * 4
             line = f"{n:>4} {p:>11,} {size / 1e9:>6.2f} | {din['seconds']:>7.3f} {size / din['seconds'] / 1e9:>6.2f} {din['cpu']:>6.3f} {din['peak_rss'] / MiB:>9.0f} {limit / MiB:>6.0f}"
             if fpy:
-                fl = run_child(fpy, FLWR_CHILD, json.dumps(files), json.dumps(samples), str(args.repeat))
+                fl = run_child(
+                    fpy, FLWR_CHILD, json.dumps(files), json.dumps(samples), str(args.repeat)
+                )
                 line += f" | {fl['seconds']:>7.3f} {size / fl['seconds'] / 1e9:>6.2f} {fl['cpu']:>6.3f} {fl['peak_rss'] / MiB:>9.0f} | {fl['seconds'] / din['seconds']:>6.1f}x {fl['cpu'] / din['cpu']:>4.1f}x"
             print(line, flush=True)
-    print(f"din kernel: {din['kernel']}, {din['threads']} threads; best of {args.repeat} runs; peak RSS includes the interpreter and imports (din baseline {din['base_rss'] / MiB:.0f} MiB)")
+    print(
+        f"din kernel: {din['kernel']}, {din['threads']} threads; best of {args.repeat} runs; peak RSS includes the interpreter and imports (din baseline {din['base_rss'] / MiB:.0f} MiB)"
+    )
 
 
 if __name__ == "__main__":

@@ -95,7 +95,9 @@ def bench_files(size: int, reps: int, threads: int | None) -> None:
     data = os.urandom(size)
     nonce = os.urandom(12)
     g = AESGCM(key)
-    print(f"## AES-256-GCM on {size / 2**30:.2f} GiB (best of {reps}; din threads: {threads or 'default'})")
+    print(
+        f"## AES-256-GCM on {size / 2**30:.2f} GiB (best of {reps}; din threads: {threads or 'default'})"
+    )
     t_base_enc = best(lambda: g.encrypt(nonce, data, None), reps)
     t_base_dec = _time_single_decrypt(g, nonce, data, reps)
     enc_buf = bytearray(aead.encrypted_size(size))
@@ -123,9 +125,13 @@ def bench_files(size: int, reps: int, threads: int | None) -> None:
         ("encrypt", t_base_enc, t_buf_enc, t_ours_enc, t_file_enc),
         ("decrypt", t_base_dec, t_buf_dec, t_ours_dec, t_file_dec),
     ]
-    print(f"{'':8} {'baseline: one AESGCM call':>26} {'din encrypt_bytes(out=)':>24} {'din stream->buffer':>19} {'din file->file+fsync':>21}")
+    print(
+        f"{'':8} {'baseline: one AESGCM call':>26} {'din encrypt_bytes(out=)':>24} {'din stream->buffer':>19} {'din file->file+fsync':>21}"
+    )
     for name, b, m, o, f in rows:
-        print(f"{name:8} {gbps(size, b):>26} {gbps(size, m):>24} {gbps(size, o):>19} {gbps(size, f):>21}")
+        print(
+            f"{name:8} {gbps(size, b):>26} {gbps(size, m):>24} {gbps(size, o):>19} {gbps(size, f):>21}"
+        )
     print()
 
 
@@ -148,11 +154,16 @@ def bench_wrap(counts: list[int], reps: int) -> None:
     acct = Account.create()
     owner = Identity("owner", acct.address, bytes(acct.key), *hpke.generate_keypair())
     print(f"## wrapping K for N validators (cryptography.hazmat.primitives.hpke; best of {reps})")
-    print(f"{'N':>7} {'wrap_key':>10} {'per key':>9} {'+ signed CID, JSON doc':>24}   target: 10000 < 2 s")
+    print(
+        f"{'N':>7} {'wrap_key':>10} {'per key':>9} {'+ signed CID, JSON doc':>24}   target: 10000 < 2 s"
+    )
     for n in counts:
         recips = [wrap.Recipient(p, None) for p in publics[:n]]
         t_wrap = best(lambda r=recips: wrap.wrap_key(key, r, binding), reps)
-        t_doc = best(lambda r=recips: wrap.wrap_test_key(key, r, binding, cid="bafkreiabc", owner=owner), reps)
+        t_doc = best(
+            lambda r=recips: wrap.wrap_test_key(key, r, binding, cid="bafkreiabc", owner=owner),
+            reps,
+        )
         print(f"{n:>7} {t_wrap:>9.3f}s {t_wrap / n * 1e6:>7.0f}us {t_doc:>23.3f}s")
     print()
 
@@ -162,9 +173,16 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--validators", default="10,1000,10000")
-    ap.add_argument("--threads", type=int, default=None, help="AES worker threads (default: up to 4, one per CPU)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="AES worker threads (default: up to 4, one per CPU)",
+    )
     args = ap.parse_args()
-    print(f"python {sys.version.split()[0]}, cryptography {__import__('cryptography').__version__}, {os.cpu_count()} CPUs\n")
+    print(
+        f"python {sys.version.split()[0]}, cryptography {__import__('cryptography').__version__}, {os.cpu_count()} CPUs\n"
+    )
     if args.size_mib:
         bench_files(args.size_mib << 20, args.reps, args.threads)
     bench_wrap([int(x) for x in args.validators.split(",")], args.reps)

@@ -102,14 +102,18 @@ def run(url: str | None, n_participants: int, n_validators: int) -> Recorder:
     din.post_global_model(owner, task, agg)
     for v in vals[: n_validators // 2 + 1]:
         din.attest_global(v, task, agg)
-    din.post_test_set(owner, task, b"\x01\x55\x12\x20" + b"\xbb" * 32, {v.address: os.urandom(80) for v in vals})
+    din.post_test_set(
+        owner, task, b"\x01\x55\x12\x20" + b"\xbb" * 32, {v.address: os.urandom(80) for v in vals}
+    )
     ev = din.round_info(task, 0)
     by_index = {i: v for i, v in enumerate(din.validators(task))}
     acct = {v.address: v for v in vals}
     vectors = {}
     for g, members in enumerate(ev.participant_groups):
         for i in ev.validator_groups[g]:
-            vectors[by_index[i]] = [(7919 * (k + 1) + 13 * i) % 5000 + 4000 for k in range(len(members))]
+            vectors[by_index[i]] = [
+                (7919 * (k + 1) + 13 * i) % 5000 + 4000 for k in range(len(members))
+            ]
     for addr, scores in vectors.items():
         din.commit_scores(acct[addr], task, scores)
     for addr, scores in vectors.items():
@@ -126,7 +130,9 @@ def run(url: str | None, n_participants: int, n_validators: int) -> Recorder:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--participants", type=int, default=100)
     ap.add_argument("--validators", type=int, default=10)
     args = ap.parse_args()
@@ -143,20 +149,33 @@ def main() -> None:
         results["anvil"].total = time.perf_counter() - t0
     rec = results["embedded"]
     chains = list(results)
-    print(f"DIN contract gas: 1 task, {args.participants} participants in {rec.groups} subgroup(s), {args.validators} validators")
-    head = f"{'operation':<28}{'txs':>5}{'gas mean':>11}{'gas max':>10}{'budget':>10}  ok " + "".join(f"{c + ' ms/call':>18}" for c in chains)
+    print(
+        f"DIN contract gas: 1 task, {args.participants} participants in {rec.groups} subgroup(s), {args.validators} validators"
+    )
+    head = (
+        f"{'operation':<28}{'txs':>5}{'gas mean':>11}{'gas max':>10}{'budget':>10}  ok "
+        + "".join(f"{c + ' ms/call':>18}" for c in chains)
+    )
     print(head)
     print("-" * len(head))
     for name, gases in rec.gas.items():
         budget = BUDGETS.get(name)
         ok = "" if budget is None else ("yes" if max(gases) <= budget else "NO")
-        walls = "".join(f"{statistics.mean(results[c].wall.get(name, [0])) * 1000:>18.1f}" for c in chains)
-        print(f"{name:<28}{len(gases):>5}{statistics.mean(gases):>11.0f}{max(gases):>10}{budget or '':>10}  {ok:<3}{walls}")
-    cr = [c + r for c, r in zip(rec.gas["commitAggregate"], rec.gas["revealAggregate"], strict=True)]
+        walls = "".join(
+            f"{statistics.mean(results[c].wall.get(name, [0])) * 1000:>18.1f}" for c in chains
+        )
+        print(
+            f"{name:<28}{len(gases):>5}{statistics.mean(gases):>11.0f}{max(gases):>10}{budget or '':>10}  {ok:<3}{walls}"
+        )
+    cr = [
+        c + r for c, r in zip(rec.gas["commitAggregate"], rec.gas["revealAggregate"], strict=True)
+    ]
     per_p = sum(rec.gas["settle"]) / rec.participants
     for name, value in (("commit+reveal aggregate", max(cr)), ("settle per participant", per_p)):
         budget = BUDGETS[name]
-        print(f"{name:<28}{'':>5}{'':>11}{value:>10.0f}{budget:>10}  {'yes' if value <= budget else 'NO'}")
+        print(
+            f"{name:<28}{'':>5}{'':>11}{value:>10.0f}{budget:>10}  {'yes' if value <= budget else 'NO'}"
+        )
     if "anvil" in results:
         other = results["anvil"].gas
         worst = max(
@@ -169,7 +188,9 @@ def main() -> None:
             " (random accounts, keys and round seeds change calldata and assignment walks)"
         )
     for c in chains:
-        print(f"{c}: whole run {results[c].total:.1f} s for {sum(len(v) for v in results[c].wall.values())} transactions")
+        print(
+            f"{c}: whole run {results[c].total:.1f} s for {sum(len(v) for v in results[c].wall.values())} transactions"
+        )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both sides (default 1: small models, shared CPUs)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads for both sides (default 1: small models, shared CPUs)",
+    )
     args = ap.parse_args()
 
     import numpy as np
@@ -55,7 +60,16 @@ def main() -> None:
 
         def run_din() -> float:
             t = time.perf_counter()
-            train(genesis, store, folder / "update.safetensors", epochs=args.epochs, lr=0.05, batch_size=args.batch_size, seed=1, device="cpu")
+            train(
+                genesis,
+                store,
+                folder / "update.safetensors",
+                epochs=args.epochs,
+                lr=0.05,
+                batch_size=args.batch_size,
+                seed=1,
+                device="cpu",
+            )
             return time.perf_counter() - t
 
         def run_plain() -> float:
@@ -87,7 +101,9 @@ def main() -> None:
                 plain_t.append(run_plain())
     total = args.rows * args.epochs
     d, p = min(din_t), min(plain_t)
-    print(f"{args.arch}, {args.rows} rows x {args.epochs} epochs, batch {args.batch_size}, torch threads {torch.get_num_threads()}")
+    print(
+        f"{args.arch}, {args.rows} rows x {args.epochs} epochs, batch {args.batch_size}, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'':8} {'seconds':>8} {'rows/s':>10}")
     print(f"{'din':8} {d:>8.3f} {total / d:>10,.0f}")
     print(f"{'plain':8} {p:>8.3f} {total / p:>10,.0f}")

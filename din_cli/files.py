@@ -44,7 +44,9 @@ def open_input(path: str | os.PathLike) -> Iterator[BinaryIO]:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, *, mode: int = 0o644, overwrite: bool = True) -> Iterator[BinaryIO]:
+def atomic_output(
+    path: str | os.PathLike, *, mode: int = 0o644, overwrite: bool = True
+) -> Iterator[BinaryIO]:
     """Write ``path`` atomically: a temp file beside it, fsync, rename.
 
     ``-`` writes to stdout. On any exception the temp file is removed and the
@@ -58,7 +60,9 @@ def atomic_output(path: str | os.PathLike, *, mode: int = 0o644, overwrite: bool
         return
     target = Path(path)
     if not overwrite and target.exists():
-        raise UsageError(f"{target}: already exists", "choose another name; din never overwrites it")
+        raise UsageError(
+            f"{target}: already exists", "choose another name; din never overwrites it"
+        )
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise NotFoundError(f"{folder}: no such folder", "create it first")
@@ -75,7 +79,9 @@ def atomic_output(path: str | os.PathLike, *, mode: int = 0o644, overwrite: bool
             try:
                 os.link(tmp, target)  # fails if target appeared meanwhile
             except FileExistsError:
-                raise UsageError(f"{target}: already exists", "choose another name; din never overwrites it") from None
+                raise UsageError(
+                    f"{target}: already exists", "choose another name; din never overwrites it"
+                ) from None
             os.unlink(tmp)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -83,7 +89,9 @@ def atomic_output(path: str | os.PathLike, *, mode: int = 0o644, overwrite: bool
         raise
 
 
-def write_atomic(path: str | os.PathLike, data: bytes, *, mode: int = 0o644, overwrite: bool = True) -> None:
+def write_atomic(
+    path: str | os.PathLike, data: bytes, *, mode: int = 0o644, overwrite: bool = True
+) -> None:
     with atomic_output(path, mode=mode, overwrite=overwrite) as f:
         f.write(data)
 

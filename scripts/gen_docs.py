@@ -93,21 +93,39 @@ def man_pages() -> dict[str, str]:
                 rec = p.get_help_record(ctx)
                 if rec:
                     # \: after each | lets a long [a|b|c] choice list break there
-                    parts += [".TP", ".B " + _roff(rec[0]).replace("|", "|\\:"), _roff(rec[1] or "")]
+                    parts += [
+                        ".TP",
+                        ".B " + _roff(rec[0]).replace("|", "|\\:"),
+                        _roff(rec[1] or ""),
+                    ]
         if isinstance(cmd, click.Group):
             parts.append(".SH COMMANDS")
             for sub_name in cmd.list_commands(ctx):
                 sub = cmd.get_command(ctx, sub_name)
                 if sub is not None and not sub.hidden:
-                    parts += [".TP", f".B {_roff(title + ' ' + sub_name)}", _roff(sub.get_short_help_str(limit=200))]
+                    parts += [
+                        ".TP",
+                        f".B {_roff(title + ' ' + sub_name)}",
+                        _roff(sub.get_short_help_str(limit=200)),
+                    ]
         if path == ["din"]:
             parts += [
                 ".SH ENVIRONMENT",
-                ".TP", ".B DIN_HOME", "State folder (default ./.din).",
-                ".TP", ".B DIN_CHAIN", "JSON\\-RPC node URL instead of the embedded chain.",
-                ".TP", ".B DIN_IPFS", "Kubo RPC multiaddr instead of the local store.",
-                ".TP", ".B DIN_KEY", "Identity to act as.",
-                ".TP", ".B DIN_PASSWORD_FILE", "File holding the keystore password.",
+                ".TP",
+                ".B DIN_HOME",
+                "State folder (default ./.din).",
+                ".TP",
+                ".B DIN_CHAIN",
+                "JSON\\-RPC node URL instead of the embedded chain.",
+                ".TP",
+                ".B DIN_IPFS",
+                "Kubo RPC multiaddr instead of the local store.",
+                ".TP",
+                ".B DIN_KEY",
+                "Identity to act as.",
+                ".TP",
+                ".B DIN_PASSWORD_FILE",
+                "File holding the keystore password.",
             ]
         parts += [".SH SEE ALSO", ".BR din (1)"]
         pages[f"man/{name}.1"] = "\n".join(parts) + "\n"
@@ -133,7 +151,12 @@ def main() -> int:
     extra = sorted(existing - set(wanted))
     if args.check:
         if stale or extra:
-            print("stale docs: " + ", ".join(stale + [f"{e} (no such command)" for e in extra]) + "; run `make docs`", file=sys.stderr)
+            print(
+                "stale docs: "
+                + ", ".join(stale + [f"{e} (no such command)" for e in extra])
+                + "; run `make docs`",
+                file=sys.stderr,
+            )
             return 1
         return 0
     for e in extra:

@@ -29,7 +29,9 @@ def _weights(seed, base=None, scale=0.05):
     shapes = zoo.param_shapes(ARCH)
     if base is None:
         return {k: (rng.standard_normal(s) * 0.3).astype(np.float32) for k, s in shapes.items()}
-    return {k: (base[k] + rng.standard_normal(s) * scale).astype(np.float32) for k, s in shapes.items()}
+    return {
+        k: (base[k] + rng.standard_normal(s) * scale).astype(np.float32) for k, s in shapes.items()
+    }
 
 
 @pytest.fixture
@@ -42,7 +44,10 @@ def start(tmp_path):
 @pytest.fixture
 def honest(tmp_path, start):
     base = models.read_model(start).weights
-    return [_write(tmp_path / f"h{i}.safetensors", _weights(i, base), samples=n) for i, n in enumerate((120, 300, 75))]
+    return [
+        _write(tmp_path / f"h{i}.safetensors", _weights(i, base), samples=n)
+        for i, n in enumerate((120, 300, 75))
+    ]
 
 
 def _fedavg_of(paths, tmp_path, name, weights=None):
@@ -82,7 +87,9 @@ def _huge(tmp_path, start, honest):
 
 
 def _zero_samples(tmp_path, start, honest):
-    return _write(tmp_path / "bad.safetensors", _weights(9, models.read_model(start).weights), samples=0)
+    return _write(
+        tmp_path / "bad.safetensors", _weights(9, models.read_model(start).weights), samples=0
+    )
 
 
 def _wrong_arch(tmp_path, start, honest):
@@ -120,7 +127,11 @@ def _copy_claiming_more(tmp_path, start, honest):
 
 
 def _aggregate_kind(tmp_path, start, honest):
-    return _write(tmp_path / "bad.safetensors", _weights(8, models.read_model(start).weights), kind="aggregate")
+    return _write(
+        tmp_path / "bad.safetensors",
+        _weights(8, models.read_model(start).weights),
+        kind="aggregate",
+    )
 
 
 def _garbage(tmp_path, start, honest):
@@ -130,7 +141,9 @@ def _garbage(tmp_path, start, honest):
 
 def _non_canonical(tmp_path, start, honest):
     h = tensorfile.read_header(honest[0])
-    text = tensorfile.encode_header(h.metadata, {n: (t.dtype, t.shape) for n, t in h.tensors.items()})[8:]
+    text = tensorfile.encode_header(
+        h.metadata, {n: (t.dtype, t.shape) for n, t in h.tensors.items()}
+    )[8:]
     text = text.rstrip(b" ") + b"  \n" + b" " * 5  # same JSON, other padding
     body = honest[0].read_bytes()[h.data_start :]
     (tmp_path / "bad.safetensors").write_bytes(struct.pack("<Q", len(text)) + text + body)
@@ -138,7 +151,11 @@ def _non_canonical(tmp_path, start, honest):
 
 
 def _samples_text(tmp_path, start, honest):
-    return _write(tmp_path / "bad.safetensors", _weights(7, models.read_model(start).weights), extra={"din.samples": "1_000"})
+    return _write(
+        tmp_path / "bad.safetensors",
+        _weights(7, models.read_model(start).weights),
+        extra={"din.samples": "1_000"},
+    )
 
 
 ATTACKS = {
@@ -162,12 +179,16 @@ ATTACKS = {
 
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
-def test_a_bad_update_is_excluded_with_its_reason_and_the_rest_aggregate(tmp_path, start, honest, attack):
+def test_a_bad_update_is_excluded_with_its_reason_and_the_rest_aggregate(
+    tmp_path, start, honest, attack
+):
     make, reason = ATTACKS[attack]
     bad = make(tmp_path, start, honest)
     inputs = [honest[0], honest[1], bad, honest[2]]
     out = tmp_path / "out.safetensors"
-    outcome = admission.aggregate(inputs, out, base=start, max_samples=200, ids=["a", "b", "c", "d"])
+    outcome = admission.aggregate(
+        inputs, out, base=start, max_samples=200, ids=["a", "b", "c", "d"]
+    )
     got = models.read_model(out)
     verdicts = outcome.admission.verdicts
     assert [v.admitted for v in verdicts[:2]] + [verdicts[3].admitted] == [True, True, True]
@@ -175,7 +196,9 @@ def test_a_bad_update_is_excluded_with_its_reason_and_the_rest_aggregate(tmp_pat
         assert verdicts[2].admitted and verdicts[2].weight == 200
         return
     assert not verdicts[2].admitted and verdicts[2].reason == reason, verdicts[2]
-    assert json.loads(got.header.metadata["din.excluded"]) == [{"cid": "c", "index": 2, "reason": reason}]
+    assert json.loads(got.header.metadata["din.excluded"]) == [
+        {"cid": "c", "index": 2, "reason": reason}
+    ]
     # the aggregate is FedAvg over the honest ones at their capped weights
     want = _fedavg_of(honest, tmp_path, "want", weights=[120, 200, 75])
     for k in want:
@@ -188,7 +211,10 @@ def test_honest_validators_reach_the_same_cid_through_the_local_store(tmp_path, 
 
     store = open_store()
     base_cid = str(store.add(str(start)))
-    cids = [str(store.add(str(p))) for p in [honest[0], _nan(tmp_path, start, honest), honest[1], honest[0], honest[2]]]
+    cids = [
+        str(store.add(str(p)))
+        for p in [honest[0], _nan(tmp_path, start, honest), honest[1], honest[0], honest[2]]
+    ]
     results = []
     for who in ("v1", "v2", "v3"):
         work = tmp_path / who
@@ -198,7 +224,9 @@ def test_honest_validators_reach_the_same_cid_through_the_local_store(tmp_path, 
         for i, c in enumerate(cids):
             store.cat_to(c, work / f"in{i}")
             paths.append(work / f"in{i}")
-        outcome = admission.aggregate(paths, work / "out", base=work / "start", max_samples=2**16, ids=cids)
+        outcome = admission.aggregate(
+            paths, work / "out", base=work / "start", max_samples=2**16, ids=cids
+        )
         results.append((str(store.add(str(work / "out"))), outcome.admission.excluded_json()))
     assert len(set(results)) == 1
     excluded = json.loads(results[0][1])
@@ -209,7 +237,9 @@ def test_honest_validators_reach_the_same_cid_through_the_local_store(tmp_path, 
     assert admission.recorded_exclusions(tmp_path / "v1" / "out") == excluded
 
 
-def test_a_claim_of_2_31_samples_moves_the_model_no_more_than_an_honest_participant_at_the_cap(tmp_path, start, honest):
+def test_a_claim_of_2_31_samples_moves_the_model_no_more_than_an_honest_participant_at_the_cap(
+    tmp_path, start, honest
+):
     cap = 300
     bad = _negated(tmp_path, start, honest)  # -w of honest[0], claiming 2**31
     at_cap = _write(tmp_path / "cap.safetensors", models.read_model(bad).weights, samples=cap)
@@ -225,7 +255,10 @@ def test_a_claim_of_2_31_samples_moves_the_model_no_more_than_an_honest_particip
     attacker = models.read_model(bad).weights
     for k in got:
         shift = np.abs(got[k].astype(np.float64) - honest_only[k])
-        bound = share * np.abs(attacker[k].astype(np.float64) - honest_only[k]) + 2 * agg.ERROR_BOUND_ABS
+        bound = (
+            share * np.abs(attacker[k].astype(np.float64) - honest_only[k])
+            + 2 * agg.ERROR_BOUND_ABS
+        )
         assert (shift <= bound + 1e-6).all(), k
     # without the cap the same file takes the model over: the test above can fail
     uncapped = tmp_path / "uncapped.safetensors"
@@ -246,9 +279,23 @@ def test_every_update_excluded_gives_the_starting_model(tmp_path, start, honest)
 
 
 def test_unavailable_inputs_and_the_total_bound_are_excluded_in_order(tmp_path, start, honest):
-    big = [_write(tmp_path / f"b{i}.safetensors", _weights(50 + i, models.read_model(start).weights), samples=2**31) for i in range(3)]
-    verdicts = admission.admit([None, *big], base=start, ids=["bafkmissing", "x", "y", "z"]).verdicts
-    assert [(v.admitted, v.reason) for v in verdicts] == [(False, "unavailable"), (True, ""), (True, ""), (False, "over-total")]
+    big = [
+        _write(
+            tmp_path / f"b{i}.safetensors",
+            _weights(50 + i, models.read_model(start).weights),
+            samples=2**31,
+        )
+        for i in range(3)
+    ]
+    verdicts = admission.admit(
+        [None, *big], base=start, ids=["bafkmissing", "x", "y", "z"]
+    ).verdicts
+    assert [(v.admitted, v.reason) for v in verdicts] == [
+        (False, "unavailable"),
+        (True, ""),
+        (True, ""),
+        (False, "over-total"),
+    ]
     assert agg.MAX_TOTAL_SAMPLES == 2 * 2**31
 
 
@@ -265,7 +312,9 @@ def test_the_rule_does_not_depend_on_where_the_files_are(tmp_path, start, honest
     moved = []
     for i, p in enumerate(honest):
         moved.append(shutil.copy(p, tmp_path / f"elsewhere-{i}"))
-    b = admission.aggregate(moved, tmp_path / "b.safetensors", base=shutil.copy(start, tmp_path / "s2"), max_samples=100)
+    b = admission.aggregate(
+        moved, tmp_path / "b.safetensors", base=shutil.copy(start, tmp_path / "s2"), max_samples=100
+    )
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
     assert a.samples == b.samples == 100 + 100 + 75
     assert "din.excluded" not in tensorfile.read_header(tmp_path / "a.safetensors").metadata
@@ -307,15 +356,27 @@ def test_attackers_in_a_round_are_excluded_and_honest_validators_agree(capped_wo
     w = capped_world
     roundflow.start(w.ctx(w.owner), w.task)
     start = w.ctx().fetch(roundflow.start_model(w.ctx(), w.task, 1), tmp_path / "start.safetensors")
-    honest = [roundflow.train_and_submit(w.ctx(w.parts[i]), w.task, w.stores[i], epochs=2, lr=0.5) for i in range(3)]
+    honest = [
+        roundflow.train_and_submit(w.ctx(w.parts[i]), w.task, w.stores[i], epochs=2, lr=0.5)
+        for i in range(3)
+    ]
     assert all(h["samples"] < CAP for h in honest)
     # attacker 3: a negated copy of participant 0's update claiming 2**31 samples (issue 10 item 2)
     w0 = models.read_model(w.ctx().fetch(honest[0]["cid"], tmp_path / "h0.safetensors")).weights
-    negated = _write(tmp_path / "neg.safetensors", {k: -v for k, v in w0.items()}, samples=2**31, arch="logreg:64-10")
+    negated = _write(
+        tmp_path / "neg.safetensors",
+        {k: -v for k, v in w0.items()},
+        samples=2**31,
+        arch="logreg:64-10",
+    )
     # attacker 4: a NaN; attacker 5: the starting model itself (issue 10 item 1)
     w0["layers.0.bias"][3] = np.nan
     poisoned = _write(tmp_path / "nan.safetensors", w0, samples=50, arch="logreg:64-10")
-    bad = {3: _submit_file(w, w.parts[3], negated), 4: _submit_file(w, w.parts[4], poisoned), 5: _submit_file(w, w.parts[5], start)}
+    bad = {
+        3: _submit_file(w, w.parts[3], negated),
+        4: _submit_file(w, w.parts[4], poisoned),
+        5: _submit_file(w, w.parts[5], start),
+    }
     assert w.phase() == "aggregation-commit"
 
     w.aggregate_all()
@@ -328,21 +389,33 @@ def test_attackers_in_a_round_are_excluded_and_honest_validators_agree(capped_wo
     order = [u.cid for u in w.din.updates_submitted(w.task, 1)]
     pos = {to_text(c): k for k, c in enumerate(order)}
     assert json.loads(got.header.metadata["din.excluded"]) == sorted(
-        [{"cid": bad[4], "index": pos[bad[4]], "reason": "non-finite"}, {"cid": bad[5], "index": pos[bad[5]], "reason": "unchanged"}],
+        [
+            {"cid": bad[4], "index": pos[bad[4]], "reason": "non-finite"},
+            {"cid": bad[5], "index": pos[bad[5]], "reason": "unchanged"},
+        ],
         key=lambda e: e["index"],
     )
     # FedAvg over the honest updates plus the 2**31 claim counted at the cap, no more
-    files = [w.ctx().fetch(h["cid"], tmp_path / f"u{i}.safetensors") for i, h in enumerate(honest)] + [negated]
+    files = [
+        w.ctx().fetch(h["cid"], tmp_path / f"u{i}.safetensors") for i, h in enumerate(honest)
+    ] + [negated]
     weights = [h["samples"] for h in honest] + [CAP]
-    order_files = sorted(zip(files, weights, [h["cid"] for h in honest] + [bad[3]], strict=True), key=lambda t: pos[t[2]])
-    want = _fedavg_of([f for f, _, _ in order_files], tmp_path, "want", weights=[n for _, n, _ in order_files])
+    order_files = sorted(
+        zip(files, weights, [h["cid"] for h in honest] + [bad[3]], strict=True),
+        key=lambda t: pos[t[2]],
+    )
+    want = _fedavg_of(
+        [f for f, _, _ in order_files], tmp_path, "want", weights=[n for _, n, _ in order_files]
+    )
     for k in want:
         np.testing.assert_array_equal(got.weights[k], want[k])
     assert got.header.samples == sum(weights)
 
     checks = verify.verify(w.ctx(), w.task)  # recomputes with the same rule
     sub = [c for c in checks if c["what"] == "subgroup"][0]
-    assert sorted((e["cid"], e["reason"]) for e in sub["excluded"]) == sorted([(bad[4], "non-finite"), (bad[5], "unchanged")])
+    assert sorted((e["cid"], e["reason"]) for e in sub["excluded"]) == sorted(
+        [(bad[4], "non-finite"), (bad[5], "unchanged")]
+    )
 
     w.finalize_and_attest()
     w.evaluate_all()
@@ -351,7 +424,9 @@ def test_attackers_in_a_round_are_excluded_and_honest_validators_agree(capped_wo
     rec = w.ctx(w.assigned(0)[0]).load_record(w.task, 0, "scores")  # the vector in subgroup order
     assert rec["scores"] == next(iter(revealed.values()))
     scores = dict(zip(rec["participants"], rec["scores"], strict=True))
-    assert scores[w.parts[4].address] == 0 and scores[w.parts[5].address] == 0  # excluded: nothing earned
+    assert (
+        scores[w.parts[4].address] == 0 and scores[w.parts[5].address] == 0
+    )  # excluded: nothing earned
     assert all(scores[w.parts[i].address] > 5000 for i in range(3))
     assert not any(validator_state(w.ctx(), w.task, v.address)["removed"] for v in w.vals)
 
@@ -365,7 +440,12 @@ def test_verify_names_an_excluded_update_that_a_recorded_aggregate_used(capped_w
     roundflow.start(w.ctx(w.owner), w.task)
     start = w.ctx().fetch(roundflow.start_model(w.ctx(), w.task, 1), tmp_path / "start.safetensors")
     w.train_all(skip=(3, 4, 5), epochs=1)
-    lazy = _write(tmp_path / "lazy.safetensors", models.read_model(start).weights, samples=CAP, arch="logreg:64-10")
+    lazy = _write(
+        tmp_path / "lazy.safetensors",
+        models.read_model(start).weights,
+        samples=CAP,
+        arch="logreg:64-10",
+    )
     lazy_cid = _submit_file(w, w.parts[3], lazy)  # the starting model relabelled: a free-rider
     w.advance()
     ups = w.din.updates_submitted(w.task, 1)
@@ -373,5 +453,8 @@ def test_verify_names_an_excluded_update_that_a_recorded_aggregate_used(capped_w
     aggregate(files, tmp_path / "naive.safetensors")  # plain FedAvg: the free-rider counts
     naive = w.ctx().add(tmp_path / "naive.safetensors")
     w.aggregate_all(cids={v.name: naive for v in w.vals})  # a colluding majority accepts it
-    with pytest.raises(VerificationError, match=f"includes update #3 {lazy_cid} that the admission rule excludes \\(unchanged\\)"):
+    with pytest.raises(
+        VerificationError,
+        match=f"includes update #3 {lazy_cid} that the admission rule excludes \\(unchanged\\)",
+    ):
         verify.verify(w.ctx(), w.task)

@@ -216,7 +216,9 @@ def test_whole_task_pays_exactly_the_deposit(deployed):
     assert test_cid == cid("test-set") and set(keys) == {v.address for v in world.vals}
 
     assigned = world.assigned(0)
-    vectors = {v: scores_for(world, v, g) for v, g in assigned.items()}  # honest validators agree exactly
+    vectors = {
+        v: scores_for(world, v, g) for v, g in assigned.items()
+    }  # honest validators agree exactly
     for v, s in vectors.items():
         din.commit_scores(v, task, s)
     for v, s in vectors.items():
@@ -245,7 +247,11 @@ def test_whole_task_pays_exactly_the_deposit(deployed):
     assert sum(paid.values()) == DEPOSIT
     for p in parts:
         assert paid.get(p, 0) == ref.participants[p]
-    assert [paid.get(v, 0) for v in vals] == [fees // len(vals)] * len(vals) == [ref.validators[v] for v in vals]
+    assert (
+        [paid.get(v, 0) for v in vals]
+        == [fees // len(vals)] * len(vals)
+        == [ref.validators[v] for v in vals]
+    )
     for a, before in balances.items():
         after = din.balance(a)
         if a == world.owner.address:  # the deposit left before the snapshot
@@ -276,7 +282,15 @@ def test_minority_aggregator_is_slashed_and_majority_is_not(world):
 
 def test_validator_that_does_not_reveal_is_slashed_and_removed(deployed):
     chain, dev, dep = deployed
-    w = World(chain, dev, dep, n_participants=2, n_validators=3, subgroup_size=2, validators_per_subgroup=3)
+    w = World(
+        chain,
+        dev,
+        dep,
+        n_participants=2,
+        n_validators=3,
+        subgroup_size=2,
+        validators_per_subgroup=3,
+    )
     din, task = w.din, w.task
     w.start()
     w.train(1)
@@ -306,7 +320,15 @@ def test_validator_that_does_not_reveal_is_slashed_and_removed(deployed):
 
 def test_minority_revealer_slashed_when_majority_exists(deployed):
     chain, dev, dep = deployed
-    w = World(chain, dev, dep, n_participants=2, n_validators=3, subgroup_size=2, validators_per_subgroup=3)
+    w = World(
+        chain,
+        dev,
+        dep,
+        n_participants=2,
+        n_validators=3,
+        subgroup_size=2,
+        validators_per_subgroup=3,
+    )
     din, task = w.din, w.task
     w.start()
     w.train(1)
@@ -452,7 +474,9 @@ def test_scores_reveal_settle_and_claim_twice(deployed):
     parts_g, vals_g, majority = din.settlement_inputs(task, g_lazy)
     assert majority == scores_for(w, items[0][0], g_lazy)
     with reverts("scores differ from the majority's vector"):
-        w.chain.send(w.dev, din.tasks.functions.settle(task, g_lazy, parts_g, vals_g, vectors[lazy]))
+        w.chain.send(
+            w.dev, din.tasks.functions.settle(task, g_lazy, parts_g, vals_g, vectors[lazy])
+        )
     with reverts("scores differ from the majority's vector"):
         w.chain.send(w.dev, din.tasks.functions.settle(task, g_lazy, parts_g, vals_g, []))
     din.settle(w.dev, task)
@@ -483,7 +507,9 @@ def test_scores_reveal_settle_and_claim_twice(deployed):
     ]
     ref = settle_task(DEPOSIT, 1000, groups)
     assert ref.penalised == {lazy.address}
-    assert [e["args"]["validator"] for e in din.events(task, "ValidatorPenalised")] == [lazy.address]
+    assert [e["args"]["validator"] for e in din.events(task, "ValidatorPenalised")] == [
+        lazy.address
+    ]
     assert din.validator_info(lazy.address).stake == MIN_STAKE - MIN_STAKE // 10
     assert paid.get(lazy.address, 0) == 0
     for who, amount in {**ref.participants, **ref.validators}.items():
@@ -613,8 +639,12 @@ def test_round_seed_fixes_an_assignment_the_contract_accepts(world):
             din.commit_aggregate(v, task, cid("a"))
     contract = din.tasks
     for i in range(info.participants):
-        pos = world.chain.call(contract.functions.assignmentPosition(rnd.seed, 0, i, info.participants))
-        assert pos == assignment.permute(assignment.population_key(rnd.seed, 0), i, info.participants)
+        pos = world.chain.call(
+            contract.functions.assignmentPosition(rnd.seed, 0, i, info.participants)
+        )
+        assert pos == assignment.permute(
+            assignment.population_key(rnd.seed, 0), i, info.participants
+        )
     assert din.model_cid(task) == cid("genesis")
     assert info.model_digest == cid_digest(cid("genesis"))
 
@@ -632,7 +662,16 @@ def test_gas_budgets_hold_for_every_call(deployed):
 
     chain.send = recording
     try:
-        w = World(chain, dev, dep, n_participants=6, n_validators=6, subgroup_size=3, validators_per_subgroup=3, max_rounds=1)
+        w = World(
+            chain,
+            dev,
+            dep,
+            n_participants=6,
+            n_validators=6,
+            subgroup_size=3,
+            validators_per_subgroup=3,
+            max_rounds=1,
+        )
         w.start()
         w.train(1)
         w.aggregate(1)
@@ -682,8 +721,18 @@ def test_nobody_can_mint_or_name_a_slasher_after_deployment(deployed):
     # the old selectors are gone from the bytecode too: calling them reverts for the deployer
     old = chain.w3.eth.contract(
         address=dep["DinToken"],
-        abi=[{"type": "function", "name": "mint", "stateMutability": "nonpayable", "outputs": [],
-              "inputs": [{"name": "to", "type": "address"}, {"name": "amount", "type": "uint256"}]}],
+        abi=[
+            {
+                "type": "function",
+                "name": "mint",
+                "stateMutability": "nonpayable",
+                "outputs": [],
+                "inputs": [
+                    {"name": "to", "type": "address"},
+                    {"name": "amount", "type": "uint256"},
+                ],
+            }
+        ],
     )
     supply = chain.call(din.token.functions.totalSupply())
     with pytest.raises(TransactionReverted):
@@ -810,7 +859,9 @@ def test_registry_refuses_low_order_and_non_canonical_hpke_keys(world):
         assert not world.chain.call(din.registry.functions.validKey(key))
     for u in LOW_ORDER:  # the contract's list is exactly the points X25519 refuses
         with pytest.raises(ValueError):
-            X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(u.to_bytes(32, "little")))
+            X25519PrivateKey.generate().exchange(
+                X25519PublicKey.from_public_bytes(u.to_bytes(32, "little"))
+            )
     good = x25519_public()
     assert world.chain.call(din.registry.functions.validKey(good))
     din.stake(v, MIN_STAKE, good)
@@ -899,7 +950,10 @@ def test_rewards_settle_slashes_liars_of_every_round(tmp_path, deployed):
     w.post_test_set()
     score_round(w, lambda v, g, honest: None if v is silent else honest)
     out = rewards.settle(Ctx(w), task)
-    assert {(s["validator"], s["round"]) for s in out["slashed"]} == {(liar.address, 1), (silent.address, 2)}
+    assert {(s["validator"], s["round"]) for s in out["slashed"]} == {
+        (liar.address, 1),
+        (silent.address, 2),
+    }
     assert w.info().phase == "settled"
 
 
@@ -934,7 +988,15 @@ def test_settling_has_a_deadline_and_unsettled_subgroups_score_zero(deployed):
 def test_sybil_joins_beyond_what_validators_cover_sit_out_instead_of_abandoning(deployed):
     """Old: joining Sybils until subgroups outnumbered validators abandoned the task at start."""
     chain, dev, dep = deployed
-    w = World(chain, dev, dep, n_participants=7, n_validators=2, subgroup_size=2, validators_per_subgroup=1)
+    w = World(
+        chain,
+        dev,
+        dep,
+        n_participants=7,
+        n_validators=2,
+        subgroup_size=2,
+        validators_per_subgroup=1,
+    )
     din, task = w.din, w.task
     for p in w.parts:
         din.join_task(p, task, os.urandom(32))
@@ -960,7 +1022,10 @@ def test_subgroup_sizes_are_capped_at_creation(deployed):
         World(chain, dev, dep, subgroup_size=257)
     with reverts("at most 64 validators per subgroup"):
         World(chain, dev, dep, validators_per_subgroup=65)
-    assert World(chain, dev, dep, subgroup_size=256, validators_per_subgroup=64).info().subgroup_size == 256
+    assert (
+        World(chain, dev, dep, subgroup_size=256, validators_per_subgroup=64).info().subgroup_size
+        == 256
+    )
 
 
 # ---------------------------------------------------------------- attacks: the owner's test set (issue 10, item 7)
@@ -983,7 +1048,9 @@ def test_owner_commits_to_its_test_set_and_wraps_k_to_exactly_the_evaluation_val
     assert len(slots) == 4 and len(outsiders) == 2
 
     def post(validators, keys):
-        chain.send(w.owner, din.tasks.functions.postTestSet(task, cid("test-set"), validators, keys))
+        chain.send(
+            w.owner, din.tasks.functions.postTestSet(task, cid("test-set"), validators, keys)
+        )
 
     key = os.urandom(48)
     with reverts("wrap K to exactly the evaluation validators"):

@@ -53,7 +53,9 @@ def test_thread_counts_give_the_same_format(threads):
             with pytest.raises(VerificationError):
                 dec(swapped, threads=threads)
             with pytest.raises(VerificationError):
-                dec(blob[: 48 + 32 * (n // 16)], threads=threads)  # all full chunks, final one dropped
+                dec(
+                    blob[: 48 + 32 * (n // 16)], threads=threads
+                )  # all full chunks, final one dropped
 
 
 def test_layout_matches_the_documented_format():

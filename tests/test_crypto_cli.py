@@ -100,7 +100,16 @@ def _tampered(tmp_path, how):
 
 
 @pytest.mark.parametrize(
-    "how", ["bit-header", "bit-middle", "bit-last-tag", "truncated-mid", "truncated-at-chunk", "swapped-chunks", "extended"]
+    "how",
+    [
+        "bit-header",
+        "bit-middle",
+        "bit-last-tag",
+        "truncated-mid",
+        "truncated-at-chunk",
+        "swapped-chunks",
+        "extended",
+    ],
 )
 def test_tampered_file_exits_3_and_writes_no_plaintext(tmp_path, plain, how, din):
     assert din("data", "encrypt", "--key-out", "K.bin", "test.csv", "-o", "test.enc").exit_code == 0
@@ -138,8 +147,23 @@ def test_wrap_document_with_signed_cid_and_unwrap_by_each_validator(tmp_path, pe
     assert [r["address"] for r in doc["recipients"]] == [people["v1"].address, None]
     (tmp_path / "w.json").write_text(json.dumps(doc))
     for v in ("v1", "v2"):
-        r = din("keys", "unwrap", "--key", v, "--owner", people["owner"].address,
-                "--task", 5, "--round", 1, "--chain-id", 1337, "w.json", "-o", f"{v}.bin")
+        r = din(
+            "keys",
+            "unwrap",
+            "--key",
+            v,
+            "--owner",
+            people["owner"].address,
+            "--task",
+            5,
+            "--round",
+            1,
+            "--chain-id",
+            1337,
+            "w.json",
+            "-o",
+            f"{v}.bin",
+        )
         assert r.exit_code == 0, r.stderr
         assert r.stdout == CID + "\n"
         assert (tmp_path / f"{v}.bin").read_bytes() == bytes(range(32))
@@ -166,7 +190,14 @@ def test_unwrap_refusals_exit_3_and_write_nothing(tmp_path, people, din):
     cases = [
         [*base, "--task", 6, "w.json"],  # validator is on task 6: the document is for 5
         [*base, "--task", 6, "moved.json"],  # document edited to say 6: HPKE info differs
-        [*base, "--task", 5, "--owner", people["v2"].address, "w.json"],  # not the owner's signature
+        [
+            *base,
+            "--task",
+            5,
+            "--owner",
+            people["v2"].address,
+            "w.json",
+        ],  # not the owner's signature
     ]
     for args in cases:
         r = din(*args)
@@ -180,10 +211,27 @@ def test_cid_signed_by_another_key_is_refused(tmp_path, people, din):
     doc = _wrap(din, tmp_path, people, "--cid", CID, "--signer", "owner")
     mallory = ks.unlock("v2", PW)
     binding = wrap.Binding(1337, 5, 1)
-    doc["encrypted_cid"] = "0x" + wrap.sign_cid(bytes(range(32)), "bafkreievil", mallory, binding).hex()
+    doc["encrypted_cid"] = (
+        "0x" + wrap.sign_cid(bytes(range(32)), "bafkreievil", mallory, binding).hex()
+    )
     (tmp_path / "w.json").write_text(json.dumps(doc))
-    r = din("keys", "unwrap", "--key", "v1", "--owner", people["owner"].address,
-            "--task", 5, "--round", 1, "--chain-id", 1337, "w.json", "-o", "K1.bin")
+    r = din(
+        "keys",
+        "unwrap",
+        "--key",
+        "v1",
+        "--owner",
+        people["owner"].address,
+        "--task",
+        5,
+        "--round",
+        1,
+        "--chain-id",
+        1337,
+        "w.json",
+        "-o",
+        "K1.bin",
+    )
     assert r.exit_code == ExitCode.VERIFICATION_FAILED and "not by the task owner" in r.stderr
     assert r.stdout_bytes == b"" and not (tmp_path / "K1.bin").exists()
 
@@ -194,8 +242,9 @@ def test_wrapped_key_from_the_cli_opens_with_pyhpke(tmp_path, people, din):
     entry = doc["recipients"][1]
     sealed = bytes.fromhex(entry["wrapped_key"][2:])
     suite = CipherSuite.new(KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256, AEADId.AES256_GCM)
-    ctx = suite.create_recipient_context(sealed[:32], suite.kem.deserialize_private_key(secret),
-                                         info=wrap.Binding(1337, 5, 1).info())
+    ctx = suite.create_recipient_context(
+        sealed[:32], suite.kem.deserialize_private_key(secret), info=wrap.Binding(1337, 5, 1).info()
+    )
     assert ctx.open(sealed[32:]) == bytes(range(32))
 
 
@@ -219,27 +268,107 @@ def test_whole_flow_in_real_processes(tmp_path, people, run_din):
     """Real argv and exit codes: encrypt, wrap with a signed CID, unwrap, decrypt; nothing secret in argv."""
     (tmp_path / "test.csv").write_bytes(b"x,y\n1,2\n")
     env = {"DIN_PASSWORD_FILE": str(tmp_path / "pw")}
-    run_din("data", "encrypt", "--key-out", "K.bin", "test.csv", "-o", "test.enc", env=env, check=True)
-    run_din("keys", "wrap", "--key", "K.bin", "--to", "v1", "--cid", CID, "--signer", "owner",
-            "--task", 9, "--round", 0, "-o", "w.json", env=env, check=True)
-    proc = run_din("keys", "unwrap", "--key", "v1", "--owner", people["owner"].address, "--task", 9,
-                   "--round", 0, "w.json", "-o", "K1.bin", env=env, check=True)
+    run_din(
+        "data", "encrypt", "--key-out", "K.bin", "test.csv", "-o", "test.enc", env=env, check=True
+    )
+    run_din(
+        "keys",
+        "wrap",
+        "--key",
+        "K.bin",
+        "--to",
+        "v1",
+        "--cid",
+        CID,
+        "--signer",
+        "owner",
+        "--task",
+        9,
+        "--round",
+        0,
+        "-o",
+        "w.json",
+        env=env,
+        check=True,
+    )
+    proc = run_din(
+        "keys",
+        "unwrap",
+        "--key",
+        "v1",
+        "--owner",
+        people["owner"].address,
+        "--task",
+        9,
+        "--round",
+        0,
+        "w.json",
+        "-o",
+        "K1.bin",
+        env=env,
+        check=True,
+    )
     assert proc.stdout.decode() == CID + "\n"
     proc = run_din("data", "decrypt", "--key", "K1.bin", "test.enc", env=env, check=True)
     assert proc.stdout == b"x,y\n1,2\n"
-    proc = run_din("keys", "unwrap", "--key", "v1", "--owner", people["v1"].address, "--task", 9,
-                   "--round", 0, "w.json", "-o", "K2.bin", env=env)
+    proc = run_din(
+        "keys",
+        "unwrap",
+        "--key",
+        "v1",
+        "--owner",
+        people["v1"].address,
+        "--task",
+        9,
+        "--round",
+        0,
+        "w.json",
+        "-o",
+        "K2.bin",
+        env=env,
+    )
     assert proc.returncode == 3 and proc.stdout == b"" and not (tmp_path / "K2.bin").exists()
 
 
 def test_unwrap_reads_its_own_ndjson_line(tmp_path, people, din):
     """A validator handed only its line of `wrap --nl` output recovers K from it."""
     (tmp_path / "K.bin").write_bytes(bytes(range(32)))
-    r = din("keys", "wrap", "--key", "K.bin", "--task", 2, "--round", 0, "--nl", "--cid", CID,
-            "--signer", "owner", "--to", "v1", "--to", "v2")
+    r = din(
+        "keys",
+        "wrap",
+        "--key",
+        "K.bin",
+        "--task",
+        2,
+        "--round",
+        0,
+        "--nl",
+        "--cid",
+        CID,
+        "--signer",
+        "owner",
+        "--to",
+        "v1",
+        "--to",
+        "v2",
+    )
     assert r.exit_code == 0, r.stderr
     line = [ln for ln in r.stdout.splitlines() if people["v2"].address in ln]
-    r = din("keys", "unwrap", "--key", "v2", "--owner", people["owner"].address, "--task", 2,
-            "--round", 0, "-o", "K2.bin", "-", input=line[0].encode() + b"\n")
+    r = din(
+        "keys",
+        "unwrap",
+        "--key",
+        "v2",
+        "--owner",
+        people["owner"].address,
+        "--task",
+        2,
+        "--round",
+        0,
+        "-o",
+        "K2.bin",
+        "-",
+        input=line[0].encode() + b"\n",
+    )
     assert r.exit_code == 0, r.stderr
     assert r.stdout.strip() == CID and (tmp_path / "K2.bin").read_bytes() == bytes(range(32))

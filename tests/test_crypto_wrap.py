@@ -30,7 +30,9 @@ def identity(name: str) -> Identity:
 
 def test_info_binds_chain_task_and_round():
     info = BIND.info()
-    assert info == b"din/test-key/v1" + (31337).to_bytes(8, "big") + (7).to_bytes(32, "big") + (2).to_bytes(8, "big")
+    assert info == b"din/test-key/v1" + (31337).to_bytes(8, "big") + (7).to_bytes(32, "big") + (
+        2
+    ).to_bytes(8, "big")
     assert wrap.Binding(31337, 7, 3).info() != info
     with pytest.raises(UsageError):
         wrap.Binding(0, -1, 0)
@@ -40,7 +42,9 @@ def test_din_wrapped_key_opens_with_pyhpke():
     sk, pk = hpke.generate_keypair()
     (sealed,) = wrap.wrap_key(K, [pk], BIND)
     assert len(sealed) == 32 + 32 + 16
-    ctx = SUITE.create_recipient_context(sealed[:32], SUITE.kem.deserialize_private_key(sk), info=BIND.info())
+    ctx = SUITE.create_recipient_context(
+        sealed[:32], SUITE.kem.deserialize_private_key(sk), info=BIND.info()
+    )
     assert ctx.open(sealed[32:]) == K
 
 
@@ -120,12 +124,16 @@ def test_document_round_trip_for_many_validators():
     for v in validators:
         opened = wrap.open_test_key(doc, v, BIND, owner_address=owner.address)
         assert (opened.key, opened.cid) == (K, CID)
-    assert wrap.open_test_key(doc, validators[0], BIND).cid is None  # no owner given: CID not opened
+    assert (
+        wrap.open_test_key(doc, validators[0], BIND).cid is None
+    )  # no owner given: CID not opened
 
 
 def test_document_refusals():
     owner, v, outsider = identity("mo"), identity("v"), identity("x")
-    doc = wrap.wrap_test_key(K, [wrap.Recipient(v.hpke_public, v.address)], BIND, cid=CID, owner=owner)
+    doc = wrap.wrap_test_key(
+        K, [wrap.Recipient(v.hpke_public, v.address)], BIND, cid=CID, owner=owner
+    )
     with pytest.raises(NotFoundError):
         wrap.open_test_key(doc, outsider, BIND)
     with pytest.raises(VerificationError, match="task 7"):
@@ -147,7 +155,9 @@ def test_recipients_by_key_address_pair_and_resolver():
     pair = wrap.parse_recipient(f"{v.address.lower()}:{pub}")
     assert pair == wrap.Recipient(v.hpke_public, v.address)
     registry = {v.address: v.hpke_public}  # what the chain's registry will answer
-    assert wrap.parse_recipient(v.address, resolver=registry.get) == wrap.Recipient(v.hpke_public, v.address)
+    assert wrap.parse_recipient(v.address, resolver=registry.get) == wrap.Recipient(
+        v.hpke_public, v.address
+    )
     with pytest.raises(NotFoundError):
         wrap.parse_recipient(identity("y").address, resolver=registry.get)
     with pytest.raises(UsageError):
@@ -196,8 +206,12 @@ def test_document_survives_the_chain_round_trip():
     assert list(wrapped) == [v1.address, v2.address] and all(len(w) == 80 for w in wrapped.values())
     rebuilt = wrap.document_from_chain(encrypted_cid, wrapped, BIND)
     for v in (v1, v2):
-        assert wrap.open_test_key(rebuilt, v, BIND, owner_address=owner.address) == wrap.OpenedKey(K, CID)
+        assert wrap.open_test_key(rebuilt, v, BIND, owner_address=owner.address) == wrap.OpenedKey(
+            K, CID
+        )
     with pytest.raises(UsageError):
-        wrap.chain_args(wrap.wrap_test_key(K, [wrap.Recipient(v1.hpke_public)], BIND, cid=CID, owner=owner))
+        wrap.chain_args(
+            wrap.wrap_test_key(K, [wrap.Recipient(v1.hpke_public)], BIND, cid=CID, owner=owner)
+        )
     with pytest.raises(InputError):
         wrap.chain_args(wrap.wrap_test_key(K, recips, BIND))

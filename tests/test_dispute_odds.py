@@ -48,4 +48,3 @@ def test_a_dispute_never_makes_a_wrong_result_likelier():
         for key, value in row.items():
             if key.startswith(("sealed_", "open_")):
                 assert value <= row["no_dispute"] + 1e-15, (key, row)
-

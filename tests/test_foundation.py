@@ -16,14 +16,27 @@ from din_cli.cli.main import COMMANDS, cli
 from din_cli.cli.options import ipfs_option
 from din_cli.errors import DinError, ExitCode, InputError, NotFoundError, UsageError
 
-HEAVY = ("torch", "web3", "eth_tester", "eth", "eth_account", "sklearn", "ipfshttpclient", "numpy", "numba", "safetensors")
+HEAVY = (
+    "torch",
+    "web3",
+    "eth_tester",
+    "eth",
+    "eth_account",
+    "sklearn",
+    "ipfshttpclient",
+    "numpy",
+    "numba",
+    "safetensors",
+)
 
 
 def _imported_modules(*args: str) -> set[str]:
     """Top-level packages imported by `din ARGS` (from -X importtime)."""
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "din_cli", *args],
-        capture_output=True, text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     mods = set()
@@ -34,7 +47,9 @@ def _imported_modules(*args: str) -> set[str]:
     return mods
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], *([name, "--help"] for name in COMMANDS)])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["--version"], *([name, "--help"] for name in COMMANDS)]
+)
 def test_help_and_version_import_no_heavy_library(args):
     mods = _imported_modules(*args)
     assert "din_cli" in mods
@@ -108,7 +123,9 @@ def test_din_debug_shows_a_din_errors_traceback_and_its_cause(din, hidden_comman
         try:
             int("twelve")
         except ValueError:
-            raise InputError("bad number", "give digits") from None  # hidden from users, not from DIN_DEBUG
+            raise InputError(
+                "bad number", "give digits"
+            ) from None  # hidden from users, not from DIN_DEBUG
 
     r = din("raise-for-test")
     assert r.stderr == "din: error: bad number; give digits\n"
@@ -130,7 +147,10 @@ def test_din_debug_raises_an_unexpected_error_with_its_cause(din, hidden_command
 
     r = din("bug-for-test")
     assert r.exit_code == ExitCode.ERROR
-    assert r.stderr == "din: error: internal error: RuntimeError: a bug (rerun with DIN_DEBUG=1 for a traceback)\n"
+    assert (
+        r.stderr
+        == "din: error: internal error: RuntimeError: a bug (rerun with DIN_DEBUG=1 for a traceback)\n"
+    )
     with pytest.raises(RuntimeError) as exc:
         din("bug-for-test", env={"DIN_DEBUG": "1"})
     assert isinstance(exc.value.__context__, KeyError) and not exc.value.__suppress_context__
@@ -149,7 +169,9 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path):
     # `din ipfs add -` blocks reading stdin: interrupt it like a user pressing Ctrl-C.
     proc = subprocess.Popen(
         [sys.executable, "-m", "din_cli", "ipfs", "add", "-"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     time.sleep(1.5)
     proc.send_signal(signal.SIGINT)
@@ -171,13 +193,18 @@ def test_settings_precedence_flag_env_config(din_home, monkeypatch, din, hidden_
     assert din("show-for-test").stdout.strip() == "/ip4/127.0.0.1/tcp/7001"
     monkeypatch.setenv("DIN_IPFS", "/ip4/127.0.0.1/tcp/7002")
     assert din("show-for-test").stdout.strip() == "/ip4/127.0.0.1/tcp/7002"
-    assert din("show-for-test", "--ipfs", "/ip4/127.0.0.1/tcp/7003").stdout.strip() == "/ip4/127.0.0.1/tcp/7003"
+    assert (
+        din("show-for-test", "--ipfs", "/ip4/127.0.0.1/tcp/7003").stdout.strip()
+        == "/ip4/127.0.0.1/tcp/7003"
+    )
 
 
 def test_config_show_reports_sources(din_home, run_din):
     din_home.mkdir(parents=True)
     (din_home / "config.toml").write_text('chain = "http://127.0.0.1:9"\n')
-    proc = run_din("config", "show", "--json", env={"DIN_IPFS": "/ip4/127.0.0.1/tcp/5001"}, check=True)
+    proc = run_din(
+        "config", "show", "--json", env={"DIN_IPFS": "/ip4/127.0.0.1/tcp/5001"}, check=True
+    )
     import json
 
     doc = json.loads(proc.stdout)
@@ -191,7 +218,10 @@ def test_broken_config_file_is_a_one_line_error(din_home, run_din):
     (din_home / "config.toml").write_text("chain = \n")
     proc = run_din("config", "show")
     assert proc.returncode == ExitCode.ERROR
-    assert proc.stderr.decode().count("\n") == 1 and "config.toml: not valid TOML" in proc.stderr.decode()
+    assert (
+        proc.stderr.decode().count("\n") == 1
+        and "config.toml: not valid TOML" in proc.stderr.decode()
+    )
 
 
 def test_atomic_output_leaves_nothing_on_failure(tmp_path):

@@ -50,7 +50,11 @@ def test_new_key_files_open_with_eth_account_and_eth_keyfile(ks, din_home):
     secret = decode_keyfile_json(hp, PW.encode())  # any keystore v3 decoder opens it
     assert hpke.public_key(secret) == info.hpke_public == bytes.fromhex(hp["din"]["public"])
     ident = ks.unlock("alice", PW)
-    assert (ident.address, ident.hpke_public, ident.hpke_private) == (info.address, info.hpke_public, secret)
+    assert (ident.address, ident.hpke_public, ident.hpke_private) == (
+        info.address,
+        info.hpke_public,
+        secret,
+    )
     assert ident.account.address == info.address
     assert ident.private_key.hex() not in repr(ident) and secret.hex() not in repr(ident)
 
@@ -190,8 +194,11 @@ def test_keys_import_wrong_password_and_damaged_keystore(password, tmp_path, din
     good = Account.encrypt(bytes(range(5, 37)), "other", kdf="pbkdf2", iterations=1000)
     damaged = {**good, "crypto": {**good["crypto"], "ciphertext": "zz"}}
     bls = {**good, "version": 4}
-    cases = [(good, ExitCode.VERIFICATION_FAILED, "wrong password"), (damaged, ExitCode.ERROR, "damaged keystore"),
-             (bls, ExitCode.ERROR, "version 4")]
+    cases = [
+        (good, ExitCode.VERIFICATION_FAILED, "wrong password"),
+        (damaged, ExitCode.ERROR, "damaged keystore"),
+        (bls, ExitCode.ERROR, "version 4"),
+    ]
     for doc, code, text in cases:
         (tmp_path / "k.json").write_text(json.dumps(doc))
         r = din("keys", "import", "imp", "k.json", "--light-kdf")
@@ -204,7 +211,10 @@ def test_no_command_takes_a_secret_as_an_option_value():
     from din_cli.cli.main import cli
 
     forbidden = ("password", "passphrase", "secret", "private", "mnemonic")
-    mine = {"keys": ["new", "list", "show", "import", "wrap", "unwrap"], "data": ["encrypt", "decrypt"]}
+    mine = {
+        "keys": ["new", "list", "show", "import", "wrap", "unwrap"],
+        "data": ["encrypt", "decrypt"],
+    }
     for group, names in mine.items():
         g = cli.get_command(None, group)
         for name in names:
@@ -229,6 +239,8 @@ def test_listing_and_showing_keys_need_neither_password_nor_eth_account(password
         "assert 'eth_account' not in sys.modules and 'web3' not in sys.modules, 'heavy import'\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "DIN_PASSWORD_FILE"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, env=env, stdin=subprocess.DEVNULL
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().split()[0] == Keystore().show("alice").address

@@ -30,7 +30,11 @@ def render(page: Path) -> subprocess.CompletedProcess:
     cmd = _renderer()
     if cmd is None:
         pytest.skip("neither man nor groff is installed: cannot render man pages")
-    env = {k: v for k, v in os.environ.items() if k not in ("MAN_KEEP_FORMATTING", "MANOPT", "GROFF_SGR")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MAN_KEEP_FORMATTING", "MANOPT", "GROFF_SGR")
+    }
     env.update(MANWIDTH="80", MANPAGER="cat", PAGER="cat", LC_ALL="C.UTF-8")
     return subprocess.run([*cmd, str(page)], capture_output=True, env=env, timeout=60)
 
@@ -42,7 +46,10 @@ def unroff(line: str) -> str:
 
 def example_blocks(source: str) -> list[list[str]]:
     """The lines of each ``.nf`` ... ``.fi`` (no-fill) block of a page."""
-    return [block.strip("\n").splitlines() for block in re.findall(r"^\.nf\n(.*?)^\.fi$", source, re.M | re.S)]
+    return [
+        block.strip("\n").splitlines()
+        for block in re.findall(r"^\.nf\n(.*?)^\.fi$", source, re.M | re.S)
+    ]
 
 
 def test_every_command_has_a_page():
@@ -58,7 +65,9 @@ def test_page_source_has_no_control_bytes_and_examples_are_unfilled(page):
     source = data.decode()
     blocks = example_blocks(source)
     # an "Example:" outside a no-fill block has had its lines joined into one
-    assert source.count("Example:") == sum(line == "Example:" for b in blocks for line in b), page.name
+    assert source.count("Example:") == sum(line == "Example:" for b in blocks for line in b), (
+        page.name
+    )
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
@@ -68,19 +77,25 @@ def test_page_renders_cleanly_and_keeps_example_lines(page):
     assert proc.stderr == b"", f"{page.name}: {proc.stderr.decode()}"
     out = proc.stdout
     bad = CONTROL.search(out)
-    assert bad is None, f"{page.name} renders control byte {bad.group()!r}: {out[max(0, bad.start() - 40) : bad.start() + 40]!r}"
+    assert bad is None, (
+        f"{page.name} renders control byte {bad.group()!r}: {out[max(0, bad.start() - 40) : bad.start() + 40]!r}"
+    )
     rendered = [line.strip() for line in out.decode().splitlines()]
     title = page.stem.upper()
     assert rendered[0].startswith(f"{title}(1)"), rendered[0]
     for block in example_blocks(page.read_text()):
         for line in block:
             if line.strip():
-                assert unroff(line).strip() in rendered, f"{page.name}: example line {unroff(line)!r} not on a line of its own"
+                assert unroff(line).strip() in rendered, (
+                    f"{page.name}: example line {unroff(line)!r} not on a line of its own"
+                )
 
 
 def test_example_of_ipfs_add_renders_line_by_line():
     """The case that broke: click's indented \\b block was folded into one paragraph."""
-    rendered = [line.strip() for line in render(MAN / "din-ipfs-add.1").stdout.decode().splitlines()]
+    rendered = [
+        line.strip() for line in render(MAN / "din-ipfs-add.1").stdout.decode().splitlines()
+    ]
     i = rendered.index("Example:")
     assert rendered[i + 1].startswith("CID=$(curl -sL ")
     assert rendered[i + 2] == "din ipfs add --only-hash --cid-version 0 model.safetensors"

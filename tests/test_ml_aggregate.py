@@ -19,18 +19,30 @@ from din_cli.ml import models, tensorfile, zoo
 ARCH = "mlp:20-300-7"  # 8407 weights: several tensors, one partial block
 
 
-def _update(path, seed, samples, *, scale=0.3, arch=ARCH, round=1, task="t", kind="update", tweak=None):
+def _update(
+    path, seed, samples, *, scale=0.3, arch=ARCH, round=1, task="t", kind="update", tweak=None
+):
     rng = np.random.default_rng(seed)
-    w = {k: (rng.standard_normal(s) * scale).astype(np.float32) for k, s in zoo.param_shapes(arch).items()}
+    w = {
+        k: (rng.standard_normal(s) * scale).astype(np.float32)
+        for k, s in zoo.param_shapes(arch).items()
+    }
     if tweak:
         tweak(w)
-    tensorfile.write(path, w, tensorfile.make_metadata(arch=arch, kind=kind, samples=samples, round=round, task=task))
+    tensorfile.write(
+        path,
+        w,
+        tensorfile.make_metadata(arch=arch, kind=kind, samples=samples, round=round, task=task),
+    )
     return path
 
 
 @pytest.fixture
 def updates(tmp_path):
-    return [_update(tmp_path / f"u{i}.safetensors", i, samples) for i, samples in enumerate([120, 7, 3001, 55, 1])]
+    return [
+        _update(tmp_path / f"u{i}.safetensors", i, samples)
+        for i, samples in enumerate([120, 7, 3001, 55, 1])
+    ]
 
 
 def _digest(path):
@@ -48,7 +60,10 @@ def test_same_bytes_whatever_the_input_order(tmp_path, updates):
 
 @pytest.mark.parametrize("count", [1, 2, 3, 4, 5, 6, 7])  # every remainder of the 4-input pass
 def test_numba_and_numpy_kernels_give_the_same_bytes(tmp_path, updates, monkeypatch, count):
-    more = updates + [_update(tmp_path / "u5.safetensors", 5, 9), _update(tmp_path / "u6.safetensors", 6, 40)]
+    more = updates + [
+        _update(tmp_path / "u5.safetensors", 5, 9),
+        _update(tmp_path / "u6.safetensors", 6, 40),
+    ]
     chosen = more[:count]
     agg.aggregate(chosen, tmp_path / "fast.safetensors")
     monkeypatch.setattr(agg, "_KERNELS", agg.NUMPY_KERNELS)
@@ -84,15 +99,22 @@ def test_aggregate_of_subgroup_aggregates_matches_the_flat_one(tmp_path, updates
     agg.aggregate(updates, flat)
     agg.aggregate(updates[:2], tmp_path / "g1.safetensors")
     agg.aggregate(updates[2:], tmp_path / "g2.safetensors")
-    agg.aggregate([tmp_path / "g1.safetensors", tmp_path / "g2.safetensors"], tmp_path / "global.safetensors")
+    agg.aggregate(
+        [tmp_path / "g1.safetensors", tmp_path / "g2.safetensors"], tmp_path / "global.safetensors"
+    )
     g = models.read_model(tmp_path / "global.safetensors")
     f = models.read_model(flat)
     assert g.header.samples == f.header.samples
     ref = agg.reference_mean(updates)
     for k, v in ref.items():
         err = np.abs(g.weights[k].astype(np.float64) - v)
-        assert (err <= 2 * agg.ERROR_BOUND_ABS + 2 * agg.ERROR_BOUND_REL * np.abs(v) + 1e-12).all(), k
-        assert np.abs(g.weights[k] - f.weights[k]).max() <= 2 * agg.ERROR_BOUND_ABS + 2 * agg.ERROR_BOUND_REL
+        assert (
+            err <= 2 * agg.ERROR_BOUND_ABS + 2 * agg.ERROR_BOUND_REL * np.abs(v) + 1e-12
+        ).all(), k
+        assert (
+            np.abs(g.weights[k] - f.weights[k]).max()
+            <= 2 * agg.ERROR_BOUND_ABS + 2 * agg.ERROR_BOUND_REL
+        )
 
 
 def test_huge_sample_counts_use_the_int64_path_exactly(tmp_path):
@@ -128,7 +150,11 @@ def _non_canonical_copy(src, dst):
     doc, off, body = {"__metadata__": h.metadata}, 0, b""
     for n in names:
         raw = arrays[n].astype("<f4").tobytes()
-        doc[n] = {"dtype": "F32", "shape": list(arrays[n].shape), "data_offsets": [off, off + len(raw)]}
+        doc[n] = {
+            "dtype": "F32",
+            "shape": list(arrays[n].shape),
+            "data_offsets": [off, off + len(raw)],
+        }
         off += len(raw)
         body += raw
     text = json.dumps(doc).encode() + b"  "  # odd length: misaligned data section
@@ -175,7 +201,10 @@ def test_mismatched_architecture_and_zero_samples_are_refused(tmp_path, updates)
 )
 def test_any_permutation_any_samples_same_bytes(tmp_path_factory, samples, rnd):
     d = tmp_path_factory.mktemp("perm")
-    files = [_update(d / f"u{i}", 1000 + i, n, arch="logreg:5-3", scale=rnd.choice([1e-3, 1.0, 50.0])) for i, n in enumerate(samples)]
+    files = [
+        _update(d / f"u{i}", 1000 + i, n, arch="logreg:5-3", scale=rnd.choice([1e-3, 1.0, 50.0]))
+        for i, n in enumerate(samples)
+    ]
     agg.aggregate(files, d / "a")
     shuffled = files[:]
     rnd.shuffle(shuffled)

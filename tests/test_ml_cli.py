@@ -39,14 +39,41 @@ def test_model_init_and_info(tmp_path, din):
 
 
 def test_data_split_prints_the_stores(tmp_path, din):
-    r = din("data", "split", "--dataset", "wine", "--participants", "2", "--alpha", "1", "--shuffle-labels", "2", "--out", "w")
+    r = din(
+        "data",
+        "split",
+        "--dataset",
+        "wine",
+        "--participants",
+        "2",
+        "--alpha",
+        "1",
+        "--shuffle-labels",
+        "2",
+        "--out",
+        "w",
+    )
     assert r.exit_code == 0, r.output
     assert r.stdout.split() == ["w/participant-01.npz", "w/participant-02.npz", "w/test.npz"]
 
 
 def test_train_is_deterministic_and_records_samples(tmp_path, stores, genesis, din):
     (p1, p2, _), test = stores
-    args = ["train", "--model", genesis, "--data", p1, "--epochs", "3", "--lr", "0.3", "--batch-size", "8", "--seed", "7"]
+    args = [
+        "train",
+        "--model",
+        genesis,
+        "--data",
+        p1,
+        "--epochs",
+        "3",
+        "--lr",
+        "0.3",
+        "--batch-size",
+        "8",
+        "--seed",
+        "7",
+    ]
     assert din(*args, "-o", "a.safetensors").exit_code == 0
     assert din(*args, "-o", "b.safetensors").exit_code == 0
     r = din(*args[:-1], "8", "-o", "c.safetensors")
@@ -63,25 +90,54 @@ def test_train_is_deterministic_and_records_samples(tmp_path, stores, genesis, d
 def test_a_round_through_pipes(tmp_path, stores, genesis, din):
     (p1, p2, p3), test = stores
     for k, p in enumerate((p1, p2, p3)):
-        assert din("train", "-q", "--model", "-", "--data", p, "--seed", k, "-o", f"u{k}.safetensors", input=genesis.read_bytes()).exit_code == 0
-    r = din("aggregate", "-o", "g.safetensors", input=b"u0.safetensors\nu2.safetensors\nu1.safetensors\n")
+        assert (
+            din(
+                "train",
+                "-q",
+                "--model",
+                "-",
+                "--data",
+                p,
+                "--seed",
+                k,
+                "-o",
+                f"u{k}.safetensors",
+                input=genesis.read_bytes(),
+            ).exit_code
+            == 0
+        )
+    r = din(
+        "aggregate",
+        "-o",
+        "g.safetensors",
+        input=b"u0.safetensors\nu2.safetensors\nu1.safetensors\n",
+    )
     assert r.exit_code == 0 and r.stdout == "g.safetensors\n", r.stderr
-    assert tensorfile.read_header(tmp_path / "g.safetensors").samples == sum(len(data.load_store(p)) for p in (p1, p2, p3))
+    assert tensorfile.read_header(tmp_path / "g.safetensors").samples == sum(
+        len(data.load_store(p)) for p in (p1, p2, p3)
+    )
     r = din("evaluate", "--model", "g.safetensors", "--data", test)
     assert r.exit_code == 0 and 0 <= int(r.stdout) <= 10000
     r = din("evaluate", "--model", "g.safetensors", "--data", test, "--metric", "loss", "--json")
     doc = json.loads(r.stdout)
-    assert r.exit_code == 0 and doc["metric"] == "loss" and doc["rows"] == len(data.load_store(test))
+    assert (
+        r.exit_code == 0 and doc["metric"] == "loss" and doc["rows"] == len(data.load_store(test))
+    )
     assert doc["score_bps"] == round(10000 * np.exp(-doc["value"]))
 
 
 def test_aggregate_to_stdout_equals_the_file(tmp_path, stores, genesis, din):
     (p1, p2, _), _ = stores
     for k, p in enumerate((p1, p2)):
-        assert din("train", "-q", "--model", genesis, "--data", p, "-o", f"u{k}.safetensors").exit_code == 0
+        assert (
+            din("train", "-q", "--model", genesis, "--data", p, "-o", f"u{k}.safetensors").exit_code
+            == 0
+        )
     r = din("aggregate", "u0.safetensors", "u1.safetensors", "-o", "-")
     assert r.exit_code == 0, r.stderr
-    assert din("aggregate", "u1.safetensors", "u0.safetensors", "-o", "g.safetensors").exit_code == 0
+    assert (
+        din("aggregate", "u1.safetensors", "u0.safetensors", "-o", "g.safetensors").exit_code == 0
+    )
     assert r.stdout_bytes == (tmp_path / "g.safetensors").read_bytes()
 
 
@@ -91,7 +147,9 @@ def test_evaluate_rows_uses_the_given_indices(tmp_path, stores, genesis):
     sub = data.select_rows(data.load_store(test), idx)
     data.save_store(tmp_path / "sub.npz", sub.x, sub.y)
     for metric in ("accuracy", "f1", "loss"):
-        assert evaluate.evaluate_rows(genesis, test, idx, metric=metric) == evaluate.evaluate(genesis, tmp_path / "sub.npz", metric=metric)
+        assert evaluate.evaluate_rows(genesis, test, idx, metric=metric) == evaluate.evaluate(
+            genesis, tmp_path / "sub.npz", metric=metric
+        )
 
 
 def test_scores_in_basis_points():
@@ -119,25 +177,55 @@ def test_bad_inputs(tmp_path, stores, genesis, din):
     (p1, _, _), _ = stores
     out = tmp_path / "out.safetensors"
     (tmp_path / "nolabel.csv").write_text("a,b\n1,2\n")
-    _assert_failed(din("train", "--model", genesis, "--data", "nolabel.csv", "-o", out), 1, "no label column", out)
+    _assert_failed(
+        din("train", "--model", genesis, "--data", "nolabel.csv", "-o", out),
+        1,
+        "no label column",
+        out,
+    )
     (tmp_path / "empty.csv").write_text("")
-    _assert_failed(din("train", "--model", genesis, "--data", "empty.csv", "-o", out), 1, "empty", out)
+    _assert_failed(
+        din("train", "--model", genesis, "--data", "empty.csv", "-o", out), 1, "empty", out
+    )
     (tmp_path / "text.safetensors").write_text("hello, I am not a model\n")
-    _assert_failed(din("train", "--model", "text.safetensors", "--data", p1, "-o", out), 1, "not a safetensors file", out)
+    _assert_failed(
+        din("train", "--model", "text.safetensors", "--data", p1, "-o", out),
+        1,
+        "not a safetensors file",
+        out,
+    )
     _assert_failed(din("model", "info", "text.safetensors"), 1, "not a safetensors file")
-    _assert_failed(din("train", "--model", genesis, "--data", p1, "--device", "cuda", "-o", out), 2, "no CUDA GPU", out) if not _has_cuda() else None
-    _assert_failed(din("train", "--model", "nope.safetensors", "--data", p1, "-o", out), 4, "no such file", out)
-    _assert_failed(din("model", "init", "--arch", "resnet:9", "-o", out), 2, "unknown model family", out)
+    _assert_failed(
+        din("train", "--model", genesis, "--data", p1, "--device", "cuda", "-o", out),
+        2,
+        "no CUDA GPU",
+        out,
+    ) if not _has_cuda() else None
+    _assert_failed(
+        din("train", "--model", "nope.safetensors", "--data", p1, "-o", out), 4, "no such file", out
+    )
+    _assert_failed(
+        din("model", "init", "--arch", "resnet:9", "-o", out), 2, "unknown model family", out
+    )
     other = tmp_path / "other.safetensors"
     models.init_model("mlp:30-8-2", other)
-    _assert_failed(din("train", "--model", other, "--data", p1, "-o", out), 1, "rows have 64 features, mlp:30-8-2 expects 30", out)
+    _assert_failed(
+        din("train", "--model", other, "--data", p1, "-o", out),
+        1,
+        "rows have 64 features, mlp:30-8-2 expects 30",
+        out,
+    )
     _assert_failed(din("evaluate", "--model", other, "--data", p1), 1, "expects 30")
 
 
 def test_bad_updates_in_aggregate_are_left_out_not_fatal(tmp_path, stores, genesis, din):
     (p1, p2, _), _ = stores
-    assert din("train", "-q", "--model", genesis, "--data", p1, "-o", "u1.safetensors").exit_code == 0
-    assert din("train", "-q", "--model", genesis, "--data", p2, "-o", "u2.safetensors").exit_code == 0
+    assert (
+        din("train", "-q", "--model", genesis, "--data", p1, "-o", "u1.safetensors").exit_code == 0
+    )
+    assert (
+        din("train", "-q", "--model", genesis, "--data", p2, "-o", "u2.safetensors").exit_code == 0
+    )
     other = tmp_path / "other.safetensors"
     models.init_model("mlp:64-16-10", other)
     h = tensorfile.read_header(other)
@@ -149,24 +237,53 @@ def test_bad_updates_in_aggregate_are_left_out_not_fatal(tmp_path, stores, genes
     tensorfile.write(tmp_path / "nan.safetensors", w, h.metadata)
     w["layers.0.weight"][0, 0] = np.inf
     tensorfile.write(tmp_path / "inf.safetensors", w, h.metadata)
-    assert din("aggregate", "u1.safetensors", "u2.safetensors", "-o", "clean.safetensors").exit_code == 0
-    code, out, err = _triple(din("aggregate", "u1.safetensors", "nan.safetensors", other, "inf.safetensors", "u2.safetensors", "-o", "agg.safetensors"))
+    assert (
+        din("aggregate", "u1.safetensors", "u2.safetensors", "-o", "clean.safetensors").exit_code
+        == 0
+    )
+    code, out, err = _triple(
+        din(
+            "aggregate",
+            "u1.safetensors",
+            "nan.safetensors",
+            other,
+            "inf.safetensors",
+            "u2.safetensors",
+            "-o",
+            "agg.safetensors",
+        )
+    )
     assert code == 0 and out == "agg.safetensors\n", err
     assert "excluded nan.safetensors: non-finite: tensor 'layers.0.weight' holds NaN" in err
-    assert f"excluded {other}: architecture" in err and "excluded inf.safetensors: non-finite" in err
+    assert (
+        f"excluded {other}: architecture" in err and "excluded inf.safetensors: non-finite" in err
+    )
     got = models.read_model(tmp_path / "agg.safetensors")
     clean = models.read_model(tmp_path / "clean.safetensors")
     assert all(np.array_equal(got.weights[k], clean.weights[k]) for k in clean.weights)
-    assert [(e["index"], e["reason"]) for e in json.loads(got.header.metadata["din.excluded"])] == [(1, "non-finite"), (2, "architecture"), (3, "non-finite")]
+    assert [(e["index"], e["reason"]) for e in json.loads(got.header.metadata["din.excluded"])] == [
+        (1, "non-finite"),
+        (2, "architecture"),
+        (3, "non-finite"),
+    ]
     # every input excluded: nothing to aggregate, nothing written (with --base: the base itself)
     out = tmp_path / "none.safetensors"
-    _assert_failed(din("aggregate", "nan.safetensors", "inf.safetensors", "-o", out), 1, "nothing to aggregate", out)
+    _assert_failed(
+        din("aggregate", "nan.safetensors", "inf.safetensors", "-o", out),
+        1,
+        "nothing to aggregate",
+        out,
+    )
     _assert_failed(din("aggregate", "nan.safetensors", "-o", "-"), 1, "non-finite")
-    code, out, err = _triple(din("aggregate", "--base", genesis, "nan.safetensors", genesis, "-o", "same.safetensors"))
+    code, out, err = _triple(
+        din("aggregate", "--base", genesis, "nan.safetensors", genesis, "-o", "same.safetensors")
+    )
     assert code == 0 and (tmp_path / "same.safetensors").read_bytes() == genesis.read_bytes(), err
     assert "unchanged" in err
     _assert_failed(din("evaluate", "--model", "inf.safetensors", "--data", p1), 1, "contains Inf")
-    _assert_failed(din("aggregate", "-o", tmp_path / "x", input=b""), 2, "no inputs", tmp_path / "x")
+    _assert_failed(
+        din("aggregate", "-o", tmp_path / "x", input=b""), 2, "no inputs", tmp_path / "x"
+    )
     code, _, err = _triple(din("aggregate", "--task", "1", "--commit", "--max-samples", "5"))
     assert code == 2 and "drop --base and --max-samples" in err
 
@@ -174,11 +291,40 @@ def test_bad_updates_in_aggregate_are_left_out_not_fatal(tmp_path, stores, genes
 def test_aggregate_max_samples_caps_each_weight(tmp_path, stores, genesis, din):
     (p1, p2, _), _ = stores
     for k, p in enumerate((p1, p2)):
-        assert din("train", "-q", "--model", genesis, "--data", p, "-o", f"u{k}.safetensors").exit_code == 0
+        assert (
+            din("train", "-q", "--model", genesis, "--data", p, "-o", f"u{k}.safetensors").exit_code
+            == 0
+        )
     h = tensorfile.read_header(tmp_path / "u0.safetensors")
-    tensorfile.write(tmp_path / "liar.safetensors", tensorfile.load_arrays(h), {**h.metadata, "din.samples": str(2**31)})
-    assert din("aggregate", "--max-samples", "50", "liar.safetensors", "u1.safetensors", "-o", "a.safetensors").exit_code == 0
-    assert din("aggregate", "--max-samples", "50", "u0.safetensors", "u1.safetensors", "-o", "b.safetensors").exit_code == 0
+    tensorfile.write(
+        tmp_path / "liar.safetensors",
+        tensorfile.load_arrays(h),
+        {**h.metadata, "din.samples": str(2**31)},
+    )
+    assert (
+        din(
+            "aggregate",
+            "--max-samples",
+            "50",
+            "liar.safetensors",
+            "u1.safetensors",
+            "-o",
+            "a.safetensors",
+        ).exit_code
+        == 0
+    )
+    assert (
+        din(
+            "aggregate",
+            "--max-samples",
+            "50",
+            "u0.safetensors",
+            "u1.safetensors",
+            "-o",
+            "b.safetensors",
+        ).exit_code
+        == 0
+    )
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
     assert tensorfile.read_header(tmp_path / "a.safetensors").samples == 100
 
@@ -203,7 +349,9 @@ def test_cid_inputs_come_from_the_content_store(tmp_path, stores, genesis, din):
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["arch"] == "mlp:64-32-10"
     assert din("train", "-q", "--model", cid, "--data", p1, "-o", "u.safetensors").exit_code == 0
-    assert din("train", "-q", "--model", genesis, "--data", p1, "-o", "v.safetensors").exit_code == 0
+    assert (
+        din("train", "-q", "--model", genesis, "--data", p1, "-o", "v.safetensors").exit_code == 0
+    )
     assert (tmp_path / "u.safetensors").read_bytes() == (tmp_path / "v.safetensors").read_bytes()
     ucid = str(store_mod.open_store().add(str(tmp_path / "u.safetensors")))
     r = din("aggregate", ucid, "v.safetensors", "-o", "g.safetensors")
@@ -235,11 +383,17 @@ def _reference_logits(mf, x):
     for row in np.asarray(x, dtype=np.float64).tolist():
         if mf.arch.startswith("cnn"):
             c, hh, ww = (int(d) for d in mf.arch.split(":")[1].split("-")[0].split("x"))
-            img = [[row[(ci * hh + y) * ww : (ci * hh + y) * ww + ww] for y in range(hh)] for ci in range(c)]
+            img = [
+                [row[(ci * hh + y) * ww : (ci * hh + y) * ww + ww] for y in range(hh)]
+                for ci in range(c)
+            ]
             for name in ("layers.1", "layers.4"):
                 W, b = w[f"{name}.weight"], w[f"{name}.bias"]
                 chans, hh, ww = len(img), len(img[0]), len(img[0][0])
-                pad = [[[0.0] * (ww + 2)] + [[0.0, *r, 0.0] for r in ch] + [[0.0] * (ww + 2)] for ch in img]
+                pad = [
+                    [[0.0] * (ww + 2)] + [[0.0, *r, 0.0] for r in ch] + [[0.0] * (ww + 2)]
+                    for ch in img
+                ]
                 conv = []
                 for o in range(len(W)):
                     plane = []
@@ -254,8 +408,28 @@ def _reference_logits(mf, x):
                             line.append(acc if acc > 0 else 0.0)
                         plane.append(line)
                     conv.append(plane)
-                img = [[[max(p[2 * y][2 * xx], p[2 * y][2 * xx + 1], p[2 * y + 1][2 * xx], p[2 * y + 1][2 * xx + 1]) for xx in range(ww // 2)] for y in range(hh // 2)] for p in conv]
-            rows.append(linear([v for ch in img for r in ch for v in r], w["layers.8.weight"], w["layers.8.bias"]))
+                img = [
+                    [
+                        [
+                            max(
+                                p[2 * y][2 * xx],
+                                p[2 * y][2 * xx + 1],
+                                p[2 * y + 1][2 * xx],
+                                p[2 * y + 1][2 * xx + 1],
+                            )
+                            for xx in range(ww // 2)
+                        ]
+                        for y in range(hh // 2)
+                    ]
+                    for p in conv
+                ]
+            rows.append(
+                linear(
+                    [v for ch in img for r in ch for v in r],
+                    w["layers.8.weight"],
+                    w["layers.8.bias"],
+                )
+            )
         else:
             h = row
             n = len(w) // 2
@@ -280,7 +454,12 @@ def test_scores_do_not_depend_on_threads_or_batch_size(tmp_path, stores, genesis
     import torch
 
     (p1, _, _), test = stores
-    assert din("train", "-q", "--model", genesis, "--data", p1, "--epochs", "2", "-o", "u.safetensors").exit_code == 0
+    assert (
+        din(
+            "train", "-q", "--model", genesis, "--data", p1, "--epochs", "2", "-o", "u.safetensors"
+        ).exit_code
+        == 0
+    )
     mf = models.read_model(tmp_path / "u.safetensors")
     ds = data.load_store(test)
     before = torch.get_num_threads()
@@ -294,7 +473,7 @@ def test_scores_do_not_depend_on_threads_or_batch_size(tmp_path, stores, genesis
     finally:
         torch.set_num_threads(before)
     assert len(seen) == 1
-    (_, (acc, f1, loss)), = seen
+    ((_, (acc, f1, loss)),) = seen
     assert 0 < loss < acc <= 10000 and 0 < f1 <= 10000
     # and it is what the command prints
     assert din("evaluate", "--model", "u.safetensors", "--data", test).stdout.strip() == str(acc)

@@ -21,7 +21,10 @@ def test_iid_split_reserves_the_test_pool_and_covers_every_row(tmp_path):
     assert n == 1797 and len(stores[-1]) == round(1797 * 0.4)
     sizes = [len(s) for s in stores[:-1]]
     assert max(sizes) - min(sizes) <= 1
-    assert all(s.x.dtype == np.float32 and s.x.shape[1] == 64 and 0 <= s.x.min() and s.x.max() <= 1 for s in stores)
+    assert all(
+        s.x.dtype == np.float32 and s.x.shape[1] == 64 and 0 <= s.x.min() and s.x.max() <= 1
+        for s in stores
+    )
     again = _load_all(data.split("digits", tmp_path / "t", participants=4, seed=1))
     for a, b in zip(stores, again, strict=True):
         np.testing.assert_array_equal(a.x, b.x)
@@ -30,7 +33,9 @@ def test_iid_split_reserves_the_test_pool_and_covers_every_row(tmp_path):
 
 def test_dirichlet_split_is_non_iid(tmp_path):
     def skew(alpha):
-        stores = _load_all(data.split("digits", tmp_path / f"a{alpha}", participants=10, alpha=alpha, seed=2)[:-1])
+        stores = _load_all(
+            data.split("digits", tmp_path / f"a{alpha}", participants=10, alpha=alpha, seed=2)[:-1]
+        )
         # mean share of each participant's most common class
         return np.mean([np.bincount(s.y).max() / len(s) for s in stores])
 
@@ -70,7 +75,11 @@ def test_csv_npz_safetensors_and_folder_stores(tmp_path):
     np.testing.assert_array_equal(ds.x, np.array([[1.5, 2], [3, 4.25]], np.float32))
     np.testing.assert_array_equal(ds.y, [0, 1])
     np.savez(tmp_path / "b.npz", x=np.ones((3, 2)), y=np.array([2, 2, 1]))
-    tensorfile.write(tmp_path / "c.safetensors", {"x": np.zeros((1, 2), np.float32), "y": np.array([1], np.int64)}, {})
+    tensorfile.write(
+        tmp_path / "c.safetensors",
+        {"x": np.zeros((1, 2), np.float32), "y": np.array([1], np.int64)},
+        {},
+    )
     folder = data.load_store(tmp_path)
     assert len(folder) == 6 and folder.x.shape == (6, 2)
     np.testing.assert_array_equal(folder.y, [0, 1, 2, 2, 1, 1])

@@ -64,7 +64,11 @@ def test_files_load_in_the_reference_safetensors_library(tmp_path):
 @given(
     st.dictionaries(
         st.text(alphabet="abcdefghij._0123456789", min_size=1, max_size=12),
-        arrays(np.float32, st.tuples(st.integers(0, 4), st.integers(1, 5)), elements=st.floats(-1e6, 1e6, width=32)),
+        arrays(
+            np.float32,
+            st.tuples(st.integers(0, 4), st.integers(1, 5)),
+            elements=st.floats(-1e6, 1e6, width=32),
+        ),
         min_size=1,
         max_size=5,
     ),
@@ -83,7 +87,9 @@ def test_round_trip_and_determinism(tmp_path_factory, tensors, samples):
         np.testing.assert_array_equal(back[k], v)
 
 
-@pytest.mark.parametrize("arch", ["logreg:64-10", "mlp:64-128-10", "mlp:30-16-8-2", "cnn:1x8x8-10", "cnn:3x16x12-5"])
+@pytest.mark.parametrize(
+    "arch", ["logreg:64-10", "mlp:64-128-10", "mlp:30-16-8-2", "cnn:1x8x8-10", "cnn:3x16x12-5"]
+)
 def test_torch_free_shapes_match_the_torch_modules(arch):
     model = zoo.build_model(arch)
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == zoo.param_shapes(arch)
@@ -93,7 +99,10 @@ def test_torch_free_shapes_match_the_torch_modules(arch):
     assert model(x).shape[0] == 2
 
 
-@pytest.mark.parametrize("arch", ["mlp", "mlp:64", "mlp:64-x-10", "mlp:64-0-10", "nope:1-2", "cnn:8x8-10", "logreg:1-2-3"])
+@pytest.mark.parametrize(
+    "arch",
+    ["mlp", "mlp:64", "mlp:64-x-10", "mlp:64-0-10", "nope:1-2", "cnn:8x8-10", "logreg:1-2-3"],
+)
 def test_bad_architecture_strings_are_usage_errors(arch):
     with pytest.raises(UsageError):
         zoo.param_shapes(arch)
@@ -103,9 +112,17 @@ def test_genesis_is_deterministic_per_seed(tmp_path):
     models.init_model("mlp:64-32-10", tmp_path / "a", seed=3)
     models.init_model("mlp:64-32-10", tmp_path / "b", seed=3)
     models.init_model("mlp:64-32-10", tmp_path / "c", seed=4)
-    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes() != (tmp_path / "c").read_bytes()
+    assert (
+        (tmp_path / "a").read_bytes()
+        == (tmp_path / "b").read_bytes()
+        != (tmp_path / "c").read_bytes()
+    )
     info = models.describe(tmp_path / "a")
-    assert info["arch"] == "mlp:64-32-10" and info["kind"] == "model" and info["params"] == 64 * 32 + 32 + 32 * 10 + 10
+    assert (
+        info["arch"] == "mlp:64-32-10"
+        and info["kind"] == "model"
+        and info["params"] == 64 * 32 + 32 + 32 * 10 + 10
+    )
 
 
 def _write(path, tensors, meta=META):
@@ -164,7 +181,12 @@ def test_plugin_architecture_from_entry_point(tmp_path, monkeypatch):
     zoo._plugins.cache_clear()
     zoo.param_shapes.cache_clear()
     try:
-        assert zoo.param_shapes("tiny:4-3") == {"0.weight": (3, 4), "0.bias": (3,), "2.weight": (3, 3), "2.bias": (3,)}
+        assert zoo.param_shapes("tiny:4-3") == {
+            "0.weight": (3, 4),
+            "0.bias": (3,),
+            "2.weight": (3, 3),
+            "2.bias": (3,),
+        }
         models.init_model("tiny:4-3", tmp_path / "p.safetensors", seed=1)
         assert models.read_model(tmp_path / "p.safetensors").arch == "tiny:4-3"
     finally:

@@ -111,7 +111,11 @@ def test_settled_task_pays_the_deposit_exactly(deposit, fee_bps, shapes):
         pid, vid = pid + size, vid + k
         honest = [rnd.choice([0, 5000, 9999, rnd.randint(0, 10000)]) for _ in parts]
         vectors = [
-            None if rnd.random() < 0.2 else honest if rnd.random() < 0.6 else [rnd.randint(0, 10000) for _ in parts]
+            None
+            if rnd.random() < 0.2
+            else honest
+            if rnd.random() < 0.6
+            else [rnd.randint(0, 10000) for _ in parts]
             for _ in vals
         ]
         groups.append((parts, vals, vectors))
@@ -143,7 +147,9 @@ def tasks_contract():
 
 
 @given(seeds, st.integers(0, 1), st.integers(1, 2000), st.data())
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 def test_contract_assignment_equals_python(tasks_contract, seed, population, n, data):
     chain, tasks = tasks_contract
     index = data.draw(st.integers(0, n - 1))
@@ -152,11 +158,15 @@ def test_contract_assignment_equals_python(tasks_contract, seed, population, n, 
 
 
 @given(st.integers(1, 9), st.data())
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 def test_contract_majority_equals_python(tasks_contract, k, data):
     """Few distinct vectors make ties, exact halves and near-majorities likely."""
     chain, tasks = tasks_contract
-    pool = data.draw(st.lists(st.lists(st.integers(0, 10000), min_size=2, max_size=2), min_size=1, max_size=3))
+    pool = data.draw(
+        st.lists(st.lists(st.integers(0, 10000), min_size=2, max_size=2), min_size=1, max_size=3)
+    )
     vectors = [data.draw(st.none() | st.sampled_from(pool)) for _ in range(k)]
     from din_cli.chain.din import scores_digest
 

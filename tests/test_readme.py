@@ -34,8 +34,12 @@ def test_readme_examples_run(tmp_path):
         "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
         "DIN_HOME": str(tmp_path / ".din"),
     }
-    proc = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"README examples failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    proc = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, (
+        f"README examples failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    )
 
 
 def test_every_command_appears_in_readme():
@@ -60,6 +64,8 @@ def test_every_command_appears_in_readme():
 
 def test_docs_are_not_stale():
     proc = subprocess.run(
-        [sys.executable, str(README.parent / "scripts" / "gen_docs.py"), "--check"], capture_output=True, text=True
+        [sys.executable, str(README.parent / "scripts" / "gen_docs.py"), "--check"],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr

@@ -155,7 +155,13 @@ class TaskInfo:
 
     def as_dict(self) -> dict:
         out = asdict(self)
-        for k in ("model_digest", "proposed_digest", "test_set_digest", "test_set_hash", "genesis_cid"):
+        for k in (
+            "model_digest",
+            "proposed_digest",
+            "test_set_digest",
+            "test_set_hash",
+            "genesis_cid",
+        ):
             out[k] = "0x" + out[k].hex()
         return out
 
@@ -377,7 +383,8 @@ class Din:
             )
         if not 0 <= int(max_samples) < 2**32:
             raise UsageError(
-                f"max samples {max_samples} out of range", "give --max-samples between 1 and 2**32-1"
+                f"max samples {max_samples} out of range",
+                "give --max-samples between 1 and 2**32-1",
             )
         spans = {**DEFAULT_DURATIONS, **(durations or {})}
         unknown = set(spans) - set(DURATION_NAMES)
@@ -574,9 +581,7 @@ class Din:
             self.tasks.functions.revealScores(int(task_id), [int(s) for s in scores], _salt(salt)),
         )
 
-    def settlement_inputs(
-        self, task_id: int, group: int
-    ) -> tuple[list[int], list[str], list[int]]:
+    def settlement_inputs(self, task_id: int, group: int) -> tuple[list[int], list[str], list[int]]:
         """``(participant indices, validator addresses, scores)`` that settle ``group``, from events.
 
         ``scores`` is the vector a strict majority of the subgroup's validators revealed, or
@@ -654,7 +659,13 @@ class Din:
         """Configuration and live state of ``task_id`` (NotFoundError if there is none)."""
         if not 1 <= int(task_id) <= self.task_count():
             raise NotFoundError(f"task {task_id} does not exist", "list tasks with `din task list`")
-        r = dict(zip(self._task_view_fields(), self._call(self.tasks.functions.taskInfo(int(task_id))), strict=True))
+        r = dict(
+            zip(
+                self._task_view_fields(),
+                self._call(self.tasks.functions.taskInfo(int(task_id))),
+                strict=True,
+            )
+        )
         created = self._logs("TaskCreated", taskId=int(task_id))
         return TaskInfo(
             task_id=int(task_id),

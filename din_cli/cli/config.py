@@ -40,7 +40,9 @@ def config_show(as_json):
         DIN_IPFS=/ip4/127.0.0.1/tcp/5001 din config show
     """
     home = config.din_home()
-    rows = {"home": {"value": str(home), "source": "env" if os.environ.get("DIN_HOME") else "default"}}
+    rows = {
+        "home": {"value": str(home), "source": "env" if os.environ.get("DIN_HOME") else "default"}
+    }
     file_cfg = config.file_config()
     for name, (env, default) in SETTINGS.items():
         if os.environ.get(env):

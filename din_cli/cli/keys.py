@@ -214,7 +214,9 @@ def _read_import_source(source):
 @click.option("--nl", is_flag=True, help="Print one JSON object per recipient per line instead.")
 @output_option()
 @quiet_option()
-def keys_wrap(key_file, recipients, cid, signer, task, round_, chain_id, post, chain_url, as_json, nl, output):
+def keys_wrap(
+    key_file, recipients, cid, signer, task, round_, chain_id, post, chain_url, as_json, nl, output
+):
     """Wrap a test-set key K for validators (HPKE), bound to a task and round.
 
     With --cid the owner also signs the test set's CID (EIP-191) and encrypts
@@ -232,7 +234,9 @@ def keys_wrap(key_file, recipients, cid, signer, task, round_, chain_id, post, c
         din keys wrap --key K.bin --cid "$CID" --task 1 --round 0 --post --signer dev1 -o /dev/null
     """
     if post:
-        _wrap_and_post(key_file, recipients, cid, signer, task, round_, chain_id, chain_url, nl, output)
+        _wrap_and_post(
+            key_file, recipients, cid, signer, task, round_, chain_id, chain_url, nl, output
+        )
         return
     import sys
 
@@ -262,7 +266,9 @@ def keys_wrap(key_file, recipients, cid, signer, task, round_, chain_id, post, c
     out.note(f"wrapped K for {len(targets)} recipient(s), task {task} round {round_}{signed}")
 
 
-def _wrap_and_post(key_file, recipients, cid, signer, task, round_, chain_id, chain_url, nl, output):
+def _wrap_and_post(
+    key_file, recipients, cid, signer, task, round_, chain_id, chain_url, nl, output
+):
     """`din keys wrap --post`: wrap K for the task's validators (keys from chain) and publish it."""
     from din_cli.crypto import aead, wrap
     from din_cli.crypto.keystore import Keystore
@@ -272,13 +278,20 @@ def _wrap_and_post(key_file, recipients, cid, signer, task, round_, chain_id, ch
     if cid is None:
         raise UsageError("--post publishes the test set's signed CID", "give --cid CID")
     if round_ != evaluation.EVAL_ROUND:
-        raise UsageError(f"--post publishes the evaluation's key, not round {round_}'s", "give --round 0")
+        raise UsageError(
+            f"--post publishes the evaluation's key, not round {round_}'s", "give --round 0"
+        )
     key = aead.read_key(key_file)
     with context(chain_url, None, signer) as ctx:
         if chain_id not in (0, ctx.chain.chain_id):
-            raise UsageError(f"--chain-id {chain_id} is not this chain's id {ctx.chain.chain_id}", "leave --chain-id out")
+            raise UsageError(
+                f"--chain-id {chain_id} is not this chain's id {ctx.chain.chain_id}",
+                "leave --chain-id out",
+            )
         specs = list(recipients) or evaluation.evaluation_validators(ctx, task)
-        targets = wrap.resolve_recipients(specs, keystore=Keystore(), resolver=evaluation.chain_resolver(ctx))
+        targets = wrap.resolve_recipients(
+            specs, keystore=Keystore(), resolver=evaluation.chain_resolver(ctx)
+        )
         binding = wrap.Binding(int(ctx.chain.chain_id), task, round_)
         doc = wrap.wrap_test_key(key, targets, binding, cid=cid, owner=ctx.identity)
         evaluation.post_wrapped(ctx, task, doc)

@@ -144,7 +144,10 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("DIN_DEBUG"):
             _show_causes(e)
             raise
-        _fail(f"internal error: {type(e).__name__}: {e} (rerun with DIN_DEBUG=1 for a traceback)", ExitCode.ERROR)
+        _fail(
+            f"internal error: {type(e).__name__}: {e} (rerun with DIN_DEBUG=1 for a traceback)",
+            ExitCode.ERROR,
+        )
     sys.exit(int(code))
 
 

@@ -137,7 +137,11 @@ def data_split(dataset, participants, alpha, test_fraction, seed, shuffle, out_d
 
 @click.command("train")
 @click.option(
-    "--model", "model", default=None, metavar="FILE|CID|-", help="The global model to start from (not with --task)."
+    "--model",
+    "model",
+    default=None,
+    metavar="FILE|CID|-",
+    help="The global model to start from (not with --task).",
 )
 @click.option(
     "--data",
@@ -148,19 +152,43 @@ def data_split(dataset, participants, alpha, test_fraction, seed, shuffle, out_d
 @click.option("--epochs", default=1, show_default=True, type=int)
 @click.option("--lr", default=0.1, show_default=True, type=float, help="SGD learning rate.")
 @click.option("--batch-size", default=32, show_default=True, type=int)
-@click.option("--seed", default=None, type=int, help="Seed of the batch order.  [default: 0; with --task, the round]")
+@click.option(
+    "--seed",
+    default=None,
+    type=int,
+    help="Seed of the batch order.  [default: 0; with --task, the round]",
+)
 @click.option(
     "--device", type=DEVICE, default="auto", show_default=True, help="auto uses CUDA when present."
 )
 @task_option("Train for TASK's current round: the model comes from the chain.", required=False)
-@click.option("--submit", is_flag=True, help="With --task: add the update to the content store and submit its CID.")
+@click.option(
+    "--submit",
+    is_flag=True,
+    help="With --task: add the update to the content store and submit its CID.",
+)
 @ipfs_option()
 @chain_option()
 @key_option()
 @output_option()
 @json_option()
 @quiet_option()
-def train(model, data, epochs, lr, batch_size, seed, device, task, submit, ipfs_api, chain_url, key_name, output, as_json):
+def train(
+    model,
+    data,
+    epochs,
+    lr,
+    batch_size,
+    seed,
+    device,
+    task,
+    submit,
+    ipfs_api,
+    chain_url,
+    key_name,
+    output,
+    as_json,
+):
     """Train a model on a local data store and write the update with its sample count.
 
     The same inputs and seed give the same bytes on the CPU. With --task
@@ -179,7 +207,9 @@ def train(model, data, epochs, lr, batch_size, seed, device, task, submit, ipfs_
         if task is None:
             raise click.UsageError("--submit needs --task TASK")
         if model is not None or output != "-":
-            raise click.UsageError("--task takes the model from the chain and submits the update: drop --model and -o")
+            raise click.UsageError(
+                "--task takes the model from the chain and submits the update: drop --model and -o"
+            )
         _train_on_task(task, data, submit, seed, hyper, chain_url, ipfs_api, key_name, as_json)
         return
     if model is None:
@@ -210,7 +240,9 @@ def _train_on_task(task, data, submit, seed, hyper, chain_url, ipfs_api, key_nam
         doc = roundflow.train_and_submit(
             ctx, roundflow.task_number(task), data, seed=seed, progress=advance, **hyper
         )
-    out.note(f"task {doc['task_id']} round {doc['round']}: submitted {doc['samples']} samples' update")
+    out.note(
+        f"task {doc['task_id']} round {doc['round']}: submitted {doc['samples']} samples' update"
+    )
     out.emit_doc(doc, as_json, doc["cid"])
 
 
@@ -218,18 +250,52 @@ def _train_on_task(task, data, submit, seed, hyper, chain_url, ipfs_api, key_nam
 @click.argument("inputs", nargs=-1, metavar="[FILE|CID]...")
 @task_option("Aggregate your subgroup of TASK's current round (validators).", required=False)
 @round_option("With --task: the round (default: the current one).")
-@click.option("--commit", is_flag=True, help="With --task: aggregate the subgroup's submitted updates and commit the result.")
+@click.option(
+    "--commit",
+    is_flag=True,
+    help="With --task: aggregate the subgroup's submitted updates and commit the result.",
+)
 @click.option("--reveal", is_flag=True, help="With --task: reveal the committed aggregate.")
-@click.option("--cid", default=None, metavar="CID", help="With --commit: commit this CID instead of computing the aggregate.")
-@click.option("--base", default=None, metavar="FILE|CID", help="The round's starting model: admit updates of its architecture only, exclude copies of it, and output it when every input is excluded.")
-@click.option("--max-samples", type=click.IntRange(1, 2**32 - 1), default=None, metavar="N", help="Cap each input's weight at N samples (a task's maxSamples).  [default: no cap]")
+@click.option(
+    "--cid",
+    default=None,
+    metavar="CID",
+    help="With --commit: commit this CID instead of computing the aggregate.",
+)
+@click.option(
+    "--base",
+    default=None,
+    metavar="FILE|CID",
+    help="The round's starting model: admit updates of its architecture only, exclude copies of it, and output it when every input is excluded.",
+)
+@click.option(
+    "--max-samples",
+    type=click.IntRange(1, 2**32 - 1),
+    default=None,
+    metavar="N",
+    help="Cap each input's weight at N samples (a task's maxSamples).  [default: no cap]",
+)
 @ipfs_option()
 @chain_option()
 @key_option()
 @output_option()
 @json_option()
 @quiet_option()
-def aggregate(inputs, task, round_, commit, reveal, cid, base, max_samples, ipfs_api, chain_url, key_name, output, as_json):
+def aggregate(
+    inputs,
+    task,
+    round_,
+    commit,
+    reveal,
+    cid,
+    base,
+    max_samples,
+    ipfs_api,
+    chain_url,
+    key_name,
+    output,
+    as_json,
+):
     """Average updates weighted by their samples, bit-exactly (FedAvg).
 
     Inputs come from the arguments or, when none are given, from stdin one
@@ -257,10 +323,16 @@ def aggregate(inputs, task, round_, commit, reveal, cid, base, max_samples, ipfs
         if task is None:
             raise click.UsageError("--commit, --reveal, --round and --cid need --task TASK")
         if base is not None or max_samples is not None:
-            raise click.UsageError("--task takes the starting model and --max-samples from the chain: drop --base and --max-samples")
+            raise click.UsageError(
+                "--task takes the starting model and --max-samples from the chain: drop --base and --max-samples"
+            )
         if inputs or output != "-":
-            raise click.UsageError("--task aggregates the subgroup's updates from the chain: drop the inputs and -o")
-        _aggregate_on_task(task, round_, commit, reveal, cid, chain_url, ipfs_api, key_name, as_json)
+            raise click.UsageError(
+                "--task aggregates the subgroup's updates from the chain: drop the inputs and -o"
+            )
+        _aggregate_on_task(
+            task, round_, commit, reveal, cid, chain_url, ipfs_api, key_name, as_json
+        )
         return
     from din_cli.protocol.admission import aggregate as run
     from din_cli.protocol.inputs import read_refs, resolved
@@ -268,7 +340,13 @@ def aggregate(inputs, task, round_, commit, reveal, cid, base, max_samples, ipfs
     refs = read_refs(inputs)
     bases = [base] if base is not None else []
     with resolved(bases + refs, ipfs_api) as paths, out.progress("aggregating") as advance:
-        done = run(paths[len(bases):], output, base=paths[0] if bases else None, max_samples=max_samples, progress=advance)
+        done = run(
+            paths[len(bases) :],
+            output,
+            base=paths[0] if bases else None,
+            max_samples=max_samples,
+            progress=advance,
+        )
     for v in done.admission.excluded:
         out.note(f"excluded {refs[v.index]}: {v.reason}: {v.detail or v.cid}")
     if output != "-":
@@ -293,21 +371,39 @@ def _aggregate_on_task(task, round_, commit, reveal, cid, chain_url, ipfs_api, k
 
 
 @click.command("evaluate")
-@click.option("--model", "model", default=None, metavar="FILE|CID|-", help="The model to score (not with --task).")
 @click.option(
-    "--data", default=None, metavar="STORE", help="Test store: CSV, NPZ, safetensors, or a folder (not with --task)."
+    "--model",
+    "model",
+    default=None,
+    metavar="FILE|CID|-",
+    help="The model to score (not with --task).",
+)
+@click.option(
+    "--data",
+    default=None,
+    metavar="STORE",
+    help="Test store: CSV, NPZ, safetensors, or a folder (not with --task).",
 )
 @click.option(
     "--metric", type=click.Choice(["accuracy", "f1", "loss"]), default="accuracy", show_default=True
 )
-@task_option("Score your evaluation subgroup of TASK on the owner's test set (validators).", required=False)
+@task_option(
+    "Score your evaluation subgroup of TASK on the owner's test set (validators).", required=False
+)
 @click.option("--commit", is_flag=True, help="With --task: score and commit the score vector.")
 @click.option("--reveal", is_flag=True, help="With --task: reveal the committed scores.")
-@click.option("--set-score", "overrides", multiple=True, metavar="ADDRESS=BPS",
-              help="With --commit: commit BPS for ADDRESS instead of its measured score (a deliberate disagreement; settlement penalises it).")
+@click.option(
+    "--set-score",
+    "overrides",
+    multiple=True,
+    metavar="ADDRESS=BPS",
+    help="With --commit: commit BPS for ADDRESS instead of its measured score (a deliberate disagreement; settlement penalises it).",
+)
 @ipfs_option()
 @acting_options()
-def evaluate(model, data, metric, task, commit, reveal, overrides, ipfs_api, chain_url, key_name, as_json):
+def evaluate(
+    model, data, metric, task, commit, reveal, overrides, ipfs_api, chain_url, key_name, as_json
+):
     """Score a model on a store; print the score in basis points (0..10000).
 
     With --task TASK --commit a validator unwraps the test-set key sealed to
@@ -326,11 +422,17 @@ def evaluate(model, data, metric, task, commit, reveal, overrides, ipfs_api, cha
         if task is None:
             raise click.UsageError("--commit, --reveal and --set-score need --task TASK")
         if model is not None or data is not None:
-            raise click.UsageError("--task scores the subgroup's models on the owner's test set: drop --model and --data")
-        _evaluate_on_task(task, commit, reveal, overrides, metric, chain_url, ipfs_api, key_name, as_json)
+            raise click.UsageError(
+                "--task scores the subgroup's models on the owner's test set: drop --model and --data"
+            )
+        _evaluate_on_task(
+            task, commit, reveal, overrides, metric, chain_url, ipfs_api, key_name, as_json
+        )
         return
     if model is None or data is None:
-        raise click.UsageError("Missing option '--model' or '--data' (or give --task TASK --commit|--reveal).")
+        raise click.UsageError(
+            "Missing option '--model' or '--data' (or give --task TASK --commit|--reveal)."
+        )
     from din_cli.ml.evaluate import evaluate as run
     from din_cli.protocol.inputs import resolved
 
@@ -339,7 +441,9 @@ def evaluate(model, data, metric, task, commit, reveal, overrides, ipfs_api, cha
     out.emit_doc(result.to_dict(), as_json, result.score_bps)
 
 
-def _evaluate_on_task(task, commit, reveal, overrides, metric, chain_url, ipfs_api, key_name, as_json):
+def _evaluate_on_task(
+    task, commit, reveal, overrides, metric, chain_url, ipfs_api, key_name, as_json
+):
     """`din evaluate --task TASK --commit|--reveal`: score the subgroup on the owner's test set; prints the scores."""
     from din_cli.protocol import evaluation, roundflow
 
@@ -347,7 +451,9 @@ def _evaluate_on_task(task, commit, reveal, overrides, metric, chain_url, ipfs_a
     with context(chain_url, ipfs_api, key_name) as ctx:
         tid = roundflow.task_number(task)
         if commit:
-            doc = evaluation.evaluate_commit(ctx, tid, overrides=_parse_overrides(overrides), metric=metric)
+            doc = evaluation.evaluate_commit(
+                ctx, tid, overrides=_parse_overrides(overrides), metric=metric
+            )
         else:
             doc = evaluation.evaluate_reveal(ctx, tid)
     lines = (f"{a}\t{s}" for a, s in zip(doc["participants"], doc["scores"], strict=True))

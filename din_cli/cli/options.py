@@ -92,24 +92,36 @@ def quiet_option():
 
 def acting_options(*, ipfs: bool = False):
     """``--chain [--ipfs] --key --json -q``: the options of a command that acts on chain as --key."""
-    decorators = [chain_option(), *([ipfs_option()] if ipfs else []), key_option(), json_option(), quiet_option()]
+    decorators = [
+        chain_option(),
+        *([ipfs_option()] if ipfs else []),
+        key_option(),
+        json_option(),
+        quiet_option(),
+    ]
 
     def decorator(f):
-        for option in reversed(decorators):  # the first listed is the outermost, as in a stack of @s
+        for option in reversed(
+            decorators
+        ):  # the first listed is the outermost, as in a stack of @s
             f = option(f)
         return f
 
     return decorator
 
 
-def output_option(help: str = "Output file; - for stdout. Written atomically.", *, dest: str = "output"):
+def output_option(
+    help: str = "Output file; - for stdout. Written atomically.", *, dest: str = "output"
+):
     """``-o FILE|-``: where to write; ``-`` (the default) is stdout."""
     return click.option(
         "-o", "--output", dest, metavar="FILE|-", default="-", show_default=True, help=help
     )
 
 
-def task_option(help: str = "Task id (printed by `din model publish`).", *, required: bool = True, **kwargs):
+def task_option(
+    help: str = "Task id (printed by `din model publish`).", *, required: bool = True, **kwargs
+):
     """``--task TASK`` (None when optional and absent); ``kwargs`` override click.option's (``metavar``, ``type``)."""
     settings = {"required": True} if required else {"required": False, "default": None}
     return click.option("--task", "task", **{**settings, "metavar": "TASK", "help": help, **kwargs})
@@ -152,10 +164,15 @@ def read_password(prompt: str = "Password", *, confirm: bool = False) -> str:
         try:
             text = Path(path).read_text()
         except FileNotFoundError:
-            raise NotFoundError(f"DIN_PASSWORD_FILE={path}: no such file", "point it at a file holding the password") from None
+            raise NotFoundError(
+                f"DIN_PASSWORD_FILE={path}: no such file", "point it at a file holding the password"
+            ) from None
         return text.rstrip("\r\n")
     if not sys.stdin.isatty():
-        raise UsageError("no password: stdin is not a terminal", "set DIN_PASSWORD_FILE to a file holding the password")
+        raise UsageError(
+            "no password: stdin is not a terminal",
+            "set DIN_PASSWORD_FILE to a file holding the password",
+        )
     return click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True)
 
 
@@ -187,7 +204,13 @@ def key_address(key_name: str | None, *, optional: bool = False) -> str | None:
         return None
 
 
-def context(chain_url: str | None, ipfs_api: str | None = None, key_name: str | None = None, *, act: bool = True):
+def context(
+    chain_url: str | None,
+    ipfs_api: str | None = None,
+    key_name: str | None = None,
+    *,
+    act: bool = True,
+):
     """A protocol Context (a context manager that closes the chain); ``act`` unlocks --key."""
     from din_cli.protocol.context import open_context
 

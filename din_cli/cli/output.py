@@ -116,7 +116,9 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
 
 
 @contextlib.contextmanager
-def progress(description: str, total: float | None = None, unit: str = "") -> Iterator[Callable[[float], None]]:
+def progress(
+    description: str, total: float | None = None, unit: str = ""
+) -> Iterator[Callable[[float], None]]:
     """A progress bar on stderr; yields ``advance(n)``.
 
     Shown only when stderr is a terminal and not under -q; rich shows it only
@@ -128,7 +130,9 @@ def progress(description: str, total: float | None = None, unit: str = "") -> It
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     cols = [TextColumn("{task.description}"), BarColumn()]
-    cols.append(DownloadColumn() if unit == "bytes" else TextColumn("{task.completed:.0f}/{task.total:.0f}"))
+    cols.append(
+        DownloadColumn() if unit == "bytes" else TextColumn("{task.completed:.0f}/{task.total:.0f}")
+    )
     cols.append(TimeRemainingColumn())
     with Progress(*cols, console=console(), transient=True) as p:
         task = p.add_task(description, total=total)

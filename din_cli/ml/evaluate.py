@@ -76,7 +76,10 @@ def logits(mf, x, *, batch: int = 1024):
         return _torch_logits(mf, x, batch)
     w = {k: np.asarray(v, dtype=np.float64) for k, v in mf.weights.items()}
     forward = _cnn if family == "cnn" else _dense
-    out = [forward(mf.arch, w, np.asarray(x[s : s + batch], dtype=np.float64)) for s in range(0, x.shape[0], batch)]
+    out = [
+        forward(mf.arch, w, np.asarray(x[s : s + batch], dtype=np.float64))
+        for s in range(0, x.shape[0], batch)
+    ]
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 

@@ -163,7 +163,9 @@ def _weights(header, buf):
             while left:
                 w = buf[: min(left, buf.size)]
                 if f.readinto(memoryview(w).cast("B")) != w.nbytes:
-                    raise InputError(f"{header.path}: file shrank while being read", "do not modify inputs")
+                    raise InputError(
+                        f"{header.path}: file shrank while being read", "do not modify inputs"
+                    )
                 left -= w.size
                 yield name, w
 
@@ -319,7 +321,11 @@ def admit(
         if reason:
             out(i, reason, detail)
             continue
-        if ref.header is not None and fingerprint == ref.fingerprint and _same_weights(h, ref.header):
+        if (
+            ref.header is not None
+            and fingerprint == ref.fingerprint
+            and _same_weights(h, ref.header)
+        ):
             out(i, "unchanged")
             continue
         first = next((j for j, hj in seen.get(fingerprint, []) if _same_weights(h, hj)), None)

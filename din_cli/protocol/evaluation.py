@@ -197,7 +197,9 @@ def compute_scores(
     parts = ctx.din.participants(task_id)
     latest = latest_updates(ctx, task_id)
     rows = evaluation_rows(rnd.seed, len(load_store(test_path)), final=True)
-    admitted = _admitted_latest(ctx, task_id, [i for i in rnd.participant_groups[group] if i in latest], work)
+    admitted = _admitted_latest(
+        ctx, task_id, [i for i in rnd.participant_groups[group] if i in latest], work
+    )
     addresses, scores = [], []
     for i in rnd.participant_groups[group]:
         addresses.append(parts[i])

@@ -259,7 +259,9 @@ def _fetch_updates(ctx, updates: list, work: Path, name: str) -> list[Path | Non
     return paths
 
 
-def subgroup_result(ctx, task_id: int, round_: int, group: int, work: Path, *, aggregate: bool = True):
+def subgroup_result(
+    ctx, task_id: int, round_: int, group: int, work: Path, *, aggregate: bool = True
+):
     """Subgroup ``group``'s result of ``round_`` by the admission rule; ``(cid text, Admission | None)``.
 
     The subgroup's submitted updates, in submission order, go through
