@@ -164,7 +164,7 @@ say "summary"
     printf '%-8s %s\n' round "accuracy (reserved pool)"
     for r in $(seq 1 "$ROUNDS"); do printf '%-8s %s.%02d %%\n' "$r" "$((ACCURACY[$r] / 100))" "$((ACCURACY[$r] % 100))"; done
     echo
-    printf '%-12s %-44s %-8s %s\n' participant address "median" "payout (DIN)"
+    printf '%-12s %-44s %-8s %s\n' participant address "score" "payout (DIN)"
     for p in "${PARTICIPANTS[@]}"; do
         a=${ADDRESS[$p]}
         note=""

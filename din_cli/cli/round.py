@@ -201,8 +201,8 @@ def round_test_set(task, data, chain_url, ipfs_api, key_name, as_json):
 def round_slash(task, round_, chain_url, key_name, as_json):
     """Slash TASK's validators that did not reveal their aggregate or revealed a minority one (anyone); prints them.
 
-    The contract takes a report only until the validator commits again, so
-    report a round right after its reveal phase.
+    The contract takes a report for any past round until the task is settled;
+    `din rewards settle` reports every one still open.
 
     \b
     Example:

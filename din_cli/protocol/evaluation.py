@@ -184,8 +184,8 @@ def compute_scores(
 ) -> tuple[list[str], list[int]]:
     """Score each participant of evaluation subgroup ``group``; ``(addresses, scores in bps)``.
 
-    A participant scores its latest update; 0 when it never submitted, or when
-    the admission rule excluded that update from its round's subgroup
+    A participant scores its latest update; 0 when it never submitted, when
+    that update can no longer be fetched, or when the admission rule excluded it from its round's subgroup
     aggregate (judged as the validators of that subgroup judged it), so a
     bad update earns nothing and is never evaluated.
     """
@@ -206,7 +206,11 @@ def compute_scores(
         if i not in admitted:
             scores.append(0)
             continue
-        model = ctx.fetch(latest[i], work / f"model-{i}.safetensors")
+        try:
+            model = ctx.fetch(latest[i], work / f"model-{i}.safetensors")
+        except NotFoundError:  # gone since admission: scored as admission scores it, 0
+            scores.append(0)
+            continue
         scores.append(int(evaluate_rows(model, test_path, rows, metric=metric).score_bps))
     return addresses, scores
 

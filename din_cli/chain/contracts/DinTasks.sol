@@ -78,7 +78,7 @@ contract DinTasks is ReentrancyGuard {
         // slot: settlement
         uint32 settledGroups;
         uint32 goodValidators; // validators earning a fee
-        uint64 totalScore; // sum of median scores (settlement)
+        uint64 totalScore; // sum of accepted scores (settlement)
         bool ownerClaimed;
         // slots
         uint128 deposit;
@@ -189,7 +189,7 @@ contract DinTasks is ReentrancyGuard {
         require(p.maxRounds > 0, "max rounds must be positive");
         require(p.feeBps <= SCORE_SCALE, "basis points above 10000");
         require(p.validatorsPerSubgroup <= MAX_PER_GROUP, "at most 64 validators per subgroup");
-        require(p.slashAmount <= registry.minStake(), "slash amount above the minimum stake");
+        require(p.slashAmount > 0 && p.slashAmount <= registry.minStake(), "slash amount must be 1..minimum stake");
         require(p.maxSamples > 0, "max samples must be positive");
         for (uint256 i = 0; i < 9; i++) require(p.durations[i] > 0, "phase durations must be positive");
         id = ++taskCount;
