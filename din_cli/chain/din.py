@@ -381,7 +381,7 @@ class Din:
                 "the test set hash must be 32 non-zero bytes",
                 "give the sha256 of the test set file (`din model publish --test-set FILE`)",
             )
-        if not 1 <= int(max_samples) < 2**32:
+        if not 0 <= int(max_samples) < 2**32:  # 0 reaches the contract, which refuses it
             raise UsageError(
                 f"max samples {max_samples} out of range",
                 "give --max-samples between 1 and 2**32-1",
