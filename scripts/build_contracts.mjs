@@ -17,11 +17,11 @@ const SRC_DIR = "din_cli/chain/contracts";
 const OUT_DIR = join(ROOT, "din_cli/chain/artifacts");
 const NODE_MODULES = join(ROOT, "node_modules");
 // Contracts that get an artifact (libraries are internal and inlined).
-const DEPLOYABLE = ["DinToken", "ValidatorRegistry", "DinTasks"];
+const DEPLOYABLE = ["DinToken", "ValidatorRegistry", "DinTasks", "DinDisputes"];
 const SETTINGS = {
   evmVersion: "prague",
   viaIR: true,
-  optimizer: { enabled: true, runs: 200 },
+  optimizer: { enabled: true, runs: 1 },
   metadata: { bytecodeHash: "none", appendCBOR: false },
   outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
 };

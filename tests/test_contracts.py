@@ -637,7 +637,7 @@ def test_round_seed_fixes_an_assignment_the_contract_accepts(world):
     for v in world.vals:
         if v in named:
             din.commit_aggregate(v, task, cid("a"))
-    contract = din.tasks
+    contract = din.disputes
     for i in range(info.participants):
         pos = world.chain.call(
             contract.functions.assignmentPosition(rnd.seed, 0, i, info.participants)
@@ -741,9 +741,9 @@ def test_nobody_can_mint_or_name_a_slasher_after_deployment(deployed):
     # the task manager was named once at deployment; nobody can name another one
     assert chain.call(din.registry.functions.tasks()) == dep["DinTasks"]
     with reverts("only the deployer initializes"):
-        chain.send(attacker, din.registry.functions.initialize(attacker.address))
+        chain.send(attacker, din.registry.functions.initialize(attacker.address, attacker.address))
     with reverts("already initialized"):
-        chain.send(dev, din.registry.functions.initialize(dev.address))
+        chain.send(dev, din.registry.functions.initialize(dev.address, dev.address))
     # only the task manager may slash, bond or unbond
     victim = Account.create()
     chain.fund(victim.address, UNIT)

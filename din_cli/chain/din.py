@@ -28,6 +28,9 @@ from din_cli.errors import AlreadyDone, InputError, NotFoundError, UsageError
 TOKEN = "DinToken"
 REGISTRY = "ValidatorRegistry"
 TASKS = "DinTasks"
+DISPUTES = "DinDisputes"
+#: DinDisputes states, by number.
+DISPUTE_STATES = {1: "filed", 2: "drawn", 3: "upheld", 4: "dismissed", 5: "undecided", 6: "void"}
 
 #: Phase numbers of DinTasks, by name.
 PHASES = {
@@ -42,6 +45,7 @@ PHASES = {
     9: "settling",
     10: "settled",
     11: "abandoned",
+    12: "disputed",
 }
 PHASE_NUMBERS = {name: number for number, name in PHASES.items()}
 #: Order of TaskParams.durations.
@@ -92,9 +96,17 @@ def deploy_all(
     block = chain.head() if hasattr(chain, "head") else 0
     token = chain.deploy(deployer, TOKEN, int(initial_supply))
     registry = chain.deploy(deployer, REGISTRY, token, int(min_stake), int(unstake_delay))
-    tasks = chain.deploy(deployer, TASKS, registry)
+    # DinTasks names DinDisputes (immutable): the address of the deployer's next contract creation
+    import rlp
+    from eth_utils import to_checksum_address
+    from eth_utils.crypto import keccak
+
+    nonce = chain.w3.eth.get_transaction_count(deployer.address) + 1
+    predicted = to_checksum_address(keccak(rlp.encode([bytes.fromhex(deployer.address[2:]), nonce]))[12:])
+    tasks = chain.deploy(deployer, TASKS, registry, predicted)
+    disputes = chain.deploy(deployer, DISPUTES, tasks)  # reverts unless it is at `predicted`
     reg = chain.contract(REGISTRY, registry)
-    chain.send(deployer, reg.functions.initialize(tasks))  # once; nobody can change it after
+    chain.send(deployer, reg.functions.initialize(tasks, disputes))  # once; nobody can change it after
     return {
         "chain_id": chain.chain_id,
         "deployer": deployer.address,
@@ -102,6 +114,7 @@ def deploy_all(
         TOKEN: token,
         REGISTRY: registry,
         TASKS: tasks,
+        DISPUTES: disputes,
         "min_stake": int(min_stake),
         "unstake_delay": int(unstake_delay),
     }
@@ -294,6 +307,7 @@ class Din:
         self.token = chain.contract(TOKEN, deployment[TOKEN])
         self.registry = chain.contract(REGISTRY, deployment[REGISTRY])
         self.tasks = chain.contract(TASKS, deployment[TASKS])
+        self.disputes = chain.contract(DISPUTES, deployment[DISPUTES]) if deployment.get(DISPUTES) else None
 
     # -- plumbing
     def _send(self, account, fn, **kw):
@@ -651,6 +665,83 @@ class Din:
         """Whether ``validator`` still holds a bond in ``task_id``."""
         return bool(self._call(self.tasks.functions.validatorState(int(task_id), validator))[6] & 8)
 
+    # -- disputes (DinDisputes)
+    def file_dispute(self, account, task_id: int, round_: int, group: int, cid: bytes) -> int:
+        """Dispute subgroup ``group``'s accepted aggregate of ``round_``, claiming ``cid``; the dispute id.
+
+        Escrows the task's slash amount (approved here) and freezes the task.
+        """
+        accepted = self.accepted_aggregates(task_id, round_)
+        if group not in accepted:
+            raise NotFoundError(
+                f"task {task_id} round {round_}: subgroup {group} has no accepted aggregate",
+                "only an accepted (strict-majority) result can be disputed",
+            )
+        bond = self.task_info(task_id).slash_amount
+        self._ensure_allowance(account, self.disputes.address, bond)
+        fn = self.disputes.functions.file(int(task_id), int(round_), int(group), accepted[group], _cid(cid))
+        receipt = self._send(account, fn)
+        return int(self._events(receipt, self.disputes, "DisputeFiled")[0]["args"]["disputeId"])
+
+    def draw_committee(self, account, dispute_id: int) -> list[str]:
+        """Draw the dispute's committee (a later block than the filing); its members."""
+        receipt = self._send(account, self.disputes.functions.draw(int(dispute_id)))
+        drawn = self._events(receipt, self.disputes, "CommitteeDrawn")
+        return list(drawn[0]["args"]["committee"]) if drawn else []
+
+    def dispute_commit(self, account, dispute_id: int, cid: bytes, salt: bytes | None = None) -> bytes:
+        """Commit a committee member's CID for the disputed subgroup; the salt."""
+        if salt is None:
+            salt = derive_salt(account, dispute_id, 0, "dispute")
+        commitment = aggregate_commitment(_cid(cid), salt, account.address)
+        self._send(account, self.disputes.functions.commit(int(dispute_id), commitment))
+        return salt
+
+    def dispute_reveal(self, account, dispute_id: int, cid: bytes, salt: bytes | None = None) -> dict:
+        """Reveal the committed CID."""
+        if salt is None:
+            salt = derive_salt(account, dispute_id, 0, "dispute")
+        return self._send(
+            account, self.disputes.functions.reveal(int(dispute_id), _cid(cid), _salt(salt))
+        )
+
+    def resolve_dispute(self, account, dispute_id: int) -> dict:
+        """Decide the dispute (anyone); ``dispute_info`` afterwards."""
+        d = self.dispute_info(dispute_id)
+        vals = self.members(d["task_id"], d["group"], d["round"])["validators"]
+        self._send(account, self.disputes.functions.resolve(int(dispute_id), vals))
+        return self.dispute_info(dispute_id)
+
+    def dispute_info(self, dispute_id: int) -> dict:
+        """A dispute as a dict (``state`` by name, digests as bytes, ``committee`` addresses)."""
+        abi = next(f for f in self.disputes.abi if f.get("name") == "dispute")
+        names = [c["name"] for c in abi["outputs"][0]["components"]]
+        r = dict(zip(names, self._call(self.disputes.functions.dispute(int(dispute_id))), strict=True))
+        return {
+            "dispute_id": int(dispute_id),
+            "task_id": int(r["taskId"]),
+            "filer": r["filer"],
+            "round": int(r["round"]),
+            "group": int(r["group"]),
+            "state": DISPUTE_STATES.get(int(r["state"]), str(r["state"])),
+            "size": int(r["size"]),
+            "committed": int(r["committed"]),
+            "revealed": int(r["revealed"]),
+            "commit_end": int(r["commitEnd"]),
+            "reveal_end": int(r["revealEnd"]),
+            "bond": int(r["bond"]),
+            "accepted_digest": bytes(r["accepted"]),
+            "decided_digest": bytes(r["decided"]),
+            "committee": list(r["committee"]),
+        }
+
+    def disputes_of(self, task_id: int) -> list[dict]:
+        """Every dispute filed against ``task_id``, oldest first."""
+        if self.disputes is None:
+            return []
+        logs = self.chain.logs(self.disputes, "DisputeFiled", from_block=self.from_block, taskId=int(task_id))
+        return [self.dispute_info(int(e["args"]["disputeId"])) for e in logs]
+
     # -- reads
     def task_count(self) -> int:
         return int(self._call(self.tasks.functions.taskCount()))
@@ -834,10 +925,27 @@ class Din:
         """``{subgroup: aggregate CID}`` accepted in ``round_`` (default: current)."""
         if round_ is None:
             round_ = self.task_info(task_id).round
-        return {
+        accepted = {
             int(e["args"]["group"]): bytes(e["args"]["cid"])
             for e in self._logs("SubgroupAccepted", taskId=int(task_id), round=int(round_))
         }
+        accepted.update(self.overturned(task_id, round_))
+        return accepted
+
+    def overturned(self, task_id: int, round_: int) -> dict[int, bytes]:
+        """``{subgroup: CID}`` a dispute committee decided for ``round_`` where it overturned the accepted one."""
+        out = {}
+        for d in self.disputes_of(task_id):
+            if d["state"] == "upheld" and d["round"] == int(round_):
+                logs = self.chain.logs(
+                    self.disputes, "DisputeVoteRevealed", from_block=self.from_block,
+                    disputeId=d["dispute_id"],
+                )
+                for e in logs:
+                    if cid_digest(bytes(e["args"]["cid"])) == d["decided_digest"]:
+                        out[d["group"]] = bytes(e["args"]["cid"])
+                        break
+        return out
 
     def scores_revealed(self, task_id: int) -> dict[str, list[int]]:
         return {

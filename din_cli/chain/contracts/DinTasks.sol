@@ -31,6 +31,7 @@ contract DinTasks is ReentrancyGuard {
     uint8 internal constant SETTLING = 9;
     uint8 internal constant SETTLED = 10;
     uint8 internal constant ABANDONED = 11;
+    uint8 internal constant DISPUTED = 12; // frozen by an open dispute: no phase's action applies, no deadline runs
 
     uint256 internal constant EVAL_ROUND = 0; // seed slot of the evaluation assignment
     uint256 public constant SCORE_SCALE = 10000; // scores are basis points
@@ -125,6 +126,7 @@ contract DinTasks is ReentrancyGuard {
     uint8 internal constant BONDED = 8; // slashAmount of its registry stake is bonded to this task
 
     ValidatorRegistry public immutable registry;
+    address public immutable disputes; // DinDisputes (deployed right after this contract)
     IERC20 public immutable token;
     uint256 public taskCount;
 
@@ -145,6 +147,12 @@ contract DinTasks is ReentrancyGuard {
     mapping(bytes32 => GroupVotes) internal _groupVotes;
     /// @dev keccak(task, round, validator) -> a revealed CID digest other than its subgroup's first.
     mapping(bytes32 => bytes32) internal _deviant;
+    /// @dev Disputes (DinDisputes): the model each round started from, the time a task was frozen
+    ///      by an open dispute and the phase it was in (time << 8 | phase), and the aggregate a dispute
+    ///      committee decided for a subgroup it overturned (keyed like _groupVotes).
+    mapping(uint256 => mapping(uint256 => bytes32)) internal _roundModel;
+    mapping(uint256 => uint256) internal _frozen;
+    mapping(bytes32 => bytes32) internal _corrected;
 
     event TaskCreated(uint256 indexed taskId, address indexed owner, bytes genesisCid, bytes32 arch, uint256 deposit, uint256 subgroupSize, uint256 validatorsPerSubgroup, uint256 maxRounds, uint64 joinDeadline);
     event ParticipantJoined(uint256 indexed taskId, address indexed participant, uint256 index, bytes32 hpkeKey);
@@ -171,8 +179,9 @@ contract DinTasks is ReentrancyGuard {
     event BondReleased(uint256 indexed taskId, address indexed validator);
     event ParticipantsCapped(uint256 indexed taskId, uint256 participants);
 
-    constructor(ValidatorRegistry registry_) {
+    constructor(ValidatorRegistry registry_, address disputes_) {
         registry = registry_;
+        disputes = disputes_;
         token = registry_.token();
     }
 
@@ -359,15 +368,20 @@ contract DinTasks is ReentrancyGuard {
         uint256 per = t.perGroup;
         uint256 pos = Assignment.permute(Assignment.key(roundSeed[id][round], Assignment.VALIDATORS), v.index1 - 1, t.validators);
         require(pos < uint256(t.groups) * per, "validator not assigned in that round");
-        GroupVotes storage gv = _groupVotes[keccak256(abi.encode(id, round, pos / per))];
+        bytes32 gk = keccak256(abi.encode(id, round, pos / per));
+        GroupVotes storage gv = _groupVotes[gk];
         bytes20 revealed = ((gv.mask >> (pos % per)) & 1) == 1 ? gv.first : bytes20(_deviant[keccak256(abi.encode(id, round, validator))]);
         string memory reason;
         if (revealed == bytes20(0)) {
             reason = "did not reveal its aggregate";
         } else {
             require(majority != bytes32(0), "validator revealed an aggregate");
-            uint256 count = bytes20(majority) == gv.first ? gv.count : votes[keccak256(abi.encode(id, round, pos / per, majority))];
-            require(count > per / 2, "no majority for that CID in the subgroup");
+            bytes32 right = _corrected[gk];
+            if (right == bytes32(0)) {
+                require(_count(gk, id, round, pos / per, majority) > per / 2, "no majority for that CID in the subgroup");
+            } else {
+                require(majority == right, "a dispute decided another CID");
+            }
             require(revealed != bytes20(majority), "validator revealed the majority aggregate");
             reason = "revealed a minority aggregate";
         }
@@ -495,6 +509,49 @@ contract DinTasks is ReentrancyGuard {
         emit SubgroupSettled(id, group, participants, accepted, before);
         _payValidators(id, t, validators, hashes, winner);
         if (++t.settledGroups == t.groups) _advance(id, t);
+    }
+
+    // ------------------------------------------------------------------ disputes (DinDisputes only)
+
+    /// @notice Dispute hook (DinDisputes only). `open`: freeze task `id` for a dispute of subgroup
+    ///         `group`'s aggregate of `round`, which must be the CID with `digest` accepted by a strict
+    ///         majority: phase DISPUTED, where every phase's action reverts and no deadline runs. Only
+    ///         while training (the caller `advance`s first), one dispute at a time; returns the round.
+    ///         Not `open`: unfreeze, giving the phase back the time the dispute took; with `digest` != 0
+    ///         the committee overturned the subgroup's aggregate: `digest` becomes its majority
+    ///         (slashAggregator then slashes the rest) and the task replays from the model `round`
+    ///         started from under a new round number (the next `advance`), lastRound extended by the
+    ///         rounds discarded.
+    function dispute(uint256 id, uint256 round, uint256 group, bytes32 digest, bool open) external returns (uint256) {
+        require(msg.sender == disputes, "only the dispute contract");
+        Task storage t = _tasks[id];
+        bytes32 gk = keccak256(abi.encode(id, round, group));
+        if (open) {
+            require(t.phase <= GLOBAL, "not in training"); // the caller advanced it: deadlines hold
+            require(_count(gk, id, round, group, digest) > t.perGroup / 2, "CID is not the accepted one");
+            _frozen[id] = (block.timestamp << 8) | t.phase;
+            t.phase = DISPUTED;
+            return t.round;
+        }
+        uint256 f = _frozen[id];
+        t.phase = uint8(f);
+        unchecked {
+            t.deadline += uint64(block.timestamp - (f >> 8));
+        }
+        _frozen[id] = 0;
+        if (digest == bytes32(0)) return t.round;
+        _corrected[gk] = digest;
+        t.lastRound += t.round - uint16(round) + 1; // the rounds discarded
+        t.model = _roundModel[id][round];
+        t.phase = GLOBAL; // expired: the next call starts the new round from t.model
+        t.deadline = 0;
+        return t.round;
+    }
+
+    /// @dev How many validators of a subgroup (gk = keccak(id, round, group)) revealed `digest`.
+    function _count(bytes32 gk, uint256 id, uint256 round, uint256 group, bytes32 digest) internal view returns (uint256) {
+        GroupVotes storage gv = _groupVotes[gk];
+        return bytes20(digest) == gv.first ? gv.count : votes[keccak256(abi.encode(id, round, group, digest))];
     }
 
     // ------------------------------------------------------------------ claims
@@ -644,18 +701,6 @@ contract DinTasks is ReentrancyGuard {
         r.testSetHash = t.testSetHash;
     }
 
-    /// @notice Position of `index` among n under `seed` (population 0: participants, 1: validators),
-    ///         as the contract computes it; for off-chain checks of the assignment.
-    function assignmentPosition(bytes32 seed, uint256 population, uint256 index, uint256 n) external pure returns (uint256) {
-        return Assignment.permute(Assignment.key(seed, population), index, n);
-    }
-
-    /// @notice The strict-majority winner among revealed score-vector hashes (bytes20(0) = not
-    ///         revealed) exactly as `settle` computes it: index + 1 of a holder, or 0 for none.
-    function scoreMajority(bytes20[] calldata hashes) external pure returns (uint256) {
-        return Settlement.majority(hashes);
-    }
-
     function member(uint256 id, address account) external view returns (Member memory) {
         return _members[id][account];
     }
@@ -791,7 +836,7 @@ contract DinTasks is ReentrancyGuard {
             t.perGroup = uint16(per);
             return _startRound(id, t, 1);
         } else if (phase == GLOBAL) {
-            if (t.round < t.lastRound && t.round < t.maxRounds) return _startRound(id, t, t.round + 1);
+            if (t.round < t.lastRound) return _startRound(id, t, t.round + 1); // lastRound <= maxRounds + rounds a dispute discarded
             bytes32 seed = _seed(id, EVAL_ROUND);
             emit EvaluationStarted(id, seed);
             next = TEST_SET;
@@ -819,6 +864,7 @@ contract DinTasks is ReentrancyGuard {
     function _startRound(uint256 id, Task storage t, uint16 round) internal {
         t.round = round;
         t.proposed = bytes32(0);
+        _roundModel[id][round] = t.model;
         bytes32 seed = _seed(id, round);
         emit RoundStarted(id, round, seed, t.model, t.participants, t.validators, t.groups, t.perGroup);
         _enter(id, t, TRAINING);

@@ -7,8 +7,10 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {ERC20Burnable} from "@openzeppelin/contracts/token/ERC20/extensions/ERC20Burnable.sol";
 
 /// @title Validator registry: stake DIN above a minimum, publish an HPKE key, unstake after a delay.
-/// @notice There is no owner. The deployer names the task manager once (`initialize`); from then on
-///         only that contract may bond, unbond and slash, and nothing can change it.
+/// @notice There is no owner. The deployer names the task manager and the dispute contract once
+///         (`initialize`); from then on only those two may bond, unbond and slash, and nothing can
+///         change them. Every account that ever staked is listed (`stakerAt`), so a dispute
+///         committee can be drawn from the whole staked set.
 ///         Every task a validator serves bonds that task's slash amount of its stake; the bond is
 ///         released when the task is settled or abandoned. A slash burns from the bond (burnt
 ///         tokens profit nobody). `withdraw` needs no bond outstanding, so stake serving a task stays
@@ -30,14 +32,17 @@ contract ValidatorRegistry is ReentrancyGuard {
     uint256 public immutable minStake;
     uint64 public immutable unstakeDelay;
     address internal immutable deployer;
-    address public tasks; // the only contract that may bond, unbond and slash; set once
+    address public tasks; // the task manager: may bond, unbond and slash; set once
+    address public disputes; // the dispute contract: may bond, unbond and slash; set once
     mapping(address => Validator) public validators;
+    address[] internal _stakers; // every account that ever staked, in order of its first stake
+    mapping(address => bool) internal _listed;
 
     event Staked(address indexed validator, uint256 amount, uint256 total, bytes32 hpkeKey);
     event UnstakeRequested(address indexed validator, uint256 unlockAt);
     event Withdrawn(address indexed validator, uint256 amount);
     event Slashed(address indexed validator, address indexed by, uint256 amount);
-    event Initialized(address tasks);
+    event Initialized(address tasks, address disputes);
 
     constructor(IERC20 token_, uint256 minStake_, uint64 unstakeDelay_) {
         require(minStake_ > 0, "minimum stake must be positive");
@@ -47,17 +52,19 @@ contract ValidatorRegistry is ReentrancyGuard {
         deployer = msg.sender;
     }
 
-    /// @notice Name the task manager (the deployer, once; nothing can change it afterwards).
-    function initialize(address tasks_) external {
+    /// @notice Name the task manager and the dispute contract (the deployer, once; nothing can
+    ///         change them afterwards).
+    function initialize(address tasks_, address disputes_) external {
         require(msg.sender == deployer, "only the deployer initializes");
         require(tasks == address(0), "already initialized");
-        require(tasks_ != address(0), "task manager is the zero address");
+        require(tasks_ != address(0) && disputes_ != address(0), "task manager is the zero address");
         tasks = tasks_;
-        emit Initialized(tasks_);
+        disputes = disputes_;
+        emit Initialized(tasks_, disputes_);
     }
 
     modifier onlyTasks() {
-        require(msg.sender == tasks, "caller is not the task manager");
+        require(msg.sender == tasks || msg.sender == disputes, "caller is not the task manager");
         _;
     }
 
@@ -72,6 +79,10 @@ contract ValidatorRegistry is ReentrancyGuard {
         require(total < 2 ** 96, "stake above 2^96 units");
         v.stake = uint96(total);
         v.hpkeKey = hpkeKey;
+        if (!_listed[msg.sender]) {
+            _listed[msg.sender] = true;
+            _stakers.push(msg.sender);
+        }
         emit Staked(msg.sender, amount, total, hpkeKey);
         if (amount > 0) token.safeTransferFrom(msg.sender, address(this), amount);
     }
@@ -130,6 +141,16 @@ contract ValidatorRegistry is ReentrancyGuard {
     function isActive(address validator) external view returns (bool) {
         Validator storage v = validators[validator];
         return v.stake >= minStake && v.unlockAt == 0;
+    }
+
+    /// @notice How many accounts ever staked (withdrawn ones stay listed; `isActive` tells them apart).
+    function stakerCount() external view returns (uint256) {
+        return _stakers.length;
+    }
+
+    /// @notice The `i`-th account that ever staked (0-based, in order of first stake).
+    function stakerAt(uint256 i) external view returns (address) {
+        return _stakers[i];
     }
 
     function stakeOf(address validator) external view returns (uint256) {

@@ -1,0 +1,332 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.30;
+
+import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {ERC20Burnable} from "@openzeppelin/contracts/token/ERC20/extensions/ERC20Burnable.sol";
+import {ValidatorRegistry} from "./ValidatorRegistry.sol";
+import {DinTasks} from "./DinTasks.sol";
+import {Assignment} from "./Assignment.sol";
+import {Settlement} from "./Settlement.sol";
+
+/// @title DIN disputes: a dishonest majority of a subgroup loses to a larger random committee.
+/// @notice Anyone who holds proof that a subgroup's accepted aggregate is wrong (`din verify`
+///         recomputes it bit-exactly) files a dispute with a bond (the task's slash amount) while the
+///         task is still training. Filing freezes the task. In a later block anyone draws a committee
+///         of up to COMMITTEE stakers (an odd number, at least 3) from the registry's whole staked set,
+///         in the order of a Feistel permutation keyed by the filing block's hash, skipping stakers
+///         that are not active, lack free stake, filed the dispute or served the disputed subgroup in
+///         that round; each member bonds the slash amount. Members commit, then reveal the CID they
+///         computed (windows: the task's aggregation commit and reveal durations). `resolve` after
+///         the reveal window (or once all revealed): a CID revealed by more than half of the committee
+///         decides.
+///         - Upheld (the committee's CID is not the accepted one): the subgroup's validators that
+///           revealed the accepted CID are slashed and removed, the committee's CID becomes the
+///           subgroup's majority (the honest minority is not slashable), the bond is returned and the
+///           task replays from the model the disputed round started from under a new round number.
+///         - Dismissed (the committee revealed the accepted CID): the bond is split among the
+///           committee's majority.
+///         - No strict majority: the bond goes back to the filer (the committee failed, not the filer:
+///           its silent members are slashed) and the accepted result stands.
+///         Committee members that did not reveal, or revealed another CID than a strict majority, are
+///         slashed; the rest get their bond back. A dispute nobody draws within 256 blocks (the filing
+///         block's hash is gone) is void: the bond is burnt, since the filer only froze the task.
+contract DinDisputes is ReentrancyGuard {
+    using SafeERC20 for IERC20;
+
+    uint256 public constant COMMITTEE = 5; // committee size (odd); fewer when fewer stakers qualify
+    uint256 internal constant MAX_SCAN = 256; // stakers looked at per draw: the draw's gas is bounded
+
+    uint8 internal constant FILED = 1;
+    uint8 internal constant DRAWN = 2;
+    uint8 internal constant UPHELD = 3;
+    uint8 internal constant DISMISSED = 4;
+    uint8 internal constant UNDECIDED = 5; // no strict majority, or no committee could be drawn
+    uint8 internal constant VOID = 6; // never drawn
+
+    struct Dispute {
+        uint256 taskId;
+        address filer;
+        uint16 round;
+        uint24 group;
+        uint8 state;
+        uint8 size; // committee size
+        uint8 committed;
+        uint8 revealed;
+        uint64 filedBlock;
+        uint64 commitEnd;
+        uint64 revealEnd;
+        uint128 bond; // the filer's bond, and each member's
+        bytes32 accepted; // digest of the accepted (disputed) CID
+        bytes32 decided; // digest a strict majority of the committee revealed (0: none yet)
+    }
+
+    struct Vote {
+        bytes20 commitment;
+        bool member;
+        bool revealed;
+        bytes32 digest;
+    }
+
+    DinTasks public immutable tasks;
+    ValidatorRegistry public immutable registry;
+    IERC20 public immutable token;
+    uint256 public disputeCount;
+    mapping(uint256 => Dispute) internal _disputes;
+    mapping(uint256 => address[]) internal _committee;
+    mapping(uint256 => mapping(address => Vote)) internal _votes;
+    mapping(bytes32 => uint256) internal _tally; // keccak(dispute, digest) -> reveals
+    /// @notice The last round a replay discarded in each task; rounds up to it cannot be disputed.
+    mapping(uint256 => uint256) public discardedThrough;
+
+    event DisputeFiled(uint256 indexed disputeId, uint256 indexed taskId, uint256 round, uint256 group, address filer, bytes acceptedCid, bytes cid, uint256 bond);
+    event CommitteeDrawn(uint256 indexed disputeId, uint256 indexed taskId, address[] committee, uint64 commitEnd, uint64 revealEnd);
+    event DisputeVoteCommitted(uint256 indexed disputeId, address indexed member);
+    event DisputeVoteRevealed(uint256 indexed disputeId, address indexed member, bytes cid);
+    event DisputeResolved(uint256 indexed disputeId, uint256 indexed taskId, uint256 round, uint256 group, uint8 outcome, bytes32 decided, uint256 newRound);
+    event CommitteeSlashed(uint256 indexed disputeId, address indexed member, uint256 amount, string reason);
+
+    constructor(DinTasks tasks_) {
+        require(tasks_.disputes() == address(this), "the task manager names another dispute contract");
+        tasks = tasks_;
+        registry = tasks_.registry();
+        token = tasks_.token();
+    }
+
+    /// @notice Dispute subgroup `group`'s accepted aggregate (digest `accepted`) of `round` in task
+    ///         `taskId`, claiming `cid` is the correct one; escrows the task's slash amount (approve
+    ///         first) and freezes the task. Returns the dispute id (ids start at 1).
+    function file(uint256 taskId, uint256 round, uint256 group, bytes calldata acceptedCid, bytes calldata cid) external nonReentrant returns (uint256 id) {
+        tasks.advance(taskId); // past expired deadlines first
+        bytes32 accepted = keccak256(acceptedCid);
+        tasks.dispute(taskId, round, group, accepted, true); // training only, one open dispute per task
+        require(round > discardedThrough[taskId], "that round was discarded by a dispute");
+        DinTasks.TaskView memory t = tasks.taskInfo(taskId);
+        require(cid.length > 0 && keccak256(cid) != accepted, "the claimed CID is the accepted one");
+        id = ++disputeCount;
+        Dispute storage d = _disputes[id];
+        d.taskId = taskId;
+        d.filer = msg.sender;
+        d.round = uint16(round);
+        d.group = uint24(group);
+        d.state = FILED;
+        d.filedBlock = uint64(block.number);
+        d.bond = uint128(t.slashAmount);
+        d.accepted = accepted;
+        emit DisputeFiled(id, taskId, round, group, msg.sender, acceptedCid, cid, t.slashAmount);
+        token.safeTransferFrom(msg.sender, address(this), t.slashAmount);
+    }
+
+    /// @notice Draw dispute `id`'s committee (anyone, in a later block than the filing, within 256
+    ///         blocks): seeded by the filing block's hash, which nobody knew when filing.
+    function draw(uint256 id) external nonReentrant {
+        Dispute storage d = _disputes[id];
+        require(d.state == FILED, "dispute is not waiting for a committee");
+        require(block.number > d.filedBlock, "draw in a later block than the filing");
+        bytes32 h = blockhash(d.filedBlock);
+        require(h != bytes32(0), "the filing block is too old to draw from: resolve the dispute");
+        uint256 taskId = d.taskId;
+        DinTasks.TaskView memory t = tasks.taskInfo(taskId);
+        bytes32 k = keccak256(abi.encode(h, id));
+        bytes32 kv = Assignment.key(tasks.roundSeed(taskId, d.round), Assignment.VALIDATORS);
+        uint256 n = registry.stakerCount();
+        uint256 scan = n < MAX_SCAN ? n : MAX_SCAN;
+        address[] storage c = _committee[id];
+        for (uint256 i = 0; i < scan && c.length < COMMITTEE; i++) {
+            address who = registry.stakerAt(Assignment.permute(k, i, n));
+            if (_eligible(who, d, t, kv)) {
+                c.push(who);
+                _votes[id][who].member = true;
+            }
+        }
+        if (c.length % 2 == 0 && c.length > 0) {
+            _votes[id][c[c.length - 1]].member = false;
+            c.pop();
+        }
+        if (c.length < 3) {
+            // no committee can outvote a subgroup: the result stands, the filer is not at fault
+            d.state = UNDECIDED;
+            tasks.dispute(taskId, 0, 0, bytes32(0), false);
+            emit DisputeResolved(id, taskId, d.round, d.group, UNDECIDED, bytes32(0), 0);
+            token.safeTransfer(d.filer, d.bond);
+            return;
+        }
+        d.state = DRAWN;
+        d.size = uint8(c.length);
+        d.commitEnd = uint64(block.timestamp) + t.durations[2];
+        d.revealEnd = d.commitEnd + t.durations[3];
+        emit CommitteeDrawn(id, taskId, c, d.commitEnd, d.revealEnd);
+        for (uint256 i = 0; i < c.length; i++) registry.bond(c[i], d.bond);
+    }
+
+    function _eligible(address who, Dispute storage d, DinTasks.TaskView memory t, bytes32 kv) internal view returns (bool) {
+        if (who == d.filer) return false;
+        (uint96 stake, uint64 unlockAt, uint96 bonded,) = registry.validators(who);
+        if (stake < registry.minStake() || unlockAt != 0 || uint256(stake) - bonded < d.bond) return false;
+        uint256 i1 = tasks.validatorState(d.taskId, who).index1;
+        if (i1 == 0) return true;
+        uint256 pos = Assignment.permute(kv, i1 - 1, t.validators);
+        return pos / t.perGroup != d.group || pos >= t.groups * t.perGroup;
+    }
+
+    /// @notice Commit keccak256(cid ‖ salt ‖ sender) of the subgroup aggregate you computed (members).
+    function commit(uint256 id, bytes32 commitment) external {
+        Dispute storage d = _disputes[id];
+        require(d.state == DRAWN && block.timestamp < d.commitEnd, "not in the dispute's commit window");
+        Vote storage v = _votes[id][msg.sender];
+        require(v.member, "not on this dispute's committee");
+        require(v.commitment == bytes20(0), "already committed");
+        v.commitment = bytes20(commitment);
+        d.committed++;
+        emit DisputeVoteCommitted(id, msg.sender);
+    }
+
+    /// @notice Reveal the committed CID (members; once every member committed or the commit window
+    ///         is over, until the reveal window ends).
+    function reveal(uint256 id, bytes calldata cid, bytes32 salt) external {
+        Dispute storage d = _disputes[id];
+        require(d.state == DRAWN && block.timestamp < d.revealEnd && (d.committed == d.size || block.timestamp >= d.commitEnd), "not in the dispute's reveal window");
+        Vote storage v = _votes[id][msg.sender];
+        require(v.commitment != bytes20(0), "no vote committed");
+        require(!v.revealed, "already revealed");
+        require(bytes20(keccak256(abi.encodePacked(cid, salt, msg.sender))) == v.commitment, "reveal does not match commitment");
+        bytes32 digest = keccak256(cid);
+        v.revealed = true;
+        v.digest = digest;
+        d.revealed++;
+        if (++_tally[keccak256(abi.encode(id, digest))] * 2 > d.size) d.decided = digest;
+        emit DisputeVoteRevealed(id, msg.sender, cid);
+    }
+
+    /// @notice Decide dispute `id` (anyone) after the reveal window, or once every member revealed.
+    ///         When upheld, give the disputed subgroup's validators of that round in slot order.
+    function resolve(uint256 id, address[] calldata validators) external nonReentrant {
+        Dispute storage d = _disputes[id];
+        uint256 taskId = d.taskId;
+        if (d.state == FILED) {
+            require(blockhash(d.filedBlock) == bytes32(0) && block.number > d.filedBlock, "draw the committee first");
+            d.state = VOID;
+            tasks.dispute(taskId, 0, 0, bytes32(0), false);
+            emit DisputeResolved(id, taskId, d.round, d.group, VOID, bytes32(0), 0);
+            ERC20Burnable(address(token)).burn(d.bond);
+            return;
+        }
+        require(d.state == DRAWN, "dispute is not open");
+        require(block.timestamp >= d.revealEnd || d.revealed == d.size, "the committee is still voting");
+        bytes32 decided = d.decided;
+        uint256 newRound;
+        uint256 winners;
+        if (decided == bytes32(0)) {
+            d.state = UNDECIDED;
+            tasks.dispute(taskId, 0, 0, bytes32(0), false);
+        } else if (decided == d.accepted) {
+            d.state = DISMISSED;
+            winners = _tally[keccak256(abi.encode(id, decided))];
+            tasks.dispute(taskId, 0, 0, bytes32(0), false);
+        } else {
+            d.state = UPHELD;
+            _checkSlots(taskId, d, validators);
+            tasks.dispute(taskId, d.round, d.group, decided, false); // the committee's CID is the majority now
+            tasks.advance(taskId); // replay: a new round from the model the disputed round started from
+            newRound = tasks.taskInfo(taskId).round;
+            discardedThrough[taskId] = newRound - 1;
+            for (uint256 j = 0; j < validators.length; j++) {
+                // slashes and removes whoever revealed anything but the committee's CID (or nothing);
+                // reverts (skipped) for the honest minority and for validators already removed
+                try tasks.slashAggregator(taskId, d.round, validators[j], decided) {} catch {}
+            }
+        }
+        emit DisputeResolved(id, taskId, d.round, d.group, d.state, decided, newRound);
+        _settleCommittee(id, d, decided, winners);
+        if (d.state != DISMISSED) token.safeTransfer(d.filer, d.bond);
+    }
+
+    /// @dev `validators` is the disputed subgroup's validators of that round, in slot order.
+    function _checkSlots(uint256 taskId, Dispute storage d, address[] calldata validators) internal view {
+        DinTasks.TaskView memory t = tasks.taskInfo(taskId);
+        require(validators.length == t.perGroup, "need the subgroup's validators in slot order");
+        bytes32 kv = Assignment.key(tasks.roundSeed(taskId, d.round), Assignment.VALIDATORS);
+        for (uint256 j = 0; j < validators.length; j++) {
+            uint256 i1 = tasks.validatorState(taskId, validators[j]).index1;
+            require(i1 != 0 && Assignment.permute(kv, i1 - 1, t.validators) == uint256(d.group) * t.perGroup + j, "validator not in this slot");
+        }
+    }
+
+    /// @dev Slash members that did not reveal or revealed another CID than the strict majority; release
+    ///      the rest; with `winners` > 0 split the filer's bond among the majority (dust to the first).
+    function _settleCommittee(uint256 id, Dispute storage d, bytes32 decided, uint256 winners) internal {
+        address[] storage c = _committee[id];
+        uint256 share = winners == 0 ? 0 : d.bond / winners;
+        uint256 dust = winners == 0 ? 0 : d.bond - share * winners;
+        for (uint256 i = 0; i < c.length; i++) {
+            address who = c[i];
+            Vote storage v = _votes[id][who];
+            if (!v.revealed) {
+                emit CommitteeSlashed(id, who, registry.slash(who, d.bond), "did not reveal its dispute vote");
+            } else if (decided != bytes32(0) && v.digest != decided) {
+                emit CommitteeSlashed(id, who, registry.slash(who, d.bond), "revealed a minority dispute vote");
+            } else {
+                registry.unbond(who, d.bond);
+                if (share > 0) {
+                    token.safeTransfer(who, share + dust);
+                    dust = 0;
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ reads
+
+    struct DisputeView {
+        uint256 taskId;
+        address filer;
+        uint256 round;
+        uint256 group;
+        uint8 state;
+        uint256 size;
+        uint256 committed;
+        uint256 revealed;
+        uint256 filedBlock;
+        uint64 commitEnd;
+        uint64 revealEnd;
+        uint256 bond;
+        bytes32 accepted;
+        bytes32 decided;
+        address[] committee;
+    }
+
+    /// @notice Dispute `id` and its committee (state 1 filed, 2 drawn, 3 upheld, 4 dismissed,
+    ///         5 undecided, 6 void).
+    function dispute(uint256 id) external view returns (DisputeView memory r) {
+        Dispute storage d = _disputes[id];
+        require(d.state != 0, "no such dispute");
+        r.taskId = d.taskId;
+        r.filer = d.filer;
+        r.round = d.round;
+        r.group = d.group;
+        r.state = d.state;
+        r.size = d.size;
+        r.committed = d.committed;
+        r.revealed = d.revealed;
+        r.filedBlock = d.filedBlock;
+        r.commitEnd = d.commitEnd;
+        r.revealEnd = d.revealEnd;
+        r.bond = d.bond;
+        r.accepted = d.accepted;
+        r.decided = d.decided;
+        r.committee = _committee[id];
+    }
+
+    /// @notice Position of `index` among n under `seed` (population 0: participants, 1: validators),
+    ///         as the contracts compute it; for off-chain checks of the assignment.
+    function assignmentPosition(bytes32 seed, uint256 population, uint256 index, uint256 n) external pure returns (uint256) {
+        return Assignment.permute(Assignment.key(seed, population), index, n);
+    }
+
+    /// @notice The strict-majority winner among revealed score-vector hashes (bytes20(0) = not
+    ///         revealed) exactly as `settle` computes it: index + 1 of a holder, or 0 for none.
+    function scoreMajority(bytes20[] calldata hashes) external pure returns (uint256) {
+        return Settlement.majority(hashes);
+    }
+}

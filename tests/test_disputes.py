@@ -1,0 +1,294 @@
+"""DinDisputes on the embedded chain and on anvil: a dishonest majority of a subgroup loses.
+
+A subgroup of 5 validators, 3 of them colluding, gets a wrong aggregate accepted;
+anyone files a dispute; a committee drawn from the other stakers after the filing
+decides; the colluders are slashed and removed, the honest two are untouched and
+no longer slashable, and the round is replayed from the model it started from.
+The attacker's side: a griefer's dispute of a correct result is dismissed and
+costs its bond; a committee member voting with the minority or staying silent
+is slashed; filing twice, after evaluation started or for a subgroup without an
+accepted result is refused; a frozen task rejects every phase's action.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from din_cli.chain.din import Din, cid_digest, deploy_all
+from din_cli.errors import TransactionReverted
+
+UNIT = 10**18
+MIN_STAKE = 100 * UNIT
+SLASH = MIN_STAKE // 10
+DEPOSIT = 1000 * UNIT
+SPAN = 600
+DURATIONS = {
+    n: SPAN
+    for n in (
+        "join",
+        "train",
+        "aggregation_commit",
+        "aggregation_reveal",
+        "global_model",
+        "test_set",
+        "score_commit",
+        "score_reveal",
+        "settle",
+    )
+}
+GAS: dict[str, list[int]] = {}
+
+
+def cid(tag: str) -> bytes:
+    import hashlib
+
+    return b"\x01\x55\x12\x20" + hashlib.sha256(tag.encode()).digest()
+
+
+def reverts(reason: str):
+    return pytest.raises(TransactionReverted, match=reason)
+
+
+@pytest.fixture(scope="module", params=["embedded", "anvil"])
+def net(request):
+    """A deployment plus every account that ever staked in it (so tests can drive any committee)."""
+    from din_cli.chain.client import connect
+
+    chain = connect("memory" if request.param == "embedded" else request.getfixturevalue("anvil_url"))
+    dev = chain.dev_account()
+    dep = deploy_all(chain, dev, min_stake=MIN_STAKE, unstake_delay=3600)
+    din = Din(chain, dep)
+    send = chain.send
+
+    def recording(account, fn, **kw):
+        receipt = send(account, fn, **kw)
+        GAS.setdefault(getattr(fn, "fn_name", "?"), []).append(int(receipt["gasUsed"]))
+        return receipt
+
+    chain.send = recording
+    stakers: dict = {}
+    yield chain, dev, din, stakers
+    chain.send = send
+    chain.close()
+
+
+def account(chain, din, dev, tokens=0):
+    from eth_account import Account
+
+    a = Account.create()
+    chain.fund(a.address, UNIT)
+    if tokens:
+        din.transfer(dev, a.address, tokens)
+    return a
+
+
+def staker(net):
+    from din_cli.crypto import hpke
+
+    chain, dev, din, stakers = net
+    a = account(chain, din, dev, 2 * MIN_STAKE)
+    din.stake(a, MIN_STAKE, hpke.generate_keypair()[1])
+    stakers[a.address] = a
+    return a
+
+
+class Task:
+    """One task: 3 participants in one subgroup of 5 validators; `extra` more honest stakers."""
+
+    def __init__(self, net, extra=6, **kw):
+        chain, dev, din, stakers = net
+        self.net, self.chain, self.dev, self.din = net, chain, dev, din
+        self.owner = account(chain, din, dev, 2 * DEPOSIT)
+        self.parts = [account(chain, din, dev) for _ in range(3)]
+        self.vals = [staker(net) for _ in range(5)]
+        for _ in range(extra):
+            staker(net)
+        self.task = din.create_task(
+            self.owner,
+            genesis_cid=cid("genesis"),
+            arch="mlp-test",
+            deposit=DEPOSIT,
+            test_set_hash=bytes.fromhex("5e" * 32),
+            subgroup_size=3,
+            validators_per_subgroup=5,
+            max_rounds=kw.get("max_rounds", 2),
+            slash_amount=SLASH,
+            durations=DURATIONS,
+        )
+        for p in self.parts:
+            din.join_task(p, self.task, os.urandom(32))
+        for v in self.vals:
+            din.register_validator_for_task(v, self.task)
+        din.start_round(self.owner, self.task)
+
+    def info(self):
+        return self.din.task_info(self.task)
+
+    def slots(self, round_=None):
+        by = {v.address: v for v in self.vals}
+        return [by[a] for a in self.din.members(self.task, 0, round_)["validators"]]
+
+    def aggregate(self, round_, liars=(), wrong=None):
+        """Every participant submits; the validators in `liars` (slot numbers) reveal `wrong`."""
+        for p in self.parts:
+            self.din.submit_update(p, self.task, cid(f"update-{self.task}-{round_}-{p.address}"))
+        right = cid(f"agg-{self.task}-{round_}")
+        slots = self.slots()
+        for j, v in enumerate(slots):
+            self.din.commit_aggregate(v, self.task, wrong if j in liars else right)
+        for j, v in enumerate(slots):
+            self.din.reveal_aggregate(v, self.task, wrong if j in liars else right)
+        return right, slots
+
+    def globalise(self, round_):
+        model = cid(f"global-{self.task}-{round_}")
+        self.din.post_global_model(self.owner, self.task, model)
+        for v in self.slots():
+            if self.info().phase != "global-model":
+                break
+            self.din.attest_global(v, self.task, model)
+        return model
+
+    def file(self, round_, claim):
+        filer = account(self.chain, self.din, self.dev, 10 * SLASH)
+        did = self.din.file_dispute(filer, self.task, round_, 0, claim)
+        self.chain.advance_time(1)  # the draw needs a later block than the filing
+        return filer, did
+
+    def vote(self, did, votes):
+        """votes: {member address: cid or None (silent)}; commit then reveal."""
+        stakers = self.net[3]
+        for who, c in votes.items():
+            if c is not None:
+                self.din.dispute_commit(stakers[who], did, c)
+        if None in votes.values():  # a silent member: reveals open when the commit window ends
+            self.chain.advance_time(SPAN + 1)
+        for who, c in votes.items():
+            if c is not None:
+                self.din.dispute_reveal(stakers[who], did, c)
+
+
+def test_colluding_majority_is_overturned_slashed_and_the_round_replayed(net):
+    chain, dev, din, _ = net
+    t = Task(net)
+    wrong = cid("poisoned")
+    right, slots = t.aggregate(1, liars=(0, 2, 4), wrong=wrong)
+    colluders, honest = [slots[j] for j in (0, 2, 4)], [slots[j] for j in (1, 3)]
+    assert din.accepted_aggregates(t.task, 1) == {0: wrong}  # 3 of 5: the lie is accepted
+    # the colluders cannot slash the honest minority while the dispute is pending... nor after it
+    filer, did = t.file(1, right)
+    assert t.info().phase == "disputed"
+    bal = din.balance(filer.address)
+    # the frozen task rejects every phase's action
+    with reverts("not in the global model phase"):
+        din.post_global_model(t.owner, t.task, cid("g"))
+    with reverts("task has ended"):
+        din.slash_aggregator(dev, t.task, 1, honest[0].address)
+    with reverts("not in training"):  # one open dispute per task
+        t.file(1, right)
+    committee = din.draw_committee(dev, did)
+    assert len(committee) == 5 and not set(committee) & {v.address for v in slots}
+    bonded = {m: din.validator_info(m).bonded for m in committee}
+    assert all(b >= SLASH for b in bonded.values())
+    t.vote(did, {m: right for m in committee})
+    stakes = {v.address: din.validator_info(v.address).stake for v in slots}
+    d = din.resolve_dispute(dev, did)
+    assert d["state"] == "upheld" and d["decided_digest"] == cid_digest(right)
+    for v in colluders:  # slashed (stake burnt) and removed
+        assert din.validator_info(v.address).stake == stakes[v.address] - SLASH
+        with reverts("validator already removed"):
+            din.slash_aggregator(dev, t.task, 1, v.address)
+    for v in honest:  # untouched, and the committee's CID is now the majority
+        assert din.validator_info(v.address).stake == stakes[v.address]
+        with reverts("validator revealed the majority aggregate"):
+            din.slash_aggregator(dev, t.task, 1, v.address)
+    with reverts("a dispute decided another CID"):
+        chain.send(dev, din.tasks.functions.slashAggregator(t.task, 1, honest[0].address, cid_digest(wrong)))
+    assert din.balance(filer.address) == bal + SLASH  # bond back
+    assert all(din.validator_info(m).bonded == bonded[m] - SLASH for m in committee)
+    info = t.info()
+    # replayed: a new round number from the model round 1 started from, one more round allowed
+    assert (info.phase, info.round, info.last_round) == ("training", 2, 3)
+    assert info.model_digest == cid_digest(cid("genesis"))
+    assert din.round_info(t.task, 2).model_cid == cid("genesis")
+    with reverts("that round was discarded by a dispute"):
+        chain.send(dev, din.disputes.functions.file(t.task, 1, 0, wrong, right))
+
+
+def test_griefer_loses_its_bond_and_lying_or_silent_members_are_slashed(net):
+    chain, dev, din, _ = net
+    t = Task(net)
+    right, _ = t.aggregate(1)
+    griefer, did = t.file(1, cid("bogus"))
+    bal = din.balance(griefer.address)
+    committee = din.draw_committee(dev, did)
+    liar, silent, *good = committee
+    t.vote(did, {liar: cid("bogus"), silent: None, **{m: right for m in good}})
+    stakes = {m: din.validator_info(m).stake for m in committee}
+    bonded = {m: din.validator_info(m).bonded for m in committee}
+    tokens = {m: din.balance(m) for m in committee}
+    chain.advance_time(SPAN + 1)  # the silent member lets the reveal window run out
+    d = din.resolve_dispute(dev, did)
+    assert d["state"] == "dismissed"
+    assert din.balance(griefer.address) == bal  # the bond is gone
+    for m in (liar, silent):
+        assert din.validator_info(m).stake == stakes[m] - SLASH
+    assert sum(din.balance(m) - tokens[m] for m in good) == SLASH  # the majority shares the bond
+    assert all(din.validator_info(m).bonded == bonded[m] - SLASH for m in committee)
+    info = t.info()
+    assert info.phase == "global-model"  # unfrozen: the phase got its time back
+    assert din.accepted_aggregates(t.task, 1) == {0: right}
+
+
+def test_refused_filings(net):
+    chain, dev, din, _ = net
+    t = Task(net, extra=0)
+    filer = account(chain, din, dev, 10 * SLASH)
+    din._ensure_allowance(filer, din.disputes.address, 10 * SLASH)
+
+    def file(round_, accepted, claim):
+        chain.send(filer, din.disputes.functions.file(t.task, round_, 0, accepted, claim))
+
+    with reverts("CID is not the accepted one"):  # nothing accepted yet
+        file(1, cid("x"), cid("y"))
+    right, slots = t.aggregate(1, liars=(0, 1), wrong=cid("w"))  # 3 of 5 honest
+    with reverts("CID is not the accepted one"):  # a minority CID was never accepted
+        file(1, cid("w"), right)
+    with reverts("the claimed CID is the accepted one"):
+        file(1, right, right)
+    with reverts("only the dispute contract"):
+        chain.send(filer, din.tasks.functions.dispute(t.task, 1, 0, cid_digest(right), True))
+    t.globalise(1)
+    t.aggregate(2)
+    t.globalise(2)
+    assert t.info().phase == "test-set"
+    with reverts("not in training"):
+        file(1, right, cid("y"))
+
+
+def test_a_dispute_without_enough_eligible_stakers_leaves_the_result(net):
+    """Only the subgroup's own 5 validators... plus earlier tests' stakers in this module: the
+    committee is drawn from the whole staked set, so it exists; the filer keeps its bond on
+    an undecided (silent) committee, and the silent members are slashed."""
+    chain, dev, din, _ = net
+    t = Task(net, extra=0)
+    right, _ = t.aggregate(1, liars=(0, 1, 2), wrong=cid("w2"))
+    filer, did = t.file(1, right)
+    bal = din.balance(filer.address)
+    committee = din.draw_committee(dev, did)
+    assert len(committee) in (3, 5)
+    bonded = {m: din.validator_info(m).bonded for m in committee}
+    chain.advance_time(2 * SPAN + 1)
+    d = din.resolve_dispute(dev, did)
+    assert d["state"] == "undecided"
+    assert din.balance(filer.address) == bal + SLASH
+    assert all(din.validator_info(m).bonded == bonded[m] - SLASH for m in committee)  # slashed
+    assert t.info().phase == "global-model"
+
+
+def test_zz_report_gas():
+    for name in ("file", "draw", "commit", "reveal", "resolve"):
+        if name in GAS:
+            print(f"gas {name}: max {max(GAS[name])} min {min(GAS[name])}")
