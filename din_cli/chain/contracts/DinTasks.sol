@@ -87,6 +87,7 @@ contract DinTasks is ReentrancyGuard {
         bytes32 proposed; // digest of the global model the owner proposed this round
         bytes32 testSet; // digest of the encrypted test set CID
         bytes32 testSetHash; // sha256 of the plaintext test set, fixed at creation
+        bytes32 entropy; // hash chain of every revealed aggregate salt (seeds rounds 2.. and the evaluation)
     }
 
     struct Member {
@@ -131,7 +132,11 @@ contract DinTasks is ReentrancyGuard {
     mapping(uint256 => Task) internal _tasks;
     mapping(uint256 => mapping(address => Member)) internal _members;
     mapping(uint256 => mapping(address => Val)) internal _vals;
-    mapping(uint256 => mapping(uint256 => bytes32)) public roundSeed; // round 0 = evaluation
+    /// @dev Round seeds (round 0 = evaluation). Round 1's reads PENDING | start block until the block
+    ///      that started the round is sealed and the next call draws it (`_drawFirst`); no hash
+    ///      has bits 64..254 all zero, so the two cannot be confused.
+    mapping(uint256 => mapping(uint256 => bytes32)) public roundSeed;
+    uint256 internal constant PENDING = 1 << 255;
     /// @dev keccak(task, round, group, CID digest) -> reveals (group = 2^256-1: global attestations)
     mapping(bytes32 => uint256) public votes;
     mapping(bytes32 => GroupResult) public groupResults; // keccak(task, group)
@@ -150,7 +155,7 @@ contract DinTasks is ReentrancyGuard {
     event ParticipantJoined(uint256 indexed taskId, address indexed participant, uint256 index, bytes32 hpkeKey);
     event ValidatorRegistered(uint256 indexed taskId, address indexed validator, uint256 index);
     event PhaseChanged(uint256 indexed taskId, uint256 round, uint8 phase, uint64 deadline);
-    event RoundStarted(uint256 indexed taskId, uint256 indexed round, bytes32 seed, bytes32 model, uint256 participants, uint256 validators, uint256 groups, uint256 perGroup);
+    event RoundStarted(uint256 indexed taskId, uint256 indexed round, bytes32 model, uint256 participants, uint256 validators, uint256 groups, uint256 perGroup);
     event UpdateSubmitted(uint256 indexed taskId, uint256 indexed round, address indexed participant, uint256 index, bytes cid);
     event AggregateCommitted(uint256 indexed taskId, uint256 indexed round, address indexed validator, uint256 group);
     event AggregateRevealed(uint256 indexed taskId, uint256 indexed round, address indexed validator, uint256 group, bytes cid);
@@ -161,6 +166,7 @@ contract DinTasks is ReentrancyGuard {
     event GlobalModelAccepted(uint256 indexed taskId, uint256 indexed round, bytes cid);
     event FinalRoundSignalled(uint256 indexed taskId, uint256 round);
     event EvaluationStarted(uint256 indexed taskId, bytes32 seed);
+    event SeedDrawn(uint256 indexed taskId, uint256 indexed round, bytes32 seed);
     event TestSetPosted(uint256 indexed taskId, bytes cid, address[] validators, bytes[] wrappedKeys);
     event ScoresCommitted(uint256 indexed taskId, address indexed validator, uint256 group);
     event ScoresRevealed(uint256 indexed taskId, address indexed validator, uint256 group, uint256[] scores);
@@ -210,6 +216,7 @@ contract DinTasks is ReentrancyGuard {
         t.arch = p.arch;
         t.model = keccak256(p.genesisCid);
         t.testSetHash = p.testSetHash;
+        t.entropy = keccak256(abi.encode(blockhash(block.number - 1), id)); // non-zero: reveals pay no fresh slot
         emit TaskCreated(id, msg.sender, p.genesisCid, p.arch, p.deposit, p.subgroupSize, p.validatorsPerSubgroup, p.maxRounds, deadline);
         token.safeTransferFrom(msg.sender, address(this), p.deposit);
     }
@@ -323,6 +330,7 @@ contract DinTasks is ReentrancyGuard {
         require(v.flags & REMOVED == 0, "validator was slashed out of this task");
         require(bytes20(keccak256(abi.encodePacked(cid, salt, msg.sender))) == v.hash, "reveal does not match commitment");
         bytes32 digest = keccak256(cid);
+        t.entropy = keccak256(abi.encode(t.entropy, salt)); // committed before anyone saw the others'
         uint256 per = t.perGroup;
         uint256 pos = v.pos; // set by commitAggregate this round
         uint256 group = pos / per;
@@ -357,7 +365,7 @@ contract DinTasks is ReentrancyGuard {
         require(v.index1 != 0, "not a validator of this task");
         require(v.flags & REMOVED == 0, "validator already removed");
         uint256 per = t.perGroup;
-        uint256 pos = Assignment.permute(Assignment.key(roundSeed[id][round], Assignment.VALIDATORS), v.index1 - 1, t.validators);
+        uint256 pos = Assignment.permute(Assignment.key(_seedOf(id, round), Assignment.VALIDATORS), v.index1 - 1, t.validators);
         require(pos < uint256(t.groups) * per, "validator not assigned in that round");
         GroupVotes storage gv = _groupVotes[keccak256(abi.encode(id, round, pos / per))];
         bytes20 revealed = ((gv.mask >> (pos % per)) & 1) == 1 ? gv.first : bytes20(_deviant[keccak256(abi.encode(id, round, validator))]);
@@ -579,69 +587,17 @@ contract DinTasks is ReentrancyGuard {
 
     // ------------------------------------------------------------------ reads
 
-    struct TaskView {
-        address owner;
-        bytes32 arch;
-        uint256 deposit;
-        uint256 subgroupSize;
-        uint256 validatorsPerSubgroup;
-        uint256 maxRounds;
-        uint256 feeBps;
-        uint256 slashAmount;
-        uint256 maxSamples;
-        uint32[9] durations;
-        uint8 phase; // as stored: a phase past its deadline moves on with the next transaction
-        uint256 round;
-        uint256 lastRound;
-        uint64 deadline;
-        uint256 participants;
-        uint256 validators;
-        uint256 groups;
-        uint256 perGroup;
-        uint256 acted;
-        uint256 committed;
-        uint256 contributors;
-        uint256 settledGroups;
-        uint256 goodValidators;
-        uint256 totalScore;
-        bytes32 model;
-        bytes32 proposed;
-        bytes32 testSet;
-        bytes32 testSetHash;
-    }
+    uint256 internal constant TASK_WORDS = 16; // at least the storage slots of struct Task (the client checks)
 
-    /// @notice Configuration and live state of task `id`.
-    function taskInfo(uint256 id) external view returns (TaskView memory r) {
+    /// @notice The storage words of task `id` (struct Task, as stored: a phase past its deadline moves
+    ///         on with the next transaction). The artifact's `structs.Task` layout names the fields;
+    ///         raw words keep this contract under the EIP-170 size limit.
+    function taskWords(uint256 id) external view returns (bytes32[TASK_WORDS] memory w) {
         Task storage t = _tasks[id];
         require(t.phase != 0, "no such task");
-        r.owner = t.owner;
-        r.arch = t.arch;
-        r.deposit = t.deposit;
-        r.subgroupSize = t.subgroupSize;
-        r.validatorsPerSubgroup = t.validatorsPerSubgroup;
-        r.maxRounds = t.maxRounds;
-        r.feeBps = t.feeBps;
-        r.slashAmount = t.slashAmount;
-        r.maxSamples = t.maxSamples;
-        r.durations = t.durations;
-        r.phase = t.phase;
-        r.round = t.round;
-        r.lastRound = t.lastRound;
-        r.deadline = t.deadline;
-        r.participants = t.participants;
-        r.validators = t.validators;
-        r.groups = t.groups;
-        r.perGroup = t.perGroup;
-        r.acted = t.acted;
-        r.committed = t.committed;
-        r.contributors = t.contributors;
-        r.settledGroups = t.settledGroups;
-        r.goodValidators = t.goodValidators;
-        r.totalScore = t.totalScore;
-        r.model = t.model;
-        r.proposed = t.proposed;
-        r.testSet = t.testSet;
-        r.testSetHash = t.testSetHash;
+        assembly ("memory-safe") {
+            for { let i := 0 } lt(i, TASK_WORDS) { i := add(i, 1) } { mstore(add(w, mul(i, 32)), sload(add(t.slot, i))) }
+        }
     }
 
     /// @notice Position of `index` among n under `seed` (population 0: participants, 1: validators),
@@ -675,7 +631,7 @@ contract DinTasks is ReentrancyGuard {
     function _validatorPos(uint256 id, Task storage t, Val storage v, uint256 round) internal view returns (uint256 pos) {
         require(v.index1 != 0, "not a validator of this task");
         require(v.flags & REMOVED == 0, "validator was slashed out of this task");
-        pos = Assignment.permute(Assignment.key(roundSeed[id][round], Assignment.VALIDATORS), v.index1 - 1, t.validators);
+        pos = Assignment.permute(Assignment.key(_seedOf(id, round), Assignment.VALIDATORS), v.index1 - 1, t.validators);
         require(pos < uint256(t.groups) * t.perGroup, "validator not assigned this round");
     }
 
@@ -751,6 +707,7 @@ contract DinTasks is ReentrancyGuard {
         t = _tasks[id];
         require(t.phase != 0, "no such task");
         _catchUp(id, t);
+        if (t.round == 1 && t.phase <= GLOBAL) _drawFirst(id);
     }
 
     function _catchUp(uint256 id, Task storage t) internal {
@@ -771,6 +728,7 @@ contract DinTasks is ReentrancyGuard {
 
     /// @dev Move to the next phase (the current one is complete or expired).
     function _advance(uint256 id, Task storage t) internal {
+        if (t.round == 1) _drawFirst(id); // every later use of round 1's seed needs it drawn
         uint8 phase = t.phase;
         uint8 next;
         if (phase == JOINING) {
@@ -819,15 +777,46 @@ contract DinTasks is ReentrancyGuard {
     function _startRound(uint256 id, Task storage t, uint16 round) internal {
         t.round = round;
         t.proposed = bytes32(0);
-        bytes32 seed = _seed(id, round);
-        emit RoundStarted(id, round, seed, t.model, t.participants, t.validators, t.groups, t.perGroup);
+        _seed(id, round);
+        emit RoundStarted(id, round, t.model, t.participants, t.validators, t.groups, t.perGroup);
         _enter(id, t, TRAINING);
     }
 
-    /// @dev The seed of `round` (0 = evaluation): block.prevrandao mixed with the task and round.
+    /// @dev Fix the seed of `round` (0 = evaluation). Rounds 2.. and the evaluation take the hash
+    ///      chain of every aggregate salt revealed so far: each salt was committed before any other
+    ///      was revealed, so no sender chooses the result, and the block or time at which the round
+    ///      starts does not change it. The last revealer can only withhold its reveal, which is
+    ///      slashable. Round 1 has no reveals before it: it takes the hash of the block that starts
+    ///      it, which nobody sending a transaction into that block knows, drawn by the first call
+    ///      after that block (`_drawFirst`).
     function _seed(uint256 id, uint256 round) internal returns (bytes32 seed) {
-        seed = keccak256(abi.encode(block.prevrandao, id, round));
+        if (round == 1) {
+            roundSeed[id][1] = bytes32(PENDING | block.number);
+            return bytes32(0);
+        }
+        seed = keccak256(abi.encode(_tasks[id].entropy, id, round));
         roundSeed[id][round] = seed;
+        emit SeedDrawn(id, round, seed);
+    }
+
+    /// @dev Draw round 1's pending seed, keccak(blockhash(start block), id, 1), once the block that
+    ///      started the round is sealed. Past 256 blocks that hash is gone and the latest block's
+    ///      stands in: only a task nobody touched for 256 blocks falls back to it.
+    function _drawFirst(uint256 id) internal {
+        uint256 s = uint256(roundSeed[id][1]);
+        uint256 b = uint64(s);
+        if (s >> 64 != PENDING >> 64 || block.number <= b) return; // drawn (a hash), or still the start block
+        bytes32 h = blockhash(b);
+        if (h == bytes32(0)) h = blockhash(block.number - 1);
+        bytes32 seed = keccak256(abi.encode(h, id, uint256(1)));
+        roundSeed[id][1] = seed;
+        emit SeedDrawn(id, 1, seed);
+    }
+
+    /// @dev A drawn seed (reverts while round 1's is pending).
+    function _seedOf(uint256 id, uint256 round) internal view returns (bytes32 s) {
+        s = roundSeed[id][round];
+        require(uint256(s) >> 64 != PENDING >> 64, "seed not drawn yet: retry");
     }
 
     function _abandon(uint256 id, Task storage t, string memory reason) internal {
