@@ -631,7 +631,8 @@ class Din:
         """``(participant indices, validator addresses, scores)`` that settle ``group``, from events.
 
         ``scores`` is the vector a strict majority of the subgroup's validators revealed, or
-        [] when none has one (then every participant of the subgroup scores 0).
+        [] when none has one (then every participant of the subgroup scores 0) or when the
+        majority rejected the test set (revealed [] itself).
         """
         info = self.round_info(task_id, EVAL_ROUND)
         participants = info.participant_groups[group]
@@ -667,13 +668,26 @@ class Din:
         return []
 
     def settlement_results(self, task_id: int) -> dict[str, int]:
-        """``{participant address: accepted score}`` of every settled subgroup."""
+        """``{participant address: accepted score}`` of every settled subgroup that scored."""
         parts = self.participants(task_id)
         out = {}
         for e in self._logs("SubgroupSettled", taskId=int(task_id)):
+            if not e["args"]["scores"]:  # the subgroup rejected the test set: no scores
+                continue
             for i, m in zip(e["args"]["participants"], e["args"]["scores"], strict=True):
                 out[parts[i]] = int(m)
         return out
+
+    def rejected_subgroups(self, task_id: int) -> list[int]:
+        """Settled evaluation subgroups whose strict majority rejected the test set.
+
+        Any one makes the contract split the participants' pool among the contributors.
+        """
+        return sorted(
+            int(e["args"]["group"])
+            for e in self._logs("SubgroupSettled", taskId=int(task_id))
+            if e["args"]["participants"] and not e["args"]["scores"]
+        )
 
     def claimable(self, task_id: int, address: str) -> int:
         """What ``address`` can claim from ``task_id`` now."""

@@ -140,6 +140,9 @@ contract DinTasks is ReentrancyGuard {
     /// @dev keccak(task, round, group, CID digest) -> reveals (group = 2^256-1: global attestations)
     mapping(bytes32 => uint256) public votes;
     mapping(bytes32 => GroupResult) public groupResults; // keccak(task, group)
+    /// @dev True once a subgroup's strict majority rejected the test set (see `settle`); SubgroupSettled
+    ///      with no scores says it in the log.
+    mapping(uint256 => bool) internal _rejected;
     /// @dev The first CID digest revealed in a subgroup of a round, how many revealed it, and which
     ///      slots (bit j = slot j) did; keyed keccak(task, round, group).
     struct GroupVotes {
@@ -449,7 +452,9 @@ contract DinTasks is ReentrancyGuard {
         if (++t.committed == uint256(t.groups) * t.perGroup) _advance(id, t);
     }
 
-    /// @notice Reveal your score vector (basis points, in subgroup position order) and salt.
+    /// @notice Reveal your score vector (basis points, in subgroup position order) and salt; an
+    ///         empty vector rejects the test set (K does not unwrap, its signature or ciphertext
+    ///         fails, or the plaintext is not the committed one).
     function revealScores(uint256 id, uint256[] calldata scores, bytes32 salt) external {
         Task storage t = _sync(id);
         require(t.phase == SCORE_REVEAL, "not in the score reveal phase");
@@ -459,7 +464,7 @@ contract DinTasks is ReentrancyGuard {
         uint256 group = _validatorGroup(id, t, v, EVAL_ROUND);
         uint256 n = t.participants;
         uint256 g = t.groups;
-        require(scores.length == Assignment.groupStart(group + 1, n, g) - Assignment.groupStart(group, n, g), "score vector length differs from the subgroup size");
+        require(scores.length == 0 || scores.length == Assignment.groupStart(group + 1, n, g) - Assignment.groupStart(group, n, g), "score vector length differs from the subgroup size");
         for (uint256 i = 0; i < scores.length; i++) require(scores[i] <= SCORE_SCALE, "score above 10000");
         bytes32 vh = keccak256(abi.encodePacked(scores));
         require(bytes20(keccak256(abi.encodePacked(vh, salt, msg.sender))) == v.hash, "reveal does not match commitment");
@@ -473,10 +478,14 @@ contract DinTasks is ReentrancyGuard {
     ///         strict majority of the subgroup's evaluation validators revealed is accepted, and every
     ///         other validator of the subgroup (another vector, or none) is slashed. With no strict
     ///         majority, every participant of the subgroup scores 0, only validators that did not
-    ///         reveal are slashed and none earns a fee.
+    ///         reveal are slashed and none earns a fee. When the majority's vector is the empty one
+    ///         (the test set was rejected), its validators earn their fee and the task's whole
+    ///         participant pool goes to the contributors by ordinal, as in an abandoned task: the test
+    ///         set is one object, so scores made elsewhere on it are not trusted to split the pool,
+    ///         and the owner cannot steer it by sabotaging the test set for one subgroup.
     /// @param participants participant indices in subgroup position order
     /// @param validators   the subgroup's validators in slot order (perGroup of them)
-    /// @param scores       the majority's score vector, or empty when there is no strict majority
+    /// @param scores       the majority's score vector, or empty when there is no strict majority or it rejected
     function settle(uint256 id, uint256 group, uint256[] calldata participants, address[] calldata validators, uint256[] calldata scores) external nonReentrant {
         Task storage t = _sync(id);
         require(t.phase == SETTLING, "not in the settlement phase");
@@ -490,6 +499,7 @@ contract DinTasks is ReentrancyGuard {
         uint256[] memory accepted = scores;
         if (winner != 0) {
             require(bytes20(keccak256(abi.encodePacked(scores))) == hashes[winner - 1], "scores differ from the majority's vector");
+            if (scores.length == 0) _rejected[id] = true;
         } else {
             require(scores.length == 0, "no strict majority revealed that vector: give no scores");
             accepted = new uint256[](size);
@@ -541,9 +551,9 @@ contract DinTasks is ReentrancyGuard {
     /// @notice What `account` can claim from task `id` now (0 before settlement or once claimed);
     ///         a participant gives its subgroup's settled scores.
     /// @dev Settled: each validator that earned a fee gets fees / good; the participants' pool is the
-    ///      rest of the deposit (fee dust included), split by accepted score; with a total score of 0
-    ///      the pool goes to the contributors as in an abandoned task. The owner gets something back
-    ///      only when nobody contributed an update.
+    ///      rest of the deposit (fee dust included), split by accepted score; with a total score of 0,
+    ///      or a test set a subgroup rejected, the pool goes to the contributors as in an abandoned
+    ///      task. The owner gets something back only when nobody contributed an update.
     function claimable(uint256 id, address account, uint256[] calldata scores) public view returns (uint256 amount) {
         Task storage t = _tasks[id];
         uint256 deposit = t.deposit;
@@ -559,7 +569,7 @@ contract DinTasks is ReentrancyGuard {
                 if (v.flags & (SETTLED_FEE | CLAIMED | REMOVED) == SETTLED_FEE) amount += fee;
             }
             uint256 total = t.totalScore;
-            if (total > 0) {
+            if (total > 0 && !_rejected[id]) {
                 if (m.index1 != 0 && m.index1 <= t.participants && !m.claimed) amount += _share(id, t, m.index1 - 1, pool, total, scores);
                 return amount;
             }
