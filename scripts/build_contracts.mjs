@@ -23,7 +23,7 @@ const SETTINGS = {
   viaIR: true,
   optimizer: { enabled: true, runs: 1 },
   metadata: { bytecodeHash: "none", appendCBOR: false },
-  outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
+  outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object", "storageLayout"] } },
 };
 
 const solc = require(join(NODE_MODULES, "solc"));
@@ -66,6 +66,30 @@ const errors = (output.errors || []).filter((e) => e.severity === "error");
 for (const e of output.errors || []) process.stderr.write(e.formattedMessage + "\n");
 if (errors.length) process.exit(1);
 
+// Storage layout of the structs a contract returns as raw words (e.g. DinTasks.taskWords), so
+// clients decode them by name: {Struct: {slots, members: [{label, slot, offset, bytes, length?}]}}.
+function structWords(layout, contract) {
+  const out = {};
+  for (const type of Object.values(layout.types || {})) {
+    const m = /^struct (\w+)\.(\w+)$/.exec(type.label);
+    if (!m || m[1] !== contract || !EXPOSED_STRUCTS.includes(m[2])) continue;
+    out[m[2]] = {
+      slots: Number(type.numberOfBytes) / 32,
+      members: type.members.map((member) => {
+        const t = layout.types[member.type];
+        const field = { label: member.label, slot: Number(member.slot), offset: member.offset, bytes: Number(t.numberOfBytes), type: t.label };
+        if (t.base) {
+          field.bytes = Number(layout.types[t.base].numberOfBytes);
+          field.length = Number(/\[(\d+)\]$/.exec(t.label)[1]);
+        }
+        return field;
+      }),
+    };
+  }
+  return out;
+}
+const EXPOSED_STRUCTS = ["Task"];
+
 const files = {};
 const sizes = {};
 for (const [unit, contracts] of Object.entries(output.contracts)) {
@@ -77,7 +101,10 @@ for (const [unit, contracts] of Object.entries(output.contracts)) {
       process.stderr.write(`${name}: runtime code ${runtime} bytes exceeds the 24576-byte limit (EIP-170)\n`);
       process.exit(1);
     }
-    files[`${name}.json`] = dump({ abi: c.abi, bytecode: "0x" + c.evm.bytecode.object, source: unit });
+    const artifact = { abi: c.abi, bytecode: "0x" + c.evm.bytecode.object, source: unit };
+    const words = structWords(c.storageLayout, name);
+    if (Object.keys(words).length) artifact.structs = words;
+    files[`${name}.json`] = dump(artifact);
   }
 }
 for (const name of DEPLOYABLE) {

@@ -36,16 +36,21 @@ class World:
         shuffle=(),
         arch="logreg:64-10",
         fee_bps=1000,
+        deployed=None,
     ):
+        """``deployed``: ``(chain, dev, deployment)`` to share (e.g. anvil); default a fresh embedded chain."""
         from din_cli.chain.client import connect
         from din_cli.chain.din import DURATION_NAMES, Din, deploy_all, file_sha256
         from din_cli.ml.data import split
         from din_cli.ml.models import init_model
         from din_cli.protocol.context import open_context
 
-        self.chain = connect("memory")
-        dev = self.chain.dev_account()
-        self.dep = deploy_all(self.chain, dev, min_stake=MIN_STAKE, unstake_delay=3600)
+        if deployed is None:
+            self.chain = connect("memory")
+            dev = self.chain.dev_account()
+            self.dep = deploy_all(self.chain, dev, min_stake=MIN_STAKE, unstake_delay=3600)
+        else:
+            self.chain, dev, self.dep = deployed
         din = Din(self.chain, self.dep)
         self.owner = identity("owner")
         self.parts = [identity(f"p{i}") for i in range(participants)]

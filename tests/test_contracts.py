@@ -768,10 +768,10 @@ def test_stake_serving_a_task_cannot_be_withdrawn_until_it_ends(deployed):
     w = World(chain, dev, dep)
     din, task = w.din, w.task
     w.start()
+    w.train(1)  # the first transaction after the start draws round 1's subgroups
     escaper = next(iter(w.assigned(1)))  # assigned in round 1, so its silence is slashable
     assert din.validator_info(escaper.address).bonded == MIN_STAKE // 10
     assert din.bonded(task, escaper.address)
-    w.train(1)
     din.unstake(escaper)
     chain.advance_time(3601)  # past the unstake delay; nobody aggregated round 1
     din.advance(dev, task)
@@ -1068,10 +1068,11 @@ def test_owner_commits_to_its_test_set_and_wraps_k_to_exactly_the_evaluation_val
 # ---------------------------------------------------------------- attacks: predictable subgroups (issue 10, item 9)
 
 
-def test_round_seed_comes_from_the_blocks_real_randomness(deployed):
-    """Old: the embedded chain's prevrandao was 0, so every assignment was known before the round
-    started. New: each block carries a random mix_hash, and the seed is keccak(prevrandao, id, round)
-    of the block that started the round."""
+def test_round_one_seed_is_the_hash_of_the_block_that_started_it(deployed):
+    """Old: the seed was keccak(prevrandao, id, round) of the block that started the round, a value
+    the sender of the starting transaction sees before it sends (the next block's prevrandao), so
+    it could wait for a block it liked. New: round 1's seed comes from the hash of the block that
+    started it, which no sender into that block knows; the first transaction after it draws it."""
     from eth_abi import encode
 
     from din_cli.chain.assignment import keccak
@@ -1080,10 +1081,74 @@ def test_round_seed_comes_from_the_blocks_real_randomness(deployed):
     w = World(chain, dev, dep)
     w.start()
     started = w.din.events(w.task, "RoundStarted")[-1]
-    block = chain.w3.eth.get_block(started["blockNumber"])
-    randao = bytes(block["mixHash"])
-    assert randao != bytes(32)
-    seed = keccak(encode(["bytes32", "uint256", "uint256"], [randao, w.task, 1]))
-    assert w.din.round_info(w.task, 1).seed == seed == bytes(started["args"]["seed"])
-    parent = chain.w3.eth.get_block(started["blockNumber"] - 1)
-    assert bytes(parent["mixHash"]) != randao  # a fresh value per block
+    b = started["blockNumber"]
+    raw = int.from_bytes(bytes(w.din._call(w.din.tasks.functions.roundSeed(w.task, 1))), "big")
+    assert raw == (1 << 255) | b  # pending: nothing about the subgroups is fixed in the start block
+    assert w.din.events(w.task, "SeedDrawn") == []
+    block_hash = bytes(chain.w3.eth.get_block(b)["hash"])
+    want = keccak(encode(["bytes32", "uint256", "uint256"], [block_hash, w.task, 1]))
+    assert w.din.round_info(w.task, 1).seed is None  # in the start block nobody can know it
+    w.din.transfer(dev, dev.address, 1)  # a block later (no call on the task yet)
+    assert w.din.round_info(w.task, 1).seed == want  # what the next call on the task will draw
+    w.train(1)  # the first participant's submission draws it
+    drawn = w.din.events(w.task, "SeedDrawn")
+    assert [(int(e["args"]["round"]), bytes(e["args"]["seed"])) for e in drawn] == [(1, want)]
+    assert drawn[0]["blockNumber"] > b
+    assert bytes(w.din._call(w.din.tasks.functions.roundSeed(w.task, 1))) == want
+    randao = bytes(chain.w3.eth.get_block(b)["mixHash"])
+    assert want != keccak(encode(["bytes32", "uint256", "uint256"], [randao, w.task, 1]))
+
+
+def _entropy(w) -> bytes:
+    """The task's entropy recomputed from the chain: keccak(blockhash(creation - 1), id), then
+    keccak(entropy, salt) for every aggregate reveal in order, salts read from the reveal calldata."""
+    from eth_abi import encode
+
+    from din_cli.chain.assignment import keccak
+
+    created = w.din.events(w.task, "TaskCreated")[0]["blockNumber"]
+    parent = bytes(w.chain.w3.eth.get_block(created - 1)["hash"])
+    e = keccak(encode(["bytes32", "uint256"], [parent, w.task]))
+    for ev in w.din.events(w.task, "AggregateRevealed"):
+        tx = w.chain.w3.eth.get_transaction(ev["transactionHash"])
+        _, args = w.din.tasks.decode_function_input(tx["input"])
+        e = keccak(encode(["bytes32", "bytes32"], [e, bytes(args["salt"])]))
+    return e
+
+
+def test_later_seeds_come_from_the_validators_salts_and_no_sender_can_time_them(deployed):
+    """Old: each round's seed was the prevrandao of the block that started it, so whoever sent the
+    starting transaction (the last attester, or `advance` after a deadline) chose among the seeds
+    of the next few blocks by choosing when to send. New: rounds 2.. and the evaluation take the
+    hash chain of every aggregate salt revealed so far; each salt was committed before any was
+    revealed. The seed is fixed before the starting transaction is sent: delaying it changes
+    nothing."""
+    from eth_abi import encode
+
+    from din_cli.chain.assignment import keccak
+
+    chain, dev, dep = deployed
+    w = World(chain, dev, dep, max_rounds=2)
+    w.start()
+    w.train(1)
+    w.aggregate(1)
+    e = _entropy(w)
+    predicted = keccak(encode(["bytes32", "uint256", "uint256"], [e, w.task, 2]))
+    model = cid("global-1")
+    w.din.post_global_model(w.owner, w.task, model)
+    voters = list(w.assigned())
+    deciding = len(voters) // 2  # the vote that makes a strict majority starts round 2
+    for v in voters[:deciding]:
+        w.din.attest_global(v, w.task, model)
+    for _ in range(3):  # the deciding attester waits three blocks for a seed it likes
+        w.din.transfer(dev, dev.address, 1)
+    w.din.attest_global(voters[deciding], w.task, model)
+    assert w.info().round == 2
+    assert w.din.round_info(w.task, 2).seed == predicted
+    w.train(2)
+    w.aggregate(2)
+    w.globalise(2)  # the last round: the evaluation's seed follows the same chain
+    e = _entropy(w)
+    evaluation = keccak(encode(["bytes32", "uint256", "uint256"], [e, w.task, 0]))
+    assert w.din.round_info(w.task, 0).seed == evaluation
+    assert evaluation not in (predicted, w.din.round_info(w.task, 1).seed)

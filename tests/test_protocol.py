@@ -113,6 +113,8 @@ def test_settled_task_pays_the_deposit_exactly(deposit, fee_bps, shapes):
         vectors = [
             None
             if rnd.random() < 0.2
+            else []  # a rejection of the test set
+            if rnd.random() < 0.1
             else honest
             if rnd.random() < 0.6
             else [rnd.randint(0, 10000) for _ in parts]
@@ -123,7 +125,23 @@ def test_settled_task_pays_the_deposit_exactly(deposit, fee_bps, shapes):
     out = stl.settle_task(deposit, fee_bps, groups, contributors=contributors)
     assert out.total() == deposit
     if out.owner:  # the owner gets anything back only when every score is 0 and nobody contributed
-        assert not contributors and not any(out.scores.values())
+        assert not contributors and (out.rejected or not any(out.scores.values()))
+    if out.rejected and contributors:  # a rejected test set: the contributors split the pool
+        assert sorted(out.participants) == contributors and not out.owner
+
+
+def test_a_rejected_test_set_pays_the_rejecting_majority_and_the_contributors():
+    """Old: an empty vector was not a result (the contract refused it). New: it is the rejection of
+    the owner's test set: a strict majority of it earns fees, a lone rejecter is a minority, and one
+    rejected subgroup sends the whole pool to the contributors, nothing to the owner."""
+    scores, bad, fee = stl.settle_group([[], [], [7000, 100]], size=2)
+    assert (scores, bad, fee) == ([], [False, False, True], [True, True, False])
+    scores, bad, _ = stl.settle_group([[7000, 100], [], [7000, 100]])
+    assert scores == [7000, 100] and bad == [False, True, False]
+    groups = [(["a", "b"], ["v0"], [[]]), (["c", "d"], ["v1"], [[9000, 8000]])]
+    out = stl.settle_task(1000, 1000, groups, contributors=["d", "a", "b", "c"])
+    assert out.rejected and out.validators == {"v0": 50, "v1": 50} and out.owner == 0
+    assert out.participants == {"d": 225, "a": 225, "b": 225, "c": 225}
 
 
 def test_abandoned_split_is_equal_and_exact():

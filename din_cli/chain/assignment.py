@@ -15,8 +15,10 @@ A pure function of (seed, index), computed identically here and in
   subgroup; the validator at position ``q`` serves subgroup ``q // per`` in slot
   ``q % per`` when ``q < G * per`` and sits the round out otherwise.
 
-The seed of a round is ``keccak256(abi.encode(block.prevrandao, task, round))``
-taken by the transaction that starts the round (round 0: the evaluation).
+The seed of a round is ``keccak256(abi.encode(source, task, round))`` (round 0:
+the evaluation). For round 1 ``source`` is the hash of the block that started the
+round; for later rounds and the evaluation it is the task's entropy, a hash chain of
+every aggregate salt revealed so far (see README, "Subgroups").
 
 Example:
     >>> groups = participant_groups(bytes(32), n=5, groups=group_count(5, 2))
@@ -51,9 +53,10 @@ def population_key(seed: bytes, population: int) -> bytes:
     return keccak(_word(seed) + _word(population))
 
 
-def round_seed(prevrandao: int | bytes, task_id: int, round_: int) -> bytes:
-    """The seed the contract fixes for ``round_`` of ``task_id`` (0 = evaluation)."""
-    return keccak(_word(prevrandao) + _word(task_id) + _word(round_))
+def round_seed(source: int | bytes, task_id: int, round_: int) -> bytes:
+    """The seed the contract fixes for ``round_`` of ``task_id`` from ``source`` (a block hash or
+    the task's entropy)."""
+    return keccak(_word(source) + _word(task_id) + _word(round_))
 
 
 def _half_bits(n: int) -> int:

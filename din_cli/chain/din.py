@@ -183,7 +183,7 @@ class TaskInfo:
 class RoundInfo:
     task_id: int
     round: int  # 0 = the evaluation assignment
-    seed: bytes
+    seed: bytes | None  # None: round 1's seed is drawn by the next transaction (no groups yet)
     model_cid: bytes  # the global model this round trains from
     participants: int
     validators: int
@@ -217,6 +217,52 @@ def _keccak(data: bytes) -> bytes:
 def cid_digest(cid: bytes) -> bytes:
     """The on-chain digest of a binary CID: keccak256(cid)."""
     return _keccak(bytes(cid))
+
+
+def _require_drawn(rnd: RoundInfo) -> None:
+    if rnd.seed is None:
+        raise NotFoundError(
+            f"task {rnd.task_id}'s round {rnd.round} subgroups are not drawn yet: they come from the"
+            " hash of the block that started the round",
+            "they are known after the next transaction (`din round advance`)",
+        )
+
+
+def task_layout() -> dict:
+    """Storage layout of ``DinTasks.Task`` (from the artifact) that ``taskWords`` returns."""
+    from din_cli.chain.client import load_artifact
+
+    return load_artifact(TASKS)["structs"]["Task"]
+
+
+def decode_struct(layout: dict, words: Sequence[bytes]) -> dict[str, int | bytes | list[int]]:
+    """Decode storage ``words`` of a struct by its ``layout`` (``{slots, members}``, see the build
+    script): ``bytesN`` members as bytes, addresses checksummed, arrays as lists of ints, every
+    other member an int."""
+    if len(words) < layout["slots"]:
+        raise ValueError(f"struct needs {layout['slots']} storage words, got {len(words)}")
+
+    def value(slot: int, offset: int, size: int) -> int:
+        word = int.from_bytes(bytes(words[slot]), "big")
+        return (word >> (8 * offset)) & ((1 << (8 * size)) - 1)
+
+    out: dict[str, int | bytes | list[int]] = {}
+    for m in layout["members"]:
+        size, slot, offset = m["bytes"], m["slot"], m["offset"]
+        if "length" in m:  # a static array packs 32 // size elements per word from a fresh slot
+            per = 32 // size
+            out[m["label"]] = [
+                value(slot + k // per, (k % per) * size, size) for k in range(m["length"])
+            ]
+        elif m["type"].startswith("bytes"):
+            out[m["label"]] = value(slot, offset, size).to_bytes(size, "big")
+        elif m["type"] == "address":
+            from eth_utils import to_checksum_address
+
+            out[m["label"]] = to_checksum_address(value(slot, offset, size).to_bytes(20, "big"))
+        else:
+            out[m["label"]] = value(slot, offset, size)
+    return out
 
 
 def aggregate_commitment(cid: bytes, salt: bytes, sender: str) -> bytes:
@@ -599,7 +645,8 @@ class Din:
         """``(participant indices, validator addresses, scores)`` that settle ``group``, from events.
 
         ``scores`` is the vector a strict majority of the subgroup's validators revealed, or
-        [] when none has one (then every participant of the subgroup scores 0).
+        [] when none has one (then every participant of the subgroup scores 0) or when the
+        majority rejected the test set (revealed [] itself).
         """
         info = self.round_info(task_id, EVAL_ROUND)
         participants = info.participant_groups[group]
@@ -635,13 +682,26 @@ class Din:
         return []
 
     def settlement_results(self, task_id: int) -> dict[str, int]:
-        """``{participant address: accepted score}`` of every settled subgroup."""
+        """``{participant address: accepted score}`` of every settled subgroup that scored."""
         parts = self.participants(task_id)
         out = {}
         for e in self._logs("SubgroupSettled", taskId=int(task_id)):
+            if not e["args"]["scores"]:  # the subgroup rejected the test set: no scores
+                continue
             for i, m in zip(e["args"]["participants"], e["args"]["scores"], strict=True):
                 out[parts[i]] = int(m)
         return out
+
+    def rejected_subgroups(self, task_id: int) -> list[int]:
+        """Settled evaluation subgroups whose strict majority rejected the test set.
+
+        Any one makes the contract split the participants' pool among the contributors.
+        """
+        return sorted(
+            int(e["args"]["group"])
+            for e in self._logs("SubgroupSettled", taskId=int(task_id))
+            if e["args"]["participants"] and not e["args"]["scores"]
+        )
 
     def claimable(self, task_id: int, address: str) -> int:
         """What ``address`` can claim from ``task_id`` now."""
@@ -750,13 +810,7 @@ class Din:
         """Configuration and live state of ``task_id`` (NotFoundError if there is none)."""
         if not 1 <= int(task_id) <= self.task_count():
             raise NotFoundError(f"task {task_id} does not exist", "list tasks with `din task list`")
-        r = dict(
-            zip(
-                self._task_view_fields(),
-                self._call(self.tasks.functions.taskInfo(int(task_id))),
-                strict=True,
-            )
-        )
+        r = decode_struct(task_layout(), self._call(self.tasks.functions.taskWords(int(task_id))))
         created = self._logs("TaskCreated", taskId=int(task_id))
         return TaskInfo(
             task_id=int(task_id),
@@ -790,11 +844,6 @@ class Din:
             test_set_hash=bytes(r["testSetHash"]),
             genesis_cid=bytes(created[0]["args"]["genesisCid"]) if created else b"",
         )
-
-    def _task_view_fields(self) -> list[str]:
-        """Field names of ``taskInfo``'s TaskView, in ABI order."""
-        abi = next(f for f in self.tasks.abi if f.get("name") == "taskInfo")
-        return [c["name"] for c in abi["outputs"][0]["components"]]
 
     def participants(self, task_id: int) -> list[str]:
         """Participant addresses by index (joins beyond the cap applied at round 1 sit out)."""
@@ -835,6 +884,26 @@ class Din:
             f"no CID with digest 0x{bytes(digest).hex()} in task {task_id}'s events"
         )
 
+    def round_seed(self, task_id: int, round_: int) -> bytes:
+        """The seed of ``round_`` (0: evaluation); 32 zero bytes when it is not drawn yet.
+
+        Round 1's is drawn from the hash of the block that started the round, by the first
+        transaction after that block; until then the contract holds ``PENDING | block`` and this
+        computes the same value from that block's hash (zero bytes while it is the latest block,
+        or when it is older than 256 blocks: then the contract draws from the block before the
+        next transaction, so wait for one, e.g. `din round advance`).
+        """
+        seed = bytes(self._call(self.tasks.functions.roundSeed(int(task_id), int(round_))))
+        value = int.from_bytes(seed, "big")
+        if value >> 64 != 1 << 191:  # drawn (a hash); pending is 1 << 255 | start block
+            return seed
+        start = value & (2**64 - 1)
+        latest = int(self.chain.w3.eth.block_number)
+        if not start < latest <= start + 256:
+            return bytes(32)
+        block_hash = bytes(self.chain.w3.eth.get_block(start)["hash"])
+        return assignment.round_seed(block_hash, task_id, 1)
+
     def round_info(self, task_id: int, round_: int | None = None) -> RoundInfo:
         """Seed, starting model and subgroups of ``round_`` (default: the current; 0: evaluation)."""
         info = self.task_info(task_id)
@@ -845,8 +914,10 @@ class Din:
                     "wait for the join phase to end (`din task status`)",
                 )
             round_ = info.round
-        seed = bytes(self._call(self.tasks.functions.roundSeed(int(task_id), int(round_))))
-        if seed == bytes(32):
+        seed = self.round_seed(task_id, round_)
+        if seed == bytes(32) and round_ == 1 and info.round >= 1:
+            seed = None  # started, seed drawn from the starting block by the next transaction
+        elif seed == bytes(32):
             raise NotFoundError(
                 f"task {task_id} has no seed for {'the evaluation' if round_ == 0 else f'round {round_}'} yet",
                 "wait for the phase to start (`din task status`)",
@@ -865,10 +936,12 @@ class Din:
             validators=info.validators,
             groups=info.groups,
             per_group=info.per_group,
-            participant_groups=assignment.participant_groups(seed, info.participants, info.groups),
-            validator_groups=assignment.validator_groups(
-                seed, info.validators, info.groups, info.per_group
-            ),
+            participant_groups=[]
+            if seed is None
+            else assignment.participant_groups(seed, info.participants, info.groups),
+            validator_groups=[]
+            if seed is None
+            else assignment.validator_groups(seed, info.validators, info.groups, info.per_group),
         )
 
     def subgroup_of(self, task_id: int, address: str, round_: int | None = None) -> Membership:
@@ -880,7 +953,12 @@ class Din:
         rnd = self.round_info(task_id, round_)
         parts = self.participants(task_id)
         vals = self.validators(task_id)
-        if address in parts:
+        if rnd.seed is None:  # subgroups not drawn yet
+            if address in parts:
+                return Membership("participant", parts.index(address), None, None)
+            if address in vals:
+                return Membership("validator", vals.index(address), None, None)
+        elif address in parts:
             i = parts.index(address)
             g, off = assignment.participant_group(rnd.seed, i, rnd.participants, rnd.groups)
             return Membership("participant", i, g, off)
@@ -895,6 +973,7 @@ class Din:
     def members(self, task_id: int, group: int, round_: int | None = None) -> dict[str, list[str]]:
         """``{"participants": [...], "validators": [...]}`` of subgroup ``group`` (position/slot order)."""
         rnd = self.round_info(task_id, round_)
+        _require_drawn(rnd)
         if not 0 <= group < rnd.groups:
             raise NotFoundError(
                 f"task {task_id} has no subgroup {group}", f"subgroups are 0..{rnd.groups - 1}"
@@ -913,6 +992,7 @@ class Din:
         rnd = self.round_info(task_id, round_)
         out = []
         for e in self._logs("UpdateSubmitted", taskId=int(task_id), round=rnd.round):
+            _require_drawn(rnd)
             a = e["args"]
             g, _ = assignment.participant_group(
                 rnd.seed, int(a["index"]), rnd.participants, rnd.groups

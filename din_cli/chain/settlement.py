@@ -16,10 +16,19 @@ The Python reference of ``DinTasks.settle`` / ``claimable`` (``Settlement.sol``)
   after another; a participant settled when the running total of scores was
   ``before`` gets ``pool * (before + score) // total - pool * before // total``.
   A subgroup nobody settled before the settling deadline scores 0;
-* with a total score of 0 the pool goes to the contributors (participants that
-  submitted at least one update, equally, in the order of their first
-  submission), as in an abandoned task (no test set by its deadline); the model
-  owner gets the deposit back only when nobody contributed.
+* a validator that cannot use the owner's test set (K does not unwrap, the
+  signature or ciphertext fails, the plaintext is not the committed one)
+  reveals the empty vector ``[]``: a rejection. It is a vector like any other:
+  when a strict majority of a subgroup revealed it, those validators earn their
+  fee and the others are penalised; a lone rejection where the majority scored
+  is a minority vector. One subgroup's accepted rejection rejects the test set
+  for the whole task (it is one object, and scores made elsewhere on it must not
+  let the owner steer the pool away from the subgroup it sabotaged);
+* with a total score of 0, or a rejected test set, the pool goes to the
+  contributors (participants that submitted at least one update, equally, in
+  the order of their first submission), as in an abandoned task (no test set by
+  its deadline); the model owner gets the deposit back only when nobody
+  contributed.
 
 Example:
     >>> settle_group([[9000, 1200], [9000, 1200], None])
@@ -56,8 +65,10 @@ def settle_group(
     """``(scores, penalised, earns_fee)`` of one subgroup.
 
     ``vectors[j]`` is validator j's revealed score vector (subgroup position order),
-    or None when it did not reveal. ``size`` (participants) sizes the all-zero
-    vector of a subgroup without a majority (default: the revealed length, or 0).
+    ``[]`` when it rejected the test set, or None when it did not reveal. ``size``
+    (participants) sizes the all-zero vector of a subgroup without a majority
+    (default: the longest revealed length, or 0). ``scores`` is ``[]`` when the
+    majority rejected the test set.
     """
     revealed = [v for v in vectors if v is not None]
     if any(not 0 <= s <= SCALE for v in revealed for s in v):
@@ -65,7 +76,7 @@ def settle_group(
     winner, _ = majority(vectors)
     if winner is None:
         if size is None:
-            size = len(revealed[0]) if revealed else 0
+            size = max((len(v) for v in revealed), default=0)
         return [0] * size, [v is None for v in vectors], [False] * len(vectors)
     bad = [v is None or list(v) != winner for v in vectors]
     return winner, bad, [not b for b in bad]
@@ -101,6 +112,7 @@ class Settlement:
     owner: int = 0
     scores: dict = field(default_factory=dict)
     penalised: set = field(default_factory=set)
+    rejected: bool = False  # a subgroup's majority rejected the test set
 
     def total(self) -> int:
         return sum(self.participants.values()) + sum(self.validators.values()) + self.owner
@@ -117,12 +129,16 @@ def settle_task(
 
     ``vectors[j]`` belongs to ``validators[j]`` (None: not revealed). Validators
     in ``removed`` (slashed earlier) neither earn a fee nor count as penalised.
-    ``contributors`` (first-submission order) share the pool when every score is 0.
+    ``contributors`` (first-submission order) share the pool when every score is 0
+    or a subgroup's majority rejected the test set (``out.rejected``).
     """
     out = Settlement()
     order, weights, good = [], [], []
     for participants, validators, vectors in groups:
         scores, bad, earns = settle_group(vectors, len(participants))
+        if participants and not scores:  # the majority rejected the test set
+            out.rejected = True
+            scores = [0] * len(participants)
         if len(scores) != len(participants):
             raise ValueError("score vectors and participants differ in length")
         for p, m in zip(participants, scores, strict=True):
@@ -141,7 +157,7 @@ def settle_task(
         fee = deposit * fee_bps // SCALE // len(good)
         pool -= fee * len(good)
         out.validators = {v: fee for v in good}
-    if sum(weights):
+    if sum(weights) and not out.rejected:
         for p, amount in zip(order, share(pool, weights), strict=True):
             out.participants[p] = out.participants.get(p, 0) + amount
     elif contributors:

@@ -410,7 +410,10 @@ def evaluate(
     its HPKE key, checks the owner's signature on the test set's CID,
     decrypts it, scores each participant of its evaluation subgroup (its
     latest update, on the whole reserved pool) and commits the vector;
-    --reveal reveals it. Both print ADDRESS<TAB>SCORE lines.
+    --reveal reveals it. Both print ADDRESS<TAB>SCORE lines. A test set that
+    cannot be used (K does not unwrap, signature or ciphertext fails, the
+    plaintext is not the committed one) is rejected instead: a warning names
+    the reason, nothing is printed, and the empty vector is committed.
 
     \b
     Example:
@@ -456,6 +459,10 @@ def _evaluate_on_task(
             )
         else:
             doc = evaluation.evaluate_reveal(ctx, tid)
+    if doc.get("rejected"):
+        click.echo(f"warning: test set rejected: {doc['rejected']}", err=True)
+        out.emit_doc(doc, as_json)  # the empty score vector: nothing to print
+        return
     lines = (f"{a}\t{s}" for a, s in zip(doc["participants"], doc["scores"], strict=True))
     out.emit_doc(doc, as_json, *lines)
 

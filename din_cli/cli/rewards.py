@@ -42,6 +42,10 @@ def rewards_settle(task, chain_url, key_name, as_json):
     for s in doc["slashed"]:
         output.note(f"slashed {s['validator']} for round {s['round']}")
     output.note(f"settled subgroups {doc['settled']}; task is {doc['phase']}")
+    if doc["rejected"]:
+        output.note(
+            f"subgroups {doc['rejected']} rejected the test set: the pool goes to the contributors"
+        )
     output.emit_doc(doc, as_json, doc["phase"])
 
 

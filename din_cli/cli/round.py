@@ -71,7 +71,9 @@ def round_advance(task, chain_url, key_name, as_json):
 def round_status(task, chain_url, key_name, as_json):
     """Show TASK's phase, round, deadline, this round's updates, reveals and models.
 
-    Plain output is KEY<TAB>VALUE lines; --json has the whole record.
+    Plain output is KEY<TAB>VALUE lines; --json has the whole record. From the
+    score reveal on it counts score reveals and test-set rejections, and lists
+    the settled subgroups whose majority rejected the test set.
 
     \b
     Example:
@@ -90,6 +92,10 @@ def round_status(task, chain_url, key_name, as_json):
     if cur:
         rows = [(k, len(cur[k])) for k in ("updates", "commits", "reveals", "accepted")]
         rows.append(("proposed", cur["proposed"]))
+    ev = doc.get("evaluation")
+    if ev:
+        rows += [("score_reveals", ev["reveals"]), ("score_rejections", len(ev["rejections"]))]
+        rows.append(("rejected_subgroups", ",".join(map(str, ev["rejected_subgroups"])) or "-"))
     output.emit_task_status(doc, ("model",), rows)
 
 

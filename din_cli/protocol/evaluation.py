@@ -13,6 +13,14 @@ participant's latest submitted update, on the rows
 uses the whole pool). A participant that never submitted scores 0. Scores are
 basis points (accuracy x 10000), in subgroup position order.
 
+A validator that cannot use the test set (K does not unwrap, the owner's
+signature or the ciphertext fails, the ciphertext cannot be fetched, or the
+plaintext is not the one the task committed to) commits and reveals the empty
+vector instead: a rejection (``TestSetRejected`` names the reason). When a
+strict majority of a subgroup rejects, its validators keep their fee and stake
+and the whole participants' pool goes to the contributors, never back to the
+owner (``chain.settlement``).
+
 Example:
     with open_context(identity=owner) as ctx:
         post_test_set(ctx, 1, "stores/test.npz")
@@ -22,10 +30,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from din_cli.errors import AlreadyDone, InputError, NotFoundError, UsageError
+from din_cli.errors import AlreadyDone, InputError, NotFoundError, UsageError, VerificationError
 from din_cli.protocol.roundflow import _gas, require_phase, validator_state
 
 EVAL_ROUND = 0
+
+
+class TestSetRejected(VerificationError):
+    """The owner's test set cannot be used (exit 3): a validator reveals a rejection, not scores."""
+
+    __test__ = False  # not a pytest class
 
 
 def _binding(ctx, task_id: int):
@@ -126,7 +140,10 @@ def post_test_set(ctx, task_id: int, test_store: str | Path) -> dict:
 
 
 def open_test_set(ctx, task_id: int, dest: Path) -> tuple[str, Path]:
-    """As a validator: unwrap K, verify the owner's signature on the CID, fetch and decrypt the test set."""
+    """As a validator: unwrap K, verify the owner's signature on the CID, fetch and decrypt the test set.
+
+    TestSetRejected when the owner's part fails (K, signature, ciphertext, committed hash).
+    """
     from din_cli.crypto import aead
     from din_cli.crypto.wrap import document_from_chain, open_test_key
 
@@ -139,11 +156,21 @@ def open_test_set(ctx, task_id: int, dest: Path) -> tuple[str, Path]:
     if ctx.identity is None or not hasattr(ctx.identity, "hpke_private"):
         raise UsageError("opening the test set needs your HPKE key", "act with --key NAME")
     owner = ctx.din.task_info(task_id).owner
-    doc = document_from_chain(encrypted_cid, wrapped, _binding(ctx, task_id))
-    opened = open_test_key(doc, ctx.identity, _binding(ctx, task_id), owner_address=owner)
-    sealed = ctx.fetch(opened.cid, dest.with_suffix(".enc"))
+    hint = "reveal the rejection; the owner sabotaged its test set"
+    try:
+        doc = document_from_chain(encrypted_cid, wrapped, _binding(ctx, task_id))
+        opened = open_test_key(doc, ctx.identity, _binding(ctx, task_id), owner_address=owner)
+    except (VerificationError, InputError, NotFoundError) as e:
+        raise TestSetRejected(f"the test set key does not open: {e.message}", hint) from None
+    try:
+        sealed = ctx.fetch(opened.cid, dest.with_suffix(".enc"))
+    except NotFoundError as e:
+        raise TestSetRejected(f"the test set cannot be fetched: {e.message}", hint) from None
     plain = dest.with_suffix(".plain")
-    aead.decrypt_file(sealed, plain, opened.key)
+    try:
+        aead.decrypt_file(sealed, plain, opened.key)
+    except (VerificationError, InputError) as e:
+        raise TestSetRejected(f"the test set does not decrypt: {e.message}", hint) from None
     _check_committed(ctx, task_id, plain)
     with open(plain, "rb") as f:  # the store's format decides its suffix
         head = f.read(9)
@@ -156,15 +183,14 @@ def open_test_set(ctx, task_id: int, dest: Path) -> tuple[str, Path]:
 def _check_committed(ctx, task_id: int, plain: Path) -> None:
     """Refuse a test set whose plaintext differs from the one the task committed to at publish."""
     from din_cli.chain.din import file_sha256
-    from din_cli.errors import VerificationError
 
     want = ctx.din.task_info(task_id).test_set_hash
     got = file_sha256(plain)
     if got != want:
         plain.unlink(missing_ok=True)
-        raise VerificationError(
+        raise TestSetRejected(
             f"task {task_id}'s test set hashes to {got.hex()}, not the {want.hex()} committed at publish",
-            "do not score it; the owner posted another test set than it committed to",
+            "reveal the rejection; the owner posted another test set than it committed to",
         )
 
 
@@ -287,26 +313,30 @@ def evaluate_commit(
             f"{ctx.address} is not assigned to an evaluation subgroup", "nothing to do"
         )
     with ctx.workdir() as work:
-        cid, test = open_test_set(ctx, task_id, work / "test.npz")
-        addresses, scores = compute_scores(ctx, task_id, m.group, test, work, metric)
-    scores = _overrides(addresses, scores, overrides)
-    ctx.save_record(
-        task_id,
-        EVAL_ROUND,
-        "scores",
-        {"group": m.group, "participants": addresses, "scores": scores},
-    )
+        cid, addresses, scores, rejected = _score_or_reject(ctx, task_id, m.group, work, metric)
+    if rejected is None:
+        scores = _overrides(addresses, scores, overrides)
+    rec = {"group": m.group, "participants": addresses, "scores": scores, "rejected": rejected}
+    ctx.save_record(task_id, EVAL_ROUND, "scores", rec)
     with ctx.chain.writing():
         if validator_state(ctx, task_id, ctx.address)["score_committed"]:
             raise AlreadyDone(f"scores already committed for task {task_id}", "nothing to do")
         ctx.din.commit_scores(ctx.account, task_id, scores)
-    return {
-        "task_id": task_id,
-        "group": m.group,
-        "test_set": cid,
-        "participants": addresses,
-        "scores": scores,
-    }
+    return {"task_id": task_id, "test_set": cid, **rec}
+
+
+def _score_or_reject(
+    ctx, task_id: int, group: int, work: Path, metric: str = "accuracy"
+) -> tuple[str | None, list[str], list[int], str | None]:
+    """``(test set CID, addresses, scores, None)``, or ``(None, addresses, [], reason)`` when the test set is unusable."""
+    try:
+        cid, test = open_test_set(ctx, task_id, work / "test.npz")
+    except TestSetRejected as e:
+        parts = ctx.din.participants(task_id)
+        members = ctx.din.round_info(task_id, EVAL_ROUND).participant_groups[group]
+        return None, [parts[i] for i in members], [], e.one_line()
+    addresses, scores = compute_scores(ctx, task_id, group, test, work, metric)
+    return cid, addresses, scores, None
 
 
 def evaluate_reveal(ctx, task_id: int) -> dict:
@@ -321,11 +351,13 @@ def evaluate_reveal(ctx, task_id: int) -> dict:
         )
     rec = ctx.load_record(task_id, EVAL_ROUND, "scores")
     if rec is None:
+        group = int(state["score_group"])
         with ctx.workdir() as work:
-            _, test = open_test_set(ctx, task_id, work / "test.npz")
-            addresses, scores = compute_scores(ctx, task_id, int(state["score_group"]), test, work)
-        rec = {"group": int(state["score_group"]), "participants": addresses, "scores": scores}
-    if len(rec.get("scores", [])) != len(rec.get("participants", [])):
+            _, addresses, scores, rejected = _score_or_reject(ctx, task_id, group, work)
+        rec = {"group": group, "participants": addresses, "scores": scores, "rejected": rejected}
+    rec.setdefault("rejected", None)
+    scores, participants = rec.get("scores", []), rec.get("participants", [])
+    if scores if rec["rejected"] else len(scores) != len(participants):
         raise InputError(
             f"{ctx.record_path(task_id, EVAL_ROUND, 'scores')}: damaged record",
             "delete it to recompute the scores",

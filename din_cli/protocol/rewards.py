@@ -5,7 +5,9 @@ every round (it did not reveal, or revealed a minority aggregate), then settles
 each evaluation subgroup: the score vector a strict majority of its validators
 revealed is accepted and every other validator there (another vector, or none)
 is penalised; with no strict majority the subgroup scores 0 and only silent
-validators are penalised. Anyone may run it, until the settling deadline. ``claim`` pulls what the task
+validators are penalised. When a subgroup's majority rejected the owner's test
+set (revealed the empty vector), its validators earn their fee and the whole
+participants' pool goes to the contributors (``rejected`` lists such subgroups). Anyone may run it, until the settling deadline. ``claim`` pulls what the task
 owes the acting key; ``show`` lists scores, payouts, stakes and slashes.
 
 Payouts telescope (``pool * (before + m) / total - pool * before / total``),
@@ -43,7 +45,13 @@ def settle(ctx, task_id: int) -> dict:
         with ctx.chain.writing():
             info = d.advance(ctx.account, task_id)
     if info.phase == "abandoned":
-        return {"task_id": task_id, "phase": info.phase, "slashed": [], "settled": []}
+        return {
+            "task_id": task_id,
+            "phase": info.phase,
+            "slashed": [],
+            "settled": [],
+            "rejected": [],
+        }
     require_phase(ctx, task_id, "settling")
     slashed = slash_aggregators(ctx, task_id, range(1, info.round + 1))
     with ctx.chain.writing():
@@ -53,6 +61,7 @@ def settle(ctx, task_id: int) -> dict:
         "phase": d.task_info(task_id).phase,
         "slashed": slashed,
         "settled": groups,
+        "rejected": d.rejected_subgroups(task_id),
     }
 
 
@@ -194,6 +203,7 @@ def show(ctx, task_id: int) -> dict:
         if info.phase in ("settled", "abandoned")
         else None,
         "fully_paid": total_claimed == info.deposit,
+        "rejected_subgroups": d.rejected_subgroups(task_id),
         "participants": participants,
         "validators": validators,
         "owner": owner,

@@ -98,6 +98,13 @@ def status(ctx, task_id: int, address: str | None = None) -> dict:
             "accepted": {str(g): to_text(c) for g, c in d.accepted_aggregates(task_id, r).items()},
             "proposed": to_text(bytes(posted[-1]["args"]["cid"])) if posted else None,
         }
+    if info.phase in ("score-reveal", "settling", "settled"):
+        revealed = d.scores_revealed(task_id)
+        doc["evaluation"] = {  # an empty vector is a rejection of the owner's test set
+            "reveals": len(revealed),
+            "rejections": sorted(v for v, vec in revealed.items() if not vec),
+            "rejected_subgroups": d.rejected_subgroups(task_id),
+        }
     doc["history"] = [
         {"round": int(e["args"]["round"]), "model": to_text(bytes(e["args"]["cid"]))}
         for e in d.events(task_id, "GlobalModelAccepted")

@@ -102,7 +102,7 @@ contract DinDisputes is ReentrancyGuard {
         bytes32 accepted = keccak256(acceptedCid);
         tasks.dispute(taskId, round, group, accepted, true); // training only, one open dispute per task
         require(round > discardedThrough[taskId], "that round was discarded by a dispute");
-        DinTasks.TaskView memory t = tasks.taskInfo(taskId);
+        DinTasks.DisputeView memory t = tasks.disputeView(taskId);
         require(cid.length > 0 && keccak256(cid) != accepted, "the claimed CID is the accepted one");
         id = ++disputeCount;
         Dispute storage d = _disputes[id];
@@ -127,7 +127,7 @@ contract DinDisputes is ReentrancyGuard {
         bytes32 h = blockhash(d.filedBlock);
         require(h != bytes32(0), "the filing block is too old to draw from: resolve the dispute");
         uint256 taskId = d.taskId;
-        DinTasks.TaskView memory t = tasks.taskInfo(taskId);
+        DinTasks.DisputeView memory t = tasks.disputeView(taskId);
         bytes32 k = keccak256(abi.encode(h, id));
         bytes32 kv = Assignment.key(tasks.roundSeed(taskId, d.round), Assignment.VALIDATORS);
         uint256 n = registry.stakerCount();
@@ -154,13 +154,13 @@ contract DinDisputes is ReentrancyGuard {
         }
         d.state = DRAWN;
         d.size = uint8(c.length);
-        d.commitEnd = uint64(block.timestamp) + t.durations[2];
-        d.revealEnd = d.commitEnd + t.durations[3];
+        d.commitEnd = uint64(block.timestamp + t.commitTime);
+        d.revealEnd = uint64(d.commitEnd + t.revealTime);
         emit CommitteeDrawn(id, taskId, c, d.commitEnd, d.revealEnd);
         for (uint256 i = 0; i < c.length; i++) registry.bond(c[i], d.bond);
     }
 
-    function _eligible(address who, Dispute storage d, DinTasks.TaskView memory t, bytes32 kv) internal view returns (bool) {
+    function _eligible(address who, Dispute storage d, DinTasks.DisputeView memory t, bytes32 kv) internal view returns (bool) {
         if (who == d.filer) return false;
         (uint96 stake, uint64 unlockAt, uint96 bonded,) = registry.validators(who);
         if (stake < registry.minStake() || unlockAt != 0 || uint256(stake) - bonded < d.bond) return false;
@@ -229,7 +229,7 @@ contract DinDisputes is ReentrancyGuard {
             _checkSlots(taskId, d, validators);
             tasks.dispute(taskId, d.round, d.group, decided, false); // the committee's CID is the majority now
             tasks.advance(taskId); // replay: a new round from the model the disputed round started from
-            newRound = tasks.taskInfo(taskId).round;
+            newRound = tasks.disputeView(taskId).round;
             discardedThrough[taskId] = newRound - 1;
             for (uint256 j = 0; j < validators.length; j++) {
                 // slashes and removes whoever revealed anything but the committee's CID (or nothing);
@@ -244,7 +244,7 @@ contract DinDisputes is ReentrancyGuard {
 
     /// @dev `validators` is the disputed subgroup's validators of that round, in slot order.
     function _checkSlots(uint256 taskId, Dispute storage d, address[] calldata validators) internal view {
-        DinTasks.TaskView memory t = tasks.taskInfo(taskId);
+        DinTasks.DisputeView memory t = tasks.disputeView(taskId);
         require(validators.length == t.perGroup, "need the subgroup's validators in slot order");
         bytes32 kv = Assignment.key(tasks.roundSeed(taskId, d.round), Assignment.VALIDATORS);
         for (uint256 j = 0; j < validators.length; j++) {

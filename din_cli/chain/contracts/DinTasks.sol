@@ -88,6 +88,7 @@ contract DinTasks is ReentrancyGuard {
         bytes32 proposed; // digest of the global model the owner proposed this round
         bytes32 testSet; // digest of the encrypted test set CID
         bytes32 testSetHash; // sha256 of the plaintext test set, fixed at creation
+        bytes32 entropy; // hash chain of every revealed aggregate salt (seeds rounds 2.. and the evaluation)
     }
 
     struct Member {
@@ -133,10 +134,17 @@ contract DinTasks is ReentrancyGuard {
     mapping(uint256 => Task) internal _tasks;
     mapping(uint256 => mapping(address => Member)) internal _members;
     mapping(uint256 => mapping(address => Val)) internal _vals;
-    mapping(uint256 => mapping(uint256 => bytes32)) public roundSeed; // round 0 = evaluation
+    /// @dev Round seeds (round 0 = evaluation). Round 1's reads PENDING | start block until the block
+    ///      that started the round is sealed and the next call draws it (`_drawFirst`); no hash
+    ///      has bits 64..254 all zero, so the two cannot be confused.
+    mapping(uint256 => mapping(uint256 => bytes32)) public roundSeed;
+    uint256 internal constant PENDING = 1 << 255;
     /// @dev keccak(task, round, group, CID digest) -> reveals (group = 2^256-1: global attestations)
     mapping(bytes32 => uint256) public votes;
     mapping(bytes32 => GroupResult) public groupResults; // keccak(task, group)
+    /// @dev True once a subgroup's strict majority rejected the test set (see `settle`); SubgroupSettled
+    ///      with no scores says it in the log.
+    mapping(uint256 => bool) internal _rejected;
     /// @dev The first CID digest revealed in a subgroup of a round, how many revealed it, and which
     ///      slots (bit j = slot j) did; keyed keccak(task, round, group).
     struct GroupVotes {
@@ -158,7 +166,7 @@ contract DinTasks is ReentrancyGuard {
     event ParticipantJoined(uint256 indexed taskId, address indexed participant, uint256 index, bytes32 hpkeKey);
     event ValidatorRegistered(uint256 indexed taskId, address indexed validator, uint256 index);
     event PhaseChanged(uint256 indexed taskId, uint256 round, uint8 phase, uint64 deadline);
-    event RoundStarted(uint256 indexed taskId, uint256 indexed round, bytes32 seed, bytes32 model, uint256 participants, uint256 validators, uint256 groups, uint256 perGroup);
+    event RoundStarted(uint256 indexed taskId, uint256 indexed round, bytes32 model, uint256 participants, uint256 validators, uint256 groups, uint256 perGroup);
     event UpdateSubmitted(uint256 indexed taskId, uint256 indexed round, address indexed participant, uint256 index, bytes cid);
     event AggregateCommitted(uint256 indexed taskId, uint256 indexed round, address indexed validator, uint256 group);
     event AggregateRevealed(uint256 indexed taskId, uint256 indexed round, address indexed validator, uint256 group, bytes cid);
@@ -169,6 +177,7 @@ contract DinTasks is ReentrancyGuard {
     event GlobalModelAccepted(uint256 indexed taskId, uint256 indexed round, bytes cid);
     event FinalRoundSignalled(uint256 indexed taskId, uint256 round);
     event EvaluationStarted(uint256 indexed taskId, bytes32 seed);
+    event SeedDrawn(uint256 indexed taskId, uint256 indexed round, bytes32 seed);
     event TestSetPosted(uint256 indexed taskId, bytes cid, address[] validators, bytes[] wrappedKeys);
     event ScoresCommitted(uint256 indexed taskId, address indexed validator, uint256 group);
     event ScoresRevealed(uint256 indexed taskId, address indexed validator, uint256 group, uint256[] scores);
@@ -219,6 +228,7 @@ contract DinTasks is ReentrancyGuard {
         t.arch = p.arch;
         t.model = keccak256(p.genesisCid);
         t.testSetHash = p.testSetHash;
+        t.entropy = keccak256(abi.encode(blockhash(block.number - 1), id)); // non-zero: reveals pay no fresh slot
         emit TaskCreated(id, msg.sender, p.genesisCid, p.arch, p.deposit, p.subgroupSize, p.validatorsPerSubgroup, p.maxRounds, deadline);
         token.safeTransferFrom(msg.sender, address(this), p.deposit);
     }
@@ -332,6 +342,7 @@ contract DinTasks is ReentrancyGuard {
         require(v.flags & REMOVED == 0, "validator was slashed out of this task");
         require(bytes20(keccak256(abi.encodePacked(cid, salt, msg.sender))) == v.hash, "reveal does not match commitment");
         bytes32 digest = keccak256(cid);
+        t.entropy = keccak256(abi.encode(t.entropy, salt)); // committed before anyone saw the others'
         uint256 per = t.perGroup;
         uint256 pos = v.pos; // set by commitAggregate this round
         uint256 group = pos / per;
@@ -357,6 +368,8 @@ contract DinTasks is ReentrancyGuard {
     /// @notice Slash `validator` for round `round`: it was assigned and did not reveal, or
     ///         `majority` (a CID digest) won its subgroup and it revealed another CID. Anyone may call,
     ///         for any past round, until the task is settled; give majority = 0 for "did not reveal".
+    ///         A minority is slashable only once training is over (a dispute may still overturn the
+    ///         majority until then), or at once for a CID a dispute committee decided.
     ///         The validator is removed from the task and forfeits its fee.
     function slashAggregator(uint256 id, uint256 round, address validator, bytes32 majority) external nonReentrant {
         Task storage t = _sync(id);
@@ -366,7 +379,7 @@ contract DinTasks is ReentrancyGuard {
         require(v.index1 != 0, "not a validator of this task");
         require(v.flags & REMOVED == 0, "validator already removed");
         uint256 per = t.perGroup;
-        uint256 pos = Assignment.permute(Assignment.key(roundSeed[id][round], Assignment.VALIDATORS), v.index1 - 1, t.validators);
+        uint256 pos = Assignment.permute(Assignment.key(_seedOf(id, round), Assignment.VALIDATORS), v.index1 - 1, t.validators);
         require(pos < uint256(t.groups) * per, "validator not assigned in that round");
         bytes32 gk = keccak256(abi.encode(id, round, pos / per));
         GroupVotes storage gv = _groupVotes[gk];
@@ -378,6 +391,8 @@ contract DinTasks is ReentrancyGuard {
             require(majority != bytes32(0), "validator revealed an aggregate");
             bytes32 right = _corrected[gk];
             if (right == bytes32(0)) {
+                // a dispute may still overturn the majority: no minority is slashed before training ends
+                require(t.phase > GLOBAL, "a minority is slashable once training ends");
                 require(_count(gk, id, round, pos / per, majority) > per / 2, "no majority for that CID in the subgroup");
             } else {
                 require(majority == right, "a dispute decided another CID");
@@ -455,7 +470,9 @@ contract DinTasks is ReentrancyGuard {
         if (++t.committed == uint256(t.groups) * t.perGroup) _advance(id, t);
     }
 
-    /// @notice Reveal your score vector (basis points, in subgroup position order) and salt.
+    /// @notice Reveal your score vector (basis points, in subgroup position order) and salt; an
+    ///         empty vector rejects the test set (K does not unwrap, its signature or ciphertext
+    ///         fails, or the plaintext is not the committed one).
     function revealScores(uint256 id, uint256[] calldata scores, bytes32 salt) external {
         Task storage t = _sync(id);
         require(t.phase == SCORE_REVEAL, "not in the score reveal phase");
@@ -465,7 +482,7 @@ contract DinTasks is ReentrancyGuard {
         uint256 group = _validatorGroup(id, t, v, EVAL_ROUND);
         uint256 n = t.participants;
         uint256 g = t.groups;
-        require(scores.length == Assignment.groupStart(group + 1, n, g) - Assignment.groupStart(group, n, g), "score vector length differs from the subgroup size");
+        require(scores.length == 0 || scores.length == Assignment.groupStart(group + 1, n, g) - Assignment.groupStart(group, n, g), "score vector length differs from the subgroup size");
         for (uint256 i = 0; i < scores.length; i++) require(scores[i] <= SCORE_SCALE, "score above 10000");
         bytes32 vh = keccak256(abi.encodePacked(scores));
         require(bytes20(keccak256(abi.encodePacked(vh, salt, msg.sender))) == v.hash, "reveal does not match commitment");
@@ -479,10 +496,14 @@ contract DinTasks is ReentrancyGuard {
     ///         strict majority of the subgroup's evaluation validators revealed is accepted, and every
     ///         other validator of the subgroup (another vector, or none) is slashed. With no strict
     ///         majority, every participant of the subgroup scores 0, only validators that did not
-    ///         reveal are slashed and none earns a fee.
+    ///         reveal are slashed and none earns a fee. When the majority's vector is the empty one
+    ///         (the test set was rejected), its validators earn their fee and the task's whole
+    ///         participant pool goes to the contributors by ordinal, as in an abandoned task: the test
+    ///         set is one object, so scores made elsewhere on it are not trusted to split the pool,
+    ///         and the owner cannot steer it by sabotaging the test set for one subgroup.
     /// @param participants participant indices in subgroup position order
     /// @param validators   the subgroup's validators in slot order (perGroup of them)
-    /// @param scores       the majority's score vector, or empty when there is no strict majority
+    /// @param scores       the majority's score vector, or empty when there is no strict majority or it rejected
     function settle(uint256 id, uint256 group, uint256[] calldata participants, address[] calldata validators, uint256[] calldata scores) external nonReentrant {
         Task storage t = _sync(id);
         require(t.phase == SETTLING, "not in the settlement phase");
@@ -496,6 +517,7 @@ contract DinTasks is ReentrancyGuard {
         uint256[] memory accepted = scores;
         if (winner != 0) {
             require(bytes20(keccak256(abi.encodePacked(scores))) == hashes[winner - 1], "scores differ from the majority's vector");
+            if (scores.length == 0) _rejected[id] = true;
         } else {
             require(scores.length == 0, "no strict majority revealed that vector: give no scores");
             accepted = new uint256[](size);
@@ -548,6 +570,24 @@ contract DinTasks is ReentrancyGuard {
         return t.round;
     }
 
+    /// @dev What DinDisputes reads of a task.
+    struct DisputeView {
+        uint256 round;
+        uint256 validators;
+        uint256 groups;
+        uint256 perGroup;
+        uint256 slashAmount;
+        uint256 commitTime; // the aggregation commit and reveal durations: the committee's windows
+        uint256 revealTime;
+    }
+
+    /// @notice Round, validator count, subgroups, validators per subgroup, slash amount and the
+    ///         aggregation commit and reveal durations of task `id` (for DinDisputes).
+    function disputeView(uint256 id) external view returns (DisputeView memory r) {
+        Task storage t = _tasks[id];
+        r = DisputeView(t.round, t.validators, t.groups, t.perGroup, t.slashAmount, t.durations[2], t.durations[3]);
+    }
+
     /// @dev How many validators of a subgroup (gk = keccak(id, round, group)) revealed `digest`.
     function _count(bytes32 gk, uint256 id, uint256 round, uint256 group, bytes32 digest) internal view returns (uint256) {
         GroupVotes storage gv = _groupVotes[gk];
@@ -590,9 +630,9 @@ contract DinTasks is ReentrancyGuard {
     /// @notice What `account` can claim from task `id` now (0 before settlement or once claimed);
     ///         a participant gives its subgroup's settled scores.
     /// @dev Settled: each validator that earned a fee gets fees / good; the participants' pool is the
-    ///      rest of the deposit (fee dust included), split by accepted score; with a total score of 0
-    ///      the pool goes to the contributors as in an abandoned task. The owner gets something back
-    ///      only when nobody contributed an update.
+    ///      rest of the deposit (fee dust included), split by accepted score; with a total score of 0,
+    ///      or a test set a subgroup rejected, the pool goes to the contributors as in an abandoned
+    ///      task. The owner gets something back only when nobody contributed an update.
     function claimable(uint256 id, address account, uint256[] calldata scores) public view returns (uint256 amount) {
         Task storage t = _tasks[id];
         uint256 deposit = t.deposit;
@@ -608,7 +648,7 @@ contract DinTasks is ReentrancyGuard {
                 if (v.flags & (SETTLED_FEE | CLAIMED | REMOVED) == SETTLED_FEE) amount += fee;
             }
             uint256 total = t.totalScore;
-            if (total > 0) {
+            if (total > 0 && !_rejected[id]) {
                 if (m.index1 != 0 && m.index1 <= t.participants && !m.claimed) amount += _share(id, t, m.index1 - 1, pool, total, scores);
                 return amount;
             }
@@ -636,69 +676,17 @@ contract DinTasks is ReentrancyGuard {
 
     // ------------------------------------------------------------------ reads
 
-    struct TaskView {
-        address owner;
-        bytes32 arch;
-        uint256 deposit;
-        uint256 subgroupSize;
-        uint256 validatorsPerSubgroup;
-        uint256 maxRounds;
-        uint256 feeBps;
-        uint256 slashAmount;
-        uint256 maxSamples;
-        uint32[9] durations;
-        uint8 phase; // as stored: a phase past its deadline moves on with the next transaction
-        uint256 round;
-        uint256 lastRound;
-        uint64 deadline;
-        uint256 participants;
-        uint256 validators;
-        uint256 groups;
-        uint256 perGroup;
-        uint256 acted;
-        uint256 committed;
-        uint256 contributors;
-        uint256 settledGroups;
-        uint256 goodValidators;
-        uint256 totalScore;
-        bytes32 model;
-        bytes32 proposed;
-        bytes32 testSet;
-        bytes32 testSetHash;
-    }
+    uint256 internal constant TASK_WORDS = 16; // at least the storage slots of struct Task (the client checks)
 
-    /// @notice Configuration and live state of task `id`.
-    function taskInfo(uint256 id) external view returns (TaskView memory r) {
+    /// @notice The storage words of task `id` (struct Task, as stored: a phase past its deadline moves
+    ///         on with the next transaction). The artifact's `structs.Task` layout names the fields;
+    ///         raw words keep this contract under the EIP-170 size limit.
+    function taskWords(uint256 id) external view returns (bytes32[TASK_WORDS] memory w) {
         Task storage t = _tasks[id];
         require(t.phase != 0, "no such task");
-        r.owner = t.owner;
-        r.arch = t.arch;
-        r.deposit = t.deposit;
-        r.subgroupSize = t.subgroupSize;
-        r.validatorsPerSubgroup = t.validatorsPerSubgroup;
-        r.maxRounds = t.maxRounds;
-        r.feeBps = t.feeBps;
-        r.slashAmount = t.slashAmount;
-        r.maxSamples = t.maxSamples;
-        r.durations = t.durations;
-        r.phase = t.phase;
-        r.round = t.round;
-        r.lastRound = t.lastRound;
-        r.deadline = t.deadline;
-        r.participants = t.participants;
-        r.validators = t.validators;
-        r.groups = t.groups;
-        r.perGroup = t.perGroup;
-        r.acted = t.acted;
-        r.committed = t.committed;
-        r.contributors = t.contributors;
-        r.settledGroups = t.settledGroups;
-        r.goodValidators = t.goodValidators;
-        r.totalScore = t.totalScore;
-        r.model = t.model;
-        r.proposed = t.proposed;
-        r.testSet = t.testSet;
-        r.testSetHash = t.testSetHash;
+        assembly ("memory-safe") {
+            for { let i := 0 } lt(i, TASK_WORDS) { i := add(i, 1) } { mstore(add(w, mul(i, 32)), sload(add(t.slot, i))) }
+        }
     }
 
     function member(uint256 id, address account) external view returns (Member memory) {
@@ -720,7 +708,7 @@ contract DinTasks is ReentrancyGuard {
     function _validatorPos(uint256 id, Task storage t, Val storage v, uint256 round) internal view returns (uint256 pos) {
         require(v.index1 != 0, "not a validator of this task");
         require(v.flags & REMOVED == 0, "validator was slashed out of this task");
-        pos = Assignment.permute(Assignment.key(roundSeed[id][round], Assignment.VALIDATORS), v.index1 - 1, t.validators);
+        pos = Assignment.permute(Assignment.key(_seedOf(id, round), Assignment.VALIDATORS), v.index1 - 1, t.validators);
         require(pos < uint256(t.groups) * t.perGroup, "validator not assigned this round");
     }
 
@@ -796,6 +784,7 @@ contract DinTasks is ReentrancyGuard {
         t = _tasks[id];
         require(t.phase != 0, "no such task");
         _catchUp(id, t);
+        if (t.round == 1 && t.phase <= GLOBAL) _drawFirst(id);
     }
 
     function _catchUp(uint256 id, Task storage t) internal {
@@ -816,6 +805,7 @@ contract DinTasks is ReentrancyGuard {
 
     /// @dev Move to the next phase (the current one is complete or expired).
     function _advance(uint256 id, Task storage t) internal {
+        if (t.round == 1) _drawFirst(id); // every later use of round 1's seed needs it drawn
         uint8 phase = t.phase;
         uint8 next;
         if (phase == JOINING) {
@@ -865,15 +855,46 @@ contract DinTasks is ReentrancyGuard {
         t.round = round;
         t.proposed = bytes32(0);
         _roundModel[id][round] = t.model;
-        bytes32 seed = _seed(id, round);
-        emit RoundStarted(id, round, seed, t.model, t.participants, t.validators, t.groups, t.perGroup);
+        _seed(id, round);
+        emit RoundStarted(id, round, t.model, t.participants, t.validators, t.groups, t.perGroup);
         _enter(id, t, TRAINING);
     }
 
-    /// @dev The seed of `round` (0 = evaluation): block.prevrandao mixed with the task and round.
+    /// @dev Fix the seed of `round` (0 = evaluation). Rounds 2.. and the evaluation take the hash
+    ///      chain of every aggregate salt revealed so far: each salt was committed before any other
+    ///      was revealed, so no sender chooses the result, and the block or time at which the round
+    ///      starts does not change it. The last revealer can only withhold its reveal, which is
+    ///      slashable. Round 1 has no reveals before it: it takes the hash of the block that starts
+    ///      it, which nobody sending a transaction into that block knows, drawn by the first call
+    ///      after that block (`_drawFirst`).
     function _seed(uint256 id, uint256 round) internal returns (bytes32 seed) {
-        seed = keccak256(abi.encode(block.prevrandao, id, round));
+        if (round == 1) {
+            roundSeed[id][1] = bytes32(PENDING | block.number);
+            return bytes32(0);
+        }
+        seed = keccak256(abi.encode(_tasks[id].entropy, id, round));
         roundSeed[id][round] = seed;
+        emit SeedDrawn(id, round, seed);
+    }
+
+    /// @dev Draw round 1's pending seed, keccak(blockhash(start block), id, 1), once the block that
+    ///      started the round is sealed. Past 256 blocks that hash is gone and the latest block's
+    ///      stands in: only a task nobody touched for 256 blocks falls back to it.
+    function _drawFirst(uint256 id) internal {
+        uint256 s = uint256(roundSeed[id][1]);
+        uint256 b = uint64(s);
+        if (s >> 64 != PENDING >> 64 || block.number <= b) return; // drawn (a hash), or still the start block
+        bytes32 h = blockhash(b);
+        if (h == bytes32(0)) h = blockhash(block.number - 1);
+        bytes32 seed = keccak256(abi.encode(h, id, uint256(1)));
+        roundSeed[id][1] = seed;
+        emit SeedDrawn(id, 1, seed);
+    }
+
+    /// @dev A drawn seed (reverts while round 1's is pending).
+    function _seedOf(uint256 id, uint256 round) internal view returns (bytes32 s) {
+        s = roundSeed[id][round];
+        require(uint256(s) >> 64 != PENDING >> 64, "seed not drawn yet: retry");
     }
 
     function _abandon(uint256 id, Task storage t, string memory reason) internal {
