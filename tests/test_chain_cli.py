@@ -221,7 +221,10 @@ def test_two_inits_at_once_deploy_once(din_home):
     assert sorted(code for code, _ in results) == [0, 7], results
     printed = next(out for code, out in results if code == 0)
     dep = json.loads((din_home / "deployment.json").read_text())
-    assert printed.splitlines()[-1] == f"DinTasks\t{dep['DinTasks']}"
+    assert printed.splitlines()[-2:] == [
+        f"DinTasks\t{dep['DinTasks']}",
+        f"DinDisputes\t{dep['DinDisputes']}",
+    ]
 
 
 # ---------------------------------------------------------------- anvil
@@ -230,7 +233,7 @@ def test_two_inits_at_once_deploy_once(din_home):
 @pytest.mark.integration
 def test_anvil_init_stake_and_concurrent_sends(anvil_url, run_din, din_home):
     out = ok(run_din("init", "--chain", anvil_url, "--dev-accounts", "2", "-q"))
-    assert len(out.splitlines()) == 3
+    assert len(out.splitlines()) == 4  # DinToken, ValidatorRegistry, DinTasks, DinDisputes
     dep = json.loads((din_home / "deployment.json").read_text())
     assert dep["url"] == anvil_url and dep["chain_id"] == 31337
     # later commands find the node through deployment.json

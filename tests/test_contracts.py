@@ -338,6 +338,15 @@ def test_minority_revealer_slashed_when_majority_exists(deployed):
     for v, tag in ((a, "agg"), (b, "agg"), (liar, "bad")):
         din.reveal_aggregate(v, task, cid(tag))
     assert din.accepted_aggregates(task, 1) == {0: cid("agg")}
+    # while training, a dispute may still overturn the majority: the minority is not slashable yet
+    assert din.slashable_aggregators(task, 1) == []
+    with reverts("a minority is slashable once training ends"):
+        din.slash_aggregator(dev, task, 1, liar.address)
+    w.globalise(1)
+    w.train(2)
+    w.aggregate(2)
+    w.globalise(2)
+    assert w.info().phase == "test-set"
     assert din.slashable_aggregators(task, 1) == [liar.address]
     assert din.slash_aggregator(dev, task, 1, liar.address) > 0
     with reverts("validator revealed the majority aggregate"):

@@ -56,7 +56,9 @@ def net(request):
     """A deployment plus every account that ever staked in it (so tests can drive any committee)."""
     from din_cli.chain.client import connect
 
-    chain = connect("memory" if request.param == "embedded" else request.getfixturevalue("anvil_url"))
+    chain = connect(
+        "memory" if request.param == "embedded" else request.getfixturevalue("anvil_url")
+    )
     dev = chain.dev_account()
     dep = deploy_all(chain, dev, min_stake=MIN_STAKE, unstake_delay=3600)
     din = Din(chain, dep)
@@ -205,7 +207,10 @@ def test_colluding_majority_is_overturned_slashed_and_the_round_replayed(net):
         with reverts("validator revealed the majority aggregate"):
             din.slash_aggregator(dev, t.task, 1, v.address)
     with reverts("a dispute decided another CID"):
-        chain.send(dev, din.tasks.functions.slashAggregator(t.task, 1, honest[0].address, cid_digest(wrong)))
+        chain.send(
+            dev,
+            din.tasks.functions.slashAggregator(t.task, 1, honest[0].address, cid_digest(wrong)),
+        )
     assert din.balance(filer.address) == bal + SLASH  # bond back
     assert all(din.validator_info(m).bonded == bonded[m] - SLASH for m in committee)
     info = t.info()

@@ -160,7 +160,10 @@ def tasks_contract():
 
     chain = connect("memory")
     dep = deploy_all(chain, chain.dev_account())
-    yield chain, Din(chain, dep).disputes  # the pure helpers live in DinDisputes (DinTasks is at its size limit)
+    yield (
+        chain,
+        Din(chain, dep).disputes,
+    )  # the pure helpers live in DinDisputes (DinTasks is at its size limit)
     chain.close()
 
 

@@ -175,7 +175,9 @@ def test_garbage_k_to_one_subgroup_rejects_the_test_set_for_the_whole_task(tmp_p
     assert {by_address[a]: amount for a, amount in ref.participants.items()} == {
         p.name: paid[p.name] for p in w.parts
     }
-    assert [paid[v.name] for v in (victim, other)] == [ref.validators[v.address] for v in (victim, other)]
+    assert [paid[v.name] for v in (victim, other)] == [
+        ref.validators[v.address] for v in (victim, other)
+    ]
     assert paid["owner"] == 0 and sum(paid.values()) == DEPOSIT
 
 

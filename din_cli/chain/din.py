@@ -102,11 +102,15 @@ def deploy_all(
     from eth_utils.crypto import keccak
 
     nonce = chain.w3.eth.get_transaction_count(deployer.address) + 1
-    predicted = to_checksum_address(keccak(rlp.encode([bytes.fromhex(deployer.address[2:]), nonce]))[12:])
+    predicted = to_checksum_address(
+        keccak(rlp.encode([bytes.fromhex(deployer.address[2:]), nonce]))[12:]
+    )
     tasks = chain.deploy(deployer, TASKS, registry, predicted)
     disputes = chain.deploy(deployer, DISPUTES, tasks)  # reverts unless it is at `predicted`
     reg = chain.contract(REGISTRY, registry)
-    chain.send(deployer, reg.functions.initialize(tasks, disputes))  # once; nobody can change it after
+    chain.send(
+        deployer, reg.functions.initialize(tasks, disputes)
+    )  # once; nobody can change it after
     return {
         "chain_id": chain.chain_id,
         "deployer": deployer.address,
@@ -353,7 +357,9 @@ class Din:
         self.token = chain.contract(TOKEN, deployment[TOKEN])
         self.registry = chain.contract(REGISTRY, deployment[REGISTRY])
         self.tasks = chain.contract(TASKS, deployment[TASKS])
-        self.disputes = chain.contract(DISPUTES, deployment[DISPUTES]) if deployment.get(DISPUTES) else None
+        self.disputes = (
+            chain.contract(DISPUTES, deployment[DISPUTES]) if deployment.get(DISPUTES) else None
+        )
 
     # -- plumbing
     def _send(self, account, fn, **kw):
@@ -539,11 +545,16 @@ class Din:
 
         Every round's record stays on chain until the task is settled, so any past
         round's liars are slashable; only validators already removed are skipped.
+        A minority becomes slashable once training is over (until then a dispute may
+        overturn the majority), or at once where a dispute committee decided the CID.
         By convention a subgroup without updates aggregates to the round's starting
         global model, so its validators can reveal and are not slashed.
         """
         info = self.round_info(task_id, round_)
         accepted = self.accepted_aggregates(task_id, round_)
+        if PHASE_NUMBERS.get(self.task_info(task_id).phase, 0) <= PHASE_NUMBERS["global-model"]:
+            accepted = self.overturned(task_id, round_)  # training: only committee decisions count
+
         revealed = {
             e["args"]["validator"]: bytes(e["args"]["cid"])
             for e in self._logs("AggregateRevealed", taskId=int(task_id), round=int(round_))
@@ -739,7 +750,9 @@ class Din:
             )
         bond = self.task_info(task_id).slash_amount
         self._ensure_allowance(account, self.disputes.address, bond)
-        fn = self.disputes.functions.file(int(task_id), int(round_), int(group), accepted[group], _cid(cid))
+        fn = self.disputes.functions.file(
+            int(task_id), int(round_), int(group), accepted[group], _cid(cid)
+        )
         receipt = self._send(account, fn)
         return int(self._events(receipt, self.disputes, "DisputeFiled")[0]["args"]["disputeId"])
 
@@ -749,7 +762,9 @@ class Din:
         drawn = self._events(receipt, self.disputes, "CommitteeDrawn")
         return list(drawn[0]["args"]["committee"]) if drawn else []
 
-    def dispute_commit(self, account, dispute_id: int, cid: bytes, salt: bytes | None = None) -> bytes:
+    def dispute_commit(
+        self, account, dispute_id: int, cid: bytes, salt: bytes | None = None
+    ) -> bytes:
         """Commit a committee member's CID for the disputed subgroup; the salt."""
         if salt is None:
             salt = derive_salt(account, dispute_id, 0, "dispute")
@@ -757,7 +772,9 @@ class Din:
         self._send(account, self.disputes.functions.commit(int(dispute_id), commitment))
         return salt
 
-    def dispute_reveal(self, account, dispute_id: int, cid: bytes, salt: bytes | None = None) -> dict:
+    def dispute_reveal(
+        self, account, dispute_id: int, cid: bytes, salt: bytes | None = None
+    ) -> dict:
         """Reveal the committed CID."""
         if salt is None:
             salt = derive_salt(account, dispute_id, 0, "dispute")
@@ -776,7 +793,9 @@ class Din:
         """A dispute as a dict (``state`` by name, digests as bytes, ``committee`` addresses)."""
         abi = next(f for f in self.disputes.abi if f.get("name") == "dispute")
         names = [c["name"] for c in abi["outputs"][0]["components"]]
-        r = dict(zip(names, self._call(self.disputes.functions.dispute(int(dispute_id))), strict=True))
+        r = dict(
+            zip(names, self._call(self.disputes.functions.dispute(int(dispute_id))), strict=True)
+        )
         return {
             "dispute_id": int(dispute_id),
             "task_id": int(r["taskId"]),
@@ -799,7 +818,9 @@ class Din:
         """Every dispute filed against ``task_id``, oldest first."""
         if self.disputes is None:
             return []
-        logs = self.chain.logs(self.disputes, "DisputeFiled", from_block=self.from_block, taskId=int(task_id))
+        logs = self.chain.logs(
+            self.disputes, "DisputeFiled", from_block=self.from_block, taskId=int(task_id)
+        )
         return [self.dispute_info(int(e["args"]["disputeId"])) for e in logs]
 
     # -- reads
@@ -1018,7 +1039,9 @@ class Din:
         for d in self.disputes_of(task_id):
             if d["state"] == "upheld" and d["round"] == int(round_):
                 logs = self.chain.logs(
-                    self.disputes, "DisputeVoteRevealed", from_block=self.from_block,
+                    self.disputes,
+                    "DisputeVoteRevealed",
+                    from_block=self.from_block,
                     disputeId=d["dispute_id"],
                 )
                 for e in logs:

@@ -391,13 +391,13 @@ contract DinTasks is ReentrancyGuard {
             require(majority != bytes32(0), "validator revealed an aggregate");
             bytes32 right = _corrected[gk];
             if (right == bytes32(0)) {
-                // a dispute may still overturn the majority: no minority is slashed before training ends
-                require(t.phase > GLOBAL, "a minority is slashable once training ends");
                 require(_count(gk, id, round, pos / per, majority) > per / 2, "no majority for that CID in the subgroup");
             } else {
                 require(majority == right, "a dispute decided another CID");
             }
             require(revealed != bytes20(majority), "validator revealed the majority aggregate");
+            // a dispute may still overturn the majority: no minority is slashed before training ends
+            require(right != bytes32(0) || t.phase > GLOBAL, "a minority is slashable once training ends");
             reason = "revealed a minority aggregate";
         }
         _slash(id, t, v, validator, round, reason);
