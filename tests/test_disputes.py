@@ -60,7 +60,7 @@ def net(request):
         "memory" if request.param == "embedded" else request.getfixturevalue("anvil_url")
     )
     dev = chain.dev_account()
-    dep = deploy_all(chain, dev, min_stake=MIN_STAKE, unstake_delay=3600)
+    dep = deploy_all(chain, dev, min_stake=MIN_STAKE, unstake_delay=3600, committee=5)
     din = Din(chain, dep)
     send = chain.send
 

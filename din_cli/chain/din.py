@@ -77,6 +77,10 @@ DEFAULT_MAX_SAMPLES = 2**16
 TOKEN_UNIT = 10**18
 
 
+#: Dispute committee size (odd): scripts/dispute_odds.py gives the odds a wrong result survives it.
+DISPUTE_COMMITTEE = 21
+
+
 def deploy_all(
     chain,
     deployer,
@@ -84,15 +88,21 @@ def deploy_all(
     min_stake: int = 100 * TOKEN_UNIT,
     unstake_delay: int = 7 * 24 * 3600,
     initial_supply: int = 10**9 * TOKEN_UNIT,
+    committee: int = DISPUTE_COMMITTEE,
 ) -> dict:
-    """Deploy DinToken, ValidatorRegistry and DinTasks; the deployment dict.
+    """Deploy DinToken, ValidatorRegistry, DinTasks and DinDisputes; the deployment dict.
 
     Keys: ``chain_id``, ``deployer``, ``block`` (first block to scan for
-    events), ``DinToken``, ``ValidatorRegistry``, ``DinTasks`` (addresses),
-    ``min_stake``, ``unstake_delay``.
+    events), ``DinToken``, ``ValidatorRegistry``, ``DinTasks``, ``DinDisputes``
+    (addresses), ``min_stake``, ``unstake_delay``, ``committee`` (dispute
+    committee size: odd, 3..255).
     """
     if min_stake <= 0:
         raise UsageError("minimum stake must be positive", "give --min-stake above 0")
+    if committee % 2 == 0 or not 3 <= committee <= 255:
+        raise UsageError(
+            f"dispute committee size {committee} is not odd in 3..255", "give an odd size"
+        )
     block = chain.head() if hasattr(chain, "head") else 0
     token = chain.deploy(deployer, TOKEN, int(initial_supply))
     registry = chain.deploy(deployer, REGISTRY, token, int(min_stake), int(unstake_delay))
@@ -106,7 +116,7 @@ def deploy_all(
         keccak(rlp.encode([bytes.fromhex(deployer.address[2:]), nonce]))[12:]
     )
     tasks = chain.deploy(deployer, TASKS, registry, predicted)
-    disputes = chain.deploy(deployer, DISPUTES, tasks)  # reverts unless it is at `predicted`
+    disputes = chain.deploy(deployer, DISPUTES, tasks, int(committee))  # reverts unless at `predicted`
     reg = chain.contract(REGISTRY, registry)
     chain.send(
         deployer, reg.functions.initialize(tasks, disputes)
@@ -121,6 +131,7 @@ def deploy_all(
         DISPUTES: disputes,
         "min_stake": int(min_stake),
         "unstake_delay": int(unstake_delay),
+        "committee": int(committee),
     }
 
 

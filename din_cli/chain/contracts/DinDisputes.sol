@@ -14,7 +14,7 @@ import {Settlement} from "./Settlement.sol";
 /// @notice Anyone who holds proof that a subgroup's accepted aggregate is wrong (`din verify`
 ///         recomputes it bit-exactly) files a dispute with a bond (the task's slash amount) while the
 ///         task is still training. Filing freezes the task. In a later block anyone draws a committee
-///         of up to COMMITTEE stakers (an odd number, at least 3) from the registry's whole staked set,
+///         of up to `committee` stakers (an odd number, at least 3) from the registry's whole staked set,
 ///         in the order of a Feistel permutation keyed by the filing block's hash, skipping stakers
 ///         that are not active, lack free stake, filed the dispute or served the disputed subgroup in
 ///         that round; each member bonds the slash amount. Members commit, then reveal the CID they
@@ -35,7 +35,7 @@ import {Settlement} from "./Settlement.sol";
 contract DinDisputes is ReentrancyGuard {
     using SafeERC20 for IERC20;
 
-    uint256 public constant COMMITTEE = 5; // committee size (odd); fewer when fewer stakers qualify
+    uint256 public immutable committee; // committee size (odd, fixed at deployment); fewer when fewer stakers qualify
     uint256 internal constant MAX_SCAN = 256; // stakers looked at per draw: the draw's gas is bounded
 
     uint8 internal constant FILED = 1;
@@ -87,8 +87,10 @@ contract DinDisputes is ReentrancyGuard {
     event DisputeResolved(uint256 indexed disputeId, uint256 indexed taskId, uint256 round, uint256 group, uint8 outcome, bytes32 decided, uint256 newRound);
     event CommitteeSlashed(uint256 indexed disputeId, address indexed member, uint256 amount, string reason);
 
-    constructor(DinTasks tasks_) {
+    constructor(DinTasks tasks_, uint256 committee_) {
         require(tasks_.disputes() == address(this), "the task manager names another dispute contract");
+        require(committee_ % 2 == 1 && committee_ >= 3 && committee_ <= 255, "committee size must be odd, 3..255");
+        committee = committee_;
         tasks = tasks_;
         registry = tasks_.registry();
         token = tasks_.token();
@@ -133,7 +135,7 @@ contract DinDisputes is ReentrancyGuard {
         uint256 n = registry.stakerCount();
         uint256 scan = n < MAX_SCAN ? n : MAX_SCAN;
         address[] storage c = _committee[id];
-        for (uint256 i = 0; i < scan && c.length < COMMITTEE; i++) {
+        for (uint256 i = 0; i < scan && c.length < committee; i++) {
             address who = registry.stakerAt(Assignment.permute(k, i, n));
             if (_eligible(who, d, t, kv)) {
                 c.push(who);
