@@ -116,7 +116,9 @@ def deploy_all(
         keccak(rlp.encode([bytes.fromhex(deployer.address[2:]), nonce]))[12:]
     )
     tasks = chain.deploy(deployer, TASKS, registry, predicted)
-    disputes = chain.deploy(deployer, DISPUTES, tasks, int(committee))  # reverts unless at `predicted`
+    disputes = chain.deploy(
+        deployer, DISPUTES, tasks, int(committee)
+    )  # reverts unless at `predicted`
     reg = chain.contract(REGISTRY, registry)
     chain.send(
         deployer, reg.functions.initialize(tasks, disputes)
