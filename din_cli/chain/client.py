@@ -594,12 +594,15 @@ class EmbeddedChain(Chain):
 
     def _gas_for(self, fn, params: dict) -> int:
         """One dry run instead of a binary search (a dozen runs): gas costs nothing here,
-        so the limit is generous; a revert in the dry run raises with its reason."""
+        so the limit is generous; a revert in the dry run raises with its reason. It runs in
+        the block the transaction will be mined in (like a node's estimate at "pending"), so
+        ``block.number`` and ``block.timestamp`` are the ones the transaction will see."""
         from din_cli.chain.embedded import TX_GAS
 
         tx = fn.build_transaction({**params, "gas": TX_GAS, "nonce": 0})
         call = {k: tx[k] for k in ("from", "to", "data", "value", "gas") if k in tx}
-        self.w3.eth.call(call)
+        self.backend.prepare_block()
+        self.w3.eth.call(call, "pending")
         return TX_GAS
 
     def _raw_logs(self, address: str, topics: list, from_block: int, to_block: int | None) -> list:
