@@ -376,8 +376,11 @@ class Chain:
             return receipt
 
     def _gas_for(self, fn, params: dict) -> int:
-        """Gas limit for ``fn``: the node's estimate plus a margin (a revert raises here)."""
-        estimate = fn.estimate_gas(params)
+        """Gas limit for ``fn``: the node's estimate plus a margin (a revert raises here).
+
+        Estimated in the pending block, the one the transaction goes into, so a call that
+        needs a later block than the latest (a dispute's committee draw) is not refused."""
+        estimate = fn.estimate_gas(params, "pending")
         return min(int(estimate * 1.25) + 10_000, self._block_gas_limit())
 
     def _send_error(self, e: Exception, name: str, sender: str = "the sender") -> Exception:
