@@ -158,3 +158,18 @@ def test_a_colluding_majority_is_overturned_by_a_dispute(din, chain_env):
     assert clean.exit_code == 0, clean.output
     assert f"2\tsubgroup\t0\tok\t{right}" in clean.stdout.splitlines()
     assert "overturned by dispute 1" in clean.stderr
+
+
+def test_dispute_commands_refuse_bad_ids_in_one_line(din):
+    ok(din("init", "--dev-accounts", "2", "-q"))
+    for args, code, says in [
+        (("dispute", "status"), ExitCode.USAGE, "give a dispute ID or --task"),
+        (("dispute", "status", "1", "--task", "1"), ExitCode.USAGE, "give a dispute ID or --task"),
+        (("dispute", "status", "zero"), ExitCode.USAGE, "not a dispute id"),
+        (("dispute", "status", "7"), ExitCode.NOT_FOUND, "dispute 7 does not exist"),
+        (("dispute", "draw", "7", "--key", "dev1"), ExitCode.NOT_FOUND, "dispute 7 does not exist"),
+        (("dispute", "status", "--task", "3"), ExitCode.NOT_FOUND, "task 3 does not exist"),
+    ]:
+        r = din(*args)
+        assert r.exit_code == code, (args, r.output)
+        assert r.stdout == "" and r.stderr.count("\n") == 1 and says in r.stderr, (args, r.stderr)
