@@ -19,11 +19,17 @@ of ``N`` equal stake units, a fraction ``f`` of which is dishonest and colludes.
   with Y ~ Hypergeometric(N - v, D - X, c), the committee drawn from the validators
   outside the subgroup (D = fN dishonest units in all).
 
-The dispute path itself is not built yet (issue 10); this script sizes its
-committee, and tests/test_dispute_odds.py checks the formulas against
-brute-force enumeration.
+This is the dispute path as built (DinDisputes, `din round dispute`, `din dispute`):
+the committee is drawn after the filing from the whole staked set, never the
+filer or the disputed subgroup's validators, and its size is fixed at
+deployment (``DISPUTE_COMMITTEE``, 21 by default, odd). With fewer eligible
+stakers the committee is smaller (the largest odd number available, at least 3),
+and a smaller committee is easier to capture: run with ``--committee`` to see it.
+The README's "Disputes" table is this script's default output, and
+tests/test_dispute_odds.py checks it is, and the formulas against brute-force
+enumeration.
 
-    python scripts/dispute_odds.py [--staked 1000]
+    python scripts/dispute_odds.py [--staked 1000] [--committee 21 [--committee 101]]
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from math import comb
 
 FRACTIONS = (0.10, 0.20, 1 / 3, 0.40, 0.49)
 SUBGROUPS = (3, 5, 7)
-COMMITTEES = (21, 101)
+COMMITTEES = (21,)  # the deployed size (din_cli.chain.din.DISPUTE_COMMITTEE)
 
 
 def hypergeom_pmf(population: int, successes: int, draws: int, k: int) -> Fraction:
@@ -74,7 +80,7 @@ def survival(
     return total
 
 
-def table(staked: int) -> list[dict]:
+def table(staked: int, committees: tuple[int, ...] = COMMITTEES) -> list[dict]:
     rows = []
     for f in FRACTIONS:
         dishonest = round(f * staked)
@@ -84,17 +90,17 @@ def table(staked: int) -> list[dict]:
                 "subgroup": v,
                 "no_dispute": float(survival(staked, dishonest, v, None)),
             }
-            for c in COMMITTEES:
+            for c in committees:
                 row[f"sealed_c{c}"] = float(survival(staked, dishonest, v, c, sealed=True))
                 row[f"open_c{c}"] = float(survival(staked, dishonest, v, c, sealed=False))
             rows.append(row)
     return rows
 
 
-def markdown(staked: int) -> str:
-    cols = ["no_dispute"] + [f"{m}_c{c}" for c in COMMITTEES for m in ("sealed", "open")]
+def markdown(staked: int, committees: tuple[int, ...] = COMMITTEES) -> str:
+    cols = ["no_dispute"] + [f"{m}_c{c}" for c in committees for m in ("sealed", "open")]
     heads = ["dishonest stake", "subgroup validators", "no dispute"] + [
-        f"{m}, committee {c}" for c in COMMITTEES for m in ("sealed", "open")
+        f"{m}, committee {c}" for c in committees for m in ("sealed", "open")
     ]
     lines = [
         f"Staked set: {staked} equal stake units. Probability that a wrong subgroup result"
@@ -103,7 +109,7 @@ def markdown(staked: int) -> str:
         "| " + " | ".join(heads) + " |",
         "|" + "---|" * len(heads),
     ]
-    for r in table(staked):
+    for r in table(staked, committees):
         cells = [f"{r['fraction']:.0%}", str(r["subgroup"])] + [_fmt(r[c]) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -116,8 +122,17 @@ def _fmt(p: float) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--staked", type=int, default=1000, help="stake units in the staked set")
+    parser.add_argument(
+        "--committee",
+        type=int,
+        action="append",
+        help=f"committee size (repeatable; default {COMMITTEES[0]}, the deployed one)",
+    )
     args = parser.parse_args(argv)
-    print(markdown(args.staked))
+    committees = tuple(args.committee or COMMITTEES)
+    if any(c < 3 or c % 2 == 0 for c in committees):
+        parser.error("a committee size is odd and at least 3")
+    print(markdown(args.staked, committees))
 
 
 if __name__ == "__main__":

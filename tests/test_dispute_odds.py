@@ -48,3 +48,26 @@ def test_a_dispute_never_makes_a_wrong_result_likelier():
         for key, value in row.items():
             if key.startswith(("sealed_", "open_")):
                 assert value <= row["no_dispute"] + 1e-15, (key, row)
+
+
+def test_the_default_committee_is_the_deployed_one():
+    from din_cli.chain.din import DISPUTE_COMMITTEE
+
+    assert odds.COMMITTEES == (DISPUTE_COMMITTEE,)
+
+
+def test_readme_table_is_the_scripts_output():
+    """The README's Disputes table is what `python scripts/dispute_odds.py` prints, verbatim."""
+    import subprocess
+    import sys
+
+    printed = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "dispute_odds.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert printed == odds.markdown(1000)
+    assert printed in (REPO / "README.md").read_text(), (
+        "README's Disputes table is stale: paste `python scripts/dispute_odds.py`"
+    )

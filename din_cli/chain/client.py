@@ -376,8 +376,11 @@ class Chain:
             return receipt
 
     def _gas_for(self, fn, params: dict) -> int:
-        """Gas limit for ``fn``: the node's estimate plus a margin (a revert raises here)."""
-        estimate = fn.estimate_gas(params)
+        """Gas limit for ``fn``: the node's estimate plus a margin (a revert raises here).
+
+        Estimated in the pending block, the one the transaction goes into, so a call that
+        needs a later block than the latest (a dispute's committee draw) is not refused."""
+        estimate = fn.estimate_gas(params, "pending")
         return min(int(estimate * 1.25) + 10_000, self._block_gas_limit())
 
     def _send_error(self, e: Exception, name: str, sender: str = "the sender") -> Exception:
@@ -594,12 +597,15 @@ class EmbeddedChain(Chain):
 
     def _gas_for(self, fn, params: dict) -> int:
         """One dry run instead of a binary search (a dozen runs): gas costs nothing here,
-        so the limit is generous; a revert in the dry run raises with its reason."""
+        so the limit is generous; a revert in the dry run raises with its reason. It runs in
+        the block the transaction will be mined in (like a node's estimate at "pending"), so
+        ``block.number`` and ``block.timestamp`` are the ones the transaction will see."""
         from din_cli.chain.embedded import TX_GAS
 
         tx = fn.build_transaction({**params, "gas": TX_GAS, "nonce": 0})
         call = {k: tx[k] for k in ("from", "to", "data", "value", "gas") if k in tx}
-        self.w3.eth.call(call)
+        self.backend.prepare_block()
+        self.w3.eth.call(call, "pending")
         return TX_GAS
 
     def _raw_logs(self, address: str, topics: list, from_block: int, to_block: int | None) -> list:

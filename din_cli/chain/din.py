@@ -836,6 +836,18 @@ class Din:
         )
         return [self.dispute_info(int(e["args"]["disputeId"])) for e in logs]
 
+    def dispute_logs(self, name: str, **filters) -> list:
+        """Raw decoded ``name`` events of DinDisputes (``disputeId=``/``taskId=`` filter them)."""
+        if self.disputes is None:
+            return []
+        return self._logs(name, self.disputes, **filters)
+
+    def discarded_through(self, task_id: int) -> int:
+        """The last round of ``task_id`` that a dispute's replay discarded (0: none)."""
+        if self.disputes is None:
+            return 0
+        return int(self._call(self.disputes.functions.discardedThrough(int(task_id))))
+
     # -- reads
     def task_count(self) -> int:
         return int(self._call(self.tasks.functions.taskCount()))

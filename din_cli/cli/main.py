@@ -47,6 +47,7 @@ COMMANDS: dict[str, object] = {
     "participant": "din_cli.cli.chain:participant",
     "task": "din_cli.cli.chain:task",
     "round": "din_cli.cli.round:round_group",
+    "dispute": "din_cli.cli.dispute:dispute_group",
     "rewards": "din_cli.cli.rewards:rewards",
     "verify": "din_cli.cli.verify:verify",
 }

@@ -73,7 +73,10 @@ def round_status(task, chain_url, key_name, as_json):
 
     Plain output is KEY<TAB>VALUE lines; --json has the whole record. From the
     score reveal on it counts score reveals and test-set rejections, and lists
-    the settled subgroups whose majority rejected the test set.
+    the settled subgroups whose majority rejected the test set. `disputes`
+    lists ID:STATE of every dispute (`din dispute status`), `overturned` the
+    ROUND/GROUP results a committee overturned, and `discarded_through` the
+    last round a dispute's replay discarded (0: none).
 
     \b
     Example:
@@ -96,6 +99,11 @@ def round_status(task, chain_url, key_name, as_json):
     if ev:
         rows += [("score_reveals", ev["reveals"]), ("score_rejections", len(ev["rejections"]))]
         rows.append(("rejected_subgroups", ",".join(map(str, ev["rejected_subgroups"])) or "-"))
+    rows.append(
+        ("disputes", ",".join(f"{d['dispute_id']}:{d['state']}" for d in doc["disputes"]) or "-")
+    )
+    rows.append(("overturned", ",".join(doc["overturned"]) or "-"))
+    rows.append(("discarded_through", doc["discarded_through"]))
     output.emit_task_status(doc, ("model",), rows)
 
 
@@ -221,3 +229,33 @@ def round_slash(task, round_, chain_url, key_name, as_json):
         rounds = [round_] if round_ else range(1, ctx.din.task_info(tid).round + 1)
         slashed = rewards.slash_aggregators(ctx, tid, rounds)
     output.emit_doc(slashed, as_json, *(f"{s['validator']}\t{s['round']}" for s in slashed))
+
+
+@round_group.command("dispute")
+@task_option()
+@round_option("Round of the accepted result.", required=True)
+@click.option(
+    "--group", required=True, type=click.IntRange(0, None), metavar="G", help="Subgroup to dispute."
+)
+@acting_options(ipfs=True)
+def round_dispute(task, round_, group, chain_url, ipfs_api, key_name, as_json):
+    """Recompute a subgroup's accepted aggregate and, when it is wrong, file a dispute (anyone); prints its id.
+
+    The subgroup is recomputed with the code `din verify` runs; an accepted
+    result that recomputes exactly is refused (exit 2, nothing filed). Filing
+    escrows the task's slash amount as a bond and freezes the task until a
+    committee drawn after the filing decides (`din dispute`). Disputes are
+    open while the task trains, before evaluation starts.
+
+    \b
+    Example:
+        din verify --task 1 || din round dispute --task 1 --round 1 --group 0 --key dev9 | xargs din dispute draw --key dev9
+    """
+    from din_cli.protocol import disputes, roundflow
+
+    with context(chain_url, ipfs_api, key_name) as ctx:
+        doc = disputes.file(ctx, roundflow.task_number(task), round_, group)
+    output.note(
+        f"task {doc['task_id']} round {doc['round']} subgroup {doc['group']}: accepted {doc['accepted']}, recomputes to {doc['cid']}; dispute {doc['dispute_id']} filed"
+    )
+    output.emit_doc(doc, as_json, doc["dispute_id"])

@@ -24,8 +24,11 @@ from din_cli.cli.options import (
 def verify(task, round_, chain_url, ipfs_api, as_json):
     """Check that TASK's on-chain record holds: every accepted aggregate and global model recomputes bit-exactly.
 
-    Prints one line per check (ROUND<TAB>WHAT<TAB>GROUP<TAB>ok|FAIL<TAB>CID);
-    exit 0 when all hold, 3 when any does not. Subgroups are recomputed with
+    Prints one line per check (ROUND<TAB>WHAT<TAB>GROUP<TAB>ok|FAIL|discarded<TAB>CID);
+    exit 0 when all hold, 3 when any does not. A subgroup result that a
+    dispute committee overturned is checked as the committee's CID (named on
+    stderr); a check that does not hold in a round a dispute's replay
+    discarded reads `discarded` and does not fail. Subgroups are recomputed with
     the admission rule every validator applies: the updates it excluded are
     named on stderr (and under "excluded" with --json), and a recorded
     aggregate that used one of them fails, naming it.
@@ -42,13 +45,23 @@ def verify(task, round_, chain_url, ipfs_api, as_json):
     with context(chain_url, ipfs_api, None, act=False) as ctx:
         checks = lib.audit(ctx, tid, round_)
     lines = (
-        f"{c['round']}\t{c['what']}\t{'-' if c['group'] is None else c['group']}\t{'ok' if c['ok'] else 'FAIL'}\t{c['recorded']}"
+        f"{c['round']}\t{c['what']}\t{'-' if c['group'] is None else c['group']}\t{_verdict(c)}\t{c['recorded']}"
         for c in checks
     )
     output.emit_doc(checks, as_json, *lines)
     for c in checks:
+        if c["overturned"]:
+            output.note(
+                f"round {c['round']} subgroup {c['group']}: overturned by dispute {c['overturned']}; checked the committee's CID"
+            )
         for e in c["excluded"]:
             output.note(
                 f"round {c['round']} subgroup {c['group']}: excluded update #{e['index']} {e['cid']}: {e['reason']}"
             )
     lib.require_ok(tid, checks)
+
+
+def _verdict(check: dict) -> str:
+    if check["ok"]:
+        return "ok"
+    return "discarded" if check["discarded"] else "FAIL"

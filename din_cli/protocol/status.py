@@ -1,7 +1,8 @@
 """Where a task stands, and waiting for a phase from a script.
 
 ``status`` reads the task, its current round (seed, subgroups, updates,
-commits, reveals, accepted aggregates, proposed and accepted global model) and,
+commits, reveals, accepted aggregates, proposed and accepted global model), its
+disputes (open and decided, overturned subgroups, rounds a replay discarded) and,
 for the acting address, its role and what it has done. ``wait`` polls until
 the task reaches a phase (optionally of a given round), or fails after a
 timeout.
@@ -105,6 +106,9 @@ def status(ctx, task_id: int, address: str | None = None) -> dict:
             "rejections": sorted(v for v, vec in revealed.items() if not vec),
             "rejected_subgroups": d.rejected_subgroups(task_id),
         }
+    from din_cli.protocol.disputes import summary
+
+    doc.update(summary(ctx, task_id))  # disputes, overturned subgroups, discarded rounds
     doc["history"] = [
         {"round": int(e["args"]["round"]), "model": to_text(bytes(e["args"]["cid"]))}
         for e in d.events(task_id, "GlobalModelAccepted")

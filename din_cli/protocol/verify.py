@@ -8,7 +8,10 @@ accepted global model must equal the aggregate of the accepted subgroup
 results. Each check is one row of the report, with the updates the rule
 excluded and why; when an accepted aggregate admitted an update the rule
 excludes (its ``din.excluded`` lacks it), the row names it under
-``included``. ``verify`` raises VerificationError (exit 3) when any fails.
+``included``. A subgroup result a dispute committee overturned is checked
+as the committee's CID (``overturned``: the dispute id); rounds a dispute's
+replay discarded are labelled ``discarded`` and do not fail the audit.
+``verify`` raises VerificationError (exit 3) when any other check fails.
 
 Example:
     with open_context() as ctx:
@@ -23,7 +26,7 @@ from din_cli.protocol.roundflow import global_from_accepted, start_model, subgro
 
 
 def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
-    """Every check of ``task_id`` (or of one round): ``{round, what, group, expected, recorded, ok}``."""
+    """Every check of ``task_id`` (or of one round): ``{round, what, group, expected, recorded, ok, overturned, discarded, ...}``."""
     d = ctx.din
     d.task_info(task_id)  # NotFoundError for an unknown task
     started = sorted({int(e["args"]["round"]) for e in d.events(task_id, "RoundStarted")})
@@ -38,9 +41,13 @@ def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
         int(e["args"]["round"]): bytes(e["args"]["cid"])
         for e in d.events(task_id, "GlobalModelAccepted")
     }
+    from din_cli.protocol.disputes import summary
+
+    disputed = summary(ctx, task_id)
     checks = []
     with ctx.workdir() as work:
         for r in started:
+            discarded = r <= disputed["discarded_through"]
             accepted = d.accepted_aggregates(task_id, r)
             for g in sorted(accepted):
                 updates = d.updates_submitted(task_id, r, g)
@@ -56,6 +63,8 @@ def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
                         "expected": expected,
                         "recorded": recorded,
                         "ok": expected == recorded,
+                        "overturned": disputed["overturned"].get(f"{r}/{g}"),
+                        "discarded": discarded,
                         "excluded": excluded,
                         "included": []
                         if expected == recorded
@@ -74,6 +83,8 @@ def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
                         "expected": expected,
                         "recorded": recorded,
                         "ok": expected == recorded,
+                        "overturned": None,
+                        "discarded": discarded,
                         "excluded": [],
                         "included": [],
                     }
@@ -113,8 +124,8 @@ def verify(ctx, task_id: int, round_: int | None = None) -> list[dict]:
 
 
 def require_ok(task_id: int, checks: list[dict]) -> None:
-    """VerificationError naming the first failed check, if any."""
-    bad = [c for c in checks if not c["ok"]]
+    """VerificationError naming the first failed check, if any (rounds a replay discarded do not count)."""
+    bad = [c for c in checks if not c["ok"] and not c.get("discarded")]
     if bad:
         c = bad[0]
         what = (

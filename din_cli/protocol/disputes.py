@@ -1,0 +1,368 @@
+"""The dispute path: a subgroup's wrong accepted aggregate is overturned by a larger random committee.
+
+Anyone who recomputes a subgroup's accepted aggregate (with the code `din
+verify` runs, :func:`din_cli.protocol.roundflow.subgroup_result`) and gets
+another CID may ``file`` a dispute, escrowing the task's slash amount as a
+bond; it freezes the task. In a later block anyone may ``draw`` the committee
+(DinDisputes picks it from the whole staked set, seeded by the filing block's
+hash). Each member ``vote``\\ s: recomputes the subgroup the same way and
+commits its CID, then reveals it; the salt is derived from the member's key
+(``Din.derive_salt``) so no state is needed between the two steps. Anyone
+``resolve``\\ s once every member revealed or the reveal window closed: a CID
+revealed by a strict majority of the committee decides.
+
+Each step checks the chain first and raises ``AlreadyDone`` (exit 7) when it
+was already done, so a killed command can simply be run again.
+
+Example:
+    with open_context(identity=filer) as ctx:
+        doc = file(ctx, 1, 1, 0)
+        print(doc["dispute_id"])
+"""
+
+from __future__ import annotations
+
+from din_cli.errors import AlreadyDone, InputError, NotFoundError, UsageError
+from din_cli.protocol.cids import to_bytes, to_text
+from din_cli.protocol.roundflow import subgroup_result
+
+OPEN = ("filed", "drawn")
+#: Outcome of DinDisputes' state numbers (``DisputeResolved.outcome``).
+OUTCOMES = {3: "upheld", 4: "dismissed", 5: "undecided", 6: "void"}
+
+
+def dispute_number(text: str | int) -> int:
+    """A dispute id from user text (``3``, ``0x3``); UsageError otherwise."""
+    try:
+        n = int(str(text), 0)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UsageError(
+            f"{text!r} is not a dispute id", "give the number `din round dispute` printed"
+        )
+    return n
+
+
+def _require_disputes(ctx) -> None:
+    if ctx.din.disputes is None:
+        raise NotFoundError(
+            "this deployment has no dispute contract", "redeploy with `din init` (a newer din)"
+        )
+
+
+def _info(ctx, dispute_id: int) -> dict:
+    from din_cli.errors import TransactionReverted
+
+    _require_disputes(ctx)
+    try:
+        return ctx.din.dispute_info(dispute_id)
+    except TransactionReverted as e:
+        if "no such dispute" in e.reason:
+            raise NotFoundError(
+                f"dispute {dispute_id} does not exist",
+                "list a task's disputes with `din dispute status --task TASK`",
+            ) from None
+        raise
+
+
+def _cid_or_hex(raw: bytes) -> str:
+    try:
+        return to_text(bytes(raw))
+    except InputError:
+        return "0x" + bytes(raw).hex()
+
+
+# ------------------------------------------------------------------ filing
+
+
+def recompute(ctx, task_id: int, round_: int, group: int) -> dict:
+    """Subgroup ``group``'s accepted CID of ``round_`` and the CID it recomputes to (``din verify``'s code)."""
+    accepted = ctx.din.accepted_aggregates(task_id, round_)
+    if group not in accepted:
+        raise NotFoundError(
+            f"task {task_id} round {round_}: subgroup {group} has no accepted aggregate",
+            f"only an accepted result can be disputed; see `din verify --task {task_id} --round {round_}`",
+        )
+    with ctx.workdir() as work:
+        expected, _ = subgroup_result(ctx, task_id, round_, group, work)
+    return {"accepted": to_text(accepted[group]), "expected": expected}
+
+
+def file(ctx, task_id: int, round_: int, group: int) -> dict:
+    """Recompute subgroup ``group`` of ``round_`` and, when its accepted CID is wrong, file a dispute.
+
+    UsageError (nothing filed) when the accepted result recomputes exactly,
+    when the round was discarded by an earlier dispute's replay, or when the
+    task is past training; AlreadyDone when this very subgroup is already
+    under dispute.
+    """
+    d = ctx.din
+    _require_disputes(ctx)
+    info = d.task_info(task_id)
+    through = d.discarded_through(task_id)
+    if round_ <= through:
+        raise UsageError(
+            f"task {task_id} round {round_} was discarded by a dispute's replay (rounds 1..{through})",
+            "a discarded round cannot be disputed again; check the replay with `din verify`",
+        )
+    for o in d.disputes_of(task_id):
+        if o["state"] in OPEN:
+            if (o["round"], o["group"]) == (round_, group):
+                raise AlreadyDone(
+                    f"dispute {o['dispute_id']} already disputes task {task_id} round {round_} subgroup {group}",
+                    f"follow it with `din dispute status {o['dispute_id']}`",
+                )
+            raise UsageError(
+                f"task {task_id} already has an open dispute ({o['dispute_id']})",
+                f"file again once it is resolved: `din dispute status {o['dispute_id']}`",
+            )
+    if info.phase not in ("training", "aggregation-commit", "aggregation-reveal", "global-model"):
+        raise UsageError(
+            f"task {task_id} is in phase {info.phase}: disputes are open only while it trains",
+            "file before evaluation starts",
+        )
+    doc = recompute(ctx, task_id, round_, group)
+    if doc["expected"] == doc["accepted"]:
+        raise UsageError(
+            f"task {task_id} round {round_} subgroup {group}: the accepted aggregate {doc['accepted']} recomputes exactly",
+            "nothing to dispute (`din verify` lists the subgroups that do not hold)",
+        )
+    bond = info.slash_amount
+    if d.balance(ctx.address) < bond:
+        raise InputError(
+            f"{ctx.address} holds {d.balance(ctx.address)} DIN units, the bond is {bond}",
+            "get tokens for the bond first (the task's slash amount)",
+        )
+    with ctx.chain.writing():
+        did = d.file_dispute(ctx.account, task_id, round_, group, to_bytes(doc["expected"]))
+    return {
+        "dispute_id": did,
+        "task_id": task_id,
+        "round": round_,
+        "group": group,
+        "accepted": doc["accepted"],
+        "cid": doc["expected"],
+        "bond": bond,
+    }
+
+
+# ------------------------------------------------------------------ the committee
+
+
+def draw(ctx, dispute_id: int) -> dict:
+    """Draw the dispute's committee (anyone, a later block than the filing); its status."""
+    info = _info(ctx, dispute_id)
+    if info["state"] != "filed":
+        raise AlreadyDone(
+            f"dispute {dispute_id} is {info['state']}: its committee was already drawn",
+            f"see it with `din dispute status {dispute_id}`",
+        )
+    with ctx.chain.writing():
+        if _info(ctx, dispute_id)["state"] != "filed":
+            raise AlreadyDone(f"dispute {dispute_id}'s committee was already drawn", "nothing to do")
+        ctx.din.draw_committee(ctx.account, dispute_id)
+    return status(ctx, dispute_id)
+
+
+def _voted(ctx, dispute_id: int, event: str) -> set[str]:
+    return {e["args"]["member"] for e in ctx.din.dispute_logs(event, disputeId=int(dispute_id))}
+
+
+def vote(ctx, dispute_id: int, *, reveal: bool = False) -> dict:
+    """A committee member's vote: recompute the disputed subgroup and commit its CID (``reveal``: reveal it).
+
+    The CID is recorded under ``$DIN_HOME/commits`` before the commit and
+    recomputed bit-exactly when the record is gone; the salt is derived from
+    the member's key.
+    """
+    info = _info(ctx, dispute_id)
+    me = ctx.address
+    if me not in info["committee"]:
+        raise NotFoundError(
+            f"{me} is not on dispute {dispute_id}'s committee",
+            f"its members are listed by `din dispute status {dispute_id}`",
+        )
+    step = "reveal" if reveal else "commit"
+    if me in _voted(ctx, dispute_id, "DisputeVoteRevealed" if reveal else "DisputeVoteCommitted"):
+        raise AlreadyDone(
+            f"dispute {dispute_id}: vote already {step}ted",
+            "nothing to do" if reveal else f"reveal it: `din dispute vote {dispute_id} --reveal`",
+        )
+    if info["state"] != "drawn":
+        raise UsageError(
+            f"dispute {dispute_id} is {info['state']}, not open for votes",
+            f"see `din dispute status {dispute_id}`",
+        )
+    now = ctx.chain.now()
+    if not reveal and now >= info["commit_end"]:
+        raise UsageError(f"dispute {dispute_id}'s commit window is over", "nothing to do")
+    if reveal:
+        if me not in _voted(ctx, dispute_id, "DisputeVoteCommitted"):
+            raise UsageError(
+                f"dispute {dispute_id}: no vote committed", "only a committed vote can be revealed"
+            )
+        if info["committed"] < info["size"] and now < info["commit_end"]:
+            raise UsageError(
+                f"dispute {dispute_id}: {info['committed']} of {info['size']} members committed; reveals open when all have or in {info['commit_end'] - now} s",
+                f"wait, then run `din dispute vote {dispute_id} --reveal` again",
+            )
+    task_id, round_, group = info["task_id"], info["round"], info["group"]
+    kind = f"dispute-{dispute_id}"
+    record = ctx.load_record(task_id, round_, kind) if reveal else None
+    if record is None:
+        with ctx.workdir() as work:
+            cid, _ = subgroup_result(ctx, task_id, round_, group, work)
+    else:
+        cid = record["cid"]
+    if not reveal:
+        ctx.save_record(task_id, round_, kind, {"cid": cid, "dispute_id": dispute_id})
+    with ctx.chain.writing():
+        if me in _voted(
+            ctx, dispute_id, "DisputeVoteRevealed" if reveal else "DisputeVoteCommitted"
+        ):
+            raise AlreadyDone(f"dispute {dispute_id}: vote already {step}ted", "nothing to do")
+        if reveal:
+            ctx.din.dispute_reveal(ctx.account, dispute_id, to_bytes(cid))
+        else:
+            ctx.din.dispute_commit(ctx.account, dispute_id, to_bytes(cid))
+    return {
+        "dispute_id": dispute_id,
+        "task_id": task_id,
+        "round": round_,
+        "group": group,
+        "step": step,
+        "cid": cid,
+        "agrees": cid == _filed(ctx, dispute_id)["accepted"],
+    }
+
+
+def resolve(ctx, dispute_id: int) -> dict:
+    """Decide the dispute (anyone) once the committee revealed or its window closed; its status.
+
+    Upheld: the subgroup's validators that revealed the accepted CID are
+    slashed and removed, and the task replays from the disputed round's
+    starting model. A dispute nobody drew within 256 blocks is voided.
+    """
+    info = _info(ctx, dispute_id)
+    if info["state"] not in OPEN:
+        raise AlreadyDone(f"dispute {dispute_id} is already {info['state']}", "nothing to do")
+    now = ctx.chain.now()
+    if info["state"] == "filed":
+        raise UsageError(
+            f"dispute {dispute_id} has no committee yet",
+            f"draw it first: `din dispute draw {dispute_id}`",
+        )
+    if info["revealed"] < info["size"] and now < info["reveal_end"]:
+        raise UsageError(
+            f"dispute {dispute_id}: the committee is still voting ({info['revealed']} of {info['size']} revealed, the window closes in {info['reveal_end'] - now} s)",
+            "wait for every reveal or the window's end, then run it again",
+        )
+    with ctx.chain.writing():
+        if _info(ctx, dispute_id)["state"] not in OPEN:
+            raise AlreadyDone(f"dispute {dispute_id} was already resolved", "nothing to do")
+        ctx.din.resolve_dispute(ctx.account, dispute_id)
+    return status(ctx, dispute_id)
+
+
+# ------------------------------------------------------------------ reading
+
+
+def _filed(ctx, dispute_id: int) -> dict:
+    e = ctx.din.dispute_logs("DisputeFiled", disputeId=int(dispute_id))[0]["args"]
+    return {"accepted": _cid_or_hex(e["acceptedCid"]), "claimed": _cid_or_hex(e["cid"])}
+
+
+def status(ctx, dispute_id: int) -> dict:
+    """Dispute ``dispute_id``: state, CIDs, committee and each member's vote, outcome and slashes."""
+    info = _info(ctx, dispute_id)
+    did = int(dispute_id)
+    committed = _voted(ctx, did, "DisputeVoteCommitted")
+    revealed = {
+        e["args"]["member"]: _cid_or_hex(e["args"]["cid"])
+        for e in ctx.din.dispute_logs("DisputeVoteRevealed", disputeId=did)
+    }
+    resolved = ctx.din.dispute_logs("DisputeResolved", disputeId=did)
+    slashed = {
+        e["args"]["member"]: {"amount": int(e["args"]["amount"]), "reason": e["args"]["reason"]}
+        for e in ctx.din.dispute_logs("CommitteeSlashed", disputeId=did)
+    }
+    decided = None
+    if info["decided_digest"] != bytes(32):
+        from din_cli.chain.din import cid_digest
+
+        decided = next(
+            (c for c in revealed.values() if cid_digest(to_bytes(c)) == info["decided_digest"]),
+            None,
+        )
+    filed = _filed(ctx, did)
+    doc = {
+        "dispute_id": did,
+        "task_id": info["task_id"],
+        "round": info["round"],
+        "group": info["group"],
+        "state": info["state"],
+        "filer": info["filer"],
+        "bond": info["bond"],
+        "accepted": filed["accepted"],
+        "claimed": filed["claimed"],
+        "size": info["size"],
+        "committed": info["committed"],
+        "revealed": info["revealed"],
+        "commit_end": info["commit_end"] or None,
+        "reveal_end": info["reveal_end"] or None,
+        "decided": decided,
+        "new_round": int(resolved[-1]["args"]["newRound"]) or None if resolved else None,
+        "committee": [
+            {
+                "member": m,
+                "committed": m in committed,
+                "cid": revealed.get(m),
+                "slashed": slashed.get(m, {}).get("amount", 0),
+            }
+            for m in info["committee"]
+        ],
+    }
+    if info["state"] == "upheld":
+        doc["slashed_validators"] = [
+            {"validator": e["args"]["validator"], "amount": int(e["args"]["amount"])}
+            for e in ctx.din.events(info["task_id"], "ValidatorSlashed")
+            if int(e["args"]["round"]) == info["round"]
+            and int(e["blockNumber"]) == int(resolved[-1]["blockNumber"])
+        ]
+    return doc
+
+
+def of_task(ctx, task_id: int) -> list[dict]:
+    """Every dispute filed against ``task_id``, oldest first (the same records as :func:`status`)."""
+    ctx.din.task_info(task_id)  # NotFoundError for an unknown task
+    return [
+        status(ctx, int(e["args"]["disputeId"]))
+        for e in ctx.din.dispute_logs("DisputeFiled", taskId=int(task_id))
+    ]
+
+
+def summary(ctx, task_id: int) -> dict:
+    """What `din round status` and `din verify` show of a task's disputes.
+
+    ``disputes``: ``{dispute_id, round, group, state, new_round}`` oldest
+    first; ``overturned``: ``{"ROUND/GROUP": dispute_id}`` of upheld ones;
+    ``discarded_through``: the last round a replay discarded (0: none).
+    """
+    d = ctx.din
+    rows = [
+        {
+            "dispute_id": o["dispute_id"],
+            "round": o["round"],
+            "group": o["group"],
+            "state": o["state"],
+        }
+        for o in d.disputes_of(task_id)
+    ]
+    return {
+        "disputes": rows,
+        "overturned": {
+            f"{o['round']}/{o['group']}": o["dispute_id"] for o in rows if o["state"] == "upheld"
+        },
+        "discarded_through": d.discarded_through(task_id),
+    }

@@ -1,0 +1,175 @@
+"""A dishonest majority loses, with din's own commands on the embedded chain (and anvil when set).
+
+One subgroup of 5 validators; 3 of them collude in round 2 and reveal a
+well-formed but wrong aggregate (FedAvg of one update of two), which the
+contract accepts. `din verify` names it; anyone files `din round dispute`;
+a committee of the other stakers, drawn after the filing, recomputes and
+votes; `din dispute resolve` slashes and removes the colluders, leaves the
+honest two untouched and unslashable, and replays the round from the model
+it started from; `din verify` then holds. Filing against a correct result is
+refused and files nothing.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from din_cli.errors import ExitCode
+
+OWNER, PARTS = "dev1", ("dev2", "dev3")
+VALS = ("dev4", "dev5", "dev6", "dev7", "dev8")
+COLLUDERS, HONEST = VALS[:3], VALS[3:]
+STAKERS = ("dev9", "dev10", "dev11")  # staked, not in the task: the committee is drawn from them
+FILER = "dev12"
+
+
+def ok(result) -> str:
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def fields(text: str) -> dict:
+    return dict(line.split("\t", 1) for line in text.splitlines())
+
+
+@pytest.fixture(params=["embedded", "anvil"])
+def chain_env(request, monkeypatch):
+    if request.param == "anvil":
+        monkeypatch.setenv("DIN_CHAIN", request.getfixturevalue("anvil_url"))
+    return request.param
+
+
+def test_a_colluding_majority_is_overturned_by_a_dispute(din, chain_env):
+    ok(din("init", "--dev-accounts", "12", "-q"))
+    ok(din("data", "split", "--dataset", "digits", "--participants", "2", "--out", "stores"))
+    ok(din("model", "init", "--arch", "logreg:64-10", "--seed", "0", "-o", "genesis.safetensors"))
+    task = ok(
+        din(
+            "model", "publish", "genesis.safetensors", "--test-set", "stores/test.npz",
+            "--deposit", "100", "--subgroup-size", "2", "--validators-per-subgroup", "5",
+            "--rounds", "2", "--key", OWNER, "-q",
+        )
+    ).strip()  # fmt: skip
+    addr = {k: ok(din("keys", "show", k, "--field", "address")).strip() for k in VALS + STAKERS}
+    for v in VALS + STAKERS:
+        ok(din("validator", "stake", "100", "--key", v, "-q"))
+    for v in VALS:
+        ok(din("validator", "join", task, "--key", v, "-q"))
+    for p in PARTS:
+        ok(din("participant", "join", task, "--key", p, "-q"))
+    ok(din("round", "start", "--task", task, "--key", OWNER, "-q"))
+
+    def train(r):
+        for i, p in enumerate(PARTS):
+            ok(din("train", "--task", task, "--data", f"stores/participant-0{i + 1}.npz", "--submit",
+                   "--epochs", "2", "--lr", "0.5", "--seed", str(r), "--key", p, "-q"))  # fmt: skip
+
+    def aggregate(wrong=None):
+        for v in VALS:
+            liar = ["--cid", wrong] if wrong and v in COLLUDERS else []
+            ok(din("aggregate", "--task", task, "--commit", *liar, "--key", v, "-q"))
+        for v in VALS:
+            ok(din("aggregate", "--task", task, "--reveal", "--key", v, "-q"))
+
+    def status():
+        return json.loads(ok(din("round", "status", "--task", task, "--json")))
+
+    # round 1 is honest: its accepted result is correct, and disputing it is refused
+    train(1)
+    aggregate()
+    refused = din("round", "dispute", "--task", task, "--round", "1", "--group", "0",
+                  "--key", FILER)  # fmt: skip
+    assert refused.exit_code == ExitCode.USAGE and refused.stdout == ""
+    assert refused.stderr.count("\n") == 1 and "recomputes exactly" in refused.stderr
+    assert ok(din("dispute", "status", "--task", task)) == ""  # nothing filed
+    assert status()["phase"] == "global-model"
+    model1 = ok(din("round", "finalize", "--task", task, "--key", OWNER, "-q")).strip()
+    for v in VALS:
+        assert din("round", "attest", "--task", task, "--key", v, "-q").exit_code in (0, 7)
+    assert (status()["phase"], status()["round"], status()["model"]) == ("training", 2, model1)
+
+    # round 2: 3 of 5 reveal a valid but wrong aggregate (one update left out); it is accepted
+    train(2)
+    first = status()["current_round"]["updates"][0]["cid"]
+    ok(din("aggregate", first, "-o", "partial.safetensors", "-q"))
+    wrong = ok(din("ipfs", "add", "partial.safetensors")).strip()
+    aggregate(wrong)
+    assert status()["current_round"]["accepted"] == {"0": wrong}
+    audit = din("verify", "--task", task)
+    assert audit.exit_code == ExitCode.VERIFICATION_FAILED
+    assert f"2\tsubgroup\t0\tFAIL\t{wrong}" in audit.stdout.splitlines()
+    assert "round 2: subgroup 0's aggregate on chain is " + wrong in audit.stderr
+
+    stake = {v: json.loads(ok(din("validator", "info", "--key", v, "--json")))["stake"] for v in VALS}
+    did = ok(din("round", "dispute", "--task", task, "--round", "2", "--group", "0",
+                 "--key", FILER, "-q")).strip()  # fmt: skip
+    assert did == "1"
+    again = din("round", "dispute", "--task", task, "--round", "2", "--group", "0", "--key", FILER)
+    assert again.exit_code == ExitCode.ALREADY_DONE, again.output
+    assert status()["phase"] == "disputed" and status()["disputes"][0]["state"] == "filed"
+    # nobody but the committee may vote, and nobody resolves before the draw
+    assert din("dispute", "vote", did, "--key", VALS[3]).exit_code == ExitCode.NOT_FOUND
+    early = din("dispute", "resolve", did, "--key", FILER)
+    assert early.exit_code == ExitCode.USAGE and "din dispute draw" in early.stderr
+
+    committee = ok(din("dispute", "draw", did, "--key", FILER, "-q")).split()
+    assert sorted(committee) == sorted(addr[s] for s in STAKERS)  # never the subgroup's own
+    by_addr = {addr[s]: s for s in STAKERS}
+    right = None
+    for m in committee:
+        right = ok(din("dispute", "vote", did, "--key", by_addr[m], "-q")).strip()
+    assert right != wrong
+    for m in committee:
+        assert ok(din("dispute", "vote", did, "--reveal", "--key", by_addr[m], "-q")).strip() == right
+    shown = json.loads(ok(din("dispute", "status", did, "--json")))
+    assert shown["revealed"] == 3 and {c["cid"] for c in shown["committee"]} == {right}
+    assert shown["accepted"] == wrong and shown["claimed"] == right
+
+    line = ok(din("dispute", "resolve", did, "--key", FILER, "-q")).strip()
+    assert line == f"{did}\tupheld\t2\t0\t{right}"
+    assert din("dispute", "resolve", did, "--key", FILER).exit_code == ExitCode.ALREADY_DONE
+
+    slash = 10 * 10**18  # the task's slash amount: a tenth of the minimum stake
+    after = {v: json.loads(ok(din("validator", "info", "--key", v, "--json")))["stake"] for v in VALS}
+    for v in COLLUDERS:
+        assert after[v] == stake[v] - slash, v
+    for v in HONEST:
+        assert after[v] == stake[v], v
+    # the honest minority cannot be slashed for round 2: the committee's CID is its majority now
+    assert ok(din("round", "slash", "--task", task, "--round", "2", "--key", FILER, "-q")) == ""
+    assert all(
+        json.loads(ok(din("validator", "info", "--key", v, "--json")))["stake"] == stake[v]
+        for v in HONEST
+    )
+    shown = json.loads(ok(din("rewards", "show", "--task", task, "--json")))
+    removed = {v["address"] for v in shown["validators"] if v["slashed"]}
+    assert removed == {addr[v] for v in COLLUDERS}
+
+    # replayed: a new round 3 from the model round 2 started from (round 1's global model)
+    now = status()
+    assert (now["phase"], now["round"], now["model"]) == ("training", 3, model1)
+    assert now["overturned"] == {"2/0": 1} and now["discarded_through"] == 2
+    plain = fields(ok(din("round", "status", "--task", task)))
+    assert plain["disputes"] == "1:upheld" and plain["overturned"] == "2/0"
+
+    clean = din("verify", "--task", task)
+    assert clean.exit_code == 0, clean.output
+    assert f"2\tsubgroup\t0\tok\t{right}" in clean.stdout.splitlines()
+    assert "overturned by dispute 1" in clean.stderr
+
+
+def test_dispute_commands_refuse_bad_ids_in_one_line(din):
+    ok(din("init", "--dev-accounts", "2", "-q"))
+    for args, code, says in [
+        (("dispute", "status"), ExitCode.USAGE, "give a dispute ID or --task"),
+        (("dispute", "status", "1", "--task", "1"), ExitCode.USAGE, "give a dispute ID or --task"),
+        (("dispute", "status", "zero"), ExitCode.USAGE, "not a dispute id"),
+        (("dispute", "status", "7"), ExitCode.NOT_FOUND, "dispute 7 does not exist"),
+        (("dispute", "draw", "7", "--key", "dev1"), ExitCode.NOT_FOUND, "dispute 7 does not exist"),
+        (("dispute", "status", "--task", "3"), ExitCode.NOT_FOUND, "task 3 does not exist"),
+    ]:
+        r = din(*args)
+        assert r.exit_code == code, (args, r.output)
+        assert r.stdout == "" and r.stderr.count("\n") == 1 and says in r.stderr, (args, r.stderr)
