@@ -1109,8 +1109,8 @@ def test_round_one_seed_is_the_hash_of_the_block_that_started_it(deployed):
 
 
 def _entropy(w) -> bytes:
-    """The task's entropy recomputed from the chain: keccak(blockhash(creation - 1), id), then
-    keccak(entropy, salt) for every aggregate reveal in order, salts read from the reveal calldata."""
+    """The task's entropy recomputed from the chain: keccak(blockhash(creation - 1), id), XORed
+    with keccak(salt, validator) for every aggregate reveal, salts read from the reveal calldata."""
     from eth_abi import encode
 
     from din_cli.chain.assignment import keccak
@@ -1121,7 +1121,8 @@ def _entropy(w) -> bytes:
     for ev in w.din.events(w.task, "AggregateRevealed"):
         tx = w.chain.w3.eth.get_transaction(ev["transactionHash"])
         _, args = w.din.tasks.decode_function_input(tx["input"])
-        e = keccak(encode(["bytes32", "bytes32"], [e, bytes(args["salt"])]))
+        mix = keccak(encode(["bytes32", "address"], [bytes(args["salt"]), tx["from"]]))
+        e = bytes(x ^ y for x, y in zip(e, mix, strict=True))
     return e
 
 

@@ -102,7 +102,9 @@ def test_a_colluding_majority_is_overturned_by_a_dispute(din, chain_env):
     assert f"2\tsubgroup\t0\tFAIL\t{wrong}" in audit.stdout.splitlines()
     assert "round 2: subgroup 0's aggregate on chain is " + wrong in audit.stderr
 
-    stake = {v: json.loads(ok(din("validator", "info", "--key", v, "--json")))["stake"] for v in VALS}
+    stake = {
+        v: json.loads(ok(din("validator", "info", "--key", v, "--json")))["stake"] for v in VALS
+    }
     did = ok(din("round", "dispute", "--task", task, "--round", "2", "--group", "0",
                  "--key", FILER, "-q")).strip()  # fmt: skip
     assert did == "1"
@@ -122,7 +124,9 @@ def test_a_colluding_majority_is_overturned_by_a_dispute(din, chain_env):
         right = ok(din("dispute", "vote", did, "--key", by_addr[m], "-q")).strip()
     assert right != wrong
     for m in committee:
-        assert ok(din("dispute", "vote", did, "--reveal", "--key", by_addr[m], "-q")).strip() == right
+        assert (
+            ok(din("dispute", "vote", did, "--reveal", "--key", by_addr[m], "-q")).strip() == right
+        )
     shown = json.loads(ok(din("dispute", "status", did, "--json")))
     assert shown["revealed"] == 3 and {c["cid"] for c in shown["committee"]} == {right}
     assert shown["accepted"] == wrong and shown["claimed"] == right
@@ -132,7 +136,9 @@ def test_a_colluding_majority_is_overturned_by_a_dispute(din, chain_env):
     assert din("dispute", "resolve", did, "--key", FILER).exit_code == ExitCode.ALREADY_DONE
 
     slash = 10 * 10**18  # the task's slash amount: a tenth of the minimum stake
-    after = {v: json.loads(ok(din("validator", "info", "--key", v, "--json")))["stake"] for v in VALS}
+    after = {
+        v: json.loads(ok(din("validator", "info", "--key", v, "--json")))["stake"] for v in VALS
+    }
     for v in COLLUDERS:
         assert after[v] == stake[v] - slash, v
     for v in HONEST:
@@ -150,7 +156,7 @@ def test_a_colluding_majority_is_overturned_by_a_dispute(din, chain_env):
     # replayed: a new round 3 from the model round 2 started from (round 1's global model)
     now = status()
     assert (now["phase"], now["round"], now["model"]) == ("training", 3, model1)
-    assert now["overturned"] == {"2/0": 1} and now["discarded_through"] == 2
+    assert now["overturned"] == {"2/0": 1} and now["discarded"] == [2]
     plain = fields(ok(din("round", "status", "--task", task)))
     assert plain["disputes"] == "1:upheld" and plain["overturned"] == "2/0"
 

@@ -17,8 +17,9 @@ A pure function of (seed, index), computed identically here and in
 
 The seed of a round is ``keccak256(abi.encode(source, task, round))`` (round 0:
 the evaluation). For round 1 ``source`` is the hash of the block that started the
-round; for later rounds and the evaluation it is the task's entropy, a hash chain of
-every aggregate salt revealed so far (see README, "Subgroups").
+round; for later rounds and the evaluation it is the task's entropy, the XOR of
+``keccak256(salt, validator)`` over every aggregate salt revealed so far (see
+README, "Subgroups").
 
 Example:
     >>> groups = participant_groups(bytes(32), n=5, groups=group_count(5, 2))

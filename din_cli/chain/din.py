@@ -565,7 +565,10 @@ class Din:
         """
         info = self.round_info(task_id, round_)
         accepted = self.accepted_aggregates(task_id, round_)
-        if PHASE_NUMBERS.get(self.task_info(task_id).phase, 0) <= PHASE_NUMBERS["global-model"]:
+        phase = self.task_info(task_id).phase
+        if phase == "disputed":  # frozen: slashAggregator reverts until the dispute is resolved
+            return []
+        if PHASE_NUMBERS.get(phase, 0) <= PHASE_NUMBERS["global-model"]:
             accepted = self.overturned(task_id, round_)  # training: only committee decisions count
 
         revealed = {
@@ -819,6 +822,7 @@ class Din:
             "size": int(r["size"]),
             "committed": int(r["committed"]),
             "revealed": int(r["revealed"]),
+            "filed_block": int(r["filedBlock"]),
             "commit_end": int(r["commitEnd"]),
             "reveal_end": int(r["revealEnd"]),
             "bond": int(r["bond"]),
@@ -842,11 +846,15 @@ class Din:
             return []
         return self._logs(name, self.disputes, **filters)
 
-    def discarded_through(self, task_id: int) -> int:
-        """The last round of ``task_id`` that a dispute's replay discarded (0: none)."""
-        if self.disputes is None:
-            return 0
-        return int(self._call(self.disputes.functions.discardedThrough(int(task_id))))
+    def discarded_rounds(self, task_id: int) -> list[int]:
+        """Rounds of ``task_id`` that upheld disputes discarded (each replays from the disputed
+        round's starting model: rounds ``round .. newRound - 1``), ascending."""
+        out: set[int] = set()
+        for e in self.dispute_logs("DisputeResolved", taskId=int(task_id)):
+            a = e["args"]
+            if int(a["outcome"]) == 3:  # upheld
+                out.update(range(int(a["round"]), int(a["newRound"])))
+        return sorted(out)
 
     # -- reads
     def task_count(self) -> int:
@@ -936,8 +944,8 @@ class Din:
         Round 1's is drawn from the hash of the block that started the round, by the first
         transaction after that block; until then the contract holds ``PENDING | block`` and this
         computes the same value from that block's hash (zero bytes while it is the latest block,
-        or when it is older than 256 blocks: then the contract draws from the block before the
-        next transaction, so wait for one, e.g. `din round advance`).
+        or once the next transaction could no longer read it, 256 blocks on: the contract then
+        pends it again on that transaction's block, so wait for one, e.g. `din round advance`).
         """
         seed = bytes(self._call(self.tasks.functions.roundSeed(int(task_id), int(round_))))
         value = int.from_bytes(seed, "big")
@@ -945,7 +953,7 @@ class Din:
             return seed
         start = value & (2**64 - 1)
         latest = int(self.chain.w3.eth.block_number)
-        if not start < latest <= start + 256:
+        if not start < latest < start + 256:  # the next transaction, in latest + 1, can read it
             return bytes(32)
         block_hash = bytes(self.chain.w3.eth.get_block(start)["hash"])
         return assignment.round_seed(block_hash, task_id, 1)

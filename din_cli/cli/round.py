@@ -75,8 +75,8 @@ def round_status(task, chain_url, key_name, as_json):
     score reveal on it counts score reveals and test-set rejections, and lists
     the settled subgroups whose majority rejected the test set. `disputes`
     lists ID:STATE of every dispute (`din dispute status`), `overturned` the
-    ROUND/GROUP results a committee overturned, and `discarded_through` the
-    last round a dispute's replay discarded (0: none).
+    ROUND/GROUP results a committee overturned, and `discarded` the rounds
+    disputes' replays discarded.
 
     \b
     Example:
@@ -103,7 +103,7 @@ def round_status(task, chain_url, key_name, as_json):
         ("disputes", ",".join(f"{d['dispute_id']}:{d['state']}" for d in doc["disputes"]) or "-")
     )
     rows.append(("overturned", ",".join(doc["overturned"]) or "-"))
-    rows.append(("discarded_through", doc["discarded_through"]))
+    rows.append(("discarded", ",".join(map(str, doc["discarded"])) or "-"))
     output.emit_task_status(doc, ("model",), rows)
 
 

@@ -100,10 +100,11 @@ def file(ctx, task_id: int, round_: int, group: int) -> dict:
     d = ctx.din
     _require_disputes(ctx)
     info = d.task_info(task_id)
-    through = d.discarded_through(task_id)
-    if round_ <= through:
+    discarded = d.discarded_rounds(task_id)
+    if round_ in discarded:
         raise UsageError(
-            f"task {task_id} round {round_} was discarded by a dispute's replay (rounds 1..{through})",
+            f"task {task_id} round {round_} was discarded by a dispute's replay"
+            f" (rounds {', '.join(map(str, discarded))})",
             "a discarded round cannot be disputed again; check the replay with `din verify`",
         )
     for o in d.disputes_of(task_id):
@@ -160,7 +161,9 @@ def draw(ctx, dispute_id: int) -> dict:
         )
     with ctx.chain.writing():
         if _info(ctx, dispute_id)["state"] != "filed":
-            raise AlreadyDone(f"dispute {dispute_id}'s committee was already drawn", "nothing to do")
+            raise AlreadyDone(
+                f"dispute {dispute_id}'s committee was already drawn", "nothing to do"
+            )
         ctx.din.draw_committee(ctx.account, dispute_id)
     return status(ctx, dispute_id)
 
@@ -248,12 +251,12 @@ def resolve(ctx, dispute_id: int) -> dict:
     if info["state"] not in OPEN:
         raise AlreadyDone(f"dispute {dispute_id} is already {info['state']}", "nothing to do")
     now = ctx.chain.now()
-    if info["state"] == "filed":
+    if info["state"] == "filed" and ctx.chain.head() < info["filed_block"] + 256:
         raise UsageError(
             f"dispute {dispute_id} has no committee yet",
             f"draw it first: `din dispute draw {dispute_id}`",
         )
-    if info["revealed"] < info["size"] and now < info["reveal_end"]:
+    if info["state"] == "drawn" and info["revealed"] < info["size"] and now < info["reveal_end"]:
         raise UsageError(
             f"dispute {dispute_id}: the committee is still voting ({info['revealed']} of {info['size']} revealed, the window closes in {info['reveal_end'] - now} s)",
             "wait for every reveal or the window's end, then run it again",
@@ -347,7 +350,7 @@ def summary(ctx, task_id: int) -> dict:
 
     ``disputes``: ``{dispute_id, round, group, state, new_round}`` oldest
     first; ``overturned``: ``{"ROUND/GROUP": dispute_id}`` of upheld ones;
-    ``discarded_through``: the last round a replay discarded (0: none).
+    ``discarded``: the rounds upheld disputes' replays discarded.
     """
     d = ctx.din
     rows = [
@@ -364,5 +367,5 @@ def summary(ctx, task_id: int) -> dict:
         "overturned": {
             f"{o['round']}/{o['group']}": o["dispute_id"] for o in rows if o["state"] == "upheld"
         },
-        "discarded_through": d.discarded_through(task_id),
+        "discarded": d.discarded_rounds(task_id),
     }

@@ -47,7 +47,7 @@ def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
     checks = []
     with ctx.workdir() as work:
         for r in started:
-            discarded = r <= disputed["discarded_through"]
+            discarded = r in disputed["discarded"]
             accepted = d.accepted_aggregates(task_id, r)
             for g in sorted(accepted):
                 updates = d.updates_submitted(task_id, r, g)

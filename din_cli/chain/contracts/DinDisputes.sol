@@ -14,8 +14,9 @@ import {Settlement} from "./Settlement.sol";
 /// @notice Anyone who holds proof that a subgroup's accepted aggregate is wrong (`din verify`
 ///         recomputes it bit-exactly) files a dispute with a bond (the task's slash amount) while the
 ///         task is still training. Filing freezes the task. In a later block anyone draws a committee
-///         of up to `committee` stakers (an odd number, at least 3) from the registry's whole staked set,
-///         in the order of a Feistel permutation keyed by the filing block's hash, skipping stakers
+///         of up to `committee` stakers (an odd number, at least 3) from the registry's whole staked set
+///         as it was at filing, in the order of a Feistel permutation keyed by the filing block's
+///         hash (stakers added after the filing cannot steer it), skipping stakers
 ///         that are not active, lack free stake, filed the dispute or served the disputed subgroup in
 ///         that round; each member bonds the slash amount. Members commit, then reveal the CID they
 ///         computed (windows: the task's aggregation commit and reveal durations). `resolve` after
@@ -25,8 +26,9 @@ import {Settlement} from "./Settlement.sol";
 ///           revealed the accepted CID are slashed and removed, the committee's CID becomes the
 ///           subgroup's majority (the honest minority is not slashable), the bond is returned and the
 ///           task replays from the model the disputed round started from under a new round number.
-///         - Dismissed (the committee revealed the accepted CID): the bond is split among the
-///           committee's majority.
+///         - Dismissed (the committee revealed the accepted CID): the bond is burnt. The committee
+///           is paid by no outcome, so rubber-stamping the accepted CID earns nothing over
+///           recomputing it.
 ///         - No strict majority: the bond goes back to the filer (the committee failed, not the filer:
 ///           its silent members are slashed) and the accepted result stands.
 ///         Committee members that did not reveal, or revealed another CID than a strict majority, are
@@ -55,6 +57,7 @@ contract DinDisputes is ReentrancyGuard {
         uint8 committed;
         uint8 revealed;
         uint64 filedBlock;
+        uint32 stakers; // the staker list's length at filing: the draw permutes only those
         uint64 commitEnd;
         uint64 revealEnd;
         uint128 bond; // the filer's bond, and each member's
@@ -77,8 +80,8 @@ contract DinDisputes is ReentrancyGuard {
     mapping(uint256 => address[]) internal _committee;
     mapping(uint256 => mapping(address => Vote)) internal _votes;
     mapping(bytes32 => uint256) internal _tally; // keccak(dispute, digest) -> reveals
-    /// @notice The last round a replay discarded in each task; rounds up to it cannot be disputed.
-    mapping(uint256 => uint256) public discardedThrough;
+    /// @notice Rounds an upheld dispute discarded (task => round => true): they cannot be disputed.
+    mapping(uint256 => mapping(uint256 => bool)) public discarded;
 
     event DisputeFiled(uint256 indexed disputeId, uint256 indexed taskId, uint256 round, uint256 group, address filer, bytes acceptedCid, bytes cid, uint256 bond);
     event CommitteeDrawn(uint256 indexed disputeId, uint256 indexed taskId, address[] committee, uint64 commitEnd, uint64 revealEnd);
@@ -103,7 +106,7 @@ contract DinDisputes is ReentrancyGuard {
         tasks.advance(taskId); // past expired deadlines first
         bytes32 accepted = keccak256(acceptedCid);
         tasks.dispute(taskId, round, group, accepted, true); // training only, one open dispute per task
-        require(round > discardedThrough[taskId], "that round was discarded by a dispute");
+        require(!discarded[taskId][round], "that round was discarded by a dispute");
         DinTasks.DisputeView memory t = tasks.disputeView(taskId);
         require(cid.length > 0 && keccak256(cid) != accepted, "the claimed CID is the accepted one");
         id = ++disputeCount;
@@ -114,6 +117,7 @@ contract DinDisputes is ReentrancyGuard {
         d.group = uint24(group);
         d.state = FILED;
         d.filedBlock = uint64(block.number);
+        d.stakers = uint32(registry.stakerCount()); // stakers joining after the filing cannot steer the draw
         d.bond = uint128(t.slashAmount);
         d.accepted = accepted;
         emit DisputeFiled(id, taskId, round, group, msg.sender, acceptedCid, cid, t.slashAmount);
@@ -132,7 +136,7 @@ contract DinDisputes is ReentrancyGuard {
         DinTasks.DisputeView memory t = tasks.disputeView(taskId);
         bytes32 k = keccak256(abi.encode(h, id));
         bytes32 kv = Assignment.key(tasks.roundSeed(taskId, d.round), Assignment.VALIDATORS);
-        uint256 n = registry.stakerCount();
+        uint256 n = d.stakers;
         uint256 scan = n < MAX_SCAN ? n : MAX_SCAN;
         address[] storage c = _committee[id];
         for (uint256 i = 0; i < scan && c.length < committee; i++) {
@@ -218,13 +222,11 @@ contract DinDisputes is ReentrancyGuard {
         require(block.timestamp >= d.revealEnd || d.revealed == d.size, "the committee is still voting");
         bytes32 decided = d.decided;
         uint256 newRound;
-        uint256 winners;
         if (decided == bytes32(0)) {
             d.state = UNDECIDED;
             tasks.dispute(taskId, 0, 0, bytes32(0), false);
         } else if (decided == d.accepted) {
             d.state = DISMISSED;
-            winners = _tally[keccak256(abi.encode(id, decided))];
             tasks.dispute(taskId, 0, 0, bytes32(0), false);
         } else {
             d.state = UPHELD;
@@ -232,16 +234,19 @@ contract DinDisputes is ReentrancyGuard {
             tasks.dispute(taskId, d.round, d.group, decided, false); // the committee's CID is the majority now
             tasks.advance(taskId); // replay: a new round from the model the disputed round started from
             newRound = tasks.disputeView(taskId).round;
-            discardedThrough[taskId] = newRound - 1;
+            for (uint256 r = d.round; r < newRound; r++) discarded[taskId][r] = true;
             for (uint256 j = 0; j < validators.length; j++) {
                 // slashes and removes whoever revealed anything but the committee's CID (or nothing);
-                // reverts (skipped) for the honest minority and for validators already removed
+                // reverts (skipped) for the honest minority and for validators already removed. Enough
+                // gas for each call, so a resolver cannot starve the slashes into failing.
+                require(gasleft() > 300_000, "resolve needs more gas");
                 try tasks.slashAggregator(taskId, d.round, validators[j], decided) {} catch {}
             }
         }
         emit DisputeResolved(id, taskId, d.round, d.group, d.state, decided, newRound);
-        _settleCommittee(id, d, decided, winners);
-        if (d.state != DISMISSED) token.safeTransfer(d.filer, d.bond);
+        _settleCommittee(id, d, decided);
+        if (d.state == DISMISSED) ERC20Burnable(address(token)).burn(d.bond);
+        else token.safeTransfer(d.filer, d.bond);
     }
 
     /// @dev `validators` is the disputed subgroup's validators of that round, in slot order.
@@ -255,12 +260,11 @@ contract DinDisputes is ReentrancyGuard {
         }
     }
 
-    /// @dev Slash members that did not reveal or revealed another CID than the strict majority; release
-    ///      the rest; with `winners` > 0 split the filer's bond among the majority (dust to the first).
-    function _settleCommittee(uint256 id, Dispute storage d, bytes32 decided, uint256 winners) internal {
+    /// @dev Slash members that did not reveal or revealed another CID than the strict majority;
+    ///      release the rest. Members earn nothing either way, so no outcome pays more than another
+    ///      and copying the accepted CID without recomputing it gains nothing.
+    function _settleCommittee(uint256 id, Dispute storage d, bytes32 decided) internal {
         address[] storage c = _committee[id];
-        uint256 share = winners == 0 ? 0 : d.bond / winners;
-        uint256 dust = winners == 0 ? 0 : d.bond - share * winners;
         for (uint256 i = 0; i < c.length; i++) {
             address who = c[i];
             Vote storage v = _votes[id][who];
@@ -270,10 +274,6 @@ contract DinDisputes is ReentrancyGuard {
                 emit CommitteeSlashed(id, who, registry.slash(who, d.bond), "revealed a minority dispute vote");
             } else {
                 registry.unbond(who, d.bond);
-                if (share > 0) {
-                    token.safeTransfer(who, share + dust);
-                    dust = 0;
-                }
             }
         }
     }

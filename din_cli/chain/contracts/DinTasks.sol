@@ -88,7 +88,7 @@ contract DinTasks is ReentrancyGuard {
         bytes32 proposed; // digest of the global model the owner proposed this round
         bytes32 testSet; // digest of the encrypted test set CID
         bytes32 testSetHash; // sha256 of the plaintext test set, fixed at creation
-        bytes32 entropy; // hash chain of every revealed aggregate salt (seeds rounds 2.. and the evaluation)
+        bytes32 entropy; // XOR of keccak(salt, validator) over every revealed aggregate salt (seeds rounds 2.. and the evaluation)
     }
 
     struct Member {
@@ -342,7 +342,7 @@ contract DinTasks is ReentrancyGuard {
         require(v.flags & REMOVED == 0, "validator was slashed out of this task");
         require(bytes20(keccak256(abi.encodePacked(cid, salt, msg.sender))) == v.hash, "reveal does not match commitment");
         bytes32 digest = keccak256(cid);
-        t.entropy = keccak256(abi.encode(t.entropy, salt)); // committed before anyone saw the others'
+        t.entropy ^= keccak256(abi.encode(salt, msg.sender)); // committed before any reveal; any order
         uint256 per = t.perGroup;
         uint256 pos = v.pos; // set by commitAggregate this round
         uint256 group = pos / per;
@@ -860,10 +860,11 @@ contract DinTasks is ReentrancyGuard {
         _enter(id, t, TRAINING);
     }
 
-    /// @dev Fix the seed of `round` (0 = evaluation). Rounds 2.. and the evaluation take the hash
-    ///      chain of every aggregate salt revealed so far: each salt was committed before any other
-    ///      was revealed, so no sender chooses the result, and the block or time at which the round
-    ///      starts does not change it. The last revealer can only withhold its reveal, which is
+    /// @dev Fix the seed of `round` (0 = evaluation). Rounds 2.. and the evaluation take the task's
+    ///      entropy, the XOR of keccak(salt, validator) over every aggregate salt revealed so far:
+    ///      each salt was committed before any was revealed and the XOR ignores their order, so no
+    ///      sender chooses the result, and the block or time at which the round starts does not
+    ///      change it. The last revealer can only withhold its reveal, which is
     ///      slashable. Round 1 has no reveals before it: it takes the hash of the block that starts
     ///      it, which nobody sending a transaction into that block knows, drawn by the first call
     ///      after that block (`_drawFirst`).
@@ -878,14 +879,18 @@ contract DinTasks is ReentrancyGuard {
     }
 
     /// @dev Draw round 1's pending seed, keccak(blockhash(start block), id, 1), once the block that
-    ///      started the round is sealed. Past 256 blocks that hash is gone and the latest block's
-    ///      stands in: only a task nobody touched for 256 blocks falls back to it.
+    ///      started the round is sealed. Past 256 blocks that hash is gone: the seed is pending again,
+    ///      on the current block (whose hash the caller does not know either), not taken from a
+    ///      block the caller could time.
     function _drawFirst(uint256 id) internal {
         uint256 s = uint256(roundSeed[id][1]);
         uint256 b = uint64(s);
         if (s >> 64 != PENDING >> 64 || block.number <= b) return; // drawn (a hash), or still the start block
         bytes32 h = blockhash(b);
-        if (h == bytes32(0)) h = blockhash(block.number - 1);
+        if (h == bytes32(0)) {
+            roundSeed[id][1] = bytes32(PENDING | block.number);
+            return;
+        }
         bytes32 seed = keccak256(abi.encode(h, id, uint256(1)));
         roundSeed[id][1] = seed;
         emit SeedDrawn(id, 1, seed);
