@@ -35,7 +35,7 @@ def run(url: str | None, committee: int, n_stakers: int) -> dict[str, list[int]]
     from eth_account import Account
 
     from din_cli.chain.client import connect
-    from din_cli.chain.din import Din, deploy_all
+    from din_cli.chain.din import DURATION_NAMES, Din, deploy_all
     from din_cli.crypto.hpke import generate_keypair
 
     chain = connect(url or "memory")
@@ -76,20 +76,7 @@ def run(url: str | None, committee: int, n_stakers: int) -> dict[str, list[int]]
         validators_per_subgroup=5,
         max_rounds=2,
         slash_amount=MIN_STAKE // 10,
-        durations=dict.fromkeys(
-            (
-                "join",
-                "train",
-                "aggregation_commit",
-                "aggregation_reveal",
-                "global_model",
-                "test_set",
-                "score_commit",
-                "score_reveal",
-                "settle",
-            ),
-            SPAN,
-        ),
+        durations=dict.fromkeys(DURATION_NAMES, SPAN),
     )
     for p in parts:
         din.join_task(p, task, os.urandom(32))

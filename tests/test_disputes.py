@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from din_cli.chain.din import Din, cid_digest, deploy_all
+from din_cli.chain.din import DURATION_NAMES, Din, cid_digest, deploy_all
 from din_cli.errors import TransactionReverted
 
 UNIT = 10**18
@@ -24,20 +24,7 @@ MIN_STAKE = 100 * UNIT
 SLASH = MIN_STAKE // 10
 DEPOSIT = 1000 * UNIT
 SPAN = 600
-DURATIONS = {
-    n: SPAN
-    for n in (
-        "join",
-        "train",
-        "aggregation_commit",
-        "aggregation_reveal",
-        "global_model",
-        "test_set",
-        "score_commit",
-        "score_reveal",
-        "settle",
-    )
-}
+DURATIONS = dict.fromkeys(DURATION_NAMES, SPAN)
 
 
 def cid(tag: str) -> bytes:
