@@ -16,14 +16,16 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const SRC_DIR = "din_cli/chain/contracts";
 const OUT_DIR = join(ROOT, "din_cli/chain/artifacts");
 const NODE_MODULES = join(ROOT, "node_modules");
-// Contracts that get an artifact (libraries are internal and inlined).
-const DEPLOYABLE = ["DinToken", "ValidatorRegistry", "DinTasks", "DinDisputes"];
+// Contracts that get an artifact. DinPayouts is a linked library (external functions, reached by
+// DELEGATECALL): DinTasks' artifact lists where its address goes (`links`); the other libraries are
+// internal and inlined.
+const DEPLOYABLE = ["DinToken", "ValidatorRegistry", "DinPayouts", "DinTasks", "DinDisputes"];
 const SETTINGS = {
   evmVersion: "prague",
   viaIR: true,
   optimizer: { enabled: true, runs: 1 },
   metadata: { bytecodeHash: "none", appendCBOR: false },
-  outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object", "storageLayout"] } },
+  outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.bytecode.linkReferences", "evm.deployedBytecode.object", "storageLayout"] } },
 };
 
 const solc = require(join(NODE_MODULES, "solc"));
@@ -71,8 +73,8 @@ if (errors.length) process.exit(1);
 function structWords(layout, contract) {
   const out = {};
   for (const type of Object.values(layout.types || {})) {
-    const m = /^struct (\w+)\.(\w+)$/.exec(type.label);
-    if (!m || m[1] !== contract || !EXPOSED_STRUCTS.includes(m[2])) continue;
+    const m = /^struct (?:(\w+)\.)?(\w+)$/.exec(type.label); // file-level structs have no prefix
+    if (!m || (m[1] && m[1] !== contract) || !EXPOSED_STRUCTS.includes(m[2])) continue;
     out[m[2]] = {
       slots: Number(type.numberOfBytes) / 32,
       members: type.members.map((member) => {
@@ -102,6 +104,18 @@ for (const [unit, contracts] of Object.entries(output.contracts)) {
       process.exit(1);
     }
     const artifact = { abi: c.abi, bytecode: "0x" + c.evm.bytecode.object, source: unit };
+    // library name -> byte offsets (in the creation code) of the 20-byte placeholders for its address
+    const links = {};
+    for (const libs of Object.values(c.evm.bytecode.linkReferences || {})) {
+      for (const [lib, refs] of Object.entries(libs)) links[lib] = refs.map((r) => r.start);
+    }
+    if (Object.keys(links).length) artifact.links = links;
+    // a linked library's events are emitted at this contract's address: decode them with its ABI
+    for (const [libUnit, libs] of Object.entries(c.evm.bytecode.linkReferences || {})) {
+      for (const lib of Object.keys(libs)) {
+        for (const e of output.contracts[libUnit][lib].abi) if (e.type === "event") artifact.abi.push(e);
+      }
+    }
     const words = structWords(c.storageLayout, name);
     if (Object.keys(words).length) artifact.structs = words;
     files[`${name}.json`] = dump(artifact);

@@ -424,3 +424,20 @@ def test_anvil_two_processes_one_key_no_nonce_collision(anvil_url, tmp_path):
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
     assert chain.call(c.functions.count()) == 16
+
+
+def test_a_contract_with_a_linked_library_needs_its_address(memory_chain):
+    """DinTasks links DinPayouts: deploying it bare is refused, linked it settles through it."""
+    from din_cli.chain.client import link, load_artifact
+    from din_cli.errors import UsageError
+
+    me = memory_chain.dev_account()
+    art = load_artifact("DinTasks")
+    with pytest.raises(UsageError, match="library DinPayouts"):
+        memory_chain.deploy(me, "DinTasks", me.address, me.address)
+    lib = memory_chain.deploy(me, "DinPayouts")
+    code = link(art, {"DinPayouts": lib})
+    assert "__$" not in code and code.count(lib.lower()[2:]) == len(art["links"]["DinPayouts"])
+    # the library's events are in DinTasks' ABI: settlement logs are emitted at DinTasks' address
+    events = {e["name"] for e in art["abi"] if e["type"] == "event"}
+    assert {"SubgroupSettled", "ValidatorPenalised"} <= events

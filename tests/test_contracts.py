@@ -12,7 +12,7 @@ import os
 import pytest
 
 from din_cli.chain import assignment
-from din_cli.chain.din import Din, cid_digest, deploy_all
+from din_cli.chain.din import Din, cid_digest, deploy_all, derive_salt, pack_scores
 from din_cli.chain.settlement import settle_task, split_deposit
 from din_cli.errors import AlreadyDone, InputError, TransactionReverted
 
@@ -447,7 +447,7 @@ def test_roles_are_enforced(world):
     with reverts("not in the test set phase"):
         din.post_test_set(world.owner, task, cid("t"), {})
     with reverts("not in the settlement phase"):
-        world.chain.send(world.dev, din.tasks.functions.settle(task, 0, [], [], []))
+        world.chain.send(world.dev, din.tasks.functions.settle(task, 0, [], [], b""))
     with reverts("task is not settled"):
         din.claim(world.parts[0], task)
 
@@ -473,6 +473,12 @@ def test_scores_reveal_settle_and_claim_twice(deployed):
         din.reveal_scores(v0, task, [s + 1 for s in good])
     with reverts("score vector length differs from the subgroup size"):
         din.reveal_scores(v0, task, good + [1])
+    salt = derive_salt(v0, task, 0, "scores")
+    with reverts("score vector length differs from the subgroup size"):  # half a score
+        w.chain.send(v0, din.tasks.functions.revealScores(task, pack_scores(good)[:-1], salt))
+    over = pack_scores(good)[:-2] + (10001).to_bytes(2, "big")
+    with reverts("score above 10000"):
+        w.chain.send(v0, din.tasks.functions.revealScores(task, over, salt))
     din.reveal_scores(v0, task, good)
     with reverts("scores already revealed"):
         din.reveal_scores(v0, task, good)
@@ -484,13 +490,14 @@ def test_scores_reveal_settle_and_claim_twice(deployed):
     assert majority == scores_for(w, items[0][0], g_lazy)
     with reverts("scores differ from the majority's vector"):
         w.chain.send(
-            w.dev, din.tasks.functions.settle(task, g_lazy, parts_g, vals_g, vectors[lazy])
+            w.dev,
+            din.tasks.functions.settle(task, g_lazy, parts_g, vals_g, pack_scores(vectors[lazy])),
         )
     with reverts("scores differ from the majority's vector"):
-        w.chain.send(w.dev, din.tasks.functions.settle(task, g_lazy, parts_g, vals_g, []))
+        w.chain.send(w.dev, din.tasks.functions.settle(task, g_lazy, parts_g, vals_g, b""))
     din.settle(w.dev, task)
     with reverts("not in the settlement phase"):
-        w.chain.send(w.dev, din.tasks.functions.settle(task, 0, [], [], []))
+        w.chain.send(w.dev, din.tasks.functions.settle(task, 0, [], [], b""))
     p = w.parts[0]
     assert din.claim(p, task) > 0
     with reverts("already claimed"):

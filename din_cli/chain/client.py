@@ -120,6 +120,24 @@ def load_artifact(name: str) -> dict:
         ) from e
 
 
+def link(art: dict, libraries: dict) -> str:
+    """The creation code of ``art`` with each linked library's address written in."""
+    code = art["bytecode"]
+    links = art.get("links", {})
+    missing = sorted(set(links) - set(libraries))
+    if missing:
+        raise UsageError(
+            f"contract needs the address of library {missing[0]}", "deploy the library first"
+        )
+    chars = list(code)
+    for lib, starts in links.items():
+        address = libraries[lib].lower().removeprefix("0x")
+        for start in starts:
+            at = 2 + 2 * start  # after "0x"
+            chars[at : at + 40] = address
+    return "".join(chars)
+
+
 def _art(artifact: str | dict) -> dict:
     """An artifact by name, or one given as a dict with ``abi`` (and ``bytecode``)."""
     return artifact if isinstance(artifact, dict) else load_artifact(artifact)
@@ -293,10 +311,14 @@ class Chain:
             raise InputError(f"{address!r}: not an address", "give a 0x-prefixed 20-byte address")
         return self.w3.eth.contract(address=to_checksum_address(address), abi=_art(artifact)["abi"])
 
-    def deploy(self, account, artifact: str, *args) -> str:
-        """Deploy ``artifact`` with constructor ``args`` from ``account``; the checksum address."""
+    def deploy(self, account, artifact: str, *args, libraries: dict | None = None) -> str:
+        """Deploy ``artifact`` with constructor ``args`` from ``account``; the checksum address.
+
+        ``libraries`` maps each linked library the artifact lists under ``links`` to its deployed
+        address.
+        """
         art = _art(artifact)
-        factory = self.w3.eth.contract(abi=art["abi"], bytecode=art["bytecode"])
+        factory = self.w3.eth.contract(abi=art["abi"], bytecode=link(art, libraries or {}))
         label = artifact if isinstance(artifact, str) else art.get("contractName", "contract")
         receipt = self.send(
             account, factory.constructor(*args), _name=f"{label} constructor", _abi=art["abi"]

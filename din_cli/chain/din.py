@@ -1,6 +1,7 @@
 """Typed wrapper over the DIN contracts: what the commands call to act on a task.
 
-``deploy_all`` deploys DinToken, ValidatorRegistry and DinTasks and returns the
+``deploy_all`` deploys DinToken, ValidatorRegistry, DinPayouts (a library DinTasks links),
+DinTasks and DinDisputes and returns the
 deployment dict (what ``$DIN_HOME/deployment.json`` holds). ``Din(chain,
 deployment)`` then offers one method per contract operation; each takes the
 acting ``account`` (an eth_account LocalAccount) first, sends one transaction
@@ -28,6 +29,7 @@ from din_cli.errors import AlreadyDone, InputError, NotFoundError, UsageError
 TOKEN = "DinToken"
 REGISTRY = "ValidatorRegistry"
 TASKS = "DinTasks"
+PAYOUTS = "DinPayouts"  # linked library of DinTasks
 DISPUTES = "DinDisputes"
 #: DinDisputes states, by number.
 DISPUTE_STATES = {1: "filed", 2: "drawn", 3: "upheld", 4: "dismissed", 5: "undecided", 6: "void"}
@@ -90,10 +92,10 @@ def deploy_all(
     initial_supply: int = 10**9 * TOKEN_UNIT,
     committee: int = DISPUTE_COMMITTEE,
 ) -> dict:
-    """Deploy DinToken, ValidatorRegistry, DinTasks and DinDisputes; the deployment dict.
+    """Deploy DinToken, ValidatorRegistry, DinPayouts, DinTasks and DinDisputes; the deployment dict.
 
     Keys: ``chain_id``, ``deployer``, ``block`` (first block to scan for
-    events), ``DinToken``, ``ValidatorRegistry``, ``DinTasks``, ``DinDisputes``
+    events), ``DinToken``, ``ValidatorRegistry``, ``DinPayouts``, ``DinTasks``, ``DinDisputes``
     (addresses), ``min_stake``, ``unstake_delay``, ``committee`` (dispute
     committee size: odd, 3..255).
     """
@@ -106,6 +108,9 @@ def deploy_all(
     block = chain.head() if hasattr(chain, "head") else 0
     token = chain.deploy(deployer, TOKEN, int(initial_supply))
     registry = chain.deploy(deployer, REGISTRY, token, int(min_stake), int(unstake_delay))
+    payouts = chain.deploy(
+        deployer, PAYOUTS
+    )  # library: settlement and claims run on DinTasks' storage
     # DinTasks names DinDisputes (immutable): the address of the deployer's next contract creation
     import rlp
     from eth_utils import to_checksum_address
@@ -115,7 +120,7 @@ def deploy_all(
     predicted = to_checksum_address(
         keccak(rlp.encode([bytes.fromhex(deployer.address[2:]), nonce]))[12:]
     )
-    tasks = chain.deploy(deployer, TASKS, registry, predicted)
+    tasks = chain.deploy(deployer, TASKS, registry, predicted, libraries={PAYOUTS: payouts})
     disputes = chain.deploy(
         deployer, DISPUTES, tasks, int(committee)
     )  # reverts unless at `predicted`
@@ -129,6 +134,7 @@ def deploy_all(
         "block": block,
         TOKEN: token,
         REGISTRY: registry,
+        PAYOUTS: payouts,
         TASKS: tasks,
         DISPUTES: disputes,
         "min_stake": int(min_stake),
@@ -287,9 +293,26 @@ def aggregate_commitment(cid: bytes, salt: bytes, sender: str) -> bytes:
     return _keccak(bytes(cid) + _salt(salt) + bytes.fromhex(sender[2:]))
 
 
+def pack_scores(scores: Sequence[int]) -> bytes:
+    """A score vector as the contract takes it: one big-endian uint16 per score (basis points)."""
+    out = bytearray()
+    for s in scores:
+        s = int(s)
+        if not 0 <= s <= 10000:
+            raise UsageError(f"score {s} is outside 0..10000 basis points", "give basis points")
+        out += s.to_bytes(2, "big")
+    return bytes(out)
+
+
+def unpack_scores(packed: bytes) -> list[int]:
+    """The scores of a packed vector (from ``ScoresRevealed`` or ``SubgroupSettled``)."""
+    packed = bytes(packed)
+    return [int.from_bytes(packed[i : i + 2], "big") for i in range(0, len(packed) - 1, 2)]
+
+
 def scores_digest(scores: Sequence[int]) -> bytes:
-    """``keccak256(abi.encodePacked(uint256[] scores))``."""
-    return _keccak(b"".join(int(s).to_bytes(32, "big") for s in scores))
+    """``keccak256(packed scores)``: the digest ``revealScores`` and ``settle`` compare."""
+    return _keccak(pack_scores(scores))
 
 
 def scores_commitment(scores: Sequence[int], salt: bytes, sender: str) -> bytes:
@@ -665,7 +688,7 @@ class Din:
             salt = derive_salt(account, task_id, EVAL_ROUND, "scores")
         return self._send(
             account,
-            self.tasks.functions.revealScores(int(task_id), [int(s) for s in scores], _salt(salt)),
+            self.tasks.functions.revealScores(int(task_id), pack_scores(scores), _salt(salt)),
         )
 
     def settlement_inputs(self, task_id: int, group: int) -> tuple[list[int], list[str], list[int]]:
@@ -693,7 +716,9 @@ class Din:
             participants, validators, scores = self.settlement_inputs(task_id, g)
             self._send(
                 account,
-                self.tasks.functions.settle(int(task_id), int(g), participants, validators, scores),
+                self.tasks.functions.settle(
+                    int(task_id), int(g), participants, validators, pack_scores(scores)
+                ),
             )
         return todo
 
@@ -705,7 +730,7 @@ class Din:
         index = parts.index(address)
         for e in self._logs("SubgroupSettled", taskId=int(task_id)):
             if index in e["args"]["participants"]:
-                return [int(m) for m in e["args"]["scores"]]
+                return unpack_scores(e["args"]["scores"])
         return []
 
     def settlement_results(self, task_id: int) -> dict[str, int]:
@@ -715,7 +740,9 @@ class Din:
         for e in self._logs("SubgroupSettled", taskId=int(task_id)):
             if not e["args"]["scores"]:  # the subgroup rejected the test set: no scores
                 continue
-            for i, m in zip(e["args"]["participants"], e["args"]["scores"], strict=True):
+            for i, m in zip(
+                e["args"]["participants"], unpack_scores(e["args"]["scores"]), strict=True
+            ):
                 out[parts[i]] = int(m)
         return out
 
@@ -736,12 +763,14 @@ class Din:
 
         address = to_checksum_address(address)
         scores = self.settled_scores(task_id, address)
-        return int(self._call(self.tasks.functions.claimable(int(task_id), address, scores)))
+        return int(
+            self._call(self.tasks.functions.claimable(int(task_id), address, pack_scores(scores)))
+        )
 
     def claim(self, account, task_id: int) -> int:
         """Pull what ``task_id`` owes ``account`` (and release its bond); the amount."""
         scores = self.settled_scores(task_id, account.address)
-        receipt = self._send(account, self.tasks.functions.claim(int(task_id), scores))
+        receipt = self._send(account, self.tasks.functions.claim(int(task_id), pack_scores(scores)))
         return sum(int(e["args"]["amount"]) for e in self._events(receipt, self.tasks, "Claimed"))
 
     def release(self, account, task_id: int, validator: str) -> None:
@@ -1085,7 +1114,7 @@ class Din:
 
     def scores_revealed(self, task_id: int) -> dict[str, list[int]]:
         return {
-            e["args"]["validator"]: [int(s) for s in e["args"]["scores"]]
+            e["args"]["validator"]: unpack_scores(e["args"]["scores"])
             for e in self._logs("ScoresRevealed", taskId=int(task_id))
         }
 

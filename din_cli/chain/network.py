@@ -26,7 +26,7 @@ TOKEN_DECIMALS = 18
 DEFAULT_DEV_ACCOUNTS = 8
 DEV_ETHER = 1_000 * 10**18
 DEV_TOKENS = 10_000 * 10**18
-CONTRACTS = ("DinToken", "ValidatorRegistry", "DinTasks", "DinDisputes")
+CONTRACTS = ("DinToken", "ValidatorRegistry", "DinPayouts", "DinTasks", "DinDisputes")
 NO_DEADLINE = 2**64 - 1
 
 

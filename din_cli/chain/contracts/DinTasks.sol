@@ -6,7 +6,8 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {ValidatorRegistry} from "./ValidatorRegistry.sol";
 import {Assignment} from "./Assignment.sol";
-import {Settlement} from "./Settlement.sol";
+import {DinPayouts} from "./DinPayouts.sol";
+import {Task, Member, GroupResult, Val, SCORE_BPS, SCORES, REMOVED, SETTLED_FEE, CLAIMED, BONDED} from "./DinTypes.sol";
 
 /// @title DIN tasks: the "intelligence contract" of every federated-learning task, one id per task.
 /// @notice Lifecycle of a task (phase numbers in brackets):
@@ -34,7 +35,7 @@ contract DinTasks is ReentrancyGuard {
     uint8 internal constant DISPUTED = 12; // frozen by an open dispute: no phase's action applies, no deadline runs
 
     uint256 internal constant EVAL_ROUND = 0; // seed slot of the evaluation assignment
-    uint256 public constant SCORE_SCALE = 10000; // scores are basis points
+    uint256 public constant SCORE_SCALE = SCORE_BPS; // scores are basis points
     uint256 internal constant MAX_PER_GROUP = 64; // validators per subgroup (bits of GroupVotes.mask)
     uint256 internal constant MAX_SUBGROUP = 256; // participants per subgroup: settle stays far below 10M gas
 
@@ -51,80 +52,6 @@ contract DinTasks is ReentrancyGuard {
         bytes32 testSetHash; // sha256 of the plaintext test set the owner will post (its commitment)
         uint32[9] durations; // seconds: join, train, aggCommit, aggReveal, global, testSet, scoreCommit, scoreReveal, settle
     }
-
-    struct Task {
-        // slot: configuration
-        address owner;
-        uint32 subgroupSize;
-        uint32 validatorsPerSubgroup;
-        uint16 maxRounds;
-        uint16 feeBps;
-        // slot: configuration
-        uint128 slashAmount;
-        uint32 maxSamples;
-        // slot: durations
-        uint32[9] durations;
-        // slot: state
-        uint8 phase;
-        uint16 round;
-        uint16 lastRound;
-        uint64 deadline;
-        uint24 participants;
-        uint16 validators;
-        uint24 groups;
-        uint16 perGroup; // validators per subgroup this task actually uses (<= validatorsPerSubgroup)
-        uint24 acted; // submissions, or reveals, in the current phase
-        uint24 committed; // commits in the current phase
-        uint24 contributors; // participants with at least one update
-        // slot: settlement
-        uint32 settledGroups;
-        uint32 goodValidators; // validators earning a fee
-        uint64 totalScore; // sum of accepted scores (settlement)
-        bool ownerClaimed;
-        // slots
-        uint128 deposit;
-        bytes32 arch;
-        bytes32 model; // digest of the current global model CID
-        bytes32 proposed; // digest of the global model the owner proposed this round
-        bytes32 testSet; // digest of the encrypted test set CID
-        bytes32 testSetHash; // sha256 of the plaintext test set, fixed at creation
-        bytes32 entropy; // XOR of keccak(salt, validator) over every revealed aggregate salt (seeds rounds 2.. and the evaluation)
-    }
-
-    struct Member {
-        uint32 index1; // index + 1 (0 = not a member)
-        uint16 lastRound; // last round with an update
-        uint32 ordinal; // contributor ordinal (1-based), for the abandoned-task split
-        bool claimed;
-    }
-
-    /// @dev A settled subgroup: the hash of its accepted scores (position order) and the running
-    ///      total of scores settled before it. Claims bring the scores back as calldata.
-    struct GroupResult {
-        bytes32 scoresHash;
-        uint64 before;
-    }
-
-    /// @dev One slot per validator and task. `hash` holds the latest commitment; after the score
-    ///      reveal (revealRound = SCORES), the revealed score-vector hash
-    ///      (160 bits). Round SCORES marks the evaluation. What a validator revealed in each
-    ///      aggregation round stays in GroupVotes / _deviant (per round), so a lie stays
-    ///      provable until settlement.
-    struct Val {
-        uint16 index1; // index + 1 (0 = not registered)
-        uint16 commitRound;
-        uint16 revealRound;
-        uint16 attestRound;
-        bytes20 hash;
-        uint24 pos; // slot position (group * perGroup + slot) in the round last committed
-        uint8 flags; // REMOVED | SETTLED | CLAIMED
-    }
-
-    uint16 internal constant SCORES = type(uint16).max;
-    uint8 internal constant REMOVED = 1; // slashed: no more votes, no fee
-    uint8 internal constant SETTLED_FEE = 2; // earns a fee
-    uint8 internal constant CLAIMED = 4;
-    uint8 internal constant BONDED = 8; // slashAmount of its registry stake is bonded to this task
 
     ValidatorRegistry public immutable registry;
     address public immutable disputes; // DinDisputes (deployed right after this contract)
@@ -180,9 +107,7 @@ contract DinTasks is ReentrancyGuard {
     event SeedDrawn(uint256 indexed taskId, uint256 indexed round, bytes32 seed);
     event TestSetPosted(uint256 indexed taskId, bytes cid, address[] validators, bytes[] wrappedKeys);
     event ScoresCommitted(uint256 indexed taskId, address indexed validator, uint256 group);
-    event ScoresRevealed(uint256 indexed taskId, address indexed validator, uint256 group, uint256[] scores);
-    event SubgroupSettled(uint256 indexed taskId, uint256 group, uint256[] participants, uint256[] scores, uint256 before);
-    event ValidatorPenalised(uint256 indexed taskId, address indexed validator, uint256 amount, string reason);
+    event ScoresRevealed(uint256 indexed taskId, address indexed validator, uint256 group, bytes scores);
     event TaskAbandoned(uint256 indexed taskId, string reason);
     event Claimed(uint256 indexed taskId, address indexed account, uint256 amount);
     event BondReleased(uint256 indexed taskId, address indexed validator);
@@ -457,34 +382,40 @@ contract DinTasks is ReentrancyGuard {
         _advance(id, t);
     }
 
-    /// @notice Commit keccak256(keccak256(abi.encodePacked(scores)) ‖ salt ‖ sender) for your subgroup.
+    /// @notice Commit keccak256(keccak256(scores) ‖ salt ‖ sender) for your subgroup (scores packed as
+    ///         below).
     function commitScores(uint256 id, bytes32 commitment) external {
         Task storage t = _sync(id);
         require(t.phase == SCORE_COMMIT, "not in the score commit phase");
         Val storage v = _vals[id][msg.sender];
         require(v.commitRound != SCORES, "scores already committed");
-        uint256 group = _validatorGroup(id, t, v, EVAL_ROUND);
+        uint256 pos = _validatorPos(id, t, v, EVAL_ROUND);
+        uint256 group = pos / t.perGroup;
         v.commitRound = SCORES;
         v.hash = bytes20(commitment);
+        v.pos = uint24(pos); // training is over: the evaluation slot from now on
         emit ScoresCommitted(id, msg.sender, group);
         if (++t.committed == uint256(t.groups) * t.perGroup) _advance(id, t);
     }
 
-    /// @notice Reveal your score vector (basis points, in subgroup position order) and salt; an
+    /// @notice Reveal your score vector and salt: basis points in subgroup position order, each a
+    ///         big-endian uint16 (2 bytes a participant: the calldata and the log stay small). An
     ///         empty vector rejects the test set (K does not unwrap, its signature or ciphertext
     ///         fails, or the plaintext is not the committed one).
-    function revealScores(uint256 id, uint256[] calldata scores, bytes32 salt) external {
+    function revealScores(uint256 id, bytes calldata scores, bytes32 salt) external {
         Task storage t = _sync(id);
         require(t.phase == SCORE_REVEAL, "not in the score reveal phase");
         Val storage v = _vals[id][msg.sender];
         require(v.commitRound == SCORES, "no scores committed");
         require(v.revealRound != SCORES, "scores already revealed");
-        uint256 group = _validatorGroup(id, t, v, EVAL_ROUND);
+        require(v.flags & REMOVED == 0, "validator was slashed out of this task");
+        uint256 group = v.pos / t.perGroup; // set by commitScores
         uint256 n = t.participants;
         uint256 g = t.groups;
-        require(scores.length == 0 || scores.length == Assignment.groupStart(group + 1, n, g) - Assignment.groupStart(group, n, g), "score vector length differs from the subgroup size");
-        for (uint256 i = 0; i < scores.length; i++) require(scores[i] <= SCORE_SCALE, "score above 10000");
-        bytes32 vh = keccak256(abi.encodePacked(scores));
+        require(scores.length == 0 || scores.length == 2 * (Assignment.groupStart(group + 1, n, g) - Assignment.groupStart(group, n, g)), "score vector length differs from the subgroup size");
+        (, uint256 top) = DinPayouts.scan(scores, scores.length / 2);
+        require(top <= SCORE_SCALE, "score above 10000");
+        bytes32 vh = keccak256(scores);
         require(bytes20(keccak256(abi.encodePacked(vh, salt, msg.sender))) == v.hash, "reveal does not match commitment");
         v.hash = bytes20(vh);
         v.revealRound = SCORES;
@@ -503,33 +434,14 @@ contract DinTasks is ReentrancyGuard {
     ///         and the owner cannot steer it by sabotaging the test set for one subgroup.
     /// @param participants participant indices in subgroup position order
     /// @param validators   the subgroup's validators in slot order (perGroup of them)
-    /// @param scores       the majority's score vector, or empty when there is no strict majority or it rejected
-    function settle(uint256 id, uint256 group, uint256[] calldata participants, address[] calldata validators, uint256[] calldata scores) external nonReentrant {
+    /// @param scores       the majority's packed score vector, or empty when there is no strict majority or it rejected
+    function settle(uint256 id, uint256 group, uint256[] calldata participants, address[] calldata validators, bytes calldata scores) external nonReentrant {
         Task storage t = _sync(id);
         require(t.phase == SETTLING, "not in the settlement phase");
         require(group < t.groups, "no such subgroup");
         GroupResult storage r = groupResults[keccak256(abi.encode(id, group))];
         require(r.scoresHash == bytes32(0), "subgroup already settled");
-        bytes32 seed = roundSeed[id][EVAL_ROUND];
-        bytes20[] memory hashes = _checkValidators(id, t, group, validators, seed);
-        uint256 size = _checkParticipants(t, group, participants, seed);
-        uint256 winner = Settlement.majority(hashes); // index + 1, or 0
-        uint256[] memory accepted = scores;
-        if (winner != 0) {
-            require(bytes20(keccak256(abi.encodePacked(scores))) == hashes[winner - 1], "scores differ from the majority's vector");
-            if (scores.length == 0) _rejected[id] = true;
-        } else {
-            require(scores.length == 0, "no strict majority revealed that vector: give no scores");
-            accepted = new uint256[](size);
-        }
-        uint64 before = t.totalScore;
-        uint256 sum = 0;
-        for (uint256 i = 0; i < accepted.length; i++) sum += accepted[i];
-        r.scoresHash = keccak256(abi.encodePacked(accepted));
-        r.before = before;
-        t.totalScore = before + uint64(sum);
-        emit SubgroupSettled(id, group, participants, accepted, before);
-        _payValidators(id, t, validators, hashes, winner);
+        if (DinPayouts.settle(t, _vals[id], r, registry, id, group, roundSeed[id][EVAL_ROUND], participants, validators, scores)) _rejected[id] = true;
         if (++t.settledGroups == t.groups) _advance(id, t);
     }
 
@@ -599,7 +511,7 @@ contract DinTasks is ReentrancyGuard {
     /// @notice Pull everything task `id` owes the caller: participant share (give your settled
     ///         subgroup's `scores`, from SubgroupSettled; empty otherwise), validator fee, owner refund;
     ///         a validator's bond is released too.
-    function claim(uint256 id, uint256[] calldata scores) external nonReentrant returns (uint256 amount) {
+    function claim(uint256 id, bytes calldata scores) external nonReentrant returns (uint256 amount) {
         Task storage t = _sync(id);
         uint8 phase = t.phase;
         require(phase == SETTLED || phase == ABANDONED, "task is not settled");
@@ -633,45 +545,8 @@ contract DinTasks is ReentrancyGuard {
     ///      rest of the deposit (fee dust included), split by accepted score; with a total score of 0,
     ///      or a test set a subgroup rejected, the pool goes to the contributors as in an abandoned
     ///      task. The owner gets something back only when nobody contributed an update.
-    function claimable(uint256 id, address account, uint256[] calldata scores) public view returns (uint256 amount) {
-        Task storage t = _tasks[id];
-        uint256 deposit = t.deposit;
-        Member storage m = _members[id][account];
-        Val storage v = _vals[id][account];
-        uint256 c = t.contributors;
-        uint256 pool = deposit;
-        if (t.phase == SETTLED) {
-            uint256 good = t.goodValidators;
-            if (good > 0) {
-                uint256 fee = (deposit * t.feeBps) / SCORE_SCALE / good;
-                pool -= fee * good;
-                if (v.flags & (SETTLED_FEE | CLAIMED | REMOVED) == SETTLED_FEE) amount += fee;
-            }
-            uint256 total = t.totalScore;
-            if (total > 0 && !_rejected[id]) {
-                if (m.index1 != 0 && m.index1 <= t.participants && !m.claimed) amount += _share(id, t, m.index1 - 1, pool, total, scores);
-                return amount;
-            }
-        } else if (t.phase != ABANDONED) {
-            return 0;
-        }
-        if (m.ordinal != 0 && !m.claimed) amount += (pool * m.ordinal) / c - (pool * (m.ordinal - 1)) / c;
-        if (account == t.owner && !t.ownerClaimed && c == 0) amount += pool;
-    }
-
-    /// @dev pool * (before + score) / total - pool * before / total for participant `index`.
-    function _share(uint256 id, Task storage t, uint256 index, uint256 pool, uint256 total, uint256[] calldata scores) internal view returns (uint256) {
-        uint256 n = t.participants;
-        uint256 g = t.groups;
-        uint256 pos = Assignment.permute(Assignment.key(roundSeed[id][EVAL_ROUND], Assignment.PARTICIPANTS), index, n);
-        uint256 group = Assignment.groupOf(pos, n, g);
-        GroupResult storage r = groupResults[keccak256(abi.encode(id, group))];
-        if (r.scoresHash == bytes32(0)) return 0; // not settled by the deadline: scores 0
-        require(keccak256(abi.encodePacked(scores)) == r.scoresHash, "scores differ from the settled subgroup's");
-        uint256 offset = pos - Assignment.groupStart(group, n, g);
-        uint256 before = r.before;
-        for (uint256 i = 0; i < offset; i++) before += scores[i];
-        return (pool * (before + scores[offset])) / total - (pool * before) / total;
+    function claimable(uint256 id, address account, bytes calldata scores) public view returns (uint256) {
+        return DinPayouts.claimable(_tasks[id], _members[id][account], _vals[id][account], groupResults, _rejected[id], id, roundSeed[id][EVAL_ROUND], account, scores);
     }
 
     // ------------------------------------------------------------------ reads
@@ -712,51 +587,6 @@ contract DinTasks is ReentrancyGuard {
         require(pos < uint256(t.groups) * t.perGroup, "validator not assigned this round");
     }
 
-    /// @dev Check `validators` is the subgroup's slot order; their revealed score hashes (0: none).
-    function _checkValidators(uint256 id, Task storage t, uint256 group, address[] calldata validators, bytes32 seed) internal view returns (bytes20[] memory hashes) {
-        uint256 per = t.perGroup;
-        require(validators.length == per, "need the subgroup's validators in slot order");
-        hashes = new bytes20[](per);
-        bytes32 kv = Assignment.key(seed, Assignment.VALIDATORS);
-        for (uint256 j = 0; j < per; j++) {
-            Val storage v = _vals[id][validators[j]];
-            require(v.index1 != 0 && Assignment.permute(kv, v.index1 - 1, t.validators) == group * per + j, "validator not in this slot");
-            if (v.revealRound == SCORES) hashes[j] = v.hash;
-        }
-    }
-
-    /// @dev With a majority, pay it and slash the rest; without, slash only the silent.
-    function _payValidators(uint256 id, Task storage t, address[] calldata validators, bytes20[] memory hashes, uint256 winner) internal {
-        bytes20 w = winner == 0 ? bytes20(0) : hashes[winner - 1];
-        for (uint256 j = 0; j < validators.length; j++) {
-            address va = validators[j];
-            Val storage v = _vals[id][va];
-            if (v.flags & REMOVED != 0) continue;
-            if (hashes[j] == bytes20(0)) {
-                _penalise(id, t, v, va, "did not reveal scores");
-            } else if (winner == 0) {
-                continue; // no majority: no fee, no slash
-            } else if (hashes[j] != w) {
-                _penalise(id, t, v, va, "revealed a minority score vector");
-            } else {
-                v.flags |= SETTLED_FEE;
-                t.goodValidators++;
-            }
-        }
-    }
-
-    function _checkParticipants(Task storage t, uint256 group, uint256[] calldata participants, bytes32 seed) internal view returns (uint256) {
-        uint256 n = t.participants;
-        uint256 g = t.groups;
-        uint256 start = Assignment.groupStart(group, n, g);
-        require(participants.length == Assignment.groupStart(group + 1, n, g) - start, "participant list differs from the subgroup size");
-        bytes32 kp = Assignment.key(seed, Assignment.PARTICIPANTS);
-        for (uint256 i = 0; i < participants.length; i++) {
-            require(Assignment.permute(kp, participants[i], n) == start + i, "participant not at this subgroup position");
-        }
-        return participants.length;
-    }
-
     /// @dev Unbond the task's slash amount when `v` still holds a bond in an ended task.
     function _release(uint256 id, Task storage t, Val storage v, address validator) internal returns (bool) {
         if (v.flags & BONDED == 0 || (t.phase != SETTLED && t.phase != ABANDONED)) return false;
@@ -771,12 +601,6 @@ contract DinTasks is ReentrancyGuard {
         v.flags = (v.flags | REMOVED) & ~(BONDED | SETTLED_FEE); // the slash burns this task's bond
         uint256 burnt = registry.slash(validator, t.slashAmount);
         emit ValidatorSlashed(id, validator, round, burnt, reason);
-    }
-
-    function _penalise(uint256 id, Task storage t, Val storage v, address validator, string memory reason) internal {
-        v.flags = (v.flags | REMOVED) & ~BONDED; // the slash burns this task's bond
-        uint256 burnt = registry.slash(validator, t.slashAmount);
-        emit ValidatorPenalised(id, validator, burnt, reason);
     }
 
     /// @dev Apply expired deadlines (and phases already complete), then return the task.

@@ -1,0 +1,165 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.30;
+
+import {ValidatorRegistry} from "./ValidatorRegistry.sol";
+import {Assignment} from "./Assignment.sol";
+import {Settlement} from "./Settlement.sol";
+import {Task, Member, GroupResult, Val, SCORE_BPS, SETTLED_PHASE, ABANDONED_PHASE, SCORES, REMOVED, SETTLED_FEE, CLAIMED, BONDED} from "./DinTypes.sol";
+
+/// @title DIN payouts: subgroup settlement and what each account can claim, run on DinTasks'
+///        storage. A linked library (DinTasks reaches it by DELEGATECALL): its code does not count
+///        against DinTasks' EIP-170 size limit, and its events are emitted by DinTasks.
+library DinPayouts {
+    event SubgroupSettled(uint256 indexed taskId, uint256 group, uint256[] participants, bytes scores, uint256 before);
+    event ValidatorPenalised(uint256 indexed taskId, address indexed validator, uint256 amount, string reason);
+
+    /// @notice Settle subgroup `group` of task `id` (DinTasks.settle checked the phase and that the
+    ///         subgroup is unsettled): accept the score vector whose hash a strict majority of the
+    ///         subgroup's evaluation validators revealed, record it in `r`, pay the majority and
+    ///         slash the rest; true when that majority rejected the test set (an empty vector).
+    ///         See DinTasks.settle for the rules.
+    function settle(
+        Task storage t,
+        mapping(address => Val) storage vals,
+        GroupResult storage r,
+        ValidatorRegistry registry,
+        uint256 id,
+        uint256 group,
+        bytes32 seed,
+        uint256[] calldata participants,
+        address[] calldata validators,
+        bytes calldata scores
+    ) external returns (bool rejected) {
+        bytes20[] memory hashes = _checkValidators(t, vals, group, validators, seed);
+        uint256 size = _checkParticipants(t, group, participants, seed);
+        uint256 winner = Settlement.majority(hashes); // index + 1, or 0
+        bytes memory accepted = scores;
+        uint256 sum = 0;
+        if (winner != 0) {
+            require(bytes20(keccak256(scores)) == hashes[winner - 1], "scores differ from the majority's vector");
+            rejected = scores.length == 0;
+            (sum, ) = scan(scores, scores.length / 2);
+        } else {
+            require(scores.length == 0, "no strict majority revealed that vector: give no scores");
+            accepted = new bytes(2 * size);
+        }
+        uint64 before = t.totalScore;
+        r.scoresHash = keccak256(accepted);
+        r.before = before;
+        t.totalScore = before + uint64(sum);
+        emit SubgroupSettled(id, group, participants, accepted, before);
+        _payValidators(t, vals, registry, id, validators, hashes, winner);
+    }
+
+    /// @notice What `account` can claim from task `t` now (0 before settlement or once claimed);
+    ///         a participant gives its subgroup's settled scores. See DinTasks.claimable.
+    function claimable(
+        Task storage t,
+        Member storage m,
+        Val storage v,
+        mapping(bytes32 => GroupResult) storage results,
+        bool rejected,
+        uint256 id,
+        bytes32 seed,
+        address account,
+        bytes calldata scores
+    ) external view returns (uint256 amount) {
+        uint256 deposit = t.deposit;
+        uint256 c = t.contributors;
+        uint256 pool = deposit;
+        if (t.phase == SETTLED_PHASE) {
+            uint256 good = t.goodValidators;
+            if (good > 0) {
+                uint256 fee = (deposit * t.feeBps) / SCORE_BPS / good;
+                pool -= fee * good;
+                if (v.flags & (SETTLED_FEE | CLAIMED | REMOVED) == SETTLED_FEE) amount += fee;
+            }
+            uint256 total = t.totalScore;
+            if (total > 0 && !rejected) {
+                if (m.index1 != 0 && m.index1 <= t.participants && !m.claimed) amount += _share(t, results, id, seed, m.index1 - 1, pool, total, scores);
+                return amount;
+            }
+        } else if (t.phase != ABANDONED_PHASE) {
+            return 0;
+        }
+        if (m.ordinal != 0 && !m.claimed) amount += (pool * m.ordinal) / c - (pool * (m.ordinal - 1)) / c;
+        if (account == t.owner && !t.ownerClaimed && c == 0) amount += pool;
+    }
+
+    /// @dev Sum and maximum of the first `count` scores of a packed vector (big-endian uint16s).
+    function scan(bytes calldata scores, uint256 count) internal pure returns (uint256 sum, uint256 top) {
+        require(2 * count <= scores.length, "score vector too short");
+        assembly ("memory-safe") {
+            let end := add(scores.offset, mul(count, 2))
+            for { let p := scores.offset } lt(p, end) { p := add(p, 2) } {
+                let s := shr(240, calldataload(p))
+                sum := add(sum, s)
+                if gt(s, top) { top := s }
+            }
+        }
+    }
+
+    /// @dev pool * (before + score) / total - pool * before / total for participant `index`.
+    function _share(Task storage t, mapping(bytes32 => GroupResult) storage results, uint256 id, bytes32 seed, uint256 index, uint256 pool, uint256 total, bytes calldata scores) private view returns (uint256) {
+        uint256 n = t.participants;
+        uint256 g = t.groups;
+        uint256 pos = Assignment.permute(Assignment.key(seed, Assignment.PARTICIPANTS), index, n);
+        uint256 group = Assignment.groupOf(pos, n, g);
+        GroupResult storage r = results[keccak256(abi.encode(id, group))];
+        if (r.scoresHash == bytes32(0)) return 0; // not settled by the deadline: scores 0
+        require(keccak256(scores) == r.scoresHash, "scores differ from the settled subgroup's");
+        uint256 offset = pos - Assignment.groupStart(group, n, g);
+        (uint256 upto, ) = scan(scores, offset + 1); // scores of the subgroup up to and including this one
+        upto += r.before;
+        return (pool * upto) / total - (pool * (upto - uint16(bytes2(scores[2 * offset:])))) / total;
+    }
+
+    /// @dev Check `validators` is the subgroup's slot order; their revealed score hashes (0: none).
+    function _checkValidators(Task storage t, mapping(address => Val) storage vals, uint256 group, address[] calldata validators, bytes32 seed) private view returns (bytes20[] memory hashes) {
+        uint256 per = t.perGroup;
+        require(validators.length == per, "need the subgroup's validators in slot order");
+        hashes = new bytes20[](per);
+        bytes32 kv = Assignment.key(seed, Assignment.VALIDATORS);
+        for (uint256 j = 0; j < per; j++) {
+            Val storage v = vals[validators[j]];
+            require(v.index1 != 0 && Assignment.permute(kv, v.index1 - 1, t.validators) == group * per + j, "validator not in this slot");
+            if (v.revealRound == SCORES) hashes[j] = v.hash;
+        }
+    }
+
+    /// @dev With a majority, pay it and slash the rest; without, slash only the silent.
+    function _payValidators(Task storage t, mapping(address => Val) storage vals, ValidatorRegistry registry, uint256 id, address[] calldata validators, bytes20[] memory hashes, uint256 winner) private {
+        bytes20 w = winner == 0 ? bytes20(0) : hashes[winner - 1];
+        for (uint256 j = 0; j < validators.length; j++) {
+            address va = validators[j];
+            Val storage v = vals[va];
+            if (v.flags & REMOVED != 0) continue;
+            string memory reason;
+            if (hashes[j] == bytes20(0)) {
+                reason = "did not reveal scores";
+            } else if (winner == 0) {
+                continue; // no majority: no fee, no slash
+            } else if (hashes[j] != w) {
+                reason = "revealed a minority score vector";
+            } else {
+                v.flags |= SETTLED_FEE;
+                t.goodValidators++;
+                continue;
+            }
+            v.flags = (v.flags | REMOVED) & ~BONDED; // the slash burns this task's bond
+            emit ValidatorPenalised(id, va, registry.slash(va, t.slashAmount), reason);
+        }
+    }
+
+    function _checkParticipants(Task storage t, uint256 group, uint256[] calldata participants, bytes32 seed) private view returns (uint256) {
+        uint256 n = t.participants;
+        uint256 g = t.groups;
+        uint256 start = Assignment.groupStart(group, n, g);
+        require(participants.length == Assignment.groupStart(group + 1, n, g) - start, "participant list differs from the subgroup size");
+        bytes32 kp = Assignment.key(seed, Assignment.PARTICIPANTS);
+        for (uint256 i = 0; i < participants.length; i++) {
+            require(Assignment.permute(kp, participants[i], n) == start + i, "participant not at this subgroup position");
+        }
+        return participants.length;
+    }
+}

@@ -1,0 +1,83 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.30;
+
+// Storage types of DinTasks, shared with the DinPayouts library that runs settlement and claims on
+// DinTasks' storage (by DELEGATECALL). The artifact's `structs.Task` layout names Task's fields.
+
+uint256 constant SCORE_BPS = 10000; // scores and fees are basis points
+uint8 constant SETTLED_PHASE = 10;
+uint8 constant ABANDONED_PHASE = 11;
+
+struct Task {
+    // slot: configuration
+    address owner;
+    uint32 subgroupSize;
+    uint32 validatorsPerSubgroup;
+    uint16 maxRounds;
+    uint16 feeBps;
+    // slot: configuration
+    uint128 slashAmount;
+    uint32 maxSamples;
+    // slot: durations
+    uint32[9] durations;
+    // slot: state
+    uint8 phase;
+    uint16 round;
+    uint16 lastRound;
+    uint64 deadline;
+    uint24 participants;
+    uint16 validators;
+    uint24 groups;
+    uint16 perGroup; // validators per subgroup this task actually uses (<= validatorsPerSubgroup)
+    uint24 acted; // submissions, or reveals, in the current phase
+    uint24 committed; // commits in the current phase
+    uint24 contributors; // participants with at least one update
+    // slot: settlement
+    uint32 settledGroups;
+    uint32 goodValidators; // validators earning a fee
+    uint64 totalScore; // sum of accepted scores (settlement)
+    bool ownerClaimed;
+    // slots
+    uint128 deposit;
+    bytes32 arch;
+    bytes32 model; // digest of the current global model CID
+    bytes32 proposed; // digest of the global model the owner proposed this round
+    bytes32 testSet; // digest of the encrypted test set CID
+    bytes32 testSetHash; // sha256 of the plaintext test set, fixed at creation
+    bytes32 entropy; // XOR of keccak(salt, validator) over every revealed aggregate salt (seeds rounds 2.. and the evaluation)
+}
+
+struct Member {
+    uint32 index1; // index + 1 (0 = not a member)
+    uint16 lastRound; // last round with an update
+    uint32 ordinal; // contributor ordinal (1-based), for the abandoned-task split
+    bool claimed;
+}
+
+/// @dev A settled subgroup: the hash of its accepted scores (position order) and the running
+///      total of scores settled before it. Claims bring the scores back as calldata.
+struct GroupResult {
+    bytes32 scoresHash;
+    uint64 before;
+}
+
+/// @dev One slot per validator and task. `hash` holds the latest commitment; after the score
+///      reveal (revealRound = SCORES), the revealed score-vector hash
+///      (160 bits). Round SCORES marks the evaluation. What a validator revealed in each
+///      aggregation round stays in GroupVotes / _deviant (per round), so a lie stays
+///      provable until settlement.
+struct Val {
+    uint16 index1; // index + 1 (0 = not registered)
+    uint16 commitRound;
+    uint16 revealRound;
+    uint16 attestRound;
+    bytes20 hash;
+    uint24 pos; // slot position (group * perGroup + slot) in the round last committed
+    uint8 flags; // REMOVED | SETTLED | CLAIMED
+}
+
+uint16 constant SCORES = type(uint16).max;
+uint8 constant REMOVED = 1; // slashed: no more votes, no fee
+uint8 constant SETTLED_FEE = 2; // earns a fee
+uint8 constant CLAIMED = 4;
+uint8 constant BONDED = 8; // slashAmount of its registry stake is bonded to this task
