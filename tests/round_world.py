@@ -36,6 +36,7 @@ class World:
         shuffle=(),
         arch="logreg:64-10",
         fee_bps=1000,
+        metric="accuracy",
         deployed=None,
     ):
         """``deployed``: ``(chain, dev, deployment)`` to share (e.g. anvil); default a fresh embedded chain."""
@@ -80,6 +81,7 @@ class World:
             validators_per_subgroup=per_group,
             max_rounds=rounds,
             fee_bps=fee_bps,
+            metric=metric,
             durations={n: SPAN for n in DURATION_NAMES},
             test_set_hash=file_sha256(self.test_store),
         )["task_id"]

@@ -14,7 +14,7 @@ import pytest
 from din_cli.chain import assignment
 from din_cli.chain.din import Din, cid_digest, deploy_all, derive_salt, pack_scores
 from din_cli.chain.settlement import settle_task, split_deposit
-from din_cli.errors import AlreadyDone, InputError, TransactionReverted
+from din_cli.errors import AlreadyDone, InputError, TransactionReverted, UsageError
 
 UNIT = 10**18
 TEST_SET_HASH = bytes.fromhex("5e" * 32)  # the owner's commitment to its plaintext test set
@@ -638,6 +638,20 @@ def test_max_samples_is_fixed_at_creation(deployed):
     assert World(chain, dev, dep).info().max_samples == 2**16
     with reverts("max samples must be positive"):
         World(chain, dev, dep, max_samples=0)
+
+
+def test_the_metric_is_fixed_at_creation_and_must_be_known(deployed, monkeypatch):
+    """Validators read the metric from the task; the contract refuses a number it does not know."""
+    import din_cli.chain.din as dinmod
+
+    chain, dev, dep = deployed
+    assert World(chain, dev, dep, metric="loss").info().metric == "loss"
+    assert World(chain, dev, dep).info().metric == "accuracy"
+    with pytest.raises(UsageError, match="metric 'auc' is not one of"):
+        World(chain, dev, dep, metric="auc")
+    monkeypatch.setattr(dinmod, "METRICS", (*dinmod.METRICS, "auc"))  # a client that sends 3
+    with reverts(r"metric must be 0 \(accuracy\), 1 \(f1\) or 2 \(loss\)"):
+        World(chain, dev, dep, metric="auc")
 
 
 def test_round_seed_fixes_an_assignment_the_contract_accepts(world):

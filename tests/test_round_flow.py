@@ -281,3 +281,28 @@ def test_validators_refuse_a_test_set_other_than_the_committed_one(tmp_path):
         assert roundflow.validator_state(w.ctx(), w.task, v.address)["score_committed"]
     finally:
         w.chain.close()
+
+
+def test_validators_score_with_the_metric_the_task_fixed_at_publish(tmp_path):
+    """A metric is a task parameter: nobody is slashed for scoring with the wrong one by mistake."""
+    from din_cli.ml.evaluate import evaluate
+
+    w = World(tmp_path, participants=3, validators=3, subgroup_size=3, per_group=3, metric="f1")
+    roundflow.start(w.ctx(w.owner), w.task)
+    assert w.din.task_info(w.task).metric == "f1"
+    assert status.status(w.ctx(), w.task)["metric"] == "f1"
+    w.run_round(epochs=2)
+    evaluation.post_test_set(w.ctx(w.owner), w.task, w.test_store)
+    v = w.assigned(0)[0]
+    with pytest.raises(UsageError, match="task 1 scores by f1, not accuracy"):
+        evaluation.evaluate_commit(w.ctx(v), w.task, metric="accuracy")
+    doc = evaluation.evaluate_commit(w.ctx(v), w.task)
+    updates = evaluation.latest_updates(w.ctx(), w.task)
+    parts = w.din.participants(w.task)
+    want, acc = [], []
+    for a in doc["participants"]:
+        model = w.ctx().fetch(updates[parts.index(a)], tmp_path / f"{a}.safetensors")
+        want.append(evaluate(model, w.test_store, metric="f1").score_bps)
+        acc.append(evaluate(model, w.test_store, metric="accuracy").score_bps)
+    assert doc["scores"] == want and want != acc
+    w.chain.close()

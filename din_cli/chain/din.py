@@ -25,6 +25,7 @@ from typing import Any
 
 from din_cli.chain import assignment, settlement
 from din_cli.errors import AlreadyDone, InputError, NotFoundError, UsageError
+from din_cli.ml.evaluate import METRICS  # a task's metric is its index here (TaskParams.metric)
 
 TOKEN = "DinToken"
 REGISTRY = "ValidatorRegistry"
@@ -168,6 +169,7 @@ class TaskInfo:
     fee_bps: int
     slash_amount: int
     max_samples: int  # cap on one participant's FedAvg weight (samples)
+    metric: str  # what evaluation validators score with (METRICS)
     durations: dict
     phase: str
     round: int
@@ -467,6 +469,7 @@ class Din:
         fee_bps: int = 1000,
         slash_amount: int | None = None,
         max_samples: int = DEFAULT_MAX_SAMPLES,
+        metric: str = "accuracy",
         durations: dict | None = None,
     ) -> int:
         """Approve the deposit and create a task; its id.
@@ -475,8 +478,13 @@ class Din:
         DEFAULT_DURATIONS); ``slash_amount`` defaults to a tenth of the minimum stake.
         ``max_samples`` caps one participant's FedAvg weight: a declared sample
         count above it counts as ``max_samples``. ``test_set_hash`` is the sha256
-        of the plaintext test set the owner will post (``file_sha256``).
+        of the plaintext test set the owner will post (``file_sha256``). ``metric``
+        (one of METRICS) is what every evaluation validator scores with.
         """
+        if metric not in METRICS:
+            raise UsageError(
+                f"metric {metric!r} is not one of {', '.join(METRICS)}", "pick one of those"
+            )
         test_set_hash = bytes(test_set_hash)
         if len(test_set_hash) != 32 or not any(test_set_hash):
             raise InputError(
@@ -507,6 +515,7 @@ class Din:
             int(fee_bps),
             int(slash_amount),
             int(max_samples),
+            METRICS.index(metric),
             test_set_hash,
             [int(spans[name]) for name in DURATION_NAMES],
         )
@@ -906,6 +915,7 @@ class Din:
             fee_bps=int(r["feeBps"]),
             slash_amount=int(r["slashAmount"]),
             max_samples=int(r["maxSamples"]),
+            metric=METRICS[int(r["metric"])],
             durations=dict(zip(DURATION_NAMES, (int(d) for d in r["durations"]), strict=True)),
             phase=PHASES.get(int(r["phase"]), str(r["phase"])),
             round=int(r["round"]),

@@ -391,4 +391,6 @@ def task_status(task_id, chain_url, key_name, as_json):
     if as_json:
         output.emit_json(doc)
         return
-    output.emit_task_status(doc, ("owner", "arch", "deposit", "model_digest"))
+    output.emit_task_status(
+        doc, ("owner", "arch", "deposit", "metric", "max_samples", "model_digest")
+    )

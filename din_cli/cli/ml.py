@@ -385,7 +385,10 @@ def _aggregate_on_task(task, round_, commit, reveal, cid, chain_url, ipfs_api, k
     help="Test store: CSV, NPZ, safetensors, or a folder (not with --task).",
 )
 @click.option(
-    "--metric", type=click.Choice(["accuracy", "f1", "loss"]), default="accuracy", show_default=True
+    "--metric",
+    type=click.Choice(["accuracy", "f1", "loss"]),
+    default=None,
+    help="Score with this metric.  [default: accuracy; with --task: the task's, set at publish]",
 )
 @task_option(
     "Score your evaluation subgroup of TASK on the owner's test set (validators).", required=False
@@ -440,7 +443,7 @@ def evaluate(
     from din_cli.protocol.inputs import resolved
 
     with resolved([model], ipfs_api) as (path,):
-        result = run(path, data, metric=metric)
+        result = run(path, data, metric=metric or "accuracy")
     out.emit_doc(result.to_dict(), as_json, result.score_bps)
 
 

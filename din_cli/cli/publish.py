@@ -59,6 +59,13 @@ from din_cli.cli.options import acting_options, context
     help="Cap on one participant's weight in an aggregate: declared samples above N count as N.",
 )
 @click.option(
+    "--metric",
+    type=click.Choice(["accuracy", "f1", "loss"]),
+    default="accuracy",
+    show_default=True,
+    help="What validators score participants with (fixed on chain; `din evaluate --task` uses it).",
+)
+@click.option(
     "--phase-seconds",
     type=click.IntRange(1, None),
     default=None,
@@ -75,6 +82,7 @@ def model_publish(
     rounds,
     fee_bps,
     max_samples,
+    metric,
     phase_seconds,
     chain_url,
     ipfs_api,
@@ -103,6 +111,7 @@ def model_publish(
         max_rounds=rounds,
         fee_bps=fee_bps,
         max_samples=max_samples,
+        metric=metric,
         test_set_hash=file_sha256(test_set),
     )
     if phase_seconds:

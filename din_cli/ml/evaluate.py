@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 
 from din_cli.errors import UsageError
 
+#: Evaluation metrics; a task stores its metric on chain as the index here (never reorder).
 METRICS = ("accuracy", "f1", "loss")
 BPS = 10000
 

@@ -287,11 +287,13 @@ def _overrides(
 
 
 def evaluate_commit(
-    ctx, task_id: int, *, overrides: dict[str, int] | None = None, metric: str = "accuracy"
+    ctx, task_id: int, *, overrides: dict[str, int] | None = None, metric: str | None = None
 ) -> dict:
     """Score this validator's evaluation subgroup on the decrypted test set and commit the score vector.
 
-    ``overrides`` (address -> bps) replaces computed scores (a validator
+    Scores use the task's metric (fixed at publish); ``metric``, when given,
+    must be that one, so no validator scores with another by mistake and is
+    slashed for it. ``overrides`` (address -> bps) replaces computed scores (a validator
     disagreeing on purpose: the demo's dishonest validator; settlement
     slashes it unless a strict majority of its subgroup revealed the same vector).
     """
@@ -307,6 +309,13 @@ def evaluate_commit(
             f"reveal them: `din evaluate --task {task_id} --reveal`",
         )
     require_phase(ctx, task_id, "score-commit")
+    task_metric = ctx.din.task_info(task_id).metric
+    if metric is not None and metric != task_metric:
+        raise UsageError(
+            f"task {task_id} scores by {task_metric}, not {metric}",
+            "drop --metric: `din evaluate --task` uses the task's metric",
+        )
+    metric = task_metric
     m = ctx.din.subgroup_of(task_id, ctx.address, EVAL_ROUND)
     if m.group is None:
         raise AlreadyDone(

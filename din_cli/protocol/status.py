@@ -56,6 +56,7 @@ def status(ctx, task_id: int, address: str | None = None) -> dict:
         "owner": info.owner,
         "arch": info.arch,
         "deposit": info.deposit,
+        "metric": info.metric,
         "participants": info.participants,
         "validators": info.validators,
         "groups": info.groups,

@@ -49,6 +49,7 @@ contract DinTasks is ReentrancyGuard {
         uint16 feeBps; // validators' share of the deposit
         uint128 slashAmount; // at most the registry's minimum stake
         uint32 maxSamples; // cap on one participant's FedAvg weight (declared samples above it count as this)
+        uint8 metric; // 0 accuracy, 1 macro F1, 2 exp(-cross-entropy): every evaluation validator scores with it
         bytes32 testSetHash; // sha256 of the plaintext test set the owner will post (its commitment)
         uint32[9] durations; // seconds: join, train, aggCommit, aggReveal, global, testSet, scoreCommit, scoreReveal, settle
     }
@@ -134,6 +135,7 @@ contract DinTasks is ReentrancyGuard {
         require(p.validatorsPerSubgroup <= MAX_PER_GROUP, "at most 64 validators per subgroup");
         require(p.slashAmount > 0 && p.slashAmount <= registry.minStake(), "slash amount must be 1..minimum stake");
         require(p.maxSamples > 0, "max samples must be positive");
+        require(p.metric <= 2, "metric must be 0 (accuracy), 1 (f1) or 2 (loss)");
         for (uint256 i = 0; i < 9; i++) require(p.durations[i] > 0, "phase durations must be positive");
         id = ++taskCount;
         Task storage t = _tasks[id];
@@ -144,6 +146,7 @@ contract DinTasks is ReentrancyGuard {
         t.feeBps = p.feeBps;
         t.slashAmount = p.slashAmount;
         t.maxSamples = p.maxSamples;
+        t.metric = p.metric;
         t.durations = p.durations;
         t.phase = JOINING;
         t.lastRound = p.maxRounds;

@@ -18,6 +18,7 @@ struct Task {
     // slot: configuration
     uint128 slashAmount;
     uint32 maxSamples;
+    uint8 metric; // what validators score with: 0 accuracy, 1 macro F1, 2 exp(-cross-entropy)
     // slot: durations
     uint32[9] durations;
     // slot: state
