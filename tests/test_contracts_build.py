@@ -41,7 +41,9 @@ def test_artifacts_are_abi_and_bytecode_within_the_size_limit():
         text = (ARTIFACTS / f"{name}.json").read_text()
         art = json.loads(text)
         assert art["bytecode"].startswith("0x") and len(art["bytecode"]) > 1000
-        assert any(e.get("type") == "function" for e in art["abi"])
+        # a library's functions take storage references, which have no ABI: it has events only
+        kind = "event" if name == "DinPayouts" else "function"
+        assert any(e.get("type") == kind for e in art["abi"])
         assert m["artifacts"][f"{name}.json"] == hashlib.sha256(text.encode()).hexdigest()
         assert m["runtimeSizes"][name] <= 24576
         assert "/work/" not in text and "/home/" not in text  # no absolute paths
