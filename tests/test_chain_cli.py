@@ -95,7 +95,13 @@ def test_a_bad_chain_url_is_a_usage_error(din):
 
 
 def test_init_creates_home_chain_deployment_and_dev_accounts(initialised, run_din, din_home):
-    assert set(initialised) == {"DinToken", "ValidatorRegistry", "DinPayouts", "DinTasks", "DinDisputes"}
+    assert set(initialised) == {
+        "DinToken",
+        "ValidatorRegistry",
+        "DinPayouts",
+        "DinTasks",
+        "DinDisputes",
+    }
     dep = json.loads((din_home / "deployment.json").read_text())
     assert {k: dep[k] for k in initialised} == initialised
     assert (din_home / "chain.sqlite").is_file()

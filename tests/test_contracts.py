@@ -1183,3 +1183,41 @@ def test_later_seeds_come_from_the_validators_salts_and_no_sender_can_time_them(
     evaluation = keccak(encode(["bytes32", "uint256", "uint256"], [e, w.task, 0]))
     assert w.din.round_info(w.task, 0).seed == evaluation
     assert evaluation not in (predicted, w.din.round_info(w.task, 1).seed)
+
+
+def test_removed_validators_leave_the_score_majority_to_the_live_ones(deployed):
+    """Three of five evaluation validators were silent in training and are slashed out before the
+    scores: the two live ones decide the subgroup (before: 2 of 5, no majority, every score 0)."""
+    w = World(*deployed, n_participants=2, n_validators=5, validators_per_subgroup=5, max_rounds=1)
+    din, task = w.din, w.task
+    w.start()
+    w.train(1)
+    slots = list(w.assigned())
+    silent, live = slots[:3], slots[3:]
+    for v in slots:
+        din.commit_aggregate(v, task, cid("agg-1-0"))
+    for v in live:
+        din.reveal_aggregate(v, task, cid("agg-1-0"))
+    w.chain.advance_time(SHORT["aggregation_reveal"] + 1)
+    w.globalise(1)  # the silent three may still attest: they are not removed yet
+    assert w.info().phase == "test-set"
+    for v in silent:
+        din.slash_aggregator(w.dev, task, 1, v.address)
+        assert din.removed(task, v.address)
+    w.post_test_set()
+    with reverts("validator was slashed out of this task"):
+        din.commit_scores(silent[0], task, [1, 2])
+    honest = scores_for(w, live[0], 0)
+    for v in live:
+        din.commit_scores(v, task, honest)
+    w.chain.advance_time(SHORT["score_commit"] + 1)  # the removed three never commit
+    for v in live:
+        din.reveal_scores(v, task, honest)
+    assert w.info().phase == "settling"
+    parts, vals, majority = din.settlement_inputs(task, 0)
+    assert majority == honest
+    din.settle(w.dev, task)
+    assert din.settled_scores(task, w.parts[0].address) == honest
+    fee = DEPOSIT * 1000 // 10000 // 2
+    for v in live:
+        assert din.claim(v, task) == fee

@@ -165,6 +165,26 @@ def test_a_colluding_majority_is_overturned_by_a_dispute(din, chain_env):
     assert f"2\tsubgroup\t0\tok\t{right}" in clean.stdout.splitlines()
     assert "overturned by dispute 1" in clean.stderr
 
+    # the replay: the removed three cannot act, and the honest two decide it (their commit
+    # counts the removed slots out), so training goes on from a correct model
+    train(3)
+    for v in COLLUDERS:
+        out = din("aggregate", "--task", task, "--commit", "--key", v)
+        assert out.exit_code != 0 and "slashed out of this task" in out.stderr
+    for v in HONEST:
+        ok(din("aggregate", "--task", task, "--commit", "--key", v, "-q"))
+    assert status()["phase"] == "aggregation-reveal"  # no wait for the removed slots
+    for v in HONEST:
+        ok(din("aggregate", "--task", task, "--reveal", "--key", v, "-q"))
+    replayed = status()["current_round"]["accepted"]["0"]
+    model3 = ok(din("round", "finalize", "--task", task, "--key", OWNER, "-q")).strip()
+    for v in HONEST:
+        assert din("round", "attest", "--task", task, "--key", v, "-q").exit_code in (0, 7)
+    assert status()["phase"] == "test-set" and model3 != model1
+    audit = din("verify", "--task", task)
+    assert audit.exit_code == 0, audit.output
+    assert f"3\tsubgroup\t0\tok\t{replayed}" in audit.stdout.splitlines()
+
 
 def test_dispute_commands_refuse_bad_ids_in_one_line(din):
     ok(din("init", "--dev-accounts", "2", "-q"))

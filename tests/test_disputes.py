@@ -198,6 +198,37 @@ def test_colluding_majority_is_overturned_slashed_and_the_round_replayed(net):
     with reverts("that round was discarded by a dispute"):
         chain.send(dev, din.disputes.functions.file(t.task, 1, 0, wrong, right))
 
+    # the replay decides without the removed three: their slots are counted out, so the honest
+    # two are a strict majority of the live slots (before: 2 of 5 could never accept anything)
+    for p in t.parts:
+        din.submit_update(p, t.task, cid(f"replay-{p.address}"))
+    assert t.info().phase == "aggregation-commit"
+    with reverts("validator was not removed from this task"):
+        din.mark_gone(dev, t.task, honest[0].address)
+    slots2 = t.slots(2)
+    with reverts("validator was slashed out of this task"):
+        din.commit_aggregate(colluders[0], t.task, wrong)
+    for v in slots2:
+        if v in colluders:
+            din.mark_gone(dev, t.task, v.address)
+    with reverts("slot already counted out"):
+        din.mark_gone(dev, t.task, colluders[0].address)
+    assert din.gone_slots(t.task, 2) == {v.address: 0 for v in colluders}
+    replayed = cid("agg-replay")
+    for v in honest:
+        din.commit_aggregate(v, t.task, replayed)
+    assert t.info().phase == "aggregation-reveal"  # every live slot committed: no waiting
+    for v in honest:
+        din.reveal_aggregate(v, t.task, replayed)
+    assert din.accepted_aggregates(t.task, 2) == {0: replayed}
+    model = cid("global-replay")
+    din.post_global_model(t.owner, t.task, model)
+    for v in honest:
+        din.attest_global(v, t.task, model)
+    assert t.info().round == 3 and t.info().model_digest == cid_digest(model)
+    with reverts("not in the aggregation commit phase"):
+        din.mark_gone(dev, t.task, colluders[1].address)
+
 
 def test_griefer_loses_its_bond_and_lying_or_silent_members_are_slashed(net):
     chain, dev, din, _ = net

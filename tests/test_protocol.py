@@ -183,15 +183,28 @@ def test_contract_assignment_equals_python(tasks_contract, seed, population, n, 
     max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 def test_contract_majority_equals_python(tasks_contract, k, data):
-    """Few distinct vectors make ties, exact halves and near-majorities likely."""
+    """Few distinct vectors make ties, exact halves and near-majorities likely; some validators
+    are removed (no vector, out of the denominator)."""
     chain, tasks = tasks_contract
     pool = data.draw(
         st.lists(st.lists(st.integers(0, 10000), min_size=2, max_size=2), min_size=1, max_size=3)
     )
-    vectors = [data.draw(st.none() | st.sampled_from(pool)) for _ in range(k)]
+    removed = data.draw(st.lists(st.booleans(), min_size=k, max_size=k))
+    vectors = [None if r else data.draw(st.none() | st.sampled_from(pool)) for r in removed]
+    live = k - sum(removed)
     from din_cli.chain.din import scores_digest
 
     hashes = [bytes(20) if v is None else scores_digest(v)[:20] for v in vectors]
-    winner = chain.call(tasks.functions.scoreMajority(hashes))
-    ref, index = stl.majority(vectors)
+    winner = chain.call(tasks.functions.scoreMajority(hashes, live))
+    ref, index = stl.majority(vectors, live)
     assert winner == (0 if ref is None else index + 1)
+    if live == k:  # nobody removed: the default denominator
+        assert stl.majority(vectors) == (ref, index)
+
+
+def test_removed_validators_leave_the_score_majority():
+    """Two honest of five, three removed: the two decide; had the three stayed, nobody would."""
+    honest = [1, 2]
+    vectors = [honest, None, None, honest, None]
+    assert stl.majority(vectors, live=2) == (honest, 0)
+    assert stl.majority(vectors) == (None, None)

@@ -703,9 +703,9 @@ class Din:
     def settlement_inputs(self, task_id: int, group: int) -> tuple[list[int], list[str], list[int]]:
         """``(participant indices, validator addresses, scores)`` that settle ``group``, from events.
 
-        ``scores`` is the vector a strict majority of the subgroup's validators revealed, or
-        [] when none has one (then every participant of the subgroup scores 0) or when the
-        majority rejected the test set (revealed [] itself).
+        ``scores`` is the vector a strict majority of the subgroup's validators not removed
+        from the task revealed, or [] when none has one (then every participant of the
+        subgroup scores 0) or when the majority rejected the test set (revealed [] itself).
         """
         info = self.round_info(task_id, EVAL_ROUND)
         participants = info.participant_groups[group]
@@ -713,7 +713,10 @@ class Din:
         addresses = self.validators(task_id)
         revealed = self.scores_revealed(task_id)
         chosen = [addresses[i] for i in validators]
-        winner, _ = settlement.majority([revealed.get(a) for a in chosen])
+        live = [not self.removed(task_id, a) for a in chosen]
+        winner, _ = settlement.majority(
+            [revealed.get(a) if ok else None for a, ok in zip(chosen, live, strict=True)], sum(live)
+        )
         return list(participants), chosen, list(winner or [])
 
     def settle(self, account, task_id: int, groups: Iterable[int] | None = None) -> list[int]:
@@ -785,6 +788,21 @@ class Din:
     def release(self, account, task_id: int, validator: str) -> None:
         """Release ``validator``'s bond in a settled or abandoned task (anyone)."""
         self._send(account, self.tasks.functions.release(int(task_id), validator))
+
+    def removed(self, task_id: int, validator: str) -> bool:
+        """Whether ``validator`` was slashed out of ``task_id`` (its votes no longer count)."""
+        return bool(self._call(self.tasks.functions.validatorState(int(task_id), validator))[6] & 1)
+
+    def mark_gone(self, account, task_id: int, validator: str) -> None:
+        """Count removed ``validator``'s slot of the current round out of its subgroup's majority."""
+        self._send(account, self.tasks.functions.markGone(int(task_id), validator))
+
+    def gone_slots(self, task_id: int, round_: int) -> dict[str, int]:
+        """``{validator: subgroup}`` of the slots counted out of ``round_`` by ``markGone``."""
+        return {
+            e["args"]["validator"]: int(e["args"]["group"])
+            for e in self._logs("SlotGone", taskId=int(task_id), round=int(round_))
+        }
 
     def bonded(self, task_id: int, validator: str) -> bool:
         """Whether ``validator`` still holds a bond in ``task_id``."""

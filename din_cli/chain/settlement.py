@@ -45,16 +45,20 @@ from dataclasses import dataclass, field
 SCALE = 10_000
 
 
-def majority(vectors: Sequence[Sequence[int] | None]) -> tuple[list[int] | None, int | None]:
-    """``(vector, index)`` of the first holder of a vector more than half of ``vectors`` share.
+def majority(
+    vectors: Sequence[Sequence[int] | None], live: int | None = None
+) -> tuple[list[int] | None, int | None]:
+    """``(vector, index)`` of the first holder of a vector more than ``live / 2`` of ``vectors`` share.
 
-    ``(None, None)`` when there is none; None entries (not revealed) count in the denominator.
+    ``(None, None)`` when there is none. None entries are validators that did not
+    reveal (they count in ``live``) or were removed from the task (they do not);
+    ``live`` defaults to ``len(vectors)``.
     """
-    k = len(vectors)
+    live = len(vectors) if live is None else live
     for a, v in enumerate(vectors):
         if v is None:
             continue
-        if 2 * sum(1 for w in vectors if w is not None and list(w) == list(v)) > k:
+        if 2 * sum(1 for w in vectors if w is not None and list(w) == list(v)) > live:
             return list(v), a
     return None, None
 

@@ -360,8 +360,42 @@ def aggregate_commit(
             raise AlreadyDone(
                 f"aggregate already committed for task {task_id} round {r}", "nothing to do"
             )
+        gone = count_out_removed(ctx, task_id, r)
         d.commit_aggregate(ctx.account, task_id, to_bytes(cid))
-    return {"task_id": task_id, "round": r, "group": m.group, "cid": cid}
+    return {"task_id": task_id, "round": r, "group": m.group, "cid": cid, "counted_out": gone}
+
+
+def count_out_removed(ctx, task_id: int, round_: int) -> list[str]:
+    """Count every removed validator's slot in ``round_`` out of the majorities (``markGone``).
+
+    A validator slashed out of the task keeps its assignment slots; counted out, they
+    no longer stand between the live validators and a strict majority (a subgroup
+    whose colluders a dispute removed decides again in the replay). Done before this
+    validator's commit, while the commit phase lasts; the addresses counted out.
+    """
+    d = ctx.din
+    removed = {
+        e["args"]["validator"]
+        for name in ("ValidatorSlashed", "ValidatorPenalised")
+        for e in d.events(task_id, name)
+    }
+    if not removed:
+        return []
+    rnd = d.round_info(task_id, round_)
+    addresses = d.validators(task_id)
+    done = d.gone_slots(task_id, round_)
+    out = []
+    for group in rnd.validator_groups:
+        for i in group:
+            a = addresses[i]
+            if (
+                a in removed
+                and a not in done
+                and validator_state(ctx, task_id, a)["commit_round"] < round_
+            ):
+                d.mark_gone(ctx.account, task_id, a)
+                out.append(a)
+    return out
 
 
 def aggregate_reveal(ctx, task_id: int, round_: int | None = None) -> dict:

@@ -328,7 +328,7 @@ contract DinDisputes is ReentrancyGuard {
 
     /// @notice The strict-majority winner among revealed score-vector hashes (bytes20(0) = not
     ///         revealed) exactly as `settle` computes it: index + 1 of a holder, or 0 for none.
-    function scoreMajority(bytes20[] calldata hashes) external pure returns (uint256) {
-        return Settlement.majority(hashes);
+    function scoreMajority(bytes20[] calldata hashes, uint256 live) external pure returns (uint256) {
+        return Settlement.majority(hashes, live);
     }
 }

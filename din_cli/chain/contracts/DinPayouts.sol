@@ -30,9 +30,9 @@ library DinPayouts {
         address[] calldata validators,
         bytes calldata scores
     ) external returns (bool rejected) {
-        bytes20[] memory hashes = _checkValidators(t, vals, group, validators, seed);
+        (bytes20[] memory hashes, uint256 live) = _checkValidators(t, vals, group, validators, seed);
         uint256 size = _checkParticipants(t, group, participants, seed);
-        uint256 winner = Settlement.majority(hashes); // index + 1, or 0
+        uint256 winner = Settlement.majority(hashes, live); // index + 1, or 0
         bytes memory accepted = scores;
         uint256 sum = 0;
         if (winner != 0) {
@@ -114,8 +114,9 @@ library DinPayouts {
         return (pool * upto) / total - (pool * (upto - uint16(bytes2(scores[2 * offset:])))) / total;
     }
 
-    /// @dev Check `validators` is the subgroup's slot order; their revealed score hashes (0: none).
-    function _checkValidators(Task storage t, mapping(address => Val) storage vals, uint256 group, address[] calldata validators, bytes32 seed) private view returns (bytes20[] memory hashes) {
+    /// @dev Check `validators` is the subgroup's slot order; their revealed score hashes (0: none, or
+    ///      removed from the task) and how many are not removed.
+    function _checkValidators(Task storage t, mapping(address => Val) storage vals, uint256 group, address[] calldata validators, bytes32 seed) private view returns (bytes20[] memory hashes, uint256 live) {
         uint256 per = t.perGroup;
         require(validators.length == per, "need the subgroup's validators in slot order");
         hashes = new bytes20[](per);
@@ -123,6 +124,8 @@ library DinPayouts {
         for (uint256 j = 0; j < per; j++) {
             Val storage v = vals[validators[j]];
             require(v.index1 != 0 && Assignment.permute(kv, v.index1 - 1, t.validators) == group * per + j, "validator not in this slot");
+            if (v.flags & REMOVED != 0) continue; // a removed validator's vector does not count
+            live++;
             if (v.revealRound == SCORES) hashes[j] = v.hash;
         }
     }

@@ -75,12 +75,16 @@ contract DinTasks is ReentrancyGuard {
     mapping(uint256 => bool) internal _rejected;
     /// @dev The first CID digest revealed in a subgroup of a round, how many revealed it, and which
     ///      slots (bit j = slot j) did; keyed keccak(task, round, group).
+    ///      `gone` counts the slots markGone took out: a strict majority of the other slots decides.
     struct GroupVotes {
         bytes20 first;
         uint8 count;
         uint64 mask;
+        uint8 gone;
     }
     mapping(bytes32 => GroupVotes) internal _groupVotes;
+    /// @dev keccak(task, round, validator) -> its slot in that round was counted out by markGone.
+    mapping(bytes32 => bool) internal _gone;
     /// @dev keccak(task, round, validator) -> a revealed CID digest other than its subgroup's first.
     mapping(bytes32 => bytes32) internal _deviant;
     /// @dev Disputes (DinDisputes): the model each round started from, the time a task was frozen
@@ -113,6 +117,7 @@ contract DinTasks is ReentrancyGuard {
     event Claimed(uint256 indexed taskId, address indexed account, uint256 amount);
     event BondReleased(uint256 indexed taskId, address indexed validator);
     event ParticipantsCapped(uint256 indexed taskId, uint256 participants);
+    event SlotGone(uint256 indexed taskId, uint256 indexed round, address indexed validator, uint256 group);
 
     constructor(ValidatorRegistry registry_, address disputes_) {
         registry = registry_;
@@ -257,7 +262,8 @@ contract DinTasks is ReentrancyGuard {
         v.hash = bytes20(commitment);
         v.pos = uint24(pos);
         emit AggregateCommitted(id, round, msg.sender, pos / t.perGroup);
-        if (++t.committed == uint256(t.groups) * t.perGroup) _advance(id, t);
+        t.committed++;
+        if (_complete(t, AGG_COMMIT)) _advance(id, t);
     }
 
     /// @notice Reveal the aggregate CID committed to; a CID revealed by a strict majority is accepted.
@@ -289,8 +295,32 @@ contract DinTasks is ReentrancyGuard {
             _deviant[key] = digest;
             count = ++votes[keccak256(abi.encode(id, round, group, digest))];
         }
-        if (count == per / 2 + 1) emit SubgroupAccepted(id, round, group, cid);
+        if (count == (per - gv.gone) / 2 + 1) emit SubgroupAccepted(id, round, group, cid);
         if (++t.acted == t.committed) _advance(id, t);
+    }
+
+    /// @notice Count removed `validator`'s slot in the current round out (anyone, in the aggregation
+    ///         commit phase, for a validator that did not commit this round): its subgroup then accepts
+    ///         the CID a strict majority of its other slots reveals, and the round's global model needs a
+    ///         strict majority of the round's other slots. A subgroup whose validators a dispute
+    ///         removed can so still decide in the replay. The counts are fixed before any reveal.
+    function markGone(uint256 id, address validator) external {
+        Task storage t = _sync(id);
+        require(t.phase == AGG_COMMIT, "not in the aggregation commit phase");
+        Val storage v = _vals[id][validator];
+        require(v.index1 != 0 && v.flags & REMOVED != 0, "validator was not removed from this task");
+        uint16 round = t.round;
+        require(v.commitRound < round, "validator committed this round");
+        uint256 per = t.perGroup;
+        uint256 pos = Assignment.permute(Assignment.key(_seedOf(id, round), Assignment.VALIDATORS), v.index1 - 1, t.validators);
+        require(pos < uint256(t.groups) * per, "validator not assigned this round");
+        bytes32 key = keccak256(abi.encode(id, round, validator));
+        require(!_gone[key], "slot already counted out");
+        _gone[key] = true;
+        _groupVotes[keccak256(abi.encode(id, round, pos / per))].gone++;
+        t.goneSlots++;
+        emit SlotGone(id, round, validator, pos / per);
+        if (_complete(t, AGG_COMMIT)) _advance(id, t);
     }
 
     /// @notice Slash `validator` for round `round`: it was assigned and did not reveal, or
@@ -319,7 +349,7 @@ contract DinTasks is ReentrancyGuard {
             require(majority != bytes32(0), "validator revealed an aggregate");
             bytes32 right = _corrected[gk];
             if (right == bytes32(0)) {
-                require(_count(gk, id, round, pos / per, majority) > per / 2, "no majority for that CID in the subgroup");
+                require(_count(gk, id, round, pos / per, majority) > (per - _groupVotes[gk].gone) / 2, "no majority for that CID in the subgroup");
             } else {
                 require(majority == right, "a dispute decided another CID");
             }
@@ -354,7 +384,7 @@ contract DinTasks is ReentrancyGuard {
         _validatorGroup(id, t, v, round);
         v.attestRound = round;
         emit GlobalModelAttested(id, round, msg.sender);
-        if (++votes[keccak256(abi.encode(id, round, type(uint256).max, digest))] == (uint256(t.groups) * t.perGroup) / 2 + 1) {
+        if (++votes[keccak256(abi.encode(id, round, type(uint256).max, digest))] == (uint256(t.groups) * t.perGroup - t.goneSlots) / 2 + 1) {
             t.model = digest;
             emit GlobalModelAccepted(id, round, cid);
             _advance(id, t);
@@ -465,7 +495,7 @@ contract DinTasks is ReentrancyGuard {
         bytes32 gk = keccak256(abi.encode(id, round, group));
         if (open) {
             require(t.phase <= GLOBAL, "not in training"); // the caller advanced it: deadlines hold
-            require(_count(gk, id, round, group, digest) > t.perGroup / 2, "CID is not the accepted one");
+            require(_count(gk, id, round, group, digest) > (t.perGroup - _groupVotes[gk].gone) / 2, "CID is not the accepted one");
             _frozen[id] = (block.timestamp << 8) | t.phase;
             t.phase = DISPUTED;
             return t.round;
@@ -625,7 +655,8 @@ contract DinTasks is ReentrancyGuard {
 
     function _complete(Task storage t, uint8 phase) internal view returns (bool) {
         if (phase == TRAINING) return t.acted == t.participants;
-        if (phase == AGG_COMMIT || phase == SCORE_COMMIT) return t.committed == uint256(t.groups) * t.perGroup;
+        if (phase == AGG_COMMIT) return t.committed + t.goneSlots == uint256(t.groups) * t.perGroup;
+        if (phase == SCORE_COMMIT) return t.committed == uint256(t.groups) * t.perGroup;
         if (phase == AGG_REVEAL || phase == SCORE_REVEAL) return t.acted == t.committed;
         return false;
     }
@@ -681,6 +712,7 @@ contract DinTasks is ReentrancyGuard {
     function _startRound(uint256 id, Task storage t, uint16 round) internal {
         t.round = round;
         t.proposed = bytes32(0);
+        t.goneSlots = 0;
         _roundModel[id][round] = t.model;
         _seed(id, round);
         emit RoundStarted(id, round, t.model, t.participants, t.validators, t.groups, t.perGroup);

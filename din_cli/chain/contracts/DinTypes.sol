@@ -38,6 +38,7 @@ struct Task {
     uint32 goodValidators; // validators earning a fee
     uint64 totalScore; // sum of accepted scores (settlement)
     bool ownerClaimed;
+    uint24 goneSlots; // this round's slots held by removed validators, counted by markGone (out of the majorities)
     // slots
     uint128 deposit;
     bytes32 arch;
