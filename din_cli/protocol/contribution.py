@@ -70,16 +70,18 @@ negative number. ``Contributions.values`` keeps the unrounded rationals.
 
 What the caller does. Pass the admitted updates only, with their admitted
 FedAvg weights (``protocol.admission``): copies and unchanged models are
-excluded there and score 0 without being evaluated. A resubmitted starting
-model that did get in only drags a coalition back towards the start, so its
-marginals are at most noise and round to about 0; a free-rider who adds
-small noise to the starting model is no better off (its update is a worse
-model, not a copy), but one who disguises a *copy of another participant's
-progress* is a copy that only the commit-reveal of updates prevents. A
-poisoner that drags the aggregate down far enough that ``U(all)`` equals the
-starting score truncates the whole round to zeros under ``gtg``: the honest
-lose that round's contribution too, which is why the aggregation rule bounds
-each update's influence (norm bounds, trimmed mean) before scoring.
+excluded there and score 0 without being evaluated. That exclusion is
+needed: Shapley values alone do not zero them. A byte copy is worth exactly
+what its original is worth (symmetry), and a resubmitted starting model can
+earn a real share -- averaging the start back in damps updates that
+overshoot (in ``benchmarks/contribution.py`` such a free-rider took 129 of a
+667 bps gain). A free-rider who adds small noise to the starting model
+escapes the ``unchanged`` test; what it earns is then its Shapley value as a
+damping update, which the norm-bounded aggregation rules keep small. A
+poisoner that drags the aggregate down so far that ``U(all)`` is within the
+tolerance of the starting score truncates the whole round to zeros under
+``gtg``: the honest lose that round's contribution too, which is why the
+aggregation rule bounds each update's influence before scoring.
 
 Example:
     c = contributions(paths, "start.safetensors", test, rows=rows, seed=round_seed)
