@@ -239,7 +239,13 @@ def test_two_inits_at_once_deploy_once(din_home):
 @pytest.mark.integration
 def test_anvil_init_stake_and_concurrent_sends(anvil_url, run_din, din_home):
     out = ok(run_din("init", "--chain", anvil_url, "--dev-accounts", "2", "-q"))
-    assert len(out.splitlines()) == 4  # DinToken, ValidatorRegistry, DinTasks, DinDisputes
+    assert [line.split("\t")[0] for line in out.splitlines()] == [
+        "DinToken",
+        "ValidatorRegistry",
+        "DinPayouts",
+        "DinTasks",
+        "DinDisputes",
+    ]
     dep = json.loads((din_home / "deployment.json").read_text())
     assert dep["url"] == anvil_url and dep["chain_id"] == 31337
     # later commands find the node through deployment.json
