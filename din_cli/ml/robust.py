@@ -38,8 +38,8 @@ Rules
                   bit. ``din.rule`` lists the clipped inputs (output order).
 ``trimmed-mean``  coordinate-wise: of the ``n`` values of a coordinate the
                   ``k = floor(f * n)`` largest and ``k`` smallest are dropped
-                  (``f`` = ``--trim``, ``0 <= f < 1/2``; ``f`` is read as the
-                  exact decimal it is written as) and the rest averaged
+                  (``f`` = ``--trim``, ``0 <= f < 1/2``, read as the exact
+                  decimal of its shortest float repr, ``0.1`` = 1/10) and the rest averaged
                   **unweighted**: ``float32(sum / ((n - 2k) * 2^20))``.
                   Sample counts are not weights here: a poisoner's claimed
                   samples would buy it back the influence the trim removes.
@@ -137,21 +137,21 @@ def make_rule(
                 f"--clip-norm {clip_norm} is outside (0, {int(MAX_CLIP_NORM)}]",
                 f"pass a bound of at least 2^-20 and at most {int(MAX_CLIP_NORM)}",
             )
-        return Rule(name, clip_q=q, clip_norm=str(clip_norm))
+        return Rule(name, clip_q=q, clip_norm=repr(b))
     if name == "trimmed-mean":
         if trim is None:
             raise UsageError(
                 "the trimmed-mean rule needs a fraction to trim",
                 "pass --trim F (0 <= F < 0.5, e.g. 0.1)",
             )
-        _number(trim, "--trim")
-        f = Fraction(str(trim))
+        text = repr(_number(trim, "--trim"))
+        f = Fraction(text)
         if not (0 <= f < Fraction(1, 2)):
             raise UsageError(
                 f"--trim {trim} is outside [0, 0.5)",
                 "pass the fraction dropped at each end, e.g. 0.1",
             )
-        return Rule(name, trim=f, trim_text=str(trim))
+        return Rule(name, trim=f, trim_text=text)
     return Rule(name)
 
 
