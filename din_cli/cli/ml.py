@@ -351,6 +351,8 @@ def aggregate(
         din aggregate --rule norm-bounded --clip-norm 2 --base global.safetensors u*.safetensors -o next.safetensors
         din aggregate --task 1 --commit --key dev8 && din aggregate --task 1 --reveal --key dev8
     """
+    from din_cli.errors import UsageError
+
     if task is not None or commit or reveal or cid or round_:
         if task is None:
             raise click.UsageError("--commit, --reveal, --round and --cid need --task TASK")
@@ -363,8 +365,8 @@ def aggregate(
                 "--task aggregates the subgroup's updates from the chain: drop the inputs and -o"
             )
         if rule != "mean" or clip_norm is not None or trim is not None:
-            raise click.UsageError(
-                "--task aggregates with the weighted mean: drop --rule, --clip-norm and --trim"
+            raise UsageError(
+                "--task aggregates with the weighted mean", "drop --rule, --clip-norm and --trim"
             )
         _aggregate_on_task(
             task, round_, commit, reveal, cid, chain_url, ipfs_api, key_name, as_json
@@ -376,8 +378,9 @@ def aggregate(
 
     chosen = make_rule(rule, clip_norm=clip_norm, trim=trim)  # bad flags fail before any reading
     if chosen.name == "norm-bounded" and base is None:
-        raise click.UsageError(
-            "--rule norm-bounded measures each update from the starting model: pass --base FILE|CID"
+        raise UsageError(
+            "--rule norm-bounded measures each update from the starting model",
+            "pass --base FILE|CID",
         )
     refs = read_refs(inputs)
     bases = [base] if base is not None else []
