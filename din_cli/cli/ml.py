@@ -275,6 +275,25 @@ def _train_on_task(task, data, submit, seed, hyper, chain_url, ipfs_api, key_nam
     metavar="N",
     help="Cap each input's weight at N samples (a task's maxSamples).  [default: no cap]",
 )
+@click.option(
+    "--rule",
+    type=click.Choice(["mean", "norm-bounded", "trimmed-mean", "median"]),
+    default="mean",
+    show_default=True,
+    help="Aggregation rule: the sample-weighted mean, or one that bounds a poisoned update's pull (see below).",
+)
+@click.option(
+    "--clip-norm",
+    default=None,
+    metavar="X",
+    help="With --rule norm-bounded: clip each update's L2 distance from --base to X.",
+)
+@click.option(
+    "--trim",
+    default=None,
+    metavar="F",
+    help="With --rule trimmed-mean: drop floor(F*n) values at each end of every coordinate (0 <= F < 0.5).",
+)
 @ipfs_option()
 @chain_option()
 @key_option()
@@ -290,6 +309,9 @@ def aggregate(
     cid,
     base,
     max_samples,
+    rule,
+    clip_norm,
+    trim,
     ipfs_api,
     chain_url,
     key_name,
@@ -312,13 +334,25 @@ def aggregate(
     result and commits keccak(CID, salt); --reveal later reveals it. Both
     print the CID; a step already done exits 7.
 
+    --rule bounds what one poisoned update can do, bit-exactly on the same
+    grid: norm-bounded clips each update's distance from --base to
+    --clip-norm before the weighted mean; trimmed-mean drops the floor(F*n)
+    largest and smallest values of every coordinate and averages the rest,
+    unweighted; median takes every coordinate's median, unweighted (even n:
+    the midpoint of the two middle values). The result names the rule and
+    its parameters in din.rule.
+
     \b
     Example:
         din aggregate u1.safetensors u2.safetensors -o global.safetensors
         ls updates/*.safetensors | din aggregate -o - | din ipfs add -
         din aggregate --base global.safetensors --max-samples 5000 u*.safetensors -o next.safetensors
+        din aggregate --rule median u*.safetensors -o next.safetensors
+        din aggregate --rule norm-bounded --clip-norm 2 --base global.safetensors u*.safetensors -o next.safetensors
         din aggregate --task 1 --commit --key dev8 && din aggregate --task 1 --reveal --key dev8
     """
+    from din_cli.errors import UsageError
+
     if task is not None or commit or reveal or cid or round_:
         if task is None:
             raise click.UsageError("--commit, --reveal, --round and --cid need --task TASK")
@@ -330,27 +364,67 @@ def aggregate(
             raise click.UsageError(
                 "--task aggregates the subgroup's updates from the chain: drop the inputs and -o"
             )
+        if rule != "mean" or clip_norm is not None or trim is not None:
+            raise UsageError(
+                "--task aggregates with the weighted mean", "drop --rule, --clip-norm and --trim"
+            )
         _aggregate_on_task(
             task, round_, commit, reveal, cid, chain_url, ipfs_api, key_name, as_json
         )
         return
+    from din_cli.ml.robust import make_rule
     from din_cli.protocol.admission import aggregate as run
     from din_cli.protocol.inputs import read_refs, resolved
 
+    chosen = make_rule(rule, clip_norm=clip_norm, trim=trim)  # bad flags fail before any reading
+    if chosen.name == "norm-bounded" and base is None:
+        raise UsageError(
+            "--rule norm-bounded measures each update from the starting model",
+            "pass --base FILE|CID",
+        )
     refs = read_refs(inputs)
     bases = [base] if base is not None else []
     with resolved(bases + refs, ipfs_api) as paths, out.progress("aggregating") as advance:
-        done = run(
-            paths[len(bases) :],
-            output,
-            base=paths[0] if bases else None,
-            max_samples=max_samples,
-            progress=advance,
-        )
+        kw = {"base": paths[0] if bases else None, "max_samples": max_samples, "progress": advance}
+        if chosen.name == "mean":
+            done = run(paths[len(bases) :], output, **kw)
+        else:
+            done = _aggregate_by_rule(paths[len(bases) :], output, chosen, **kw)
     for v in done.admission.excluded:
         out.note(f"excluded {refs[v.index]}: {v.reason}: {v.detail or v.cid}")
     if output != "-":
         out.emit(output)
+
+
+def _aggregate_by_rule(paths, output, rule, *, base, max_samples, progress):
+    """The admission rule, then ``ml.robust`` over the admitted inputs (as ``admission.aggregate`` does for the mean)."""
+    from din_cli.errors import InputError
+    from din_cli.ml import robust, tensorfile
+    from din_cli.protocol.admission import Outcome, _copy, admit
+
+    admission = admit(paths, base=base, max_samples=max_samples)
+    kept = admission.admitted
+    if not kept:
+        if base is None:
+            raise InputError(
+                f"nothing to aggregate: {admission.summary()}",
+                "pass updates that pass the admission rule (see `din aggregate --help`)",
+            )
+        _copy(base, output)
+        return Outcome(admission, tensorfile.read_header(base).samples, True)
+    excluded = admission.excluded_json()
+    result = robust.aggregate(
+        [paths[v.index] for v in kept],
+        output,
+        rule=rule,
+        base=base,
+        weights=[v.weight for v in kept],
+        metadata={tensorfile.EXCLUDED_KEY: excluded} if excluded else None,
+        progress=progress,
+    )
+    for i, norm in result.clipped:
+        out.note(f"clipped input {kept[i].index + 1}: L2 distance {norm:.6g} from --base")
+    return Outcome(admission, result.samples, False)
 
 
 def _aggregate_on_task(task, round_, commit, reveal, cid, chain_url, ipfs_api, key_name, as_json):

@@ -21,12 +21,15 @@ Metadata schema (all values are strings; every key is always present):
 ``din.task``     task id, or empty
 ===============  =========================================================
 
-Aggregates may carry one more key, present only when the admission rule
-(``din_cli.protocol.admission``) left inputs out:
+Aggregates may carry two more keys, each present only when it applies:
 
 ===============  =========================================================
 ``din.excluded`` compact JSON list, sorted by index, of the inputs left
-                 out: ``[{"cid":"bafk...","index":2,"reason":"non-finite"}]``
+                 out by the admission rule (``din_cli.protocol.admission``):
+                 ``[{"cid":"bafk...","index":2,"reason":"non-finite"}]``
+``din.rule``     compact JSON object naming a robust aggregation rule and
+                 its parameters (``din_cli.ml.robust``), absent for the
+                 weighted mean: ``{"k":1,"rule":"trimmed-mean","trim":"0.1"}``
 ===============  =========================================================
 
 Reading never trusts the file: the header must parse, offsets must be
@@ -49,6 +52,7 @@ from din_cli.errors import InputError, NotFoundError
 KINDS = ("model", "update", "aggregate")
 META_KEYS = ("din.arch", "din.encoding", "din.kind", "din.round", "din.samples", "din.task")
 EXCLUDED_KEY = "din.excluded"  # aggregates only, when inputs were left out
+RULE_KEY = "din.rule"  # aggregates only, made by a rule other than the weighted mean
 MAX_HEADER = 100 * 1024 * 1024
 
 # numpy dtype name -> safetensors dtype
@@ -302,11 +306,13 @@ def is_canonical(header: Header) -> bool:
 
     That is: keys sorted, no spaces, ASCII, padded to 8 bytes, tensors in
     sorted name order and back to back, and the metadata exactly din's schema
-    (:data:`META_KEYS`, plus :data:`EXCLUDED_KEY` on an aggregate).
+    (:data:`META_KEYS`, plus :data:`EXCLUDED_KEY` and :data:`RULE_KEY` on an aggregate).
     """
     keys = set(header.metadata)
     schema = set(META_KEYS)
-    if keys != schema and not (header.kind == "aggregate" and keys == schema | {EXCLUDED_KEY}):
+    if keys != schema and not (
+        header.kind == "aggregate" and schema < keys <= schema | {EXCLUDED_KEY, RULE_KEY}
+    ):
         return False
     specs = {n: (t.dtype, t.shape) for n, t in header.tensors.items()}
     try:
