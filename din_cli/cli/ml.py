@@ -385,46 +385,20 @@ def aggregate(
     refs = read_refs(inputs)
     bases = [base] if base is not None else []
     with resolved(bases + refs, ipfs_api) as paths, out.progress("aggregating") as advance:
-        kw = {"base": paths[0] if bases else None, "max_samples": max_samples, "progress": advance}
-        if chosen.name == "mean":
-            done = run(paths[len(bases) :], output, **kw)
-        else:
-            done = _aggregate_by_rule(paths[len(bases) :], output, chosen, **kw)
+        done = run(
+            paths[len(bases) :],
+            output,
+            base=paths[0] if bases else None,
+            max_samples=max_samples,
+            progress=advance,
+            rule=chosen,
+        )
     for v in done.admission.excluded:
         out.note(f"excluded {refs[v.index]}: {v.reason}: {v.detail or v.cid}")
+    for i, norm in done.clipped:
+        out.note(f"clipped input {i + 1}: L2 distance {norm:.6g} from --base")
     if output != "-":
         out.emit(output)
-
-
-def _aggregate_by_rule(paths, output, rule, *, base, max_samples, progress):
-    """The admission rule, then ``ml.robust`` over the admitted inputs (as ``admission.aggregate`` does for the mean)."""
-    from din_cli.errors import InputError
-    from din_cli.ml import robust, tensorfile
-    from din_cli.protocol.admission import Outcome, _copy, admit
-
-    admission = admit(paths, base=base, max_samples=max_samples)
-    kept = admission.admitted
-    if not kept:
-        if base is None:
-            raise InputError(
-                f"nothing to aggregate: {admission.summary()}",
-                "pass updates that pass the admission rule (see `din aggregate --help`)",
-            )
-        _copy(base, output)
-        return Outcome(admission, tensorfile.read_header(base).samples, True)
-    excluded = admission.excluded_json()
-    result = robust.aggregate(
-        [paths[v.index] for v in kept],
-        output,
-        rule=rule,
-        base=base,
-        weights=[v.weight for v in kept],
-        metadata={tensorfile.EXCLUDED_KEY: excluded} if excluded else None,
-        progress=progress,
-    )
-    for i, norm in result.clipped:
-        out.note(f"clipped input {kept[i].index + 1}: L2 distance {norm:.6g} from --base")
-    return Outcome(admission, result.samples, False)
 
 
 def _aggregate_on_task(task, round_, commit, reveal, cid, chain_url, ipfs_api, key_name, as_json):

@@ -344,10 +344,14 @@ def _segments(plan: agg._Plan, base_header) -> list:
     if base_header is None:
         return plan.segments
     if plan.canonical and agg._is_canonical(base_header, plan.names):
-        (name, count, starts), = plan.segments
+        ((name, count, starts),) = plan.segments
         return [(name, count, [*starts, base_header.tensors[plan.names[0]].start])]
     return [
-        (n, plan.sizes[n], [i.header.tensors[n].start for i in plan.inputs] + [base_header.tensors[n].start])
+        (
+            n,
+            plan.sizes[n],
+            [i.header.tensors[n].start for i in plan.inputs] + [base_header.tensors[n].start],
+        )
         for n in plan.names
     ]
 
@@ -357,9 +361,13 @@ def _base_header(base, plan: agg._Plan):
 
     h = tensorfile.read_header(base)
     expected = zoo.param_shapes(plan.result.arch)
-    if h.arch != plan.result.arch or set(h.tensors) != set(expected) or any(
-        h.tensors[n].dtype != "F32" or tuple(h.tensors[n].shape) != tuple(expected[n])
-        for n in expected
+    if (
+        h.arch != plan.result.arch
+        or set(h.tensors) != set(expected)
+        or any(
+            h.tensors[n].dtype != "F32" or tuple(h.tensors[n].shape) != tuple(expected[n])
+            for n in expected
+        )
     ):
         raise InputError(
             f"{h.path}: the starting model is not a {plan.result.arch} model like the updates",

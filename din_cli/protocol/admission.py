@@ -361,6 +361,7 @@ class Outcome:
     admission: Admission
     samples: int  # the output's din.samples
     unchanged: bool  # every input was excluded: the output is the starting model
+    clipped: tuple = ()  # norm-bounded rule: (input index, L2 distance from the base) of each clipped input
 
 
 def aggregate(
@@ -373,10 +374,12 @@ def aggregate(
     ids: Sequence[str | None] | None = None,
     progress=None,
     threads: int | None = None,
+    rule=None,
 ) -> Outcome:
     """Admit ``paths`` by the rule, then FedAvg the admitted ones into ``output`` (``-``: stdout).
 
-    The output records the excluded inputs in ``din.excluded``. When every
+    ``rule`` (an ``ml.robust.Rule``; default the weighted mean) aggregates the
+    admitted inputs another way. The output records the excluded inputs in ``din.excluded``. When every
     input is excluded the output is a copy of ``base`` (the round's starting
     model); without a base that is an InputError naming each reason, and
     nothing is written.
@@ -400,15 +403,20 @@ def aggregate(
 
         return Outcome(admission, tensorfile.read_header(base).samples, True)
     excluded = admission.excluded_json()
-    result = agg.aggregate(
-        [paths[v.index] for v in kept],
-        output,
-        weights=[v.weight for v in kept],
-        metadata={"din.excluded": excluded} if excluded else None,
-        progress=progress,
-        threads=threads,
-    )
-    return Outcome(admission, result.samples, False)
+    kw = {
+        "weights": [v.weight for v in kept],
+        "metadata": {"din.excluded": excluded} if excluded else None,
+        "progress": progress,
+        "threads": threads,
+    }
+    inputs = [paths[v.index] for v in kept]
+    if rule is None or rule.name == "mean":
+        return Outcome(admission, agg.aggregate(inputs, output, **kw).samples, False)
+    from din_cli.ml import robust
+
+    result = robust.aggregate(inputs, output, rule=rule, base=base, **kw)
+    clipped = tuple((kept[i].index, norm) for i, norm in result.clipped)
+    return Outcome(admission, result.samples, False, clipped)
 
 
 def _copy(src, output) -> None:
