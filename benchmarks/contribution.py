@@ -141,7 +141,9 @@ def compare(paths, start, test, rows, n: int, args, gtg_kw) -> dict:
     timed("loo", C.leave_one_out)
     for s in range(args.seeds):
         seed = bytes([s]) * 32 if s else ROUND_SEED
-        timed("gtg" if s == 0 else f"gtg#{s}", lambda g, seed=seed: C.gtg_shapley(g, seed, **gtg_kw))
+        timed(
+            "gtg" if s == 0 else f"gtg#{s}", lambda g, seed=seed: C.gtg_shapley(g, seed, **gtg_kw)
+        )
     if n <= args.exact_max:
         timed("exact", C.exact_shapley)
     return runs

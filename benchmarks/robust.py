@@ -61,7 +61,10 @@ def _write_updates(folder: Path, n: int, params: int) -> tuple[list[str], str, s
     base = write(folder / "start.safetensors", start, 1, "model")
     paths = []
     for i in range(n):
-        w = {k: (v + rng.standard_normal(v.shape).astype(np.float32) * 0.01) for k, v in start.items()}
+        w = {
+            k: (v + rng.standard_normal(v.shape).astype(np.float32) * 0.01)
+            for k, v in start.items()
+        }
         if i % 10 == 9:  # every tenth a scaled poisoner, so norm-bounded clips something
             w = {k: start[k] + 100 * (w[k] - start[k]) for k in w}
         paths.append(write(folder / f"u{i:03d}.safetensors", w, 100 + i, "update"))
@@ -72,7 +75,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100, help="updates")
     ap.add_argument("--params", type=int, default=1_000_000, help="parameters per model, about")
-    ap.add_argument("--threads", type=int, default=None, help="worker threads (default: DIN_THREADS or CPUs)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="worker threads (default: DIN_THREADS or CPUs)"
+    )
     args = ap.parse_args(argv)
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with tempfile.TemporaryDirectory(prefix="din-bench-robust-") as tmp:
@@ -83,7 +88,9 @@ def main(argv=None) -> None:
         params = sum(int(__import__("math").prod(s)) for s in zoo.param_shapes(arch).values())
         gb = args.n * params * 4 / 1e9
         print(f"{args.n} updates of {arch} ({params:,} float32 parameters, {gb:.2f} GB per pass)")
-        print(f"{'rule':<14}{'wall s':>9}{'cpu s':>9}{'GB/s':>8}{'peak RSS MiB':>14}{'clipped':>9}  kernel")
+        print(
+            f"{'rule':<14}{'wall s':>9}{'cpu s':>9}{'GB/s':>8}{'peak RSS MiB':>14}{'clipped':>9}  kernel"
+        )
         for rule in ("mean", "norm-bounded", "trimmed-mean", "median"):
             out = str(folder / f"{rule}.safetensors")
             spec = json.dumps([paths, base, rule, args.threads, out])

@@ -145,7 +145,9 @@ def test_every_rule_equals_a_numpy_reference_on_the_grid(world, tmp_path, rule, 
 
 @pytest.mark.parametrize("rule", ["median", "trimmed-mean", "norm-bounded"])
 def test_thread_count_and_input_layout_do_not_change_the_bytes(tmp_path, rule):
-    paths = [_random(tmp_path / f"u{i}.safetensors", i, 10 + i, scale=0.1 + 0.05 * i) for i in range(6)]
+    paths = [
+        _random(tmp_path / f"u{i}.safetensors", i, 10 + i, scale=0.1 + 0.05 * i) for i in range(6)
+    ]
     base = _random(tmp_path / "base.safetensors", 99, 1)
     kw = {"trim": 0.2} if rule == "trimmed-mean" else {}
     if rule == "norm-bounded":
@@ -171,12 +173,17 @@ def test_norm_bounded_without_clipping_is_the_mean_bit_for_bit(world, tmp_path):
     robust.aggregate(
         paths, tmp_path / "nb.safetensors", rule="norm-bounded", base=world["start"], clip_norm=2000
     )
-    assert _flat(tmp_path / "nb.safetensors").tobytes() == _flat(tmp_path / "mean.safetensors").tobytes()
+    assert (
+        _flat(tmp_path / "nb.safetensors").tobytes()
+        == _flat(tmp_path / "mean.safetensors").tobytes()
+    )
 
 
 def _accuracy(world, path):
     mf = models.read_model(path)
-    return evaluate.score("accuracy", evaluate.logits(mf, world["test"].x), world["test"].y).score_bps
+    return evaluate.score(
+        "accuracy", evaluate.logits(mf, world["test"].x), world["test"].y
+    ).score_bps
 
 
 def test_a_poisoner_moves_median_and_trimmed_mean_far_less_than_the_mean(world, tmp_path):
@@ -212,10 +219,14 @@ def test_norm_bounded_caps_a_scaled_update_at_a_norm_b_update(world, tmp_path):
     # its pull on the aggregate is at most its weight share times B
     clean = _flat(tmp / "clean.safetensors")
     mean_clean = clean * 1000 / 1200  # the clean aggregate diluted by the poisoner's 200 samples...
-    shift = x1000 - mean_clean - _flat(start) * 200 / 1200  # ...standing at the start, plus its delta
+    shift = (
+        x1000 - mean_clean - _flat(start) * 200 / 1200
+    )  # ...standing at the start, plus its delta
     assert np.linalg.norm(shift) <= b * 200 / 1200 + 1e-3
     agg.aggregate([*honest, world["scaled"]], tmp / "mean.safetensors")
-    assert np.linalg.norm(_flat(tmp / "mean.safetensors") - clean) > 100 * np.linalg.norm(x1000 - clean)
+    assert np.linalg.norm(_flat(tmp / "mean.safetensors") - clean) > 100 * np.linalg.norm(
+        x1000 - clean
+    )
 
 
 # --- bad input ---
