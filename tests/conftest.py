@@ -45,6 +45,23 @@ def anvil_url() -> str:
     return _service("DIN_TEST_ANVIL", "anvil")
 
 
+@pytest.fixture(scope="module", params=["embedded", "anvil"])
+def deployed(request):
+    """``(chain, dev account, deployment)``: the contracts deployed once per test module, on the
+    embedded chain and on anvil (minimum stake 100 DIN, unstake delay one hour)."""
+    from din_cli.chain.client import connect
+    from din_cli.chain.din import deploy_all
+
+    if request.param == "embedded":
+        chain = connect("memory")
+    else:
+        chain = connect(request.getfixturevalue("anvil_url"))
+    dev = chain.dev_account()
+    dep = deploy_all(chain, dev, min_stake=100 * 10**18, unstake_delay=3600)
+    yield chain, dev, dep
+    chain.close()
+
+
 @dataclass(frozen=True)
 class Result:
     """What a user sees of one ``din`` run: the exit status and the bytes on stdout and stderr."""

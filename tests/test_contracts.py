@@ -12,7 +12,7 @@ import os
 import pytest
 
 from din_cli.chain import assignment
-from din_cli.chain.din import Din, cid_digest, deploy_all, derive_salt, pack_scores
+from din_cli.chain.din import Din, cid_digest, derive_salt, pack_scores
 from din_cli.chain.settlement import settle_task, split_deposit
 from din_cli.errors import AlreadyDone, InputError, TransactionReverted, UsageError
 
@@ -38,20 +38,6 @@ def cid(tag: str) -> bytes:
     import hashlib
 
     return b"\x01\x55\x12\x20" + hashlib.sha256(tag.encode()).digest()
-
-
-@pytest.fixture(scope="module", params=["embedded", "anvil"])
-def deployed(request):
-    from din_cli.chain.client import connect
-
-    if request.param == "embedded":
-        chain = connect("memory")
-    else:
-        chain = connect(request.getfixturevalue("anvil_url"))
-    dev = chain.dev_account()
-    dep = deploy_all(chain, dev, min_stake=MIN_STAKE, unstake_delay=3600)
-    yield chain, dev, dep
-    chain.close()
 
 
 class World:

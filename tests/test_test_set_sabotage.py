@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 from round_world import DEPOSIT, MIN_STAKE, World
 
 from din_cli.chain.settlement import settle_task, share, split_deposit
@@ -17,21 +16,6 @@ from din_cli.protocol import evaluation, rewards, roundflow, status
 from din_cli.protocol.roundflow import validator_state
 
 FEE_BPS = 1000
-
-
-@pytest.fixture(scope="module", params=["embedded", "anvil"])
-def deployed(request):
-    from din_cli.chain.client import connect
-    from din_cli.chain.din import deploy_all
-
-    if request.param == "embedded":
-        chain = connect("memory")
-    else:
-        chain = connect(request.getfixturevalue("anvil_url"))
-    dev = chain.dev_account()
-    dep = deploy_all(chain, dev, min_stake=MIN_STAKE, unstake_delay=3600)
-    yield chain, dev, dep
-    chain.close()
 
 
 def to_test_set(tmp_path, deployed, **kw) -> World:
