@@ -174,6 +174,7 @@ def test_a_colluding_majority_is_overturned_by_a_dispute(din, chain_env):
     for v in HONEST:
         ok(din("aggregate", "--task", task, "--commit", "--key", v, "-q"))
     assert status()["phase"] == "aggregation-reveal"  # no wait for the removed slots
+    assert sorted(status()["current_round"]["counted_out"]) == sorted(addr[v] for v in COLLUDERS)
     for v in HONEST:
         ok(din("aggregate", "--task", task, "--reveal", "--key", v, "-q"))
     replayed = status()["current_round"]["accepted"]["0"]

@@ -98,6 +98,8 @@ def status(ctx, task_id: int, address: str | None = None) -> dict:
                 for e in reveals
             ],
             "accepted": {str(g): to_text(c) for g, c in d.accepted_aggregates(task_id, r).items()},
+            # removed validators whose slots this round were counted out of the majorities (markGone)
+            "counted_out": d.gone_slots(task_id, r),
             "proposed": to_text(bytes(posted[-1]["args"]["cid"])) if posted else None,
         }
     if info.phase in ("score-reveal", "settling", "settled"):
