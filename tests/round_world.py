@@ -38,6 +38,7 @@ class World:
         fee_bps=1000,
         metric="accuracy",
         deployed=None,
+        **task_kw,
     ):
         """``deployed``: ``(chain, dev, deployment)`` to share (e.g. anvil); default a fresh embedded chain."""
         from din_cli.chain.client import connect
@@ -83,6 +84,7 @@ class World:
             fee_bps=fee_bps,
             metric=metric,
             durations={n: SPAN for n in DURATION_NAMES},
+            **task_kw,
             test_set_hash=file_sha256(self.test_store),
         )["task_id"]
         for v in self.vals:

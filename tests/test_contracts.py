@@ -1207,3 +1207,21 @@ def test_removed_validators_leave_the_score_majority_to_the_live_ones(deployed):
     fee = DEPOSIT * 1000 // 10000 // 2
     for v in live:
         assert din.claim(v, task) == fee
+
+
+def test_the_aggregation_rule_is_fixed_at_creation_and_checked(deployed, monkeypatch):
+    """Every validator aggregates with the task's rule; the contract refuses a rule or a
+    parameter it does not know, so no owner can post one honest validators cannot follow."""
+    import din_cli.chain.din as dinmod
+
+    chain, dev, dep = deployed
+    assert World(chain, dev, dep).info().aggregation == "mean"
+    info = World(chain, dev, dep, aggregation="norm-bounded", clip_norm="2.5").info()
+    assert (info.aggregation, info.aggregation_param) == ("norm-bounded", "2.5")
+    assert World(chain, dev, dep, aggregation="median").info().aggregation_param == ""
+    with pytest.raises(UsageError, match="needs a bound"):
+        World(chain, dev, dep, aggregation="norm-bounded")
+    for raw in [(1, 0), (1, 2048 * 10**6 + 1), (2, 500_000), (3, 5), (4, 0)]:
+        monkeypatch.setattr(dinmod, "encode_rule", lambda *a, raw=raw, **k: raw)
+        with reverts("bad aggregation rule or parameter"):
+            World(chain, dev, dep)

@@ -306,3 +306,36 @@ def test_validators_score_with_the_metric_the_task_fixed_at_publish(tmp_path):
         acc.append(evaluate(model, w.test_store, metric="accuracy").score_bps)
     assert doc["scores"] == want and want != acc
     w.chain.close()
+
+
+def test_subgroups_aggregate_with_the_rule_the_task_fixed_at_publish(tmp_path):
+    """The owner picks a poisoning-resistant rule at publish; every validator and `din verify` use it."""
+    from din_cli.ml import robust, tensorfile
+    from din_cli.protocol.roundflow import start_model, subgroup_updates
+
+    w = World(tmp_path, participants=3, validators=3, subgroup_size=3, per_group=3,
+              aggregation="trimmed-mean", trim="0.34")  # fmt: skip
+    info = w.din.task_info(w.task)
+    assert (info.aggregation, info.aggregation_param) == ("trimmed-mean", "0.34")
+    assert status.status(w.ctx(), w.task)["aggregation"] == "trimmed-mean"
+    roundflow.start(w.ctx(w.owner), w.task)
+    w.train_all(epochs=2)
+    w.aggregate_all()
+    accepted = w.din.accepted_aggregates(w.task, 1)[0]
+    ctx = w.ctx()
+    got = ctx.fetch(roundflow.to_text(accepted), tmp_path / "accepted.safetensors")
+    assert '"rule":"trimmed-mean"' in tensorfile.read_header(got).metadata["din.rule"]
+    # the same updates by an independent call of the rule: one value dropped at each end (the median)
+    base = ctx.fetch(start_model(ctx, w.task, 1), tmp_path / "start.safetensors")
+    ups = [
+        ctx.fetch(roundflow.to_text(u.cid), tmp_path / f"u{i}.safetensors")
+        for i, u in enumerate(subgroup_updates(ctx, w.task, 1, 0))
+    ]
+    rule = robust.make_rule("trimmed-mean", trim="0.34")
+    robust.aggregate(ups, tmp_path / "want.safetensors", rule=rule, base=base)
+    assert got.read_bytes() == (tmp_path / "want.safetensors").read_bytes()
+    w.finalize_and_attest()
+    assert all(c["ok"] for c in verify.verify(w.ctx(), w.task, 1))
+    with pytest.raises(UsageError, match="more than 6 decimals"):
+        World(tmp_path / "bad", aggregation="norm-bounded", clip_norm="1.0000001")
+    w.chain.close()

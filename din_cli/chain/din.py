@@ -170,6 +170,8 @@ class TaskInfo:
     slash_amount: int
     max_samples: int  # cap on one participant's FedAvg weight (samples)
     metric: str  # what evaluation validators score with (METRICS)
+    aggregation: str  # how each subgroup aggregates (ml.robust.RULES)
+    aggregation_param: str  # its parameter as a decimal ("" for mean and median)
     durations: dict
     phase: str
     round: int
@@ -293,6 +295,46 @@ def decode_struct(layout: dict, words: Sequence[bytes]) -> dict[str, int | bytes
 def aggregate_commitment(cid: bytes, salt: bytes, sender: str) -> bytes:
     """``keccak256(cid ‖ salt ‖ sender)``: what ``commitAggregate`` stores."""
     return _keccak(bytes(cid) + _salt(salt) + bytes.fromhex(sender[2:]))
+
+
+def encode_rule(name: str, *, clip_norm=None, trim=None) -> tuple[int, int]:
+    """``(TaskParams.rule, TaskParams.ruleParam)`` of an aggregation rule (parameter in millionths)."""
+    from decimal import Decimal
+
+    from din_cli.ml.robust import RULES, make_rule
+
+    make_rule(name, clip_norm=clip_norm, trim=trim)  # a one-line UsageError for a bad one
+    value = {"norm-bounded": clip_norm, "trimmed-mean": trim}.get(name)
+    if value is None:
+        return RULES.index(name), 0
+    micro = Decimal(str(value)) * 10**6
+    if micro != micro.to_integral_value():
+        raise UsageError(
+            f"{value} has more than 6 decimals", "give the rule's parameter in millionths"
+        )
+    return RULES.index(name), int(micro)
+
+
+def decode_rule(rule: int, param: int) -> tuple[str, str]:
+    """``(rule name, parameter as a decimal string or "")`` of a task's stored rule."""
+    from decimal import Decimal
+
+    from din_cli.ml.robust import RULES
+
+    name = RULES[int(rule)]
+    if name not in ("norm-bounded", "trimmed-mean"):
+        return name, ""
+    return name, str((Decimal(int(param)) / 10**6).normalize())
+
+
+def task_rule(info: TaskInfo):
+    """The ``ml.robust.Rule`` every validator of the task aggregates its subgroup with."""
+    from din_cli.ml.robust import make_rule
+
+    p = info.aggregation_param or None
+    if info.aggregation == "norm-bounded":
+        return make_rule(info.aggregation, clip_norm=p)
+    return make_rule(info.aggregation, trim=p if info.aggregation == "trimmed-mean" else None)
 
 
 def pack_scores(scores: Sequence[int]) -> bytes:
@@ -470,6 +512,9 @@ class Din:
         slash_amount: int | None = None,
         max_samples: int = DEFAULT_MAX_SAMPLES,
         metric: str = "accuracy",
+        aggregation: str = "mean",
+        clip_norm: str | float | None = None,
+        trim: str | float | None = None,
         durations: dict | None = None,
     ) -> int:
         """Approve the deposit and create a task; its id.
@@ -479,8 +524,11 @@ class Din:
         ``max_samples`` caps one participant's FedAvg weight: a declared sample
         count above it counts as ``max_samples``. ``test_set_hash`` is the sha256
         of the plaintext test set the owner will post (``file_sha256``). ``metric``
-        (one of METRICS) is what every evaluation validator scores with.
+        (one of METRICS) is what every evaluation validator scores with;
+        ``aggregation`` (one of ``ml.robust.RULES``, with ``clip_norm`` or
+        ``trim``, at most 6 decimals) is how every subgroup aggregates.
         """
+        rule, rule_param = encode_rule(aggregation, clip_norm=clip_norm, trim=trim)
         if metric not in METRICS:
             raise UsageError(
                 f"metric {metric!r} is not one of {', '.join(METRICS)}", "pick one of those"
@@ -516,6 +564,8 @@ class Din:
             int(slash_amount),
             int(max_samples),
             METRICS.index(metric),
+            rule,
+            rule_param,
             test_set_hash,
             [int(spans[name]) for name in DURATION_NAMES],
         )
@@ -922,6 +972,7 @@ class Din:
             raise NotFoundError(f"task {task_id} does not exist", "list tasks with `din task list`")
         r = decode_struct(task_layout(), self._call(self.tasks.functions.taskWords(int(task_id))))
         created = self._logs("TaskCreated", taskId=int(task_id))
+        aggregation, aggregation_param = decode_rule(r["rule"], r["ruleParam"])
         return TaskInfo(
             task_id=int(task_id),
             owner=r["owner"],
@@ -934,6 +985,8 @@ class Din:
             slash_amount=int(r["slashAmount"]),
             max_samples=int(r["maxSamples"]),
             metric=METRICS[int(r["metric"])],
+            aggregation=aggregation,
+            aggregation_param=aggregation_param,
             durations=dict(zip(DURATION_NAMES, (int(d) for d in r["durations"]), strict=True)),
             phase=PHASES.get(int(r["phase"]), str(r["phase"])),
             round=int(r["round"]),

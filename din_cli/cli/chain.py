@@ -392,5 +392,15 @@ def task_status(task_id, chain_url, key_name, as_json):
         output.emit_json(doc)
         return
     output.emit_task_status(
-        doc, ("owner", "arch", "deposit", "metric", "max_samples", "model_digest")
+        doc,
+        (
+            "owner",
+            "arch",
+            "deposit",
+            "metric",
+            "aggregation",
+            "aggregation_param",
+            "max_samples",
+            "model_digest",
+        ),
     )

@@ -366,7 +366,8 @@ def aggregate(
             )
         if rule != "mean" or clip_norm is not None or trim is not None:
             raise UsageError(
-                "--task aggregates with the weighted mean", "drop --rule, --clip-norm and --trim"
+                "--task aggregates with the rule the task fixed at publish",
+                "drop --rule, --clip-norm and --trim",
             )
         _aggregate_on_task(
             task, round_, commit, reveal, cid, chain_url, ipfs_api, key_name, as_json

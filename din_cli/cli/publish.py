@@ -66,6 +66,26 @@ from din_cli.cli.options import acting_options, context
     help="What validators score participants with (fixed on chain; `din evaluate --task` uses it).",
 )
 @click.option(
+    "--rule",
+    "aggregation",
+    type=click.Choice(["mean", "norm-bounded", "trimmed-mean", "median"]),
+    default="mean",
+    show_default=True,
+    help="How every subgroup aggregates (fixed on chain; see `din aggregate --rule`).",
+)
+@click.option(
+    "--clip-norm",
+    default=None,
+    metavar="X",
+    help="With --rule norm-bounded: the L2 bound on an update's distance from the round's model.",
+)
+@click.option(
+    "--trim",
+    default=None,
+    metavar="F",
+    help="With --rule trimmed-mean: the fraction dropped at each end of every coordinate.",
+)
+@click.option(
     "--phase-seconds",
     type=click.IntRange(1, None),
     default=None,
@@ -83,6 +103,9 @@ def model_publish(
     fee_bps,
     max_samples,
     metric,
+    aggregation,
+    clip_norm,
+    trim,
     phase_seconds,
     chain_url,
     ipfs_api,
@@ -112,6 +135,9 @@ def model_publish(
         fee_bps=fee_bps,
         max_samples=max_samples,
         metric=metric,
+        aggregation=aggregation,
+        clip_norm=clip_norm,
+        trim=trim,
         test_set_hash=file_sha256(test_set),
     )
     if phase_seconds:

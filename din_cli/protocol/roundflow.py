@@ -274,6 +274,7 @@ def subgroup_result(
     ``aggregate=False`` only judges (the CID is then None unless it is the
     starting model).
     """
+    from din_cli.chain.din import task_rule
     from din_cli.protocol import admission
 
     updates = subgroup_updates(ctx, task_id, round_, group)
@@ -283,16 +284,17 @@ def subgroup_result(
     name = f"r{round_}-g{group}"
     base = ctx.fetch(start, work / f"{name}-start.safetensors")
     paths = _fetch_updates(ctx, updates, work, name)
+    info = ctx.din.task_info(task_id)
     rule = {
         "base": base,
-        "max_samples": ctx.din.task_info(task_id).max_samples,
+        "max_samples": info.max_samples,
         "ids": [_cid_text(u.cid) for u in updates],
     }
     if not aggregate:
         judged = admission.admit(paths, **rule)
         return (start if not judged.admitted else None), judged
     out = work / f"{name}.safetensors"
-    outcome = admission.aggregate(paths, out, **rule)
+    outcome = admission.aggregate(paths, out, rule=task_rule(info), **rule)
     if outcome.unchanged:
         return start, outcome.admission
     return ctx.add(out), outcome.admission

@@ -57,6 +57,8 @@ def status(ctx, task_id: int, address: str | None = None) -> dict:
         "arch": info.arch,
         "deposit": info.deposit,
         "metric": info.metric,
+        "aggregation": info.aggregation,
+        "aggregation_param": info.aggregation_param,
         "participants": info.participants,
         "validators": info.validators,
         "groups": info.groups,
