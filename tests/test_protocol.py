@@ -208,3 +208,22 @@ def test_removed_validators_leave_the_score_majority():
     vectors = [honest, None, None, honest, None]
     assert stl.majority(vectors, live=2) == (honest, 0)
     assert stl.majority(vectors) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "rule, kw, stored, shown",
+    [
+        ("mean", {}, (0, 0), ""),
+        ("median", {}, (3, 0), ""),
+        ("norm-bounded", {"clip_norm": "2048"}, (1, 2_048_000_000), "2048"),
+        ("norm-bounded", {"clip_norm": 0.000001}, (1, 1), "0.000001"),
+        ("trimmed-mean", {"trim": "0"}, (2, 0), "0"),
+        ("trimmed-mean", {"trim": 0.1}, (2, 100_000), "0.1"),
+    ],
+)
+def test_a_tasks_aggregation_rule_round_trips_through_its_chain_encoding(rule, kw, stored, shown):
+    """What the owner publishes is what every validator reads back: millionths, no exponent."""
+    from din_cli.chain.din import decode_rule, encode_rule
+
+    assert encode_rule(rule, **kw) == stored
+    assert decode_rule(*stored) == (rule, shown)

@@ -109,9 +109,8 @@ def deploy_all(
     block = chain.head() if hasattr(chain, "head") else 0
     token = chain.deploy(deployer, TOKEN, int(initial_supply))
     registry = chain.deploy(deployer, REGISTRY, token, int(min_stake), int(unstake_delay))
-    payouts = chain.deploy(
-        deployer, PAYOUTS
-    )  # library: settlement and claims run on DinTasks' storage
+    # a library: settlement and claims run in it on DinTasks' storage
+    payouts = chain.deploy(deployer, PAYOUTS)
     # DinTasks names DinDisputes (immutable): the address of the deployer's next contract creation
     import rlp
     from eth_utils import to_checksum_address
@@ -324,7 +323,7 @@ def decode_rule(rule: int, param: int) -> tuple[str, str]:
     name = RULES[int(rule)]
     if name not in ("norm-bounded", "trimmed-mean"):
         return name, ""
-    return name, str((Decimal(int(param)) / 10**6).normalize())
+    return name, format((Decimal(int(param)) / 10**6).normalize(), "f")  # 2048, not 2.048E+3
 
 
 def task_rule(info: TaskInfo):
