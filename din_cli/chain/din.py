@@ -303,13 +303,16 @@ def encode_rule(name: str, *, clip_norm=None, trim=None) -> tuple[int, int]:
     from din_cli.ml.robust import RULES, make_rule
 
     make_rule(name, clip_norm=clip_norm, trim=trim)  # a one-line UsageError for a bad one
-    value = {"norm-bounded": clip_norm, "trimmed-mean": trim}.get(name)
+    flag, value = {
+        "norm-bounded": ("--clip-norm", clip_norm),
+        "trimmed-mean": ("--trim", trim),
+    }.get(name, ("", None))
     if value is None:
         return RULES.index(name), 0
     micro = Decimal(str(value)) * 10**6
     if micro != micro.to_integral_value():
         raise UsageError(
-            f"{value} has more than 6 decimals", "give the rule's parameter in millionths"
+            f"{flag} {value} has more than 6 decimals", "give at most 6: a task stores millionths"
         )
     return RULES.index(name), int(micro)
 

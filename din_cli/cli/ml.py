@@ -16,6 +16,7 @@ from din_cli.cli.options import (
     quiet_option,
     require_one_step,
     round_option,
+    rule_options,
     task_option,
 )
 
@@ -275,24 +276,8 @@ def _train_on_task(task, data, submit, seed, hyper, chain_url, ipfs_api, key_nam
     metavar="N",
     help="Cap each input's weight at N samples (a task's maxSamples).  [default: no cap]",
 )
-@click.option(
-    "--rule",
-    type=click.Choice(["mean", "norm-bounded", "trimmed-mean", "median"]),
-    default="mean",
-    show_default=True,
-    help="Aggregation rule: the sample-weighted mean, or one that bounds a poisoned update's pull (see below).",
-)
-@click.option(
-    "--clip-norm",
-    default=None,
-    metavar="X",
-    help="With --rule norm-bounded: clip each update's L2 distance from --base to X.",
-)
-@click.option(
-    "--trim",
-    default=None,
-    metavar="F",
-    help="With --rule trimmed-mean: drop floor(F*n) values at each end of every coordinate (0 <= F < 0.5).",
+@rule_options(
+    "Aggregation rule: the sample-weighted mean, or one that bounds a poisoned update's pull (see below)."
 )
 @ipfs_option()
 @chain_option()

@@ -127,6 +127,33 @@ def task_option(
     return click.option("--task", "task", **{**settings, "metavar": "TASK", "help": help, **kwargs})
 
 
+def rule_options(rule_help: str, *, clip_from: str = "--base"):
+    """``--rule`` (into ``rule``; ``ml.robust.RULES``), ``--clip-norm X`` and ``--trim F``: an aggregation rule."""
+
+    def apply(f):
+        f = click.option(
+            "--trim",
+            default=None,
+            metavar="F",
+            help="With --rule trimmed-mean: drop floor(F*n) values at each end of every coordinate (0 <= F < 0.5).",
+        )(f)
+        f = click.option(
+            "--clip-norm",
+            default=None,
+            metavar="X",
+            help=f"With --rule norm-bounded: clip each update's L2 distance from {clip_from} to X.",
+        )(f)
+        return click.option(
+            "--rule",
+            type=click.Choice(["mean", "norm-bounded", "trimmed-mean", "median"]),
+            default="mean",
+            show_default=True,
+            help=rule_help,
+        )(f)
+
+    return apply
+
+
 def round_option(help: str, *, required: bool = False, min: int = 1):
     """``--round R``: a round number (``min`` and up); without ``required``, None means all or the current one."""
     settings = {"required": True} if required else {"required": False, "default": None}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from din_cli.cli import output
-from din_cli.cli.options import acting_options, context
+from din_cli.cli.options import acting_options, context, rule_options
 
 
 @click.command("publish")
@@ -65,25 +65,9 @@ from din_cli.cli.options import acting_options, context
     show_default=True,
     help="What validators score participants with (fixed on chain; `din evaluate --task` uses it).",
 )
-@click.option(
-    "--rule",
-    "aggregation",
-    type=click.Choice(["mean", "norm-bounded", "trimmed-mean", "median"]),
-    default="mean",
-    show_default=True,
-    help="How every subgroup aggregates (fixed on chain; see `din aggregate --rule`).",
-)
-@click.option(
-    "--clip-norm",
-    default=None,
-    metavar="X",
-    help="With --rule norm-bounded: the L2 bound on an update's distance from the round's model.",
-)
-@click.option(
-    "--trim",
-    default=None,
-    metavar="F",
-    help="With --rule trimmed-mean: the fraction dropped at each end of every coordinate.",
+@rule_options(
+    "How every subgroup aggregates (fixed on chain; see `din aggregate --rule`).",
+    clip_from="the round's starting model",
 )
 @click.option(
     "--phase-seconds",
@@ -103,7 +87,7 @@ def model_publish(
     fee_bps,
     max_samples,
     metric,
-    aggregation,
+    rule,
     clip_norm,
     trim,
     phase_seconds,
@@ -135,7 +119,7 @@ def model_publish(
         fee_bps=fee_bps,
         max_samples=max_samples,
         metric=metric,
-        aggregation=aggregation,
+        aggregation=rule,
         clip_norm=clip_norm,
         trim=trim,
         test_set_hash=file_sha256(test_set),
