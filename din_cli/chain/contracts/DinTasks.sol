@@ -267,8 +267,10 @@ contract DinTasks is ReentrancyGuard {
         v.hash = bytes20(commitment);
         v.pos = uint24(pos);
         emit AggregateCommitted(id, round, msg.sender, pos / t.perGroup);
-        t.committed++;
-        if (_complete(t, AGG_COMMIT)) _advance(id, t);
+        uint256 slots = uint256(t.groups) * t.perGroup;
+        uint256 c = ++t.committed;
+        // the last commit of a round without counted-out slots does not read goneSlots (a cold slot)
+        if (c == slots || c + t.goneSlots == slots) _advance(id, t);
     }
 
     /// @notice Reveal the aggregate CID committed to; a CID revealed by a strict majority is accepted.
