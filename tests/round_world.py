@@ -54,6 +54,7 @@ class World:
         else:
             self.chain, dev, self.dep = deployed
         din = Din(self.chain, self.dep)
+        self.tmp = tmp
         self.owner = identity("owner")
         self.parts = [identity(f"p{i}") for i in range(participants)]
         self.vals = [identity(f"v{i}") for i in range(validators)]

@@ -1225,3 +1225,26 @@ def test_the_aggregation_rule_is_fixed_at_creation_and_checked(deployed, monkeyp
         monkeypatch.setattr(dinmod, "encode_rule", lambda *a, raw=raw, **k: raw)
         with reverts("bad aggregation rule or parameter"):
             World(chain, dev, dep)
+
+
+def test_the_scoring_method_is_fixed_at_creation_and_checked(deployed, monkeypatch):
+    """How participants are scored is a task parameter the contract validates: an owner cannot
+    store a method honest validators cannot compute (an unknown one, or exact Shapley over more
+    updates than it can enumerate)."""
+    import din_cli.chain.din as dinmod
+
+    chain, dev, dep = deployed
+    assert World(chain, dev, dep).info().scoring == "gtg"  # the default: contribution
+    for name in ("exact", "loo", "update"):
+        assert World(chain, dev, dep, scoring=name).info().scoring == name
+    assert World(chain, dev, dep, scoring="exact", subgroup_size=16).info().scoring == "exact"
+    with pytest.raises(UsageError, match="exact Shapley over subgroups of 17"):
+        World(chain, dev, dep, scoring="exact", subgroup_size=17)
+    with pytest.raises(UsageError, match="scoring 'mean' is not one of"):
+        World(chain, dev, dep, scoring="mean")
+    monkeypatch.setattr(dinmod, "EXACT_MAX", 64)
+    with reverts("exact Shapley needs subgroups of at most 16"):
+        World(chain, dev, dep, scoring="exact", subgroup_size=17)
+    monkeypatch.setattr(dinmod, "SCORINGS", (*dinmod.SCORINGS, "unknown"))
+    with reverts("scoring must be 0..3"):
+        World(chain, dev, dep, scoring="unknown")

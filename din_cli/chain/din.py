@@ -26,6 +26,12 @@ from typing import Any
 from din_cli.chain import assignment, settlement
 from din_cli.errors import AlreadyDone, InputError, NotFoundError, UsageError
 from din_cli.ml.evaluate import METRICS  # a task's metric is its index here (TaskParams.metric)
+from din_cli.protocol.contribution import EXACT_MAX
+
+# How evaluation validators score participants (TaskParams.scoring is the index):
+# contribution scores (``protocol.contribution``) summed over the rounds, or "update",
+# each participant's latest update scored on its own.
+SCORINGS = ("gtg", "exact", "loo", "update")
 
 TOKEN = "DinToken"
 REGISTRY = "ValidatorRegistry"
@@ -171,6 +177,7 @@ class TaskInfo:
     metric: str  # what evaluation validators score with (METRICS)
     aggregation: str  # how each subgroup aggregates (ml.robust.RULES)
     aggregation_param: str  # its parameter as a decimal ("" for mean and median)
+    scoring: str  # how evaluation validators score participants (SCORINGS)
     durations: dict
     phase: str
     round: int
@@ -517,6 +524,7 @@ class Din:
         aggregation: str = "mean",
         clip_norm: str | float | None = None,
         trim: str | float | None = None,
+        scoring: str = "gtg",
         durations: dict | None = None,
     ) -> int:
         """Approve the deposit and create a task; its id.
@@ -528,12 +536,22 @@ class Din:
         of the plaintext test set the owner will post (``file_sha256``). ``metric``
         (one of METRICS) is what every evaluation validator scores with;
         ``aggregation`` (one of ``ml.robust.RULES``, with ``clip_norm`` or
-        ``trim``, at most 6 decimals) is how every subgroup aggregates.
+        ``trim``, at most 6 decimals) is how every subgroup aggregates;
+        ``scoring`` (one of SCORINGS) how evaluation validators score participants.
         """
         rule, rule_param = encode_rule(aggregation, clip_norm=clip_norm, trim=trim)
         if metric not in METRICS:
             raise UsageError(
                 f"metric {metric!r} is not one of {', '.join(METRICS)}", "pick one of those"
+            )
+        if scoring not in SCORINGS:
+            raise UsageError(
+                f"scoring {scoring!r} is not one of {', '.join(SCORINGS)}", "pick one of those"
+            )
+        if scoring == "exact" and int(subgroup_size) > EXACT_MAX:
+            raise UsageError(
+                f"exact Shapley over subgroups of {subgroup_size} costs 2^{subgroup_size} evaluations",
+                f"use --subgroup-size {EXACT_MAX} or less, or --scoring gtg",
             )
         test_set_hash = bytes(test_set_hash)
         if len(test_set_hash) != 32 or not any(test_set_hash):
@@ -568,6 +586,7 @@ class Din:
             METRICS.index(metric),
             rule,
             rule_param,
+            SCORINGS.index(scoring),
             test_set_hash,
             [int(spans[name]) for name in DURATION_NAMES],
         )
@@ -989,6 +1008,7 @@ class Din:
             metric=METRICS[int(r["metric"])],
             aggregation=aggregation,
             aggregation_param=aggregation_param,
+            scoring=SCORINGS[int(r["scoring"])],
             durations=dict(zip(DURATION_NAMES, (int(d) for d in r["durations"]), strict=True)),
             phase=PHASES.get(int(r["phase"]), str(r["phase"])),
             round=int(r["round"]),

@@ -398,6 +398,7 @@ def task_status(task_id, chain_url, key_name, as_json):
             "arch",
             "deposit",
             "metric",
+            "scoring",
             "aggregation",
             "aggregation_param",
             "max_samples",

@@ -65,6 +65,15 @@ from din_cli.cli.options import acting_options, context, rule_options
     show_default=True,
     help="What validators score participants with (fixed on chain; `din evaluate --task` uses it).",
 )
+@click.option(
+    "--scoring",
+    type=click.Choice(["gtg", "exact", "loo", "update"]),
+    default="gtg",
+    show_default=True,
+    help="How validators score participants (fixed on chain): gtg (GTG-Shapley estimate), exact "
+    "(Shapley, subgroups of at most 16), loo (leave-one-out) contribution to each round's model "
+    "on that round's test rows, summed over the rounds; update: each latest update scored alone.",
+)
 @rule_options(
     "How every subgroup aggregates (fixed on chain; see `din aggregate --rule`).",
     clip_from="the round's starting model",
@@ -87,6 +96,7 @@ def model_publish(
     fee_bps,
     max_samples,
     metric,
+    scoring,
     rule,
     clip_norm,
     trim,
@@ -119,6 +129,7 @@ def model_publish(
         fee_bps=fee_bps,
         max_samples=max_samples,
         metric=metric,
+        scoring=scoring,
         aggregation=rule,
         clip_norm=clip_norm,
         trim=trim,

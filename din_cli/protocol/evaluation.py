@@ -7,11 +7,20 @@ assigned to the evaluation registered on chain (``crypto.wrap``). The chain
 keeps the encrypted CID and the wrapped keys (``TestSetPosted``).
 
 A validator unwraps K, checks the owner's signature, fetches and decrypts the
-test set, and scores every participant of its evaluation subgroup: each
-participant's latest submitted update, on the rows
-``sampling.evaluation_rows(seed, pool, final=True)`` (the final evaluation
-uses the whole pool). A participant that never submitted scores 0. Scores are
-basis points (accuracy x 10000), in subgroup position order.
+test set, and scores every participant of its evaluation subgroup the way the
+task fixed at publish (``TaskParams.scoring``), with the task's metric, in
+basis points, in subgroup position order:
+
+- ``gtg`` (the default), ``exact``, ``loo``: the participant's contribution to
+  each round's model, measured within its training subgroup of that round on
+  that round's test rows (the round seed's resample of half the pool; the
+  whole pool in the last round), summed over the rounds and divided by their
+  number (:func:`contribution_scores`). A free-rider, a copy, a bad file and
+  a harmful update earn 0 in that round.
+- ``update``: each participant's latest admitted update scored alone on the
+  whole pool (:func:`update_scores`); the pre-contribution scoring.
+
+A participant that never submitted scores 0.
 
 A validator that cannot use the test set (K does not unwrap, the owner's
 signature or the ciphertext fails, the ciphertext cannot be fetched, or the
@@ -206,9 +215,107 @@ def latest_updates(ctx, task_id: int) -> dict[int, bytes]:
 
 
 def compute_scores(
+    ctx,
+    task_id: int,
+    group: int,
+    test_path: Path,
+    work: Path,
+    metric: str = "accuracy",
+    scoring: str = "update",
+) -> tuple[list[str], list[int], dict]:
+    """Score each participant of evaluation subgroup ``group``; ``(addresses, scores in bps, per round)``.
+
+    ``scoring`` is the task's (``chain.din.SCORINGS``): a contribution method
+    (:func:`contribution_scores`), or ``update``, each participant's latest
+    update scored alone (:func:`update_scores`). The third item maps each
+    counted round to the participants' scores in it (empty for ``update``).
+    """
+    if scoring == "update":
+        return (*update_scores(ctx, task_id, group, test_path, work, metric), {})
+    return contribution_scores(ctx, task_id, group, test_path, work, metric, scoring)
+
+
+def counted_rounds(ctx, task_id: int) -> list[int]:
+    """The training rounds that count for contribution: every round but those an upheld dispute discarded."""
+    discarded = set(ctx.din.discarded_rounds(task_id))
+    last = ctx.din.task_info(task_id).round
+    return [r for r in range(1, last + 1) if r not in discarded]
+
+
+def contribution_scores(
+    ctx, task_id: int, group: int, test_path: Path, work: Path, metric: str, method: str
+) -> tuple[list[str], list[int], dict]:
+    """Contribution scores of evaluation subgroup ``group``'s participants, summed over the rounds.
+
+    For each counted round (:func:`counted_rounds`) and each training subgroup
+    of that round holding one of ``group``'s participants: the subgroup's
+    updates go through the admission rule as its validators judged them;
+    ``protocol.contribution`` scores the admitted ones (``method``: gtg,
+    exact or loo; the admitted FedAvg weights; the round's seed) against the
+    round's starting model, on that round's test rows, the seed's resample of
+    half the pool (``sampling.evaluation_rows``), and on the whole pool in the
+    last counted round. A participant's score in a round is its contribution
+    in basis points (floored at 0); 0 when it submitted nothing that round or
+    its update was excluded (a copy, an unchanged model, a bad file). Its
+    final score is the sum over the counted rounds divided by their number,
+    rounded half up: at most 10000, and proportional to what it added over
+    the rounds it took part in, so late joiners and dropouts are paid for
+    what they did. Everything is integer or exact, so every honest validator
+    reveals the same vector.
+    """
+    from din_cli.ml.data import load_store
+    from din_cli.protocol.contribution import contributions
+    from din_cli.protocol.roundflow import start_model, subgroup_result
+    from din_cli.protocol.sampling import evaluation_rows
+
+    members = list(ctx.din.round_info(task_id, EVAL_ROUND).participant_groups[group])
+    parts = ctx.din.participants(task_id)
+    wanted = set(members)
+    test = load_store(test_path)
+    rounds = counted_rounds(ctx, task_id)
+    per_round: dict[int, list[int]] = {}
+    for r in rounds:
+        rnd = ctx.din.round_info(task_id, r)
+        rows = evaluation_rows(rnd.seed, len(test), final=r == rounds[-1])
+        got: dict[int, int] = {}
+        groups = sorted(
+            {u.group for u in ctx.din.updates_submitted(task_id, r) if u.index in wanted}
+        )
+        for g in groups:
+            sub = work / f"contribution-r{r}-g{g}"
+            sub.mkdir(exist_ok=True)
+            _, judged = subgroup_result(ctx, task_id, r, g, sub, aggregate=False)
+            updates = ctx.din.updates_submitted(task_id, r, g)
+            keep = [k for k, v in enumerate(judged.verdicts) if v.admitted] if judged else []
+            if not keep:
+                continue
+            paths = [ctx.fetch(updates[k].cid, sub / f"admitted-{k:04d}.safetensors") for k in keep]
+            start = ctx.fetch(start_model(ctx, task_id, r), sub / "start.safetensors")
+            c = contributions(
+                paths,
+                start,
+                test,
+                rows=rows,
+                weights=[judged.verdicts[k].weight for k in keep],
+                method=method,
+                metric=metric,
+                seed=rnd.seed,
+            )
+            for pos, k in enumerate(keep):
+                got[updates[k].index] = c.scores[pos]
+        per_round[r] = [got.get(i, 0) for i in members]
+    count = len(rounds)
+    scores = [
+        (2 * sum(v[k] for v in per_round.values()) + count) // (2 * count) if count else 0
+        for k in range(len(members))
+    ]
+    return [parts[i] for i in members], scores, per_round
+
+
+def update_scores(
     ctx, task_id: int, group: int, test_path: Path, work: Path, metric: str = "accuracy"
 ) -> tuple[list[str], list[int]]:
-    """Score each participant of evaluation subgroup ``group``; ``(addresses, scores in bps)``.
+    """Score each participant of evaluation subgroup ``group`` by its latest update alone; ``(addresses, bps)``.
 
     A participant scores its latest update; 0 when it never submitted, when
     that update can no longer be fetched, or when the admission rule excluded it from its round's subgroup
@@ -322,10 +429,10 @@ def evaluate_commit(
             f"{ctx.address} is not assigned to an evaluation subgroup", "nothing to do"
         )
     with ctx.workdir() as work:
-        cid, addresses, scores, rejected = _score_or_reject(ctx, task_id, m.group, work, metric)
-    if rejected is None:
-        scores = _overrides(addresses, scores, overrides)
-    rec = {"group": m.group, "participants": addresses, "scores": scores, "rejected": rejected}
+        cid, rec = _score_or_reject(ctx, task_id, m.group, work)
+    if rec["rejected"] is None:
+        rec["scores"] = _overrides(rec["participants"], rec["scores"], overrides)
+    scores = rec["scores"]
     ctx.save_record(task_id, EVAL_ROUND, "scores", rec)
     with ctx.chain.writing():
         if validator_state(ctx, task_id, ctx.address)["score_committed"]:
@@ -334,18 +441,33 @@ def evaluate_commit(
     return {"task_id": task_id, "test_set": cid, **rec}
 
 
-def _score_or_reject(
-    ctx, task_id: int, group: int, work: Path, metric: str = "accuracy"
-) -> tuple[str | None, list[str], list[int], str | None]:
-    """``(test set CID, addresses, scores, None)``, or ``(None, addresses, [], reason)`` when the test set is unusable."""
+def _score_or_reject(ctx, task_id: int, group: int, work: Path) -> tuple[str | None, dict]:
+    """``(test set CID, record)`` scored with the task's metric and scoring, or ``(None, record)``
+    with empty scores and the ``rejected`` reason when the test set is unusable."""
+    info = ctx.din.task_info(task_id)
+    rec = {"group": group, "metric": info.metric, "scoring": info.scoring}
     try:
         cid, test = open_test_set(ctx, task_id, work / "test.npz")
     except TestSetRejected as e:
         parts = ctx.din.participants(task_id)
         members = ctx.din.round_info(task_id, EVAL_ROUND).participant_groups[group]
-        return None, [parts[i] for i in members], [], e.one_line()
-    addresses, scores = compute_scores(ctx, task_id, group, test, work, metric)
-    return cid, addresses, scores, None
+        return None, {
+            **rec,
+            "participants": [parts[i] for i in members],
+            "scores": [],
+            "rejected": e.one_line(),
+        }
+    addresses, scores, per_round = compute_scores(
+        ctx, task_id, group, test, work, info.metric, info.scoring
+    )
+    rounds = [{"round": r, "scores": v} for r, v in per_round.items()]
+    return cid, {
+        **rec,
+        "participants": addresses,
+        "scores": scores,
+        "rejected": None,
+        "rounds": rounds,
+    }
 
 
 def evaluate_reveal(ctx, task_id: int) -> dict:
@@ -362,8 +484,7 @@ def evaluate_reveal(ctx, task_id: int) -> dict:
     if rec is None:
         group = int(state["score_group"])
         with ctx.workdir() as work:
-            _, addresses, scores, rejected = _score_or_reject(ctx, task_id, group, work)
-        rec = {"group": group, "participants": addresses, "scores": scores, "rejected": rejected}
+            _, rec = _score_or_reject(ctx, task_id, group, work)
     rec.setdefault("rejected", None)
     scores, participants = rec.get("scores", []), rec.get("participants", [])
     if scores if rec["rejected"] else len(scores) != len(participants):

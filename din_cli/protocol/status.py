@@ -57,6 +57,7 @@ def status(ctx, task_id: int, address: str | None = None) -> dict:
         "arch": info.arch,
         "deposit": info.deposit,
         "metric": info.metric,
+        "scoring": info.scoring,
         "aggregation": info.aggregation,
         "aggregation_param": info.aggregation_param,
         "participants": info.participants,

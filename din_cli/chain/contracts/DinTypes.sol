@@ -21,6 +21,7 @@ struct Task {
     uint8 metric; // what validators score with: 0 accuracy, 1 macro F1, 2 exp(-cross-entropy)
     uint8 rule; // how a subgroup aggregates: 0 weighted mean, 1 norm-bounded, 2 trimmed mean, 3 median
     uint32 ruleParam; // millionths: norm-bounded's L2 bound, the trimmed mean's fraction per end
+    uint8 scoring; // how validators score participants: 0 GTG-Shapley, 1 exact Shapley, 2 leave-one-out, 3 latest update alone
     // slot: durations
     uint32[9] durations;
     // slot: state

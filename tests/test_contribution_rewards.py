@@ -1,0 +1,79 @@
+"""Rewards follow contribution (the task's default scoring, GTG-Shapley): each participant is paid
+for what its updates added to each round's model, within its subgroup and on that round's test rows.
+Participants play the cheaters of the issue: a free-rider resubmitting the round's starting model, a
+copycat resubmitting an honest participant's CID, a participant with shuffled labels, and a dropout
+that leaves after round 1. Embedded chain and anvil, one deployment per module.
+"""
+
+from __future__ import annotations
+
+from round_world import DEPOSIT, World
+
+from din_cli.protocol import evaluation, roundflow
+from din_cli.protocol.roundflow import start_model, to_bytes
+
+FEE_BPS = 1000
+HONEST, DROPOUT, FREE_RIDER, COPYCAT, SHUFFLED = 0, 1, 2, 3, 4
+
+
+def play_round(w: World, *, dropouts=()) -> None:
+    """One training round with the cheaters acting; validators aggregate, the owner finalises."""
+    r = w.din.task_info(w.task).round
+    cids = {}
+    for i, p in enumerate(w.parts):
+        if i in dropouts:
+            continue
+        if i == FREE_RIDER:
+            w.din.submit_update(p.account, w.task, to_bytes(start_model(w.ctx(), w.task, r)))
+        elif i == COPYCAT:
+            w.din.submit_update(p.account, w.task, to_bytes(cids[HONEST]))
+        else:
+            done = roundflow.train_and_submit(w.ctx(p), w.task, w.stores[i], epochs=5, lr=0.5)
+            cids[i] = done["cid"]
+    if w.phase() == "training":
+        w.advance()
+    w.aggregate_all()
+    w.finalize_and_attest()
+
+
+def test_free_riders_copycats_and_shuffled_labels_earn_nothing_and_dropouts_keep_round_one(
+    tmp_path, deployed
+):
+    w = World(tmp_path, participants=5, validators=3, subgroup_size=5, per_group=3, rounds=2,
+              shuffle=(SHUFFLED + 1,), fee_bps=FEE_BPS, deployed=deployed)  # fmt: skip
+    assert w.din.task_info(w.task).scoring == "gtg"
+    roundflow.start(w.ctx(w.owner), w.task)
+    play_round(w)
+    play_round(w, dropouts=(DROPOUT,))
+    assert w.phase() == "test-set"
+
+    evaluation.post_test_set(w.ctx(w.owner), w.task, w.test_store)
+    vals = w.assigned(0)
+    docs = [evaluation.evaluate_commit(w.ctx(v), w.task) for v in vals]
+    assert w.phase() == "score-reveal"
+    for v in vals:
+        evaluation.evaluate_reveal(w.ctx(v), w.task)
+    if w.phase() == "score-reveal":
+        w.advance()
+    # every honest validator computed the identical integer vector, round by round
+    assert all(d["scores"] == docs[0]["scores"] and d["rounds"] == docs[0]["rounds"] for d in docs)
+    by_index = {
+        w.din.participants(w.task).index(a): k for k, a in enumerate(docs[0]["participants"])
+    }
+    rounds = {e["round"]: e["scores"] for e in docs[0]["rounds"]}
+    assert sorted(rounds) == [1, 2]
+    in_round = {r: [s[by_index[i]] for i in range(5)] for r, s in rounds.items()}
+    for r in (1, 2):  # an unchanged model and a copy are excluded: 0 in every round
+        assert in_round[r][FREE_RIDER] == 0 and in_round[r][COPYCAT] == 0, in_round
+        assert in_round[r][HONEST] > 0
+    assert in_round[1][DROPOUT] > 0 and in_round[2][DROPOUT] == 0  # paid for what it did
+
+    paid = w.settle_and_claim()
+    assert sum(paid.values()) == DEPOSIT
+    fee = DEPOSIT * FEE_BPS // 10000 // len(vals)
+    assert all(paid[v.name] == fee for v in vals)  # nobody slashed: the vectors agreed
+    got = [paid[f"p{i}"] for i in range(5)]
+    assert got[FREE_RIDER] == 0 and got[COPYCAT] == 0, got
+    assert got[SHUFFLED] <= got[HONEST] // 100, got  # at most 1 % of the honest participant
+    assert 0 < got[DROPOUT] < got[HONEST], got
+    assert got[HONEST] > (DEPOSIT - fee * len(vals)) // 2, got  # the honest one earns most
