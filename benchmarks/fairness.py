@@ -1,0 +1,228 @@
+"""Who gets paid: the same task scored by contribution (GTG-Shapley) and by each latest update alone.
+
+    python benchmarks/fairness.py                 # 8 participants, 3 rounds, digits, logreg
+    python benchmarks/fairness.py --rounds 2 --rule median
+
+Runs a whole task through din's protocol code (``din_cli.protocol``, the
+functions the commands call) on a throw-away embedded chain and the local
+content store, once per scoring (``update``: the pre-contribution scoring,
+the baseline; ``gtg``: the default), and once without the attackers. One
+subgroup of 8 participants of known quality, 3 validators, the bundled
+digits set (40 % the owner's test pool, the rest cut into the participants'
+stores):
+
+    honest-300   300 rows          honest-60   60 rows
+    ten-rows     10 rows           noisy-30    150 rows, 30 % of labels wrong
+    shuffled     150 rows, every label wrong
+    free-rider   resubmits the round's starting model
+    copycat      resubmits honest-300's CID, after it
+    negated      start - 2 x (honest-60's update - start): a scaled, negated poisoner
+
+It prints each participant's payout under both scorings next to its
+reference value: the exact Shapley value of the same update-based utility
+(every coalition of the round's updates, FedAvg, scored on the whole pool),
+summed over the rounds, with the free-rider's and the copycat's updates
+valued 0 (admission excludes them; Shapley's symmetry would otherwise give a
+copy its original's value). Then the Spearman rank correlation of payouts
+with that reference, the attackers' payouts as a share of the honest median,
+and the final accuracy with and without the attackers. The task driver is the
+test suite's ``tests/round_world.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+KINDS = ["honest-300", "honest-60", "ten-rows", "noisy-30", "shuffled", "free-rider", "copycat",
+         "negated"]  # fmt: skip
+ROWS = {"honest-300": 300, "honest-60": 60, "ten-rows": 10, "noisy-30": 150, "shuffled": 150}
+ATTACKERS = ("shuffled", "free-rider", "copycat", "negated")
+HONEST = ("honest-300", "honest-60", "ten-rows", "noisy-30")
+
+
+def stores(w, tmp: Path, kinds: list[str]) -> dict[str, Path]:
+    """Each trained kind's store, cut from the digits rows outside ``w``'s test pool (the same
+    rows for the same kind in every run)."""
+    import numpy as np
+
+    from din_cli.ml import data
+
+    pool = data.load_store(data.split("digits", tmp / "pool", participants=1, seed=0)[0])
+    assert data.load_store(w.test_store).x.shape[0] + pool.x.shape[0] == 1797
+    rng = np.random.default_rng(3)
+    order = rng.permutation(len(pool.y))
+    x, y = pool.x[order], pool.y[order]
+    out, pos = {}, 0
+    for kind in kinds:
+        if kind not in ROWS:
+            continue
+        m = ROWS[kind]
+        xs, ys = x[pos : pos + m], y[pos : pos + m].copy()
+        pos += m
+        wrong = np.ones(m, bool) if kind == "shuffled" else rng.random(m) < 0.3
+        if kind in ("shuffled", "noisy-30"):
+            ys[wrong] = (ys[wrong] + rng.integers(1, 10, size=int(wrong.sum()))) % 10
+        out[kind] = tmp / f"{kind}.npz"
+        data.save_store(out[kind], xs, ys)
+    return out
+
+
+def negated(w, start_cid: str, ref_cid: str, tmp: Path) -> str:
+    """The poisoner's update: the starting model pushed twice as far against ``ref``'s progress."""
+    from din_cli.ml import models, tensorfile
+
+    ctx = w.ctx()
+    start = models.read_model(ctx.fetch(start_cid, tmp / "neg-start.safetensors"))
+    ref = models.read_model(ctx.fetch(ref_cid, tmp / "neg-ref.safetensors"))
+    weights = {
+        k: (v - 2.0 * (ref.weights[k] - v)).astype(v.dtype) for k, v in start.weights.items()
+    }
+    h = ref.header
+    meta = tensorfile.make_metadata(arch=h.arch, kind="update", samples=h.samples, round=h.round,
+                                    task=h.task)  # fmt: skip
+    out = tmp / "negated.safetensors"
+    tensorfile.write(out, weights, meta)
+    return ctx.add(out)
+
+
+def run(tmp: Path, kinds: list[str], scoring: str, rounds: int, rule: str) -> dict:
+    """One task; ``{payouts, per-round updates, final accuracy, test store}``."""
+    from round_world import World
+
+    from din_cli.ml.evaluate import evaluate
+    from din_cli.protocol import roundflow
+    from din_cli.protocol.roundflow import start_model, to_bytes
+
+    n = len(kinds)
+    w = World(tmp, participants=n, validators=3, subgroup_size=n, per_group=3, rounds=rounds,
+              scoring=scoring, aggregation=rule)  # fmt: skip
+    data = stores(w, tmp, kinds)
+    roundflow.start(w.ctx(w.owner), w.task)
+    history, accuracy = [], []
+    for r in range(1, rounds + 1):
+        start = start_model(w.ctx(), w.task, r)
+        cids: dict[str, str] = {}
+        for i, kind in enumerate(kinds):
+            p = w.parts[i]
+            if kind == "free-rider":
+                cid = start
+            elif kind == "copycat":
+                cid = cids["honest-300"]
+            elif kind == "negated":
+                cid = negated(w, start, cids["honest-60"], tmp)
+            else:
+                cid = roundflow.train_and_submit(w.ctx(p), w.task, data[kind], epochs=5, lr=0.5)
+                cids[kind] = cid = cid["cid"]
+                continue
+            w.din.submit_update(p.account, w.task, to_bytes(cid))
+            cids[kind] = cid
+        history.append((start, dict(cids)))
+        if w.phase() == "training":
+            w.advance()
+        w.aggregate_all()
+        w.finalize_and_attest()
+        model = w.ctx().fetch(roundflow.current_model(w.ctx(), w.task), tmp / f"global-{r}.st")
+        accuracy.append(evaluate(model, w.test_store).score_bps)
+    w.evaluate_all()
+    paid = w.settle_and_claim()
+    payouts = {kind: paid[f"p{i}"] for i, kind in enumerate(kinds)}
+    out = {"payouts": payouts, "history": history, "accuracy": accuracy, "ctx": w.ctx(),
+           "test": w.test_store}  # fmt: skip
+    return out
+
+
+def reference(result: dict, tmp: Path) -> dict[str, float]:
+    """Exact Shapley over every round's updates on the whole pool, summed; excluded kinds valued 0."""
+    from din_cli.protocol.contribution import contributions
+
+    ctx, total = result["ctx"], {}
+    for r, (start, cids) in enumerate(result["history"], 1):
+        kinds = [k for k in cids if k not in ("free-rider", "copycat")]
+        paths = [ctx.fetch(cids[k], tmp / f"ref-r{r}-{k}.safetensors") for k in kinds]
+        s = ctx.fetch(start, tmp / f"ref-r{r}-start.safetensors")
+        c = contributions(paths, s, result["test"], method="exact")
+        for k, v in zip(kinds, c.values, strict=True):
+            total[k] = total.get(k, 0.0) + float(v)
+    return {k: total.get(k, 0.0) for k in KINDS}
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    def ranks(v):
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        out = [0.0] * len(v)
+        i = 0
+        while i < len(v):
+            j = i
+            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    va = sum((x - ma) ** 2 for x in ra) ** 0.5
+    vb = sum((y - mb) ** 2 for y in rb) ** 0.5
+    return cov / (va * vb) if va and vb else float("nan")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rule", default="mean", help="the task's aggregation rule")
+    args = ap.parse_args(argv)
+    unit = 10**18
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        results = {}
+        for scoring in ("update", "gtg"):
+            (tmp / scoring).mkdir()
+            results[scoring] = run(tmp / scoring, KINDS, scoring, args.rounds, args.rule)
+        (tmp / "clean").mkdir()
+        clean = run(tmp / "clean", list(HONEST), "gtg", args.rounds, args.rule)
+        ref = reference(results["gtg"], tmp)
+    print(f"{len(KINDS)} participants, one subgroup, {args.rounds} rounds, rule {args.rule}, "
+          "digits, logreg:64-10; payouts in DIN of a 900 DIN pool")  # fmt: skip
+    print(
+        f"{'participant':<12} {'exact Shapley (bps)':>20} {'update scoring':>15} {'gtg (default)':>14}"
+    )
+    for k in KINDS:
+        u, g = (results[s]["payouts"][k] / unit for s in ("update", "gtg"))
+        print(f"{k:<12} {ref[k]:>20.1f} {u:>15.2f} {g:>14.2f}")
+    print()
+    print(f"{'':<44} {'update':>8} {'gtg':>8}")
+    for s in ("update", "gtg"):
+        pay = results[s]["payouts"]
+        results[s]["rho"] = spearman([pay[k] for k in KINDS], [ref[k] for k in KINDS])
+        honest = sorted(pay[k] for k in HONEST)
+        results[s]["median"] = (honest[1] + honest[2]) / 2
+    rows = [("Spearman(payout, exact Shapley)", lambda s: f"{results[s]['rho']:.3f}")]
+    for k in ATTACKERS:
+        rows.append((f"{k} payout / honest median",
+                     lambda s, k=k: f"{results[s]['payouts'][k] / results[s]['median']:.1%}"))  # fmt: skip
+    rows.append(("ten-rows paid less than every other honest one", lambda s: str(
+        all(results[s]["payouts"]["ten-rows"] < results[s]["payouts"][k] for k in HONEST
+            if k != "ten-rows"))))  # fmt: skip
+    for label, f in rows:
+        print(f"{label:<44} {f('update'):>8} {f('gtg'):>8}")
+    with_, without = results["gtg"]["accuracy"], clean["accuracy"]
+    print("global model accuracy by round (bps):", with_, "with the attackers,", without,
+          "without them (the same honest stores)")  # fmt: skip
+    ref0 = [max(0.0, ref[k]) for k in KINDS]
+    for s in ("update", "gtg"):
+        rho = spearman([results[s]["payouts"][k] for k in KINDS], ref0)
+        print(f"Spearman with the reference floored at 0 (what a payout can be), {s}: {rho:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
