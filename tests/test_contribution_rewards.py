@@ -68,6 +68,15 @@ def test_free_riders_copycats_and_shuffled_labels_earn_nothing_and_dropouts_keep
         assert in_round[r][HONEST] > 0
     assert in_round[1][DROPOUT] > 0 and in_round[2][DROPOUT] == 0  # paid for what it did
 
+    # din verify shows why each update was weighted as it was
+    from din_cli.protocol import verify
+
+    rows = [c for c in verify.verify(w.ctx(), w.task) if c["what"] == "subgroup"][0]["anomalies"]
+    seen = {a["index"]: a for a in rows}
+    assert seen[FREE_RIDER]["reason"] == "unchanged" and seen[FREE_RIDER]["distance"] == 0
+    assert seen[COPYCAT]["reason"] == "duplicate" and not seen[COPYCAT]["admitted"]
+    assert seen[HONEST]["admitted"] and seen[HONEST]["cosine"] > 0.5
+
     paid = w.settle_and_claim()
     assert sum(paid.values()) == DEPOSIT
     fee = DEPOSIT * FEE_BPS // 10000 // len(vals)

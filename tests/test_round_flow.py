@@ -348,3 +348,32 @@ def test_subgroups_aggregate_with_the_rule_the_task_fixed_at_publish(tmp_path):
     with pytest.raises(UsageError, match="more than 6 decimals"):
         World(tmp_path / "bad", aggregation="norm-bounded", clip_norm="1.0000001")
     w.chain.close()
+
+
+def test_verify_names_the_update_the_norm_bound_clipped_and_the_one_pulling_against(tmp_path):
+    """A scaled poisoner in a norm-bounded task: `din verify --json` shows it clipped, far from the
+    start and pulling against its subgroup; the honest updates pull with it."""
+    from din_cli.ml import models, tensorfile
+    from din_cli.protocol.roundflow import start_model, to_bytes
+
+    w = World(tmp_path, participants=3, validators=3, subgroup_size=3, per_group=3,
+              aggregation="norm-bounded", clip_norm="5")  # fmt: skip
+    roundflow.start(w.ctx(w.owner), w.task)
+    w.train_all(skip=(2,), epochs=2)
+    ctx = w.ctx()
+    start = models.read_model(ctx.fetch(start_model(ctx, w.task, 1), tmp_path / "s.safetensors"))
+    first = w.din.updates_submitted(w.task, 1)[0].cid
+    honest = models.read_model(ctx.fetch(first, tmp_path / "h.safetensors"))
+    poison = {k: v - 20 * (honest.weights[k] - v) for k, v in start.weights.items()}
+    meta = tensorfile.make_metadata(arch=honest.header.arch, kind="update", samples=100)
+    tensorfile.write(tmp_path / "poison.safetensors", poison, meta)
+    w.din.submit_update(
+        w.parts[2].account, w.task, to_bytes(ctx.add(tmp_path / "poison.safetensors"))
+    )
+    w.aggregate_all()
+    (check,) = [c for c in verify.audit(w.ctx(), w.task, 1) if c["what"] == "subgroup"]
+    rows = {a["index"]: a for a in check["anomalies"]}
+    assert rows[2]["clipped"] and rows[2]["distance"] > 50 and rows[2]["cosine"] < 0, rows
+    assert not rows[0]["clipped"] and rows[0]["cosine"] > 0 and rows[1]["cosine"] > 0, rows
+    assert all(a["admitted"] for a in rows.values())
+    w.chain.close()

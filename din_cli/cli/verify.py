@@ -31,7 +31,11 @@ def verify(task, round_, chain_url, ipfs_api, as_json):
     discarded reads `discarded` and does not fail. Subgroups are recomputed with
     the admission rule every validator applies: the updates it excluded are
     named on stderr (and under "excluded" with --json), and a recorded
-    aggregate that used one of them fails, naming it.
+    aggregate that used one of them fails, naming it. Every update's anomaly
+    figures (verdict, weight, L2 distance from the round's starting model,
+    cosine with the subgroup's pull, clipped or not) are under "anomalies"
+    with --json; stderr names updates the norm bound clipped and admitted
+    updates that pull against their subgroup.
 
     \b
     Example:
@@ -58,6 +62,16 @@ def verify(task, round_, chain_url, ipfs_api, as_json):
             output.note(
                 f"round {c['round']} subgroup {c['group']}: excluded update #{e['index']} {e['cid']}: {e['reason']}"
             )
+        for a in c.get("anomalies", []):
+            why = []
+            if a["clipped"]:
+                why.append(f"clipped to the task's norm bound (distance {a['distance']:.6g})")
+            if a["admitted"] and a["cosine"] is not None and a["cosine"] < 0:
+                why.append(f"pulls against the subgroup (cosine {a['cosine']:.3f})")
+            if why:
+                output.note(
+                    f"round {c['round']} subgroup {c['group']}: update #{a['index']} {a['cid']}: {'; '.join(why)}"
+                )
     lib.require_ok(tid, checks)
 
 

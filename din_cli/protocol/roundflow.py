@@ -300,6 +300,21 @@ def subgroup_result(
     return ctx.add(out), outcome.admission
 
 
+def subgroup_files(work: Path, round_: int, group: int, count: int):
+    """Where :func:`subgroup_result` left its files in ``work``: ``(update paths or None, start, aggregate)``.
+
+    An update that could not be fetched, and an aggregate or start that was not written, is None.
+    """
+    name = f"r{round_}-g{group}"
+    ups = [work / f"{name}-in-{i:04d}.safetensors" for i in range(count)]
+    start, out = work / f"{name}-start.safetensors", work / f"{name}.safetensors"
+    return (
+        [p if p.exists() else None for p in ups],
+        start if start.exists() else None,
+        out if out.exists() else None,
+    )
+
+
 def subgroup_aggregate(ctx, task_id: int, round_: int, group: int, work: Path) -> str:
     """Recompute subgroup ``group``'s aggregate of ``round_`` by the admission rule; its CID text."""
     return subgroup_result(ctx, task_id, round_, group, work)[0]

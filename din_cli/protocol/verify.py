@@ -8,7 +8,10 @@ accepted global model must equal the aggregate of the accepted subgroup
 results. Each check is one row of the report, with the updates the rule
 excluded and why; when an accepted aggregate admitted an update the rule
 excludes (its ``din.excluded`` lacks it), the row names it under
-``included``. A subgroup result a dispute committee overturned is checked
+``included``. Each subgroup row lists every update's anomaly figures
+(``protocol.anomaly``: the rule's verdict and weight, its distance from the
+starting model, its cosine with the subgroup's pull, whether the
+norm-bounded rule clipped it). A subgroup result a dispute committee overturned is checked
 as the committee's CID (``overturned``: the dispute id); rounds a dispute's
 replay discarded are labelled ``discarded`` and do not fail the audit.
 ``verify`` raises VerificationError (exit 3) when any other check fails.
@@ -21,8 +24,14 @@ Example:
 from __future__ import annotations
 
 from din_cli.errors import NotFoundError, VerificationError
+from din_cli.protocol import anomaly
 from din_cli.protocol.cids import to_text
-from din_cli.protocol.roundflow import global_from_accepted, start_model, subgroup_result
+from din_cli.protocol.roundflow import (
+    global_from_accepted,
+    start_model,
+    subgroup_files,
+    subgroup_result,
+)
 
 
 def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
@@ -54,6 +63,10 @@ def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
                 recorded = to_text(accepted[g])
                 expected, judged = subgroup_result(ctx, task_id, r, g, work)
                 excluded = [_row(v) for v in judged.excluded] if judged else []
+                paths, start, out = subgroup_files(work, r, g, len(updates))
+                anomalies = anomaly.figures(paths, start, out, judged) if start else []
+                for row, u in zip(anomalies, updates, strict=True):
+                    row.update(index=u.index, participant=u.participant)
                 checks.append(
                     {
                         "round": r,
@@ -66,6 +79,7 @@ def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
                         "overturned": disputed["overturned"].get(f"{r}/{g}"),
                         "discarded": discarded,
                         "excluded": excluded,
+                        "anomalies": anomalies,
                         "included": []
                         if expected == recorded
                         else _wrongly_included(ctx, task_id, r, recorded, excluded, work),
@@ -86,6 +100,7 @@ def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
                         "overturned": None,
                         "discarded": discarded,
                         "excluded": [],
+                        "anomalies": [],
                         "included": [],
                     }
                 )
