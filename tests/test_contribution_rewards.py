@@ -86,3 +86,42 @@ def test_free_riders_copycats_and_shuffled_labels_earn_nothing_and_dropouts_keep
     assert got[SHUFFLED] <= got[HONEST] // 100, got  # at most 1 % of the honest participant
     assert 0 < got[DROPOUT] < got[HONEST], got
     assert got[HONEST] > (DEPOSIT - fee * len(vals)) // 2, got  # the honest one earns most
+
+
+def test_a_copy_submitted_in_another_subgroup_scores_nothing_and_the_original_keeps_its_score(
+    tmp_path, deployed
+):
+    """Admission judges one subgroup, so it cannot see a copy of an update from another subgroup.
+    Scoring can: the later of two identical updates of a round scores 0 there, whatever its
+    metadata says (here it declares another sample count, so its CID differs too)."""
+    from din_cli.ml import models, tensorfile
+
+    w = World(tmp_path, participants=4, validators=4, subgroup_size=2, per_group=2, rounds=1,
+              fee_bps=FEE_BPS, deployed=deployed)  # fmt: skip
+    roundflow.start(w.ctx(w.owner), w.task)
+    train = lambda i: roundflow.train_and_submit(w.ctx(w.parts[i]), w.task, w.stores[i], epochs=5)  # noqa: E731
+    done = {0: train(0)}  # round 1's subgroups are drawn by its first submission
+    groups = w.din.round_info(w.task, 1).participant_groups
+    assert len(groups) == 2
+    original = 0
+    copier = next(i for g in groups if original not in g for i in g)
+    for i in range(1, 4):
+        if i != copier:
+            done[i] = train(i)
+    ctx = w.ctx()
+    src = models.read_model(ctx.fetch(done[original]["cid"], tmp_path / "orig.safetensors"))
+    h = src.header
+    meta = tensorfile.make_metadata(arch=h.arch, kind="update", samples=h.samples + 1,
+                                    round=h.round, task=h.task)  # fmt: skip
+    tensorfile.write(tmp_path / "copy.safetensors", src.weights, meta)
+    copy_cid = ctx.add(tmp_path / "copy.safetensors")
+    assert copy_cid != done[original]["cid"]
+    w.din.submit_update(w.parts[copier].account, w.task, to_bytes(copy_cid))
+    assert w.phase() == "aggregation-commit"
+    w.aggregate_all()
+    w.finalize_and_attest()
+    w.evaluate_all()
+    paid = w.settle_and_claim()
+    assert sum(paid.values()) == DEPOSIT
+    assert paid[f"p{copier}"] == 0, paid
+    assert paid[f"p{original}"] > 0 and all(paid[f"p{i}"] > 0 for i in done), paid

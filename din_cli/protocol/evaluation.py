@@ -255,8 +255,10 @@ def contribution_scores(
     round's starting model, on that round's test rows, the seed's resample of
     half the pool (``sampling.evaluation_rows``), and on the whole pool in the
     last counted round. A participant's score in a round is its contribution
-    in basis points (floored at 0); 0 when it submitted nothing that round or
-    its update was excluded (a copy, an unchanged model, a bad file). Its
+    in basis points (floored at 0); 0 when it submitted nothing that round,
+    its update was excluded (a copy, an unchanged model, a bad file), or it
+    copies the weights of an update submitted before it in another subgroup
+    (:func:`copies_across_subgroups`). Its
     final score is the sum over the counted rounds divided by their number,
     rounded half up: at most 10000, and proportional to what it added over
     the rounds it took part in, so late joiners and dropouts are paid for
@@ -281,6 +283,7 @@ def contribution_scores(
         groups = sorted(
             {u.group for u in ctx.din.updates_submitted(task_id, r) if u.index in wanted}
         )
+        copied = copies_across_subgroups(ctx, task_id, r, work) if groups else set()
         for g in groups:
             sub = work / f"contribution-r{r}-g{g}"
             sub.mkdir(exist_ok=True)
@@ -302,7 +305,7 @@ def contribution_scores(
                 seed=rnd.seed,
             )
             for pos, k in enumerate(keep):
-                got[updates[k].index] = c.scores[pos]
+                got[updates[k].index] = 0 if updates[k].index in copied else c.scores[pos]
         per_round[r] = [got.get(i, 0) for i in members]
     count = len(rounds)
     scores = [
@@ -310,6 +313,40 @@ def contribution_scores(
         for k in range(len(members))
     ]
     return [parts[i] for i in members], scores, per_round
+
+
+def copies_across_subgroups(ctx, task_id: int, round_: int, work: Path) -> set[int]:
+    """Participants whose ``round_`` update holds the same weights as one submitted before it in
+    another subgroup of that round: copies the admission rule cannot see (it judges one subgroup).
+
+    Weights are compared as bytes (every tensor in name order, whatever the
+    metadata says), in submission order, so the first submitter keeps its
+    score and later copies score 0 that round. Updates that cannot be
+    fetched or read are skipped (admission excludes them anyway).
+    """
+    import hashlib
+
+    from din_cli.errors import DinError
+    from din_cli.ml import models
+
+    first: dict[bytes, int] = {}  # weights digest -> subgroup of its first submission
+    out: set[int] = set()
+    sub = work / f"copies-r{round_}"
+    sub.mkdir(exist_ok=True)
+    for k, u in enumerate(ctx.din.updates_submitted(task_id, round_)):
+        try:
+            mf = models.read_model(ctx.fetch(u.cid, sub / f"{k:05d}.safetensors"), finite=False)
+        except DinError:
+            continue
+        h = hashlib.sha256()
+        for name in sorted(mf.weights):
+            h.update(name.encode() + b"\0" + mf.weights[name].astype("<f4").tobytes())
+        digest = h.digest()
+        if digest in first and first[digest] != u.group:
+            out.add(u.index)
+        first.setdefault(digest, u.group)
+        (sub / f"{k:05d}.safetensors").unlink(missing_ok=True)
+    return out
 
 
 def update_scores(
