@@ -85,16 +85,30 @@ def logits(mf, x, *, batch: int = 1024):
 
 
 def _linear(h, weight, bias):
-    """``bias + sum_k h[:, k] * weight[:, k]``, added in index order ``k = 0, 1, ...``."""
+    """``bias + sum_k h[:, k] * weight[:, k]``, added in index order ``k = 0, 1, ...``.
+
+    Rows go in blocks whose partial sums stay in cache (~128 KiB); every
+    element still sees the same operations in the same order, so blocking
+    changes the speed (about 2x on a 1400-wide layer), never a bit.
+    """
     import numpy as np
 
-    out = np.empty((h.shape[0], weight.shape[0]), dtype=np.float64)
-    out[:] = bias
-    tmp = np.empty_like(out)
-    for k in range(weight.shape[1]):
-        np.multiply(h[:, k : k + 1], weight[:, k], out=tmp)
-        np.add(out, tmp, out=out)
+    n, width = h.shape[0], weight.shape[0]
+    wt = np.ascontiguousarray(weight.T)  # wt[k] is contiguous
+    out = np.empty((n, width), dtype=np.float64)
+    rows = max(1, _BLOCK_ELEMENTS // max(1, width))
+    tmp = np.empty((min(rows, n), width), dtype=np.float64)
+    for s in range(0, n, rows):
+        hb, ob = h[s : s + rows], out[s : s + rows]
+        tb = tmp[: hb.shape[0]]
+        ob[:] = bias
+        for k in range(wt.shape[0]):
+            np.multiply(hb[:, k : k + 1], wt[k], out=tb)
+            np.add(ob, tb, out=ob)
     return out
+
+
+_BLOCK_ELEMENTS = 16384  # float64s per block of partial sums (128 KiB)
 
 
 def _dense(arch: str, w: dict, h):
