@@ -71,6 +71,12 @@ def test_a_task_from_publish_to_the_first_round(run_din, chain_home):
     # the owner must commit to its test set when it publishes
     proc = run_din("model", "publish", "genesis.safetensors", "--deposit", "5", "--key", "dev1")
     assert proc.returncode == 2 and b"--test-set" in proc.stderr
+    # exact Shapley over 17 updates is refused before anything is published: one line, no task
+    publish = ["model", "publish", "genesis.safetensors", "--test-set", "genesis.safetensors",
+               "--deposit", "5", "--key", "dev1"]  # fmt: skip
+    proc = run_din(*publish, "--scoring", "exact", "--subgroup-size", "17")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert b"exact Shapley over subgroups of 17" in proc.stderr
     # newest first
     assert [line.split("\t")[0] for line in out(run_din("task", "list")).splitlines()] == ["2", "1"]
 
@@ -105,6 +111,7 @@ def test_a_task_from_publish_to_the_first_round(run_din, chain_home):
     assert status["model"] == doc["cid"]  # both tasks start from the same genesis bytes
     full = json.loads(out(run_din("round", "status", "--task", "1", "--json")))
     assert full["current_round"]["updates"] == [] and full["groups"] == 1
+    assert full["scoring"] == "gtg"  # what participants join: the default, contribution
 
     # steps out of phase say which phase the task is in, and how to wait for the right one
     proc = run_din("round", "finalize", "--task", "1", "--key", "dev1")
