@@ -38,6 +38,7 @@ class World:
         fee_bps=1000,
         metric="accuracy",
         deployed=None,
+        dataset="digits",
         **task_kw,
     ):
         """``deployed``: ``(chain, dev, deployment)`` to share (e.g. anvil); default a fresh embedded chain."""
@@ -64,7 +65,7 @@ class World:
         for v in self.vals:
             din.transfer(dev, v.address, 2 * MIN_STAKE)
         self.stores = split(
-            "digits",
+            dataset,
             tmp / "stores",
             participants=participants,
             alpha=None,
