@@ -445,8 +445,10 @@ def evaluate(
 
     With --task TASK --commit a validator unwraps the test-set key sealed to
     its HPKE key, checks the owner's signature on the test set's CID,
-    decrypts it, scores each participant of its evaluation subgroup (its
-    latest update, on the whole reserved pool) and commits the vector;
+    decrypts it, scores each participant of its evaluation subgroup the way
+    the task fixed at publish (default: its GTG-Shapley contribution to each
+    round's model on that round's test rows, summed over the rounds; --json
+    shows each round's scores) with the task's metric, and commits the vector;
     --reveal reveals it. Both print ADDRESS<TAB>SCORE lines. A test set that
     cannot be used (K does not unwrap, signature or ciphertext fails, the
     plaintext is not the committed one) is rejected instead: a warning names
