@@ -427,7 +427,10 @@ def test_attackers_in_a_round_are_excluded_and_honest_validators_agree(capped_wo
     assert (
         scores[w.parts[4].address] == 0 and scores[w.parts[5].address] == 0
     )  # excluded: nothing earned
-    assert all(scores[w.parts[i].address] > 5000 for i in range(3))
+    # contribution scoring: each honest update adds to the round's model; the admitted negated
+    # update (capped at CAP samples) pulls it back, so its contribution is negative: 0
+    assert all(scores[w.parts[i].address] > 1000 for i in range(3))
+    assert scores[w.parts[3].address] == 0
     assert not any(validator_state(w.ctx(), w.task, v.address)["removed"] for v in w.vals)
 
 
