@@ -258,12 +258,11 @@ def contribution_scores(
     in basis points (floored at 0); 0 when it submitted nothing that round,
     its update was excluded (a copy, an unchanged model, a bad file), or it
     copies the weights of an update submitted before it in another subgroup
-    (:func:`copies_across_subgroups`). Its
-    final score is the sum over the counted rounds divided by their number,
-    rounded half up: at most 10000, and proportional to what it added over
-    the rounds it took part in, so late joiners and dropouts are paid for
-    what they did. Everything is integer or exact, so every honest validator
-    reveals the same vector.
+    (:func:`copies_across_subgroups`). Its final score is the sum over the
+    counted rounds divided by their number, rounded half up: at most 10000,
+    and proportional to what it added over the rounds it took part in, so
+    late joiners and dropouts are paid for what they did. Everything is
+    integer or exact, so every honest validator reveals the same vector.
     """
     from din_cli.ml.data import load_store
     from din_cli.protocol.contribution import contributions
