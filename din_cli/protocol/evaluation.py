@@ -266,7 +266,7 @@ def contribution_scores(
     """
     from din_cli.ml.data import load_store
     from din_cli.protocol.contribution import contributions
-    from din_cli.protocol.roundflow import start_model, subgroup_result
+    from din_cli.protocol.roundflow import subgroup_files, subgroup_result
     from din_cli.protocol.sampling import evaluation_rows
 
     members = list(ctx.din.round_info(task_id, EVAL_ROUND).participant_groups[group])
@@ -291,10 +291,9 @@ def contribution_scores(
             keep = [k for k, v in enumerate(judged.verdicts) if v.admitted] if judged else []
             if not keep:
                 continue
-            paths = [ctx.fetch(updates[k].cid, sub / f"admitted-{k:04d}.safetensors") for k in keep]
-            start = ctx.fetch(start_model(ctx, task_id, r), sub / "start.safetensors")
+            fetched, start, _ = subgroup_files(sub, r, g, len(updates))  # what admission read
             c = contributions(
-                paths,
+                [fetched[k] for k in keep],
                 start,
                 test,
                 rows=rows,
