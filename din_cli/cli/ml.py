@@ -192,7 +192,9 @@ def train(
 ):
     """Train a model on a local data store and write the update with its sample count.
 
-    The same inputs and seed give the same bytes on the CPU. With --task
+    The same inputs and seed give the same bytes on the CPU, and on a GPU
+    (--device cuda: torch's deterministic algorithms, no TF32) the same
+    bytes on the same GPU model and software. With --task
     TASK --submit a participant trains the round's global model (fetched by
     the CID on chain), adds the update and submits its CID; it prints the
     CID, and running it again in the same round exits 7 (already done).
@@ -219,9 +221,21 @@ def train(
     from din_cli.protocol.inputs import resolved
 
     with resolved([model], ipfs_api) as (path,), out.progress("training", total=epochs) as advance:
-        run(path, data, output, seed=0 if seed is None else seed, progress=advance, **hyper)
+        result = run(
+            path, data, output, seed=0 if seed is None else seed, progress=advance, **hyper
+        )
+    _note_device(result.device, result.deterministic)
     if output != "-":
         out.emit(output)
+
+
+def _note_device(device: str, deterministic: bool) -> None:
+    if device != "cuda":
+        return
+    if deterministic:
+        out.note("trained on cuda with torch's deterministic algorithms (repeatable on this GPU)")
+    else:
+        out.note("trained on cuda: an operation has no deterministic kernel, so a rerun may differ")
 
 
 def _train_on_task(task, data, submit, seed, hyper, chain_url, ipfs_api, key_name, as_json):
@@ -241,6 +255,7 @@ def _train_on_task(task, data, submit, seed, hyper, chain_url, ipfs_api, key_nam
         doc = roundflow.train_and_submit(
             ctx, roundflow.task_number(task), data, seed=seed, progress=advance, **hyper
         )
+    _note_device(doc["device"], doc["deterministic"])
     out.note(
         f"task {doc['task_id']} round {doc['round']}: submitted {doc['samples']} samples' update"
     )
@@ -279,6 +294,13 @@ def _train_on_task(task, data, submit, seed, hyper, chain_url, ipfs_api, key_nam
 @rule_options(
     "Aggregation rule: the sample-weighted mean, or one that bounds a poisoned update's pull (see below)."
 )
+@click.option(
+    "--device",
+    type=DEVICE,
+    default="auto",
+    show_default=True,
+    help="Where the weighted mean is summed; the same bytes on either (robust rules: CPU).",
+)
 @ipfs_option()
 @chain_option()
 @key_option()
@@ -297,6 +319,7 @@ def aggregate(
     rule,
     clip_norm,
     trim,
+    device,
     ipfs_api,
     chain_url,
     key_name,
@@ -327,6 +350,12 @@ def aggregate(
     the midpoint of the two middle values). The result names the rule and
     its parameters in din.rule.
 
+    --device cuda sums the weighted mean's integers on the GPU (torch,
+    int64), streaming the inputs through pinned buffers: the output bytes
+    are those of the CPU, so validators on different hardware still agree.
+    auto (the default) takes a GPU only for inputs of 256 GiB or more, where
+    it pays for starting CUDA; --device cuda takes it for any size.
+
     \b
     Example:
         din aggregate u1.safetensors u2.safetensors -o global.safetensors
@@ -355,14 +384,17 @@ def aggregate(
                 "drop --rule, --clip-norm and --trim",
             )
         _aggregate_on_task(
-            task, round_, commit, reveal, cid, chain_url, ipfs_api, key_name, as_json
+            task, round_, commit, reveal, cid, device, chain_url, ipfs_api, key_name, as_json
         )
         return
+    from din_cli.ml.device import resolve
     from din_cli.ml.robust import make_rule
     from din_cli.protocol.admission import aggregate as run
     from din_cli.protocol.inputs import read_refs, resolved
 
     chosen = make_rule(rule, clip_norm=clip_norm, trim=trim)  # bad flags fail before any reading
+    if device == "cuda":
+        resolve(device)  # no GPU: fail before any reading
     if chosen.name == "norm-bounded" and base is None:
         raise UsageError(
             "--rule norm-bounded measures each update from the starting model",
@@ -378,6 +410,7 @@ def aggregate(
             max_samples=max_samples,
             progress=advance,
             rule=chosen,
+            device=device,
         )
     for v in done.admission.excluded:
         out.note(f"excluded {refs[v.index]}: {v.reason}: {v.detail or v.cid}")
@@ -387,15 +420,20 @@ def aggregate(
         out.emit(output)
 
 
-def _aggregate_on_task(task, round_, commit, reveal, cid, chain_url, ipfs_api, key_name, as_json):
+def _aggregate_on_task(
+    task, round_, commit, reveal, cid, device, chain_url, ipfs_api, key_name, as_json
+):
     """`din aggregate --task TASK [--round R] --commit|--reveal`: the validator's aggregation step; prints the CID."""
+    from din_cli.ml.device import resolve
     from din_cli.protocol import roundflow
 
     require_one_step(commit, reveal, {"--cid": cid})
+    if device == "cuda":
+        resolve(device)
     with context(chain_url, ipfs_api, key_name) as ctx:
         tid = roundflow.task_number(task)
         if commit:
-            doc = roundflow.aggregate_commit(ctx, tid, round_, cid=cid)
+            doc = roundflow.aggregate_commit(ctx, tid, round_, cid=cid, device=device)
         else:
             doc = roundflow.aggregate_reveal(ctx, tid, round_)
     out.note(
@@ -436,10 +474,28 @@ def _aggregate_on_task(task, round_, commit, reveal, cid, chain_url, ipfs_api, k
     metavar="ADDRESS=BPS",
     help="With --commit: commit BPS for ADDRESS instead of its measured score (a deliberate disagreement; settlement penalises it).",
 )
+@click.option(
+    "--device",
+    type=DEVICE,
+    default="auto",
+    show_default=True,
+    help="Where the forward passes run; the scores are the same on either.",
+)
 @ipfs_option()
 @acting_options()
 def evaluate(
-    model, data, metric, task, commit, reveal, overrides, ipfs_api, chain_url, key_name, as_json
+    model,
+    data,
+    metric,
+    task,
+    commit,
+    reveal,
+    overrides,
+    device,
+    ipfs_api,
+    chain_url,
+    key_name,
+    as_json,
 ):
     """Score a model on a store; print the score in basis points (0..10000).
 
@@ -453,6 +509,10 @@ def evaluate(
     cannot be used (K does not unwrap, signature or ciphertext fails, the
     plaintext is not the committed one) is rejected instead: a warning names
     the reason, nothing is printed, and the empty vector is committed.
+
+    --device cuda runs the bit-exact forward pass on the GPU, step for step
+    as on the CPU, so the scores are the same integers (a plugin
+    architecture is scored on the CPU).
 
     \b
     Example:
@@ -468,33 +528,37 @@ def evaluate(
                 "--task scores the subgroup's models on the owner's test set: drop --model and --data"
             )
         _evaluate_on_task(
-            task, commit, reveal, overrides, metric, chain_url, ipfs_api, key_name, as_json
+            task, commit, reveal, overrides, metric, device, chain_url, ipfs_api, key_name, as_json
         )
         return
     if model is None or data is None:
         raise click.UsageError(
             "Missing option '--model' or '--data' (or give --task TASK --commit|--reveal)."
         )
+    from din_cli.ml.device import resolve
     from din_cli.ml.evaluate import evaluate as run
     from din_cli.protocol.inputs import resolved
 
+    device = resolve(device)
     with resolved([model], ipfs_api) as (path,):
-        result = run(path, data, metric=metric or "accuracy")
+        result = run(path, data, metric=metric or "accuracy", device=device)
     out.emit_doc(result.to_dict(), as_json, result.score_bps)
 
 
 def _evaluate_on_task(
-    task, commit, reveal, overrides, metric, chain_url, ipfs_api, key_name, as_json
+    task, commit, reveal, overrides, metric, device, chain_url, ipfs_api, key_name, as_json
 ):
     """`din evaluate --task TASK --commit|--reveal`: score the subgroup on the owner's test set; prints the scores."""
+    from din_cli.ml.device import resolve
     from din_cli.protocol import evaluation, roundflow
 
     require_one_step(commit, reveal, {"--set-score": overrides})
+    device = resolve(device)
     with context(chain_url, ipfs_api, key_name) as ctx:
         tid = roundflow.task_number(task)
         if commit:
             doc = evaluation.evaluate_commit(
-                ctx, tid, overrides=_parse_overrides(overrides), metric=metric
+                ctx, tid, overrides=_parse_overrides(overrides), metric=metric, device=device
             )
         else:
             doc = evaluation.evaluate_reveal(ctx, tid)

@@ -55,8 +55,19 @@ value depends only on its own exact integer sums, so the thread count
 changes the speed, never the bytes. The fused quantise-weight-add kernel
 (four inputs per pass, about 10 GB/s of float32 per core here) is compiled by
 numba when it is installed; without numba a numpy kernel computes the very
-same bits, several times more slowly. Aggregation always runs on the CPU: it is bound by memory
-bandwidth, and exact integer sums make the device irrelevant to the bytes.
+same bits, several times more slowly.
+
+On a GPU (``device="cuda"``, ``din aggregate --device cuda``) the same
+integers are summed by torch in int64, which is exact for every input the
+CPU accepts (``|q * n| <= 2^30 * 2^32``), and the block is finalised with the
+same two IEEE roundings (int64 to float64, one true division by a float64
+tensor -- never a scalar, which torch would turn into a multiplication by its
+reciprocal -- and float64 to float32), so the bytes are the CPU's. Inputs
+stream through a few pinned host buffers of ``TORCH_CHUNK`` weights, read by
+worker threads while the GPU works on the previous chunk: GPU and host
+memory stay bounded whatever the number and size of the inputs. The same
+torch kernel runs on the CPU (``device="torch-cpu"``), which is how the CPU
+suite checks it against the numba kernel without a GPU.
 NaN or Inf in an input is detected in the same pass (``w - w`` is NaN for
 them and poisons the block's accumulator) and reported naming the file and
 tensor; nothing is written.
@@ -81,6 +92,11 @@ GROUP_SAMPLES = 2**23  # Q_MAX * GROUP_SAMPLES = 2^53: exact float64 integers
 MAX_TOTAL_SAMPLES = 2**32  # Q_MAX * 2^32 = 2^62 < 2^63: exact int64
 ENCODING = f"fixedpoint-s{SCALE_BITS}-c{int(CLIP)}"
 BLOCK = 1 << 16
+TORCH_CHUNK = 1 << 22  # weights per output chunk on the torch path (16 MiB of float32 per input)
+# device="auto" aggregates files on a GPU from 256 GiB of inputs. Measured on an H200 host
+# (benchmarks/aggregate.py --cli): files go through at ~16 GB/s on the CPU and ~22 GB/s
+# through the GPU, and starting CUDA costs a fresh process ~2.7 s: even at 150 GB it barely pays.
+AUTO_CUDA_BYTES = 1 << 38
 ERROR_BOUND_ABS = 2.0**-21
 ERROR_BOUND_REL = 2.0**-24
 
@@ -477,6 +493,96 @@ def _write_blocks(plan: _Plan, out: BinaryIO, nthreads: int, progress) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _torch_fold(acc, w, n: int, t, ti, finite, *, first: bool) -> None:
+    """``acc (+)= rint(clip(w * 2^S)) * n`` in int64 on ``w``'s device; ``finite &= all finite``.
+
+    ``t`` (float64) and ``ti`` (int64) are scratch of ``w``'s length.
+    """
+    import torch
+
+    finite.logical_and_(torch.isfinite(w).all())
+    t.copy_(w).mul_(2.0**SCALE_BITS).clamp_(-Q_MAX, Q_MAX).round_()  # round half to even
+    ti.copy_(t).mul_(n)
+    if first:
+        acc.copy_(ti)
+    else:
+        acc.add_(ti)
+
+
+def _torch_finish(acc, divisor, t, out) -> None:
+    """``out = float32(float64(acc) / divisor)``: the CPU's two roundings (``divisor`` a full tensor)."""
+    import torch
+
+    t.copy_(acc)  # int64 -> float64, rounded to nearest as numpy's cast
+    torch.div(t, divisor, out=t)  # a true division: a scalar divisor would become a reciprocal
+    out.copy_(t)  # float64 -> float32, rounded to nearest
+
+
+def aggregate_tensors(states: Sequence[Mapping], samples: Sequence[int]) -> dict:
+    """FedAvg of updates already in memory as float32 torch tensors (on a GPU, or the CPU).
+
+    ``states`` are state dicts of one architecture on one device, ``samples``
+    their positive FedAvg weights. Returns float32 tensors on that device
+    holding exactly the values :func:`aggregate` writes for the same weights
+    and samples (the same integer sums, the same two roundings), computed
+    ``TORCH_CHUNK`` weights at a time so the scratch memory stays bounded.
+    NaN/Inf is refused naming the input and tensor, as in files.
+    """
+    import torch
+
+    if not states or len(states) != len(samples):
+        raise UsageError("one sample count per state dict, and at least one", "pass both lists")
+    names = sorted(states[0])
+    first = states[0]
+    for k, st in enumerate(states):
+        if sorted(st) != names or any(
+            st[n].shape != first[n].shape
+            or st[n].dtype != torch.float32
+            or st[n].device != first[n].device
+            for n in names
+        ):
+            raise InputError(
+                f"input {k}: tensors differ from input 0's in names, shapes, dtype or device",
+                "aggregate float32 updates of one architecture on one device",
+            )
+    ns = [int(n) for n in samples]
+    if min(ns) <= 0 or sum(ns) > MAX_TOTAL_SAMPLES:
+        raise InputError(
+            f"sample counts must be positive and sum to at most {MAX_TOTAL_SAMPLES}",
+            "pass each update's din.samples",
+        )
+    dev = first[names[0]].device
+    size = min(TORCH_CHUNK, max(first[n].numel() for n in names))
+    t = torch.empty(size, dtype=torch.float64, device=dev)
+    ti = torch.empty(size, dtype=torch.int64, device=dev)
+    acc = torch.empty(size, dtype=torch.int64, device=dev)
+    divisor = torch.full(
+        (size,), float(sum(ns)) * float(2**SCALE_BITS), dtype=torch.float64, device=dev
+    )
+    out = {}
+    for name in names:
+        count = first[name].numel()
+        flat = torch.empty(count, dtype=torch.float32, device=dev)
+        finite = torch.ones((), dtype=torch.bool, device=dev)
+        for a in range(0, count, size):
+            m = min(size, count - a)
+            for i, st in enumerate(states):
+                w = st[name].reshape(-1)[a : a + m]
+                _torch_fold(acc[:m], w, ns[i], t[:m], ti[:m], finite, first=i == 0)
+            _torch_finish(acc[:m], divisor[:m], t[:m], flat[a : a + m])
+        if not bool(finite):
+            for i, st in enumerate(states):
+                bad = ~torch.isfinite(st[name])
+                if bool(bad.any()):
+                    what = "NaN" if bool(torch.isnan(st[name]).any()) else "Inf"
+                    raise InputError(
+                        f"input {i}: tensor {name!r} contains {what}",
+                        "the update is corrupt; leave it out of the aggregate",
+                    )
+        out[name] = flat.reshape(first[name].shape)
+    return out
+
+
 @contextlib.contextmanager
 def _opened(inputs: list[_Input]):
     """Keep as many inputs open as the descriptor limit allows (the rest are opened per read)."""
@@ -499,6 +605,7 @@ def aggregate_to(
     threads: int | None = None,
     weights: Sequence[int] | None = None,
     metadata: Mapping[str, str] | None = None,
+    device: str = "cpu",
 ) -> AggregateResult:
     """Aggregate model files ``paths`` into ``out`` (a binary file object), canonically.
 
@@ -506,13 +613,111 @@ def aggregate_to(
     ``weights`` (one positive integer per input) replaces the inputs' declared
     ``din.samples`` as their FedAvg weights (the admission rule's capped
     weights); ``metadata`` adds keys to the output's (``din.excluded``).
+    ``device`` (``cpu``, ``cuda``, ``auto``; ``torch-cpu`` runs the CUDA
+    path's torch kernel on the CPU) changes the speed, never the bytes.
     """
     plan = _plan(paths, weights, metadata)
+    engine = _engine(device, plan)
     nthreads = max(1, int(threads if threads is not None else default_threads()))
     with _opened(plan.inputs):
         out.write(plan.header)
-        _write_blocks(plan, out, nthreads, progress)
+        if engine == "cpu":
+            _write_blocks(plan, out, nthreads, progress)
+        else:
+            _write_chunks_torch(plan, out, engine, nthreads, progress)
     return plan.result
+
+
+def _engine(device: str, plan: _Plan) -> str:
+    """``cpu`` (numba/numpy kernels), or the torch device of the torch path.
+
+    ``auto`` takes the GPU only for inputs of ``AUTO_CUDA_BYTES`` or more:
+    below that, starting CUDA in a fresh process costs more than the GPU
+    saves on data read from files (see ``benchmarks/aggregate.py --cli``).
+    """
+    if device == "torch-cpu":
+        return "cpu-torch"
+    from din_cli.ml.device import cuda_available, resolve
+
+    if device == "auto":
+        size = 4 * plan.result.params * len(plan.inputs)
+        return "cuda" if size >= AUTO_CUDA_BYTES and cuda_available() else "cpu"
+    return resolve(device)
+
+
+def _write_chunks_torch(plan: _Plan, out: BinaryIO, engine: str, nthreads: int, progress) -> None:
+    """The torch path: every chunk's exact int64 sums on ``engine`` (``cuda`` or ``cpu-torch``).
+
+    Worker threads read each input's slice of the chunk into one of a few
+    (pinned, on CUDA) host buffers, ahead of the device; the device copies
+    it, quantises and weights it into the int64 accumulator, and after the
+    last input finalises the chunk, which is copied back and written.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    cuda = engine == "cuda"
+    dev = torch.device("cuda" if cuda else "cpu")
+    chunks = [
+        (seg_name, starts, a, min(TORCH_CHUNK, count - a))
+        for seg_name, count, starts in plan.segments
+        for a in range(0, count, TORCH_CHUNK)
+    ]
+    if not chunks:
+        return
+    size = max(m for *_, m in chunks)
+    depth = max(1, nthreads) + 2  # host buffers in flight: one per reader, and the device's
+    staging = [torch.empty(size, dtype=torch.float32, pin_memory=cuda) for _ in range(depth)]
+    copied: list = [None] * depth  # CUDA event: the buffer's copy to the device is done
+    w = torch.empty(size, dtype=torch.float32, device=dev)
+    t = torch.empty(size, dtype=torch.float64, device=dev)
+    ti = torch.empty(size, dtype=torch.int64, device=dev)
+    acc = torch.empty(size, dtype=torch.int64, device=dev)
+    res = torch.empty(size, dtype=torch.float32, device=dev)
+    divisor = torch.full((size,), plan.divisor, dtype=torch.float64, device=dev)
+    finite = torch.ones((), dtype=torch.bool, device=dev)
+    host = torch.empty(size, dtype=torch.float32, pin_memory=cuda)
+    inputs = plan.inputs
+    jobs = [(c, i) for c in range(len(chunks)) for i in range(len(inputs))]
+
+    def read(job: int, slot: int):
+        c, i = jobs[job]
+        _, starts, a, m = chunks[c]
+        _read(inputs[i], starts[i] + 4 * a, staging[slot].numpy()[:m])
+
+    pool = ThreadPoolExecutor(max(1, nthreads), thread_name_prefix="din-aggregate-read")
+    pending: deque = deque()
+    try:
+        ahead = 0
+        for job, (c, i) in enumerate(jobs):
+            while ahead < len(jobs) and ahead < job + depth:
+                slot = ahead % depth
+                if copied[slot] is not None:
+                    copied[slot].synchronize()  # its last copy has left the buffer
+                pending.append(pool.submit(read, ahead, slot))
+                ahead += 1
+            pending.popleft().result()
+            slot = job % depth
+            seg_name, starts, a, m = chunks[c]
+            wv, tv, iv, av = w[:m], t[:m], ti[:m], acc[:m]
+            wv.copy_(staging[slot][:m], non_blocking=cuda)
+            if cuda:
+                copied[slot] = torch.cuda.Event()
+                copied[slot].record()
+            _torch_fold(av, wv, inputs[i].samples, tv, iv, finite, first=i == 0)
+            if i == len(inputs) - 1:
+                _torch_finish(av, divisor[:m], tv, res[:m])
+                host[:m].copy_(res[:m])
+                if not bool(finite):
+                    _name_culprit(plan, seg_name, starts, a, m)
+                out.write(memoryview(host.numpy()[:m]).cast("B"))
+                if progress:
+                    progress(m)
+    finally:
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def aggregate(
@@ -523,14 +728,21 @@ def aggregate(
     threads: int | None = None,
     weights: Sequence[int] | None = None,
     metadata: Mapping[str, str] | None = None,
+    device: str = "cpu",
 ) -> AggregateResult:
     """Aggregate model files ``paths`` into the file ``output`` (``-``: stdout), atomically.
 
     With ``-`` the result is assembled in a temporary file first, so a bad
-    input found half-way leaves stdout empty. ``weights`` and ``metadata`` as
-    in :func:`aggregate_to`.
+    input found half-way leaves stdout empty. ``weights``, ``metadata`` and
+    ``device`` as in :func:`aggregate_to`.
     """
-    kw = {"progress": progress, "threads": threads, "weights": weights, "metadata": metadata}
+    kw = {
+        "progress": progress,
+        "threads": threads,
+        "weights": weights,
+        "metadata": metadata,
+        "device": device,
+    }
     import shutil
     import sys
     import tempfile

@@ -26,9 +26,20 @@ depend on the machine, the BLAS library, the thread count or the batch size:
   logits, and ``exp(-L) * 10000`` is rounded half-up there, so no libm or
   SIMD ``exp`` takes part.
 
+On a GPU (``device="cuda"``, ``din evaluate --device cuda``) the same
+forward pass runs as torch float64 element-wise kernels in the same order:
+one multiply kernel, then one add kernel per step (never ``addcmul`` or a
+matmul, which may fuse or reorder), so each step is the same correctly
+rounded IEEE operation and the logits hold the same values as the CPU's
+(the sign of a zero may differ, which no score can see), hence the same
+scores. The same code runs on the CPU as ``device="torch-cpu"``, which is
+how the CPU suite checks it without a GPU.
+
 A plugin architecture (``din.models``) has no written-out forward pass; its
 logits come from torch in float64 on the CPU with one thread, which is
-repeatable on one machine but not promised across machines.
+repeatable on one machine but not promised across machines. It is scored on
+the CPU even with ``device="cuda"``, since a GPU's kernels would give other
+logits.
 :func:`evaluate_rows` takes explicit row indices (with repeats): the on-chain
 flow scores a round-seeded resample of the test pool.
 """
@@ -62,10 +73,12 @@ def _ratio_bps(num: int, den: int) -> int:
     return (2 * BPS * num + den) // (2 * den) if den else 0
 
 
-def logits(mf, x, *, batch: int = 1024):
+def logits(mf, x, *, batch: int = 1024, device: str = "cpu"):
     """Float64 logits of a checked :class:`~din_cli.ml.models.ModelFile` on rows ``x``, bit-exact.
 
     ``batch`` bounds memory only: every row's logits are computed on their own.
+    ``device`` (``cpu``, ``cuda``; ``torch-cpu``: the GPU code on the CPU)
+    changes the speed, never a score.
     """
     import numpy as np
 
@@ -75,6 +88,8 @@ def logits(mf, x, *, batch: int = 1024):
     x = np.asarray(x)
     if family not in zoo.BUILTIN:
         return _torch_logits(mf, x, batch)
+    if device != "cpu":
+        return _device_logits(mf, x, "cpu" if device == "torch-cpu" else device)
     w = {k: np.asarray(v, dtype=np.float64) for k, v in mf.weights.items()}
     forward = _cnn if family == "cnn" else _dense
     out = [
@@ -164,6 +179,90 @@ def _cnn(arch: str, w: dict, h):
     return _linear(h.reshape(h.shape[0], -1), w["layers.8.weight"], w["layers.8.bias"])
 
 
+# --- the same forward pass as torch element-wise kernels (GPU) ---
+
+DEVICE_BATCH = 8192  # rows per forward pass on the torch path
+
+
+def _device_logits(mf, x, device: str):
+    """:func:`logits` on a torch device: the numpy forward pass, step for step."""
+    import numpy as np
+    import torch
+
+    from din_cli.ml import zoo
+
+    dev = torch.device(device)
+    family, _ = zoo.parse_arch(mf.arch)
+    w = {
+        k: torch.from_numpy(np.asarray(v, dtype=np.float64)).to(dev) for k, v in mf.weights.items()
+    }
+    forward = _t_cnn if family == "cnn" else _t_dense
+    out = []
+    with torch.no_grad():
+        for s in range(0, x.shape[0], DEVICE_BATCH):
+            rows = torch.from_numpy(np.asarray(x[s : s + DEVICE_BATCH], dtype=np.float64))
+            out.append(forward(mf.arch, w, rows.to(dev)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def _t_linear(h, weight, bias):
+    """:func:`_linear`: ``bias``, then ``+ h[:, k] * weight[:, k]`` for k in order, one kernel each."""
+    import torch
+
+    wt = weight.t().contiguous()
+    out = bias.expand(h.shape[0], -1).clone()
+    tmp = torch.empty_like(out)
+    for k in range(wt.shape[0]):
+        torch.mul(h[:, k : k + 1], wt[k], out=tmp)
+        out.add_(tmp)
+    return out
+
+
+def _t_relu(h):
+    return h.masked_fill_(h < 0, 0.0)  # NaN stays NaN, as np.maximum(h, 0)
+
+
+def _t_dense(arch: str, w: dict, h):
+    layers = len(w) // 2
+    for i in range(layers):
+        h = _t_linear(h, w[f"layers.{2 * i}.weight"], w[f"layers.{2 * i}.bias"])
+        if i < layers - 1:
+            _t_relu(h)
+    return h
+
+
+def _t_conv3x3(h, weight, bias):
+    """:func:`_conv3x3`: the (c, dy, dx) order, one multiply and one add kernel per step."""
+    import torch
+
+    n, c, hh, ww = h.shape
+    o = weight.shape[0]
+    pad = torch.zeros((c, n, hh + 2, ww + 2), dtype=torch.float64, device=h.device)
+    pad[:, :, 1:-1, 1:-1] = h.permute(1, 0, 2, 3)
+    out = bias[:, None].expand(o, n * hh * ww).clone()
+    tmp = torch.empty_like(out)
+    for ci in range(c):
+        for dy in range(3):
+            for dx in range(3):
+                patch = pad[ci, :, dy : dy + hh, dx : dx + ww].reshape(-1)
+                torch.mul(weight[:, ci, dy, dx, None], patch[None, :], out=tmp)
+                out.add_(tmp)
+    return out.reshape(o, n, hh, ww).permute(1, 0, 2, 3)
+
+
+def _t_cnn(arch: str, w: dict, h):
+    from din_cli.ml import zoo
+
+    c, hh, ww, _ = zoo._cnn_dims(arch, zoo.parse_arch(arch)[1])
+    h = h.reshape(h.shape[0], c, hh, ww)
+    for conv in ("layers.1", "layers.4"):
+        h = _t_relu(_t_conv3x3(h, w[f"{conv}.weight"], w[f"{conv}.bias"]))
+        n, ch, y, x = h.shape
+        h = h[:, :, : y // 2 * 2, : x // 2 * 2]
+        h = h.reshape(n, ch, y // 2, 2, x // 2, 2).amax(dim=(3, 5))
+    return _t_linear(h.reshape(h.shape[0], -1), w["layers.8.weight"], w["layers.8.bias"])
+
+
 def _torch_logits(mf, x, batch: int):
     """A plugin's logits: torch float64 on the CPU, one thread (repeatable on one machine)."""
     import numpy as np
@@ -249,8 +348,12 @@ def evaluate_rows(
     indices=None,
     *,
     metric: str = "accuracy",
+    device: str = "cpu",
 ) -> Score:
-    """Score the model file on the store ``data``, on rows ``indices`` (all rows when None)."""
+    """Score the model file on the store ``data``, on rows ``indices`` (all rows when None).
+
+    ``device`` as in :func:`logits`: the score is the same on either.
+    """
     from din_cli.ml import data as data_mod
     from din_cli.ml.train import check_features
 
@@ -265,12 +368,16 @@ def evaluate_rows(
 
     mf = models.read_model(model_path)
     check_features(mf.arch, ds, str(data))
-    z = logits(mf, ds.x)
+    z = logits(mf, ds.x, device=device)
     return score(metric, z, ds.y)
 
 
 def evaluate(
-    model_path: str | os.PathLike, data: str | os.PathLike, *, metric: str = "accuracy"
+    model_path: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    metric: str = "accuracy",
+    device: str = "cpu",
 ) -> Score:
-    """Score the model file on every row of the store ``data``."""
-    return evaluate_rows(model_path, data, None, metric=metric)
+    """Score the model file on every row of the store ``data`` (on ``device``: same score)."""
+    return evaluate_rows(model_path, data, None, metric=metric, device=device)

@@ -5,15 +5,25 @@ choice (batch order) comes from ``seed`` through a private generator, so the
 same model, store, options and seed give the same update bytes on the same
 CPU setup. The update carries ``din.samples`` = the number of training rows,
 the weight FedAvg gives it.
+
+On a GPU training runs under torch's deterministic algorithms (cuDNN's
+deterministic kernels, no autotuning, no TF32, cuBLAS with a fixed
+workspace), so the same inputs and seed give the same bytes on the same GPU
+model and software; a GPU's update differs from the CPU's in the last bits,
+which is fine: aggregation and scoring, not training, must agree across
+machines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from din_cli.errors import InputError, UsageError
+from din_cli.ml.device import resolve as resolve_device
 
 
 @dataclass
@@ -22,21 +32,42 @@ class TrainResult:
     epochs: int
     loss: float  # mean loss of the last epoch
     device: str
+    deterministic: bool = True  # the same inputs and seed give the same bytes on this device
 
 
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` picks CUDA when present; ``cuda`` without a GPU is an error."""
+@contextlib.contextmanager
+def deterministic(dev: str):
+    """torch's deterministic algorithms for the duration (restored after), on ``dev``."""
     import torch
 
-    if device not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"--device {device!r} is not auto, cpu or cuda", "pick one of them")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError(
-            "--device cuda: no CUDA GPU is available", "use --device cpu or --device auto"
-        )
-    return device
+    if dev != "cuda":
+        yield
+        return
+    # cuBLAS reproducibility needs a fixed workspace, set before its first handle is made
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)  # an op without one warns: see train
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        (
+            _,
+            torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark,
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+        ) = saved
 
 
 def check_features(arch: str, ds, path: str) -> None:
@@ -63,18 +94,30 @@ def train(
     progress: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train the model file at ``model_path`` on the store ``data``; write the update to ``output``."""
-    import numpy as np
-    import torch
-
-    from din_cli.ml import data as data_mod
-    from din_cli.ml import models, tensorfile
-
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise UsageError(
             "--epochs and --batch-size must be at least 1 and --lr positive",
             "e.g. --epochs 1 --lr 0.1 --batch-size 32",
         )
     dev = resolve_device(device)
+    with deterministic(dev), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _train(model_path, data, output, epochs, lr, batch_size, seed, dev, progress)
+    for w in caught:
+        if "deterministic" in str(w.message):
+            result.deterministic = False  # an op of this model has no deterministic kernel here
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return result
+
+
+def _train(model_path, data, output, epochs, lr, batch_size, seed, dev, progress) -> TrainResult:
+    import numpy as np
+    import torch
+
+    from din_cli.ml import data as data_mod
+    from din_cli.ml import models, tensorfile
+
     mf = models.read_model(model_path)
     ds = data_mod.load_store(data)
     check_features(mf.arch, ds, str(data))

@@ -375,6 +375,7 @@ def aggregate(
     progress=None,
     threads: int | None = None,
     rule=None,
+    device: str = "cpu",
 ) -> Outcome:
     """Admit ``paths`` by the rule, then FedAvg the admitted ones into ``output`` (``-``: stdout).
 
@@ -382,7 +383,8 @@ def aggregate(
     admitted inputs another way. The output records the excluded inputs in ``din.excluded``. When every
     input is excluded the output is a copy of ``base`` (the round's starting
     model); without a base that is an InputError naming each reason, and
-    nothing is written.
+    nothing is written. ``device`` runs the weighted mean on a GPU (same
+    bytes); the other rules run on the CPU.
     """
     from din_cli.ml import aggregate as agg
 
@@ -411,7 +413,7 @@ def aggregate(
     }
     inputs = [paths[v.index] for v in kept]
     if rule is None or rule.name == "mean":
-        return Outcome(admission, agg.aggregate(inputs, output, **kw).samples, False)
+        return Outcome(admission, agg.aggregate(inputs, output, device=device, **kw).samples, False)
     from din_cli.ml import robust
 
     result = robust.aggregate(inputs, output, rule=rule, base=base, **kw)

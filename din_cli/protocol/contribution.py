@@ -155,6 +155,7 @@ class CoalitionGame:
     metric: str = "accuracy"
     evaluations: int = 0
     cache: dict = field(default_factory=dict)
+    device: str = "cpu"  # where coalition models are scored (the same scores on either)
 
     @classmethod
     def load(
@@ -166,13 +167,15 @@ class CoalitionGame:
         rows: Sequence[int] | None = None,
         weights: Sequence[int] | None = None,
         metric: str = "accuracy",
+        device: str = "cpu",
     ) -> CoalitionGame:
         """Read and quantise ``updates`` against the starting model ``start``.
 
         ``test`` is a data store path or an ``ml.data.Dataset``; ``rows`` the
         round's row indices into it (repeats allowed; all rows when None).
         ``weights`` replaces the updates' ``din.samples`` as FedAvg weights
-        (the admission rule's capped weights).
+        (the admission rule's capped weights). ``device`` is where coalition
+        models are scored (``ml.evaluate.logits``: the same scores on either).
         """
         import numpy as np
 
@@ -218,7 +221,7 @@ class CoalitionGame:
                 f"{sum(ns)} samples in all exceed the exact range ({agg.MAX_TOTAL_SAMPLES})",
                 "score subgroups of fewer samples",
             )
-        return cls(arch, shapes, base.weights, qs, ns, ds.x, ds.y, metric)
+        return cls(arch, shapes, base.weights, qs, ns, ds.x, ds.y, metric, device=device)
 
     @property
     def size(self) -> int:
@@ -290,7 +293,7 @@ class CoalitionGame:
         from din_cli.ml import evaluate
 
         self.evaluations += 1
-        z = evaluate.logits(_Model(self.arch, weights), self.x)
+        z = evaluate.logits(_Model(self.arch, weights), self.x, device=self.device)
         return evaluate.score(self.metric, z, self.y).score_bps
 
 
@@ -497,12 +500,14 @@ def contributions(
     seed: bytes | int | None = None,
     max_evaluations: int = MAX_EVALUATIONS,
     tolerance_bps: int = TOLERANCE_BPS,
+    device: str = "cpu",
 ) -> Contributions:
     """Score each of a subgroup's ``updates`` by its contribution, in basis points.
 
     ``start`` is the round's starting model; ``test``, ``rows``, ``weights``
     and ``metric`` as in :meth:`CoalitionGame.load`; ``seed`` (the round's 32
-    bytes) drives ``gtg``'s permutations and is required for it.
+    bytes) drives ``gtg``'s permutations and is required for it. ``device``
+    is where coalition models are scored: the same scores on either.
     """
     if method not in METHODS:
         raise UsageError(
@@ -516,7 +521,9 @@ def contributions(
             f"exact Shapley over {len(updates)} updates needs 2^{len(updates)} model evaluations",
             f"use it for subgroups of at most {EXACT_MAX}, else the gtg estimate",
         )
-    game = CoalitionGame.load(updates, start, test, rows=rows, weights=weights, metric=metric)
+    game = CoalitionGame.load(
+        updates, start, test, rows=rows, weights=weights, metric=metric, device=device
+    )
     if method == "loo":
         return leave_one_out(game)
     if method == "exact":

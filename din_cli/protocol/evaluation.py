@@ -222,6 +222,7 @@ def compute_scores(
     work: Path,
     metric: str = "accuracy",
     scoring: str = "update",
+    device: str = "cpu",
 ) -> tuple[list[str], list[int], dict]:
     """Score each participant of evaluation subgroup ``group``; ``(addresses, scores in bps, per round)``.
 
@@ -229,10 +230,12 @@ def compute_scores(
     (:func:`contribution_scores`), or ``update``, each participant's latest
     update scored alone (:func:`update_scores`). The third item maps each
     counted round to the participants' scores in it (empty for ``update``).
+    ``device`` is where models are scored (``ml.evaluate.logits``): the
+    scores are the same on either.
     """
     if scoring == "update":
-        return (*update_scores(ctx, task_id, group, test_path, work, metric), {})
-    return contribution_scores(ctx, task_id, group, test_path, work, metric, scoring)
+        return (*update_scores(ctx, task_id, group, test_path, work, metric, device), {})
+    return contribution_scores(ctx, task_id, group, test_path, work, metric, scoring, device)
 
 
 def counted_rounds(ctx, task_id: int) -> list[int]:
@@ -243,7 +246,14 @@ def counted_rounds(ctx, task_id: int) -> list[int]:
 
 
 def contribution_scores(
-    ctx, task_id: int, group: int, test_path: Path, work: Path, metric: str, method: str
+    ctx,
+    task_id: int,
+    group: int,
+    test_path: Path,
+    work: Path,
+    metric: str,
+    method: str,
+    device: str = "cpu",
 ) -> tuple[list[str], list[int], dict]:
     """Contribution scores of evaluation subgroup ``group``'s participants, summed over the rounds.
 
@@ -301,6 +311,7 @@ def contribution_scores(
                 method=method,
                 metric=metric,
                 seed=rnd.seed,
+                device=device,
             )
             for pos, k in enumerate(keep):
                 got[updates[k].index] = 0 if updates[k].index in copied else c.scores[pos]
@@ -348,7 +359,13 @@ def copies_across_subgroups(ctx, task_id: int, round_: int, work: Path) -> set[i
 
 
 def update_scores(
-    ctx, task_id: int, group: int, test_path: Path, work: Path, metric: str = "accuracy"
+    ctx,
+    task_id: int,
+    group: int,
+    test_path: Path,
+    work: Path,
+    metric: str = "accuracy",
+    device: str = "cpu",
 ) -> tuple[list[str], list[int]]:
     """Score each participant of evaluation subgroup ``group`` by its latest update alone; ``(addresses, bps)``.
 
@@ -379,7 +396,9 @@ def update_scores(
         except NotFoundError:  # gone since admission: scored as admission scores it, 0
             scores.append(0)
             continue
-        scores.append(int(evaluate_rows(model, test_path, rows, metric=metric).score_bps))
+        scores.append(
+            int(evaluate_rows(model, test_path, rows, metric=metric, device=device).score_bps)
+        )
     return addresses, scores
 
 
@@ -429,7 +448,12 @@ def _overrides(
 
 
 def evaluate_commit(
-    ctx, task_id: int, *, overrides: dict[str, int] | None = None, metric: str | None = None
+    ctx,
+    task_id: int,
+    *,
+    overrides: dict[str, int] | None = None,
+    metric: str | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Score this validator's evaluation subgroup on the decrypted test set and commit the score vector.
 
@@ -464,7 +488,7 @@ def evaluate_commit(
             f"{ctx.address} is not assigned to an evaluation subgroup", "nothing to do"
         )
     with ctx.workdir() as work:
-        cid, rec = _score_or_reject(ctx, task_id, m.group, work)
+        cid, rec = _score_or_reject(ctx, task_id, m.group, work, device)
     if rec["rejected"] is None:
         rec["scores"] = _overrides(rec["participants"], rec["scores"], overrides)
     scores = rec["scores"]
@@ -476,7 +500,9 @@ def evaluate_commit(
     return {"task_id": task_id, "test_set": cid, **rec}
 
 
-def _score_or_reject(ctx, task_id: int, group: int, work: Path) -> tuple[str | None, dict]:
+def _score_or_reject(
+    ctx, task_id: int, group: int, work: Path, device: str = "cpu"
+) -> tuple[str | None, dict]:
     """``(test set CID, record)`` scored with the task's metric and scoring, or ``(None, record)``
     with empty scores and the ``rejected`` reason when the test set is unusable."""
     info = ctx.din.task_info(task_id)
@@ -493,7 +519,7 @@ def _score_or_reject(ctx, task_id: int, group: int, work: Path) -> tuple[str | N
             "rejected": e.one_line(),
         }
     addresses, scores, per_round = compute_scores(
-        ctx, task_id, group, test, work, info.metric, info.scoring
+        ctx, task_id, group, test, work, info.metric, info.scoring, device
     )
     rounds = [{"round": r, "scores": v} for r, v in per_round.items()]
     return cid, {

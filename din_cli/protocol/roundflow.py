@@ -207,6 +207,8 @@ def train_and_submit(
         "cid": cid,
         "samples": result.samples,
         "loss": result.loss,
+        "device": result.device,
+        "deterministic": result.deterministic,
         "gas": _gas(receipt),
     }
 
@@ -260,7 +262,14 @@ def _fetch_updates(ctx, updates: list, work: Path, name: str) -> list[Path | Non
 
 
 def subgroup_result(
-    ctx, task_id: int, round_: int, group: int, work: Path, *, aggregate: bool = True
+    ctx,
+    task_id: int,
+    round_: int,
+    group: int,
+    work: Path,
+    *,
+    aggregate: bool = True,
+    device: str = "cpu",
 ):
     """Subgroup ``group``'s result of ``round_`` by the admission rule; ``(cid text, Admission | None)``.
 
@@ -294,7 +303,7 @@ def subgroup_result(
         judged = admission.admit(paths, **rule)
         return (start if not judged.admitted else None), judged
     out = work / f"{name}.safetensors"
-    outcome = admission.aggregate(paths, out, rule=task_rule(info), **rule)
+    outcome = admission.aggregate(paths, out, rule=task_rule(info), device=device, **rule)
     if outcome.unchanged:
         return start, outcome.admission
     return ctx.add(out), outcome.admission
@@ -315,9 +324,11 @@ def subgroup_files(work: Path, round_: int, group: int, count: int):
     )
 
 
-def subgroup_aggregate(ctx, task_id: int, round_: int, group: int, work: Path) -> str:
+def subgroup_aggregate(
+    ctx, task_id: int, round_: int, group: int, work: Path, *, device: str = "cpu"
+) -> str:
     """Recompute subgroup ``group``'s aggregate of ``round_`` by the admission rule; its CID text."""
-    return subgroup_result(ctx, task_id, round_, group, work)[0]
+    return subgroup_result(ctx, task_id, round_, group, work, device=device)[0]
 
 
 def _my_slot(ctx, task_id: int, round_: int):
@@ -347,7 +358,7 @@ def _check_round(info, round_: int | None, task_id: int) -> int:
 
 
 def aggregate_commit(
-    ctx, task_id: int, round_: int | None = None, *, cid: str | None = None
+    ctx, task_id: int, round_: int | None = None, *, cid: str | None = None, device: str = "cpu"
 ) -> dict:
     """Aggregate this validator's subgroup and commit ``keccak(cid ‖ salt ‖ sender)``.
 
@@ -368,7 +379,7 @@ def aggregate_commit(
     m = _my_slot(ctx, task_id, r)
     if cid is None:
         with ctx.workdir() as work:
-            cid = subgroup_aggregate(ctx, task_id, r, m.group, work)
+            cid = subgroup_aggregate(ctx, task_id, r, m.group, work, device=device)
     else:
         to_bytes(cid)
     ctx.save_record(task_id, r, "aggregate", {"cid": cid, "group": m.group})
