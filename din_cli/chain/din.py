@@ -178,6 +178,7 @@ class TaskInfo:
     aggregation: str  # how each subgroup aggregates (ml.robust.RULES)
     aggregation_param: str  # its parameter as a decimal ("" for mean and median)
     scoring: str  # how evaluation validators score participants (SCORINGS)
+    dp: Any  # ml.privacy.DP every participant's update gets, or None
     durations: dict
     phase: str
     round: int
@@ -209,7 +210,16 @@ class TaskInfo:
             "genesis_cid",
         ):
             out[k] = "0x" + out[k].hex()
+        out["dp"] = self.dp.as_dict() if self.dp else None
+        out["privacy"] = self.privacy
         return out
+
+    @property
+    def privacy(self) -> str:
+        """What protects participants' updates, in words (``din task status``)."""
+        if self.dp is None:
+            return "open: updates are public as trained"
+        return f"open, differentially private: {self.dp.describe()}"
 
 
 @dataclass(frozen=True)
@@ -525,6 +535,9 @@ class Din:
         clip_norm: str | float | None = None,
         trim: str | float | None = None,
         scoring: str = "gtg",
+        dp_clip: str | float | None = None,
+        dp_noise: str | float | None = None,
+        dp_delta: str | float | None = None,
         durations: dict | None = None,
     ) -> int:
         """Approve the deposit and create a task; its id.
@@ -537,9 +550,14 @@ class Din:
         (one of METRICS) is what every evaluation validator scores with;
         ``aggregation`` (one of ``ml.robust.RULES``, with ``clip_norm`` or
         ``trim``, at most 6 decimals) is how every subgroup aggregates;
-        ``scoring`` (one of SCORINGS) how evaluation validators score participants.
+        ``scoring`` (one of SCORINGS) how evaluation validators score participants;
+        ``dp_clip``, ``dp_noise`` and ``dp_delta`` the differential privacy every
+        participant's update gets (``ml.privacy``; none when omitted).
         """
+        from din_cli.ml import privacy
+
         rule, rule_param = encode_rule(aggregation, clip_norm=clip_norm, trim=trim)
+        dp = privacy.encode(dp_clip, dp_noise, dp_delta)
         if metric not in METRICS:
             raise UsageError(
                 f"metric {metric!r} is not one of {', '.join(METRICS)}", "pick one of those"
@@ -587,6 +605,7 @@ class Din:
             rule,
             rule_param,
             SCORINGS.index(scoring),
+            *dp,
             test_set_hash,
             [int(spans[name]) for name in DURATION_NAMES],
         )
@@ -991,6 +1010,8 @@ class Din:
         """Configuration and live state of ``task_id`` (NotFoundError if there is none)."""
         if not 1 <= int(task_id) <= self.task_count():
             raise NotFoundError(f"task {task_id} does not exist", "list tasks with `din task list`")
+        from din_cli.ml import privacy
+
         r = decode_struct(task_layout(), self._call(self.tasks.functions.taskWords(int(task_id))))
         created = self._logs("TaskCreated", taskId=int(task_id))
         aggregation, aggregation_param = decode_rule(r["rule"], r["ruleParam"])
@@ -1009,6 +1030,7 @@ class Din:
             aggregation=aggregation,
             aggregation_param=aggregation_param,
             scoring=SCORINGS[int(r["scoring"])],
+            dp=privacy.decode(r["dpClip"], r["dpNoise"], r["dpDelta"]),
             durations=dict(zip(DURATION_NAMES, (int(d) for d in r["durations"]), strict=True)),
             phase=PHASES.get(int(r["phase"]), str(r["phase"])),
             round=int(r["round"]),

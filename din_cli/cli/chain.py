@@ -399,6 +399,7 @@ def task_status(task_id, chain_url, key_name, as_json):
             "deposit",
             "metric",
             "scoring",
+            "privacy",
             "aggregation",
             "aggregation_param",
             "max_samples",

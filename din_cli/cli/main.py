@@ -50,6 +50,7 @@ COMMANDS: dict[str, object] = {
     "dispute": "din_cli.cli.dispute:dispute_group",
     "rewards": "din_cli.cli.rewards:rewards",
     "verify": "din_cli.cli.verify:verify",
+    "privacy": "din_cli.cli.privacy:privacy_group",
 }
 
 

@@ -168,6 +168,25 @@ def data_split(dataset, participants, alpha, test_fraction, seed, shuffle, out_d
     is_flag=True,
     help="With --task: add the update to the content store and submit its CID.",
 )
+@click.option(
+    "--dp-budget",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="EPS",
+    help="With --task: refuse a round that would take your epsilon in a differentially private task above EPS.",
+)
+@click.option(
+    "--dp-clip",
+    default=None,
+    metavar="C",
+    help="Offline: clip the update's L2 distance from --model to C (a task fixes its own).",
+)
+@click.option(
+    "--dp-noise",
+    default=None,
+    metavar="Z",
+    help="Offline, with --dp-clip: add Gaussian noise of std Z*C (CSPRNG) to every weight.",
+)
 @ipfs_option()
 @chain_option()
 @key_option()
@@ -184,6 +203,9 @@ def train(
     device,
     task,
     submit,
+    dp_budget,
+    dp_clip,
+    dp_noise,
     ipfs_api,
     chain_url,
     key_name,
@@ -199,6 +221,12 @@ def train(
     the CID on chain), adds the update and submits its CID; it prints the
     CID, and running it again in the same round exits 7 (already done).
 
+    In a differentially private task (`din model publish --dp-clip`) the
+    update is clipped and noised as the task fixed before it leaves this
+    machine; --dp-budget EPS refuses (exit 2, nothing trained) a round that
+    would take your epsilon above EPS (see `din privacy report`). Offline,
+    --dp-clip C --dp-noise Z do the same around --model.
+
     \b
     Example:
         din train --model genesis.safetensors --data stores/participant-01.npz -o u1.safetensors
@@ -213,17 +241,42 @@ def train(
             raise click.UsageError(
                 "--task takes the model from the chain and submits the update: drop --model and -o"
             )
-        _train_on_task(task, data, submit, seed, hyper, chain_url, ipfs_api, key_name, as_json)
+        if dp_clip is not None or dp_noise is not None:
+            raise click.UsageError(
+                "--task applies the differential privacy the task fixed: drop --dp-clip and --dp-noise"
+            )
+        _train_on_task(
+            task, data, submit, seed, hyper, dp_budget, chain_url, ipfs_api, key_name, as_json
+        )
         return
     if model is None:
         raise click.UsageError("Missing option '--model' (or give --task TASK --submit).")
+    if dp_budget is not None:
+        raise click.UsageError("--dp-budget needs --task TASK (offline there is no round to count)")
+    import tempfile
+
+    from din_cli.ml import privacy
     from din_cli.ml.train import train as run
     from din_cli.protocol.inputs import resolved
 
-    with resolved([model], ipfs_api) as (path,), out.progress("training", total=epochs) as advance:
-        result = run(
-            path, data, output, seed=0 if seed is None else seed, progress=advance, **hyper
-        )
+    dp = None
+    if dp_clip is not None or dp_noise is not None:
+        dp = privacy.decode(*privacy.encode(dp_clip, dp_noise))
+    with (
+        resolved([model], ipfs_api) as (path,),
+        tempfile.TemporaryDirectory() as tmp,
+        out.progress("training", total=epochs) as advance,
+    ):
+        trained = output if dp is None else f"{tmp}/update.safetensors"
+        seed = 0 if seed is None else seed
+        result = run(path, data, trained, seed=seed, progress=advance, **hyper)
+        if dp is not None:
+            done = privacy.privatize(trained, path, output, dp)
+            out.note(
+                f"update clipped from L2 distance {done.norm:.6g} to {dp.clip}"
+                if done.clipped
+                else f"update within the clip (L2 distance {done.norm:.6g})"
+            )
     _note_device(result.device, result.deterministic)
     if output != "-":
         out.emit(output)
@@ -238,7 +291,9 @@ def _note_device(device: str, deterministic: bool) -> None:
         out.note("trained on cuda: an operation has no deterministic kernel, so a rerun may differ")
 
 
-def _train_on_task(task, data, submit, seed, hyper, chain_url, ipfs_api, key_name, as_json):
+def _train_on_task(
+    task, data, submit, seed, hyper, dp_budget, chain_url, ipfs_api, key_name, as_json
+):
     """`din train --task TASK --data STORE --submit`: fetch the round's model, train, add, submit; prints the CID."""
     from din_cli.errors import UsageError
     from din_cli.protocol import roundflow
@@ -253,9 +308,20 @@ def _train_on_task(task, data, submit, seed, hyper, chain_url, ipfs_api, key_nam
         out.progress("training", total=hyper["epochs"]) as advance,
     ):
         doc = roundflow.train_and_submit(
-            ctx, roundflow.task_number(task), data, seed=seed, progress=advance, **hyper
+            ctx,
+            roundflow.task_number(task),
+            data,
+            seed=seed,
+            progress=advance,
+            dp_budget=dp_budget,
+            **hyper,
         )
     _note_device(doc["device"], doc["deterministic"])
+    if doc["dp"]:
+        out.note(
+            f"differential privacy: update clipped to the task's bound and noised (std {doc['dp']['noise_std']:g}); "
+            f"your epsilon is now {doc['dp']['epsilon']:.4g}"
+        )
     out.note(
         f"task {doc['task_id']} round {doc['round']}: submitted {doc['samples']} samples' update"
     )

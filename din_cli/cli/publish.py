@@ -79,6 +79,24 @@ from din_cli.cli.options import acting_options, context, rule_options
     clip_from="the round's starting model",
 )
 @click.option(
+    "--dp-clip",
+    default=None,
+    metavar="C",
+    help="Differential privacy (fixed on chain): every update's L2 distance from the round's start is clipped to C.",
+)
+@click.option(
+    "--dp-noise",
+    default=None,
+    metavar="Z",
+    help="With --dp-clip: Gaussian noise of std Z*C is added to every weight before the update leaves its participant.",
+)
+@click.option(
+    "--dp-delta",
+    default=None,
+    metavar="D",
+    help="With --dp-clip: the delta of the (epsilon, delta) that `din privacy report` gives.  [default: 1e-5]",
+)
+@click.option(
     "--phase-seconds",
     type=click.IntRange(1, None),
     default=None,
@@ -100,6 +118,9 @@ def model_publish(
     rule,
     clip_norm,
     trim,
+    dp_clip,
+    dp_noise,
+    dp_delta,
     phase_seconds,
     chain_url,
     ipfs_api,
@@ -112,6 +133,12 @@ def model_publish(
     a test set whose plaintext differs, so the owner cannot pick it after seeing
     the updates. --json prints the task id, the model's CID, its architecture and the deposit.
 
+    --dp-clip C --dp-noise Z [--dp-delta D] make the task differentially
+    private: each participant's `din train --task` clips its update's
+    distance from the round's start to C and adds Gaussian noise of std Z*C
+    (from a CSPRNG) before submitting; `din privacy report` gives each
+    participant's (epsilon, delta) over the rounds it took part in.
+
     \b
     Example:
         TASK=$(din model publish genesis.safetensors --test-set stores/test.npz --deposit 1000 --rounds 3 --key owner)
@@ -119,8 +146,10 @@ def model_publish(
     """
     from din_cli.chain.din import file_sha256
     from din_cli.chain.network import format_amount, parse_amount
+    from din_cli.ml import privacy
     from din_cli.protocol import roundflow
 
+    privacy.encode(dp_clip, dp_noise, dp_delta)  # bad DP parameters fail before anything is added
     units = parse_amount(deposit)
     options = dict(
         subgroup_size=subgroup_size,
@@ -133,6 +162,9 @@ def model_publish(
         aggregation=rule,
         clip_norm=clip_norm,
         trim=trim,
+        dp_clip=dp_clip,
+        dp_noise=dp_noise,
+        dp_delta=dp_delta,
         test_set_hash=file_sha256(test_set),
     )
     if phase_seconds:

@@ -104,7 +104,7 @@ def round_status(task, chain_url, key_name, as_json):
     )
     rows.append(("overturned", ",".join(doc["overturned"]) or "-"))
     rows.append(("discarded", ",".join(map(str, doc["discarded"])) or "-"))
-    output.emit_task_status(doc, ("model",), rows)
+    output.emit_task_status(doc, ("privacy", "model"), rows)
 
 
 @round_group.command("wait")

@@ -152,13 +152,20 @@ def train_and_submit(
     seed: int | None = None,
     device: str = "auto",
     progress=None,
+    dp_budget: float | None = None,
 ) -> dict:
     """Fetch the round's global model by its on-chain CID, train on ``data``, add the update, submit its CID.
 
     AlreadyDone when this key already submitted in the current round.
     ``seed`` defaults to the round number (so a re-run trains identically).
+    In a differentially private task the update is clipped and noised
+    (``ml.privacy.privatize``) before it is added; ``dp_budget`` refuses,
+    before any training, a round that would take this participant's epsilon
+    above it.
     """
+    from din_cli.ml.privacy import privatize
     from din_cli.ml.train import train
+    from din_cli.protocol import privacy
 
     d = ctx.din
     info = d.task_info(task_id)
@@ -173,7 +180,11 @@ def train_and_submit(
             f"update already submitted for task {task_id} round {info.round}", "nothing to do"
         )
     info = require_phase(ctx, task_id, "training")
+    eps = None
+    if dp_budget is not None:
+        eps = privacy.check_budget(ctx, task_id, ctx.address, float(dp_budget), info.round)
     rnd = d.round_info(task_id, info.round)
+    dp_doc = None
     with ctx.workdir() as work:
         model = ctx.fetch(rnd.model_cid, work / "global.safetensors")
         update = work / "update.safetensors"
@@ -188,6 +199,15 @@ def train_and_submit(
             device=device,
             progress=progress,
         )
+        if info.dp is not None:
+            noised = work / "update-dp.safetensors"
+            done = privatize(update, model, noised, info.dp)
+            update = noised
+            dp_doc = {"norm": done.norm, "clipped": done.clipped, "noise_std": done.std}
+            if eps is None:
+                rounds = set(privacy.rounds_taken(ctx, task_id).get(ctx.address, []))
+                eps = info.dp.epsilon(len(rounds | {info.round}))
+            dp_doc["epsilon"] = eps
         cid = ctx.add(update)
     with ctx.chain.writing():
         now = d.task_info(task_id)
@@ -209,6 +229,7 @@ def train_and_submit(
         "loss": result.loss,
         "device": result.device,
         "deterministic": result.deterministic,
+        "dp": dp_doc,
         "gas": _gas(receipt),
     }
 

@@ -58,6 +58,8 @@ def status(ctx, task_id: int, address: str | None = None) -> dict:
         "deposit": info.deposit,
         "metric": info.metric,
         "scoring": info.scoring,
+        "privacy": info.privacy,
+        "dp": info.dp.as_dict() if info.dp else None,
         "aggregation": info.aggregation,
         "aggregation_param": info.aggregation_param,
         "participants": info.participants,

@@ -53,6 +53,9 @@ contract DinTasks is ReentrancyGuard {
         uint8 rule; // 0 weighted mean, 1 norm-bounded mean, 2 trimmed mean, 3 median: every subgroup aggregates so
         uint32 ruleParam; // millionths: norm-bounded's L2 bound (1..2048e6), the trimmed mean's fraction (< 0.5e6)
         uint8 scoring; // 0 GTG-Shapley, 1 exact Shapley (subgroups of at most 16), 2 leave-one-out, 3 each latest update alone
+        uint32 dpClip; // millionths: DP's L2 bound on each update's distance from the start (0: no DP)
+        uint32 dpNoise; // millionths: DP's Gaussian noise multiplier (0 < z <= 1000 with DP)
+        uint8 dpDelta; // DP's delta = 10^-dpDelta (1..30 with DP)
         bytes32 testSetHash; // sha256 of the plaintext test set the owner will post (its commitment)
         uint32[9] durations; // seconds: join, train, aggCommit, aggReveal, global, testSet, scoreCommit, scoreReveal, settle
     }
@@ -146,6 +149,7 @@ contract DinTasks is ReentrancyGuard {
         require(p.metric <= 2, "metric must be 0 (accuracy), 1 (f1) or 2 (loss)");
         require(p.rule == 1 ? p.ruleParam > 0 && p.ruleParam <= 2048e6 : p.rule == 2 ? p.ruleParam < 5e5 : p.rule <= 3 && p.ruleParam == 0, "bad aggregation rule or parameter");
         require(p.scoring <= 3 && (p.scoring != 1 || p.subgroupSize <= 16), "scoring must be 0..3; exact Shapley needs subgroups of at most 16");
+        require(p.dpClip == 0 ? p.dpNoise == 0 && p.dpDelta == 0 : p.dpClip <= 2048e6 && p.dpNoise > 0 && p.dpNoise <= 1000e6 && p.dpDelta > 0 && p.dpDelta <= 30, "bad differential privacy parameters");
         for (uint256 i = 0; i < 9; i++) require(p.durations[i] > 0, "phase durations must be positive");
         id = ++taskCount;
         Task storage t = _tasks[id];
@@ -160,6 +164,7 @@ contract DinTasks is ReentrancyGuard {
         t.rule = p.rule;
         t.ruleParam = p.ruleParam;
         t.scoring = p.scoring;
+        if (p.dpClip != 0) (t.dpClip, t.dpNoise, t.dpDelta) = (p.dpClip, p.dpNoise, p.dpDelta);
         t.durations = p.durations;
         t.phase = JOINING;
         t.lastRound = p.maxRounds;

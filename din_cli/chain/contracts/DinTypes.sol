@@ -22,6 +22,10 @@ struct Task {
     uint8 rule; // how a subgroup aggregates: 0 weighted mean, 1 norm-bounded, 2 trimmed mean, 3 median
     uint32 ruleParam; // millionths: norm-bounded's L2 bound, the trimmed mean's fraction per end
     uint8 scoring; // how validators score participants: 0 GTG-Shapley, 1 exact Shapley, 2 leave-one-out, 3 latest update alone
+    uint32 dpClip; // millionths: differential privacy's bound on an update's L2 distance from the round's start (0: no DP)
+    // slot: differential privacy
+    uint32 dpNoise; // millionths: the Gaussian noise multiplier (noise std = dpNoise * dpClip)
+    uint8 dpDelta; // delta = 10^-dpDelta of the (epsilon, delta) participants' accountants report
     // slot: durations
     uint32[9] durations;
     // slot: state
