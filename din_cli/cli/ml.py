@@ -242,8 +242,11 @@ def train(
                 "--task takes the model from the chain and submits the update: drop --model and -o"
             )
         if dp_clip is not None or dp_noise is not None:
-            raise click.UsageError(
-                "--task applies the differential privacy the task fixed: drop --dp-clip and --dp-noise"
+            from din_cli.errors import UsageError
+
+            raise UsageError(
+                "--task applies the differential privacy the task fixed at publish",
+                "drop --dp-clip and --dp-noise",
             )
         _train_on_task(
             task, data, submit, seed, hyper, dp_budget, chain_url, ipfs_api, key_name, as_json
@@ -252,7 +255,12 @@ def train(
     if model is None:
         raise click.UsageError("Missing option '--model' (or give --task TASK --submit).")
     if dp_budget is not None:
-        raise click.UsageError("--dp-budget needs --task TASK (offline there is no round to count)")
+        from din_cli.errors import UsageError
+
+        raise UsageError(
+            "--dp-budget counts a task's rounds and needs --task TASK --submit",
+            "drop --dp-budget offline",
+        )
     import tempfile
 
     from din_cli.ml import privacy

@@ -14,7 +14,7 @@ def rounds_taken(ctx, task_id: int) -> dict[str, list[int]]:
     update was released all the same.
     """
     out: dict[str, list[int]] = {}
-    for e in ctx.din._logs("UpdateSubmitted", taskId=int(task_id)):
+    for e in ctx.din.events(task_id, "UpdateSubmitted"):
         a = e["args"]
         out.setdefault(a["participant"], []).append(int(a["round"]))
     return {k: sorted(set(v)) for k, v in out.items()}
