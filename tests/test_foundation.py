@@ -30,8 +30,8 @@ HEAVY = (
 )
 
 
-def _imported_modules(*args: str) -> set[str]:
-    """Top-level packages imported by `din ARGS` (from -X importtime)."""
+def _imported_modules(*args: str, full: bool = False) -> set[str]:
+    """Top-level packages imported by `din ARGS` (from -X importtime); ``full``: every module."""
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "din_cli", *args],
         capture_output=True,
@@ -43,8 +43,50 @@ def _imported_modules(*args: str) -> set[str]:
     for line in proc.stderr.splitlines():
         if line.startswith("import time:") and "|" in line:
             name = line.rsplit("|", 1)[1].strip()
-            mods.add(name.split(".")[0])
+            mods.add(name if full else name.split(".")[0])
     return mods
+
+
+def test_single_steps_import_only_what_they_use(tmp_path):
+    """Scripts and CI call one step at a time, so each pays its own start-up: `din train` must
+    not pull in torch._dynamo (torch.optim's construction did, ~1 s), nor the chain stack;
+    `din aggregate` of small updates neither numba (its code generator costs ~1.2 s, more than
+    numpy's kernels take below NUMBA_MIN_BYTES) nor torch nor the chain stack."""
+    import numpy as np
+
+    from din_cli.ml import data, models, tensorfile
+
+    os.chdir(tmp_path)
+    models.init_model("logreg:64-10", "g.safetensors")
+    ds = data.load_dataset("digits")
+    data.save_store("s.npz", ds.x[:74], ds.y[:74])
+    mods = _imported_modules(
+        "train", "--model", "g.safetensors", "--data", "s.npz", "-o", "u.safetensors", full=True
+    )
+    assert "torch" in mods and not [m for m in mods if m.startswith("torch._dynamo")]
+    tops = {m.split(".")[0] for m in mods}
+    assert not tops & {"web3", "eth_tester", "eth", "numba", "sklearn", "ipfshttpclient"}, tops
+    shapes = {n: w.shape for n, w in models.read_model("g.safetensors").weights.items()}
+    paths = []
+    for k in range(3):
+        w = {n: np.full(shape, k / 10, np.float32) for n, shape in shapes.items()}
+        meta = tensorfile.make_metadata(arch="logreg:64-10", kind="update", samples=k + 1, round=1)
+        tensorfile.write(f"u{k}.safetensors", w, meta)
+        paths.append(f"u{k}.safetensors")
+    tops = _imported_modules("aggregate", *paths, "-o", "a.safetensors")
+    assert "numpy" in tops
+    assert not tops & {"numba", "torch", "web3", "eth_tester", "eth", "sklearn"}, tops
+
+
+@pytest.mark.integration
+def test_reading_a_node_imports_no_embedded_chain(anvil_url, run_din):
+    """`din chain info --chain URL` talks JSON-RPC: no eth_tester or py-evm (package `eth`),
+    no torch, no numba."""
+    proc = run_din("init", "--chain", anvil_url, "--dev-accounts", "1", "-q")
+    assert proc.returncode == 0, proc.stderr
+    tops = _imported_modules("chain", "info", "--chain", anvil_url)
+    assert "web3" in tops
+    assert not tops & {"eth_tester", "eth", "torch", "numba", "sklearn"}, tops
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,8 @@ def test_numba_and_numpy_kernels_give_the_same_bytes(tmp_path, updates, monkeypa
         _update(tmp_path / "u6.safetensors", 6, 40),
     ]
     chosen = more[:count]
+    monkeypatch.setattr(agg, "NUMBA_MIN_BYTES", 0)  # numba for these small inputs too
+    assert agg._kernels(1).name == "numba"
     agg.aggregate(chosen, tmp_path / "fast.safetensors")
     monkeypatch.setattr(agg, "_KERNELS", agg.NUMPY_KERNELS)
     agg.aggregate(chosen[::-1], tmp_path / "slow.safetensors")

@@ -133,7 +133,7 @@ def _train(model_path, data, output, epochs, lr, batch_size, seed, dev, progress
     y = torch.from_numpy(ds.y).to(dev)
     n = len(ds)
     gen = torch.Generator().manual_seed(int(seed))
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    params = list(model.parameters())
     loss_fn = torch.nn.CrossEntropyLoss()
     model.train()
     last = 0.0
@@ -142,10 +142,11 @@ def _train(model_path, data, output, epochs, lr, batch_size, seed, dev, progress
         losses = []
         for start in range(0, n, batch_size):
             idx = perm[start : start + batch_size]
-            opt.zero_grad(set_to_none=True)
+            for p in params:
+                p.grad = None
             loss = loss_fn(model(x[idx]), y[idx])
             loss.backward()
-            opt.step()
+            _sgd_step(params, lr)
             losses.append(loss.detach())
         # mean loss over rows: batches weighted by their sizes, summed once per epoch
         sizes = torch.full((len(losses),), float(batch_size), dtype=torch.float64, device=dev)
@@ -164,6 +165,18 @@ def _train(model_path, data, output, epochs, lr, batch_size, seed, dev, progress
             raise InputError(f"training produced non-finite weights in {name}", "lower --lr")
     tensorfile.write(output, weights, meta)
     return TrainResult(samples=n, epochs=epochs, loss=last, device=dev)
+
+
+def _sgd_step(params, lr: float) -> None:
+    """``p -= lr * grad``: torch.optim.SGD's plain step (no momentum, no weight decay), the
+    same ``add_(grad, alpha=-lr)`` it runs per tensor on the CPU, without importing
+    torch.optim, whose construction pulls in torch._dynamo (about a second of start-up)."""
+    import torch
+
+    with torch.no_grad():
+        for p in params:
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-lr)
 
 
 def _out_features(model, features: int, dev: str) -> int:
