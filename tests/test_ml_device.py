@@ -13,10 +13,11 @@ import itertools
 
 import numpy as np
 import pytest
+from test_ml_aggregate import _non_canonical_copy, _update
 
 from din_cli.errors import InputError
 from din_cli.ml import aggregate as agg
-from din_cli.ml import data, evaluate, models, tensorfile, train, zoo
+from din_cli.ml import data, evaluate, models, tensorfile, train
 from din_cli.ml.device import cuda_available
 from din_cli.protocol import contribution as C
 
@@ -27,20 +28,6 @@ ENGINES = [
     "torch-cpu",
     pytest.param("cuda", marks=pytest.mark.skipif(not cuda_available(), reason=NO_GPU)),
 ]
-ARCH = "mlp:20-300-7"  # 8407 weights, several tensors
-
-
-def _update(path, seed, samples, *, scale=0.3, arch=ARCH, kind="update", tweak=None):
-    rng = np.random.default_rng(seed)
-    w = {
-        k: (rng.standard_normal(s) * scale).astype(np.float32)
-        for k, s in zoo.param_shapes(arch).items()
-    }
-    if tweak:
-        tweak(w)
-    meta = tensorfile.make_metadata(arch=arch, kind=kind, samples=samples, round=1, task="t")
-    tensorfile.write(path, w, meta)
-    return path
 
 
 def _bytes(paths, device, **kw) -> bytes:
@@ -118,8 +105,6 @@ def test_aggregates_of_aggregates_and_non_canonical_inputs_match(tmp_path, updat
     g1.write_bytes(_same(updates[:3], engine))
     g2.write_bytes(_same(updates[3:], engine))
     _same([g1, g2], engine)
-    from test_ml_aggregate import _non_canonical_copy
-
     odd = _non_canonical_copy(updates[0], tmp_path / "odd.safetensors")
     _same([odd] + updates[1:], engine, weights=[1, 2, 3, 4, 5, 6, 7])
 
