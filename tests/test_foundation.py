@@ -47,29 +47,34 @@ def _imported_modules(*args: str, full: bool = False) -> set[str]:
     return mods
 
 
-def test_single_steps_import_only_what_they_use(tmp_path):
+def test_din_train_imports_no_dynamo_and_no_chain(tmp_path):
     """Scripts and CI call one step at a time, so each pays its own start-up: `din train` must
-    not pull in torch._dynamo (torch.optim's construction did, ~1 s), nor the chain stack;
-    `din aggregate` of small updates neither numba (its code generator costs ~1.2 s, more than
-    numpy's kernels take below NUMBA_MIN_BYTES) nor torch nor the chain stack."""
-    import numpy as np
-
-    from din_cli.ml import data, models, tensorfile
+    not pull in torch._dynamo (torch.optim's construction did, ~1 s), nor the chain stack."""
+    pytest.importorskip("torch", reason="din train needs torch")
+    from din_cli.ml import data, models
 
     os.chdir(tmp_path)
     models.init_model("logreg:64-10", "g.safetensors")
     ds = data.load_dataset("digits")
     data.save_store("s.npz", ds.x[:74], ds.y[:74])
-    mods = _imported_modules(
-        "train", "--model", "g.safetensors", "--data", "s.npz", "-o", "u.safetensors", full=True
-    )
+    args = ("train", "--model", "g.safetensors", "--data", "s.npz", "-o", "u.safetensors")
+    mods = _imported_modules(*args, full=True)
     assert "torch" in mods and not [m for m in mods if m.startswith("torch._dynamo")]
     tops = {m.split(".")[0] for m in mods}
     assert not tops & {"web3", "eth_tester", "eth", "numba", "sklearn", "ipfshttpclient"}, tops
-    shapes = {n: w.shape for n, w in models.read_model("g.safetensors").weights.items()}
+
+
+def test_a_small_din_aggregate_imports_neither_numba_nor_torch(tmp_path):
+    """`din aggregate` of small updates: numpy's kernels (numba's code generator costs ~1.2 s,
+    more than numpy takes below NUMBA_MIN_BYTES), no torch, no chain stack."""
+    import numpy as np
+
+    from din_cli.ml import tensorfile, zoo
+
+    os.chdir(tmp_path)
     paths = []
     for k in range(3):
-        w = {n: np.full(shape, k / 10, np.float32) for n, shape in shapes.items()}
+        w = {n: np.full(s, k / 10, np.float32) for n, s in zoo.param_shapes("logreg:64-10").items()}
         meta = tensorfile.make_metadata(arch="logreg:64-10", kind="update", samples=k + 1, round=1)
         tensorfile.write(f"u{k}.safetensors", w, meta)
         paths.append(f"u{k}.safetensors")
