@@ -245,6 +245,30 @@ def test_training_reports_its_device_and_repeats_on_the_cpu(tmp_path, digits):
     assert (tmp_path / "0.safetensors").read_bytes() == (tmp_path / "1.safetensors").read_bytes()
 
 
+def test_cuda_determinism_settings_are_restored_and_import_no_compiler():
+    """The settings deterministic("cuda") makes hold inside and are restored after, and making
+    them imports neither torch._dynamo nor torch._inductor (torch.use_deterministic_algorithms
+    did: ~4.7 s of start-up on a GPU machine). Settable without a GPU."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from din_cli.ml import train\n"
+        "before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)\n"
+        "with train.deterministic('cuda'):\n"
+        "    assert torch.are_deterministic_algorithms_enabled()\n"
+        "    assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
+        "    assert torch.backends.cudnn.deterministic and not torch.backends.cuda.matmul.allow_tf32\n"
+        "assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before\n"
+        "assert not torch.is_deterministic_algorithms_warn_only_enabled()\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('torch._dynamo', 'torch._inductor'))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+
+
 @pytest.mark.skipif(not cuda_available(), reason=NO_GPU)
 @pytest.mark.parametrize("arch", ["mlp:64-128-10", "cnn:1x8x8-10"])
 def test_cuda_training_is_deterministic_and_restores_torch_settings(tmp_path, digits, arch):

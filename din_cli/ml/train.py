@@ -46,13 +46,19 @@ def deterministic(dev: str):
     # cuBLAS reproducibility needs a fixed workspace, set before its first handle is made
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     saved = (
-        torch.are_deterministic_algorithms_enabled(),
+        (
+            torch._C._get_deterministic_algorithms(),
+            torch._C._get_deterministic_algorithms_warn_only(),
+        ),
         torch.backends.cudnn.deterministic,
         torch.backends.cudnn.benchmark,
         torch.backends.cuda.matmul.allow_tf32,
         torch.backends.cudnn.allow_tf32,
     )
-    torch.use_deterministic_algorithms(True, warn_only=True)  # an op without one warns: see train
+    # torch.use_deterministic_algorithms also sets torch._inductor's config, and importing that
+    # pulls in torch._dynamo (~4.7 s on a GPU machine's first call); din compiles nothing, so
+    # it sets the flag itself. warn_only: an op without a deterministic kernel warns (see train).
+    torch._C._set_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -60,7 +66,7 @@ def deterministic(dev: str):
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(saved[0])
+        torch._C._set_deterministic_algorithms(saved[0][0], warn_only=saved[0][1])
         (
             _,
             torch.backends.cudnn.deterministic,
