@@ -51,6 +51,7 @@ COMMANDS: dict[str, object] = {
     "rewards": "din_cli.cli.rewards:rewards",
     "verify": "din_cli.cli.verify:verify",
     "privacy": "din_cli.cli.privacy:privacy_group",
+    "node": "din_cli.cli.node:node_group",
 }
 
 
