@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: all install test lint docs contracts contracts-check demo services services-stop clean
+.PHONY: all install test lint docs contracts contracts-check demo demo-steps services services-stop clean
 
 all: test lint
 
@@ -40,8 +40,12 @@ contracts: node_modules/.installed
 contracts-check: node_modules/.installed
 	node scripts/build_contracts.mjs --check
 
-## a whole DIN run on the embedded defaults
+## a whole DIN run on the embedded defaults: one node per actor
 demo: $(VENV_STAMP)
+	PATH="$(CURDIR)/.venv/bin:$$PATH" bash examples/nodes.sh
+
+## the same task driven one command at a time from one shell
+demo-steps: $(VENV_STAMP)
 	PATH="$(CURDIR)/.venv/bin:$$PATH" bash examples/round.sh
 
 ## start anvil and a js-ipfs daemon on 127.0.0.1 (PIDs in .ci/state); prints the env to export

@@ -1,4 +1,5 @@
-"""`make demo`: examples/round.sh runs a whole task and its outcome holds when checked again here.
+"""`make demo` (examples/nodes.sh: one node per actor) and `make demo-steps` (examples/round.sh: one
+command at a time) run a whole task, and its outcome holds when checked again here.
 
 The demo takes minutes, so it runs when asked (DIN_RUN_DEMO=1) and in CI
 (DIN_REQUIRE_INTEGRATION=1), on the embedded chain and, in CI, on anvil with
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "examples" / "round.sh"
+NODES = REPO / "examples" / "nodes.sh"
+STEPS = REPO / "examples" / "round.sh"
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +29,7 @@ def _wanted():
         pytest.skip("the demo takes minutes: set DIN_RUN_DEMO=1 (CI sets DIN_REQUIRE_INTEGRATION)")
 
 
-def run_demo(tmp_path: Path, **env) -> tuple[Path, subprocess.CompletedProcess]:
+def run_demo(tmp_path: Path, script: Path, **env) -> tuple[Path, subprocess.CompletedProcess]:
     work = tmp_path / "demo"
     bindir = Path(sys.executable).parent
     full = {
@@ -37,9 +39,9 @@ def run_demo(tmp_path: Path, **env) -> tuple[Path, subprocess.CompletedProcess]:
         **env,
     }
     proc = subprocess.run(
-        ["bash", str(SCRIPT)], env=full, capture_output=True, text=True, timeout=1800
+        ["bash", str(script)], env=full, capture_output=True, text=True, timeout=1800
     )
-    assert proc.returncode == 0, f"round.sh failed ({proc.returncode}):\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, f"{script.name} failed ({proc.returncode}):\n{proc.stderr[-5000:]}"
     return work, proc
 
 
@@ -78,16 +80,19 @@ def check_outcome(work: Path, env: dict) -> None:
     assert len(checks) == 6 and all("\tok\t" in c for c in checks)
 
 
-def test_demo_on_the_embedded_defaults(tmp_path):
+def test_demo_on_nodes_on_the_embedded_defaults(tmp_path):
     _wanted()
-    work, proc = run_demo(tmp_path)
+    work, proc = run_demo(tmp_path, NODES)
     assert "all checks passed" in proc.stderr
     assert "payout" in proc.stdout and "slashed for" in proc.stdout
     check_outcome(work, {})
+    # the owner, 6 participants and 3 honest validators each ran a node to the end
+    status = json.loads(din(work, "node", "status", "--json"))
+    assert sorted(s["state"] for s in status) == ["finished"] * 10
 
 
 @pytest.mark.integration
-def test_demo_on_anvil_and_an_ipfs_daemon(tmp_path, anvil_url, ipfs_api):
+def test_demo_steps_on_anvil_and_an_ipfs_daemon(tmp_path, anvil_url, ipfs_api):
     env = {"DIN_CHAIN": anvil_url, "DIN_IPFS": ipfs_api}
-    work, _ = run_demo(tmp_path, **env)
+    work, _ = run_demo(tmp_path, STEPS, **env)
     check_outcome(work, env)
