@@ -76,6 +76,18 @@ def node_group():
     metavar="N",
     help="Owner: with --min-participants, also wait for N validators.",
 )
+@click.option(
+    "--commit-genesis",
+    is_flag=True,
+    help="Validators, to play an adversary in experiments: commit the task's genesis model as the aggregate every round (outvoted and slashed).",
+)
+@click.option(
+    "--set-score",
+    "set_scores",
+    multiple=True,
+    metavar="ADDRESS=BPS",
+    help="Validators, to play an adversary in experiments: commit BPS for ADDRESS instead of its computed score (repeatable).",
+)
 @click.option("--epochs", default=1, show_default=True, type=click.IntRange(1, None))
 @click.option("--lr", default=0.1, show_default=True, type=float, help="SGD learning rate.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, None))
@@ -129,6 +141,8 @@ def node_run(
     stake,
     min_participants,
     min_validators,
+    commit_genesis,
+    set_scores,
     epochs,
     lr,
     batch_size,
@@ -154,16 +168,24 @@ def node_run(
     \b
     Example:
         din node run --task 1 --owner dev1 --test-set stores/test.npz --min-participants 3 &
-        din node run --task 1 --participant dev2=stores/participant-00.npz &
+        din node run --task 1 --participant dev2=stores/participant-01.npz &
         din node run --task 1 --validator dev8 --validator dev9 --stake 100 &
         wait
     """
-    from din_cli.errors import ExitCode
+    from din_cli.errors import ExitCode, UsageError
     from din_cli.protocol import node as nodes
 
     planned = _plan(owner, test_set, participants, validators)
+    if (commit_genesis or set_scores) and not validators:
+        raise UsageError(
+            "--commit-genesis and --set-score are validators' options",
+            "add --validator NAME, or drop them",
+        )
     if planned is None:
-        raise click.UsageError("give at least one identity: --owner, --participant or --validator")
+        raise UsageError(
+            "give at least one identity",
+            "add --owner NAME --test-set STORE, --participant NAME=STORE or --validator NAME",
+        )
     from din_cli.chain import network
     from din_cli.cli.options import unlock
     from din_cli.protocol.context import open_context
@@ -203,6 +225,8 @@ def node_run(
                 min_validators=min_validators,
                 audit=audit,
                 device=device,
+                commit_genesis=commit_genesis,
+                set_scores=_parse_scores(set_scores),
                 poll=poll,
                 max_backoff=max_backoff,
                 forever=forever,
@@ -243,7 +267,7 @@ def _plan(owner, test_set, participants, validators) -> list[tuple[str, str, obj
         if not sep or not key or not store:
             raise UsageError(
                 f"--participant {spec!r} is not NAME=STORE",
-                "give the key and its data store, e.g. --participant dev2=stores/participant-00.npz",
+                "give the key and its data store, e.g. --participant dev2=stores/participant-01.npz",
             )
         if ("participant", key) in seen:
             raise UsageError(f"--participant {key} is given twice", "give each key once")
@@ -261,6 +285,21 @@ def _plan(owner, test_set, participants, validators) -> list[tuple[str, str, obj
     for _, key, _ in planned:
         ks.show(ks.default_name(key))  # NotFoundError for an unknown key, before any password
     return planned or None
+
+
+def _parse_scores(pairs) -> dict[str, int]:
+    """--set-score ADDRESS=BPS pairs as {address: bps}."""
+    from din_cli.errors import UsageError
+
+    out = {}
+    for pair in pairs:
+        who, sep, bps = pair.partition("=")
+        if not sep or not bps.strip().isdigit() or int(bps) > 10_000:
+            raise UsageError(
+                f"--set-score {pair!r} is not ADDRESS=BPS", "e.g. --set-score 0xAbC...=10000"
+            )
+        out[who.strip()] = int(bps)
+    return out
 
 
 def _safe(name: str) -> str:

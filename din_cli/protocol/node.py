@@ -16,7 +16,9 @@ Roles:
 - **validator**: stakes up to a target and registers, aggregates, commits and
   reveals, attests, audits every accepted subgroup aggregate and files a
   dispute when one does not recompute, draws, votes on and resolves disputes,
-  scores, settles when no owner of the task is in this process, claims.
+  scores, settles when no owner of the task is in this process, claims. For
+  experiments a validator node can cheat as the demo's dishonest validator
+  does (``commit_genesis``, ``set_scores``).
 
 A node keeps nothing it cannot rebuild. Whether a step is done is read from
 the chain (its events), and the commit records under ``$DIN_HOME/commits``
@@ -94,6 +96,10 @@ class NodeConfig:
     min_validators: int = 1  # ... and this many validators registered
     audit: bool = True  # validators: recompute accepted aggregates, dispute wrong ones
     device: str = "auto"
+    commit_genesis: bool = (
+        False  # adversary (experiments): commit the genesis model as the aggregate
+    )
+    set_scores: dict = field(default_factory=dict)  # adversary (experiments): address -> bps
     poll: float = 1.0
     max_backoff: float = 30.0
     give_up: int = 8
@@ -207,12 +213,23 @@ class Node:
                 if (task_id, ident.address, ident.role) in self.finished:
                     continue
                 info = ident.ctx.din.task_info(task_id)
+                if self._seen.get(task_id, {}).get("round") != info.round:
+                    self._forget(task_id, info.round)
                 self._seen[task_id] = {"phase": info.phase, "round": info.round}
                 if self._advance_if_expired(ident, task_id, info):
                     return True
                 if self._act(ident, task_id, info):
                     return True
         return False
+
+    def _forget(self, task_id: int, round_: int) -> None:
+        """Drop what was said and retried in ``task_id``'s earlier rounds: memory stays flat over rounds."""
+
+        def old(key) -> bool:  # a step's key: (task, address, step, round, phase)
+            return len(key) == 5 and key[0] == task_id and key[3] < round_
+
+        self._said = {said for said in self._said if not old(said[0])}
+        self._retries = {k: r for k, r in self._retries.items() if not old(k)}
 
     def _advance_if_expired(self, ident: Identity, task_id: int, info) -> bool:
         if info.phase in TERMINAL or info.deadline == NO_DEADLINE:
@@ -448,6 +465,7 @@ class Node:
     def _validator(self, ident: Identity, task_id: int, info) -> bool:
         from din_cli.ml.device import resolve
         from din_cli.protocol import evaluation, rewards, roundflow
+        from din_cli.protocol.cids import to_text
 
         ctx, phase, cfg = ident.ctx, info.phase, self.config
         if phase in TERMINAL:
@@ -480,7 +498,12 @@ class Node:
                 task_id,
                 info,
                 "aggregate-commit",
-                lambda: roundflow.aggregate_commit(ctx, task_id, device=cfg.device),
+                lambda: roundflow.aggregate_commit(
+                    ctx,
+                    task_id,
+                    cid=to_text(info.genesis_cid) if cfg.commit_genesis else None,
+                    device=cfg.device,
+                ),
                 lambda x: f"committed subgroup {x['group']}'s aggregate {x['cid']}",
             )
         if phase == "aggregation-reveal" and state["commit_round"] >= r > state["reveal_round"]:
@@ -515,7 +538,9 @@ class Node:
                 task_id,
                 info,
                 "score-commit",
-                lambda: evaluation.evaluate_commit(ctx, task_id, device=resolve(cfg.device)),
+                lambda: evaluation.evaluate_commit(
+                    ctx, task_id, overrides=cfg.set_scores or None, device=resolve(cfg.device)
+                ),
                 lambda x: (
                     f"rejected the test set: {x['rejected']}"
                     if x.get("rejected")
