@@ -260,6 +260,12 @@ BAD = [
     (("--validator", "dev5", "--validator", "dev5"), ExitCode.USAGE, "given twice"),
     (("--validator", "nobody"), ExitCode.NOT_FOUND, "nobody"),
     (("--validator", "dev5", "--task", "9"), ExitCode.NOT_FOUND, "task 9 does not exist"),
+    (
+        ("--participant", "dev2=stores/test.npz", "--commit-genesis"),
+        ExitCode.USAGE,
+        "validators' options",
+    ),
+    (("--validator", "dev5", "--set-score", "0xabc=20000"), ExitCode.USAGE, "is not ADDRESS=BPS"),
 ]
 
 
@@ -348,3 +354,45 @@ def test_a_node_retries_while_its_chain_is_down_and_carries_on(run_din, tmp_path
         if p is not None and p.poll() is None:
             p.kill()
         anvil("stop")
+
+
+def test_a_straggler_does_not_block_the_round_nodes_advance_past_the_deadline(run_din, tmp_path):
+    """dev3 joins and never trains. Nobody else sends a transaction while the training phase
+    waits for it, so only the nodes' clock can see the deadline pass: they advance the task,
+    and it settles with dev3 paid nothing."""
+    for args in (
+        ("init", "--dev-accounts", "8", "-q"),
+        ("data", "split", "--dataset", "digits", "--participants", "2", "--seed", "1",
+         "--out", "stores"),
+        ("model", "init", "--arch", "logreg:64-10", "--seed", "0", "-o", "genesis.safetensors"),
+    ):  # fmt: skip
+        run_din(*args, check=True)
+    task = run_din(
+        "model", "publish", "genesis.safetensors", "--test-set", "stores/test.npz",
+        "--deposit", "100", "--subgroup-size", "2", "--validators-per-subgroup", "1",
+        "--rounds", "1", "--phase-seconds", "40", "--key", "dev1", "-q", check=True,
+    ).stdout.decode().strip()  # fmt: skip
+    run_din("participant", "join", task, "--key", "dev3", "-q", check=True)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    args = {
+        "owner": ["--owner", "dev1", "--test-set", "stores/test.npz", "--min-participants", "2"],
+        "parts": ["--name", "parts", "--participant", "dev2=stores/participant-01.npz"],
+        "vals": ["--name", "vals", "--validator", "dev5", "--stake", "100"],
+    }
+    procs = {n: _start(task, n, a, logs) for n, a in args.items()}
+    codes = _wait_all(procs, 600)
+    assert codes == {"owner": 0, "parts": 0, "vals": 0}, {
+        n: (logs / f"{n}.err").read_text() for n in procs
+    }
+    advanced = [
+        e
+        for n in procs
+        for e in _events(logs, n)
+        if e["event"] == "action" and e["step"] == "advance"
+    ]
+    assert advanced and advanced[0]["phase"] == "training", advanced
+    doc = _rewards(run_din, task)
+    paid = {p["address"]: p["claimed"] for p in doc["participants"]}
+    keys = dict(line.split("\t") for line in run_din("keys", "list").stdout.decode().splitlines())
+    assert doc["phase"] == "settled" and paid[keys["dev3"]] == 0 and paid[keys["dev2"]] > 0, doc

@@ -1243,9 +1243,9 @@ class Din:
             for e in self._logs("ScoresRevealed", taskId=int(task_id))
         }
 
-    def events(self, task_id: int, name: str) -> list:
-        """Raw decoded ``name`` events of ``task_id`` (for status views)."""
-        return self._logs(name, taskId=int(task_id))
+    def events(self, task_id: int, name: str, **filters) -> list:
+        """Raw decoded ``name`` events of ``task_id`` (for status views); ``filters`` match indexed arguments."""
+        return self._logs(name, taskId=int(task_id), **filters)
 
 
 def _discard():

@@ -67,6 +67,7 @@ ROLES = ("owner", "participant", "validator")
 TERMINAL = ("settled", "abandoned")
 TRAINING_PHASES = ("training", "aggregation-commit", "aggregation-reveal", "global-model")
 NO_DEADLINE = 2**64 - 1
+ADVANCE_EVERY = 5.0  # seconds between two advance transactions for one task
 
 
 @dataclass
@@ -131,6 +132,8 @@ class Node:
     _retries: dict = field(default_factory=dict)
     _said: set = field(default_factory=set)
     _audited: set = field(default_factory=set)
+    _advanced: dict = field(default_factory=dict)  # task -> monotonic time of the last advance sent
+    _audited_rounds: set = field(default_factory=set)
     _refused: set = field(default_factory=set)
     _seen: dict = field(default_factory=dict)
     _last_action: dict | None = None
@@ -232,10 +235,16 @@ class Node:
         self._retries = {k: r for k, r in self._retries.items() if not old(k)}
 
     def _advance_if_expired(self, ident: Identity, task_id: int, info) -> bool:
+        """Send ``advance`` once a deadline passed. The latest block's time stands still while
+        nobody sends a transaction (a dev chain mines only on demand), so the wall clock counts
+        too; one try per task every ADVANCE_EVERY seconds, whatever came of the last."""
         if info.phase in TERMINAL or info.deadline == NO_DEADLINE:
             return False
-        if ident.ctx.chain.now() < info.deadline:
+        if max(ident.ctx.chain.now(), int(time.time())) < info.deadline:
             return False
+        if time.monotonic() - self._advanced.get(task_id, -ADVANCE_EVERY) < ADVANCE_EVERY:
+            return False
+        self._advanced[task_id] = time.monotonic()
         from din_cli.protocol import roundflow
 
         return self._attempt(
@@ -613,9 +622,15 @@ class Node:
         discarded = set(d.discarded_rounds(task_id))
         open_ = [o for o in d.disputes_of(task_id) if o["state"] in disputes.OPEN]
         for r in range(1, last + 1):
-            if r in discarded:
+            if r in discarded or (task_id, ident.address, r) in self._audited_rounds:
                 continue
-            for group in sorted(d.accepted_aggregates(task_id, r)):
+            groups = sorted(d.accepted_aggregates(task_id, r))
+            if r < info.round and all(
+                (task_id, ident.address, r, g) in self._audited for g in groups
+            ):
+                self._audited_rounds.add((task_id, ident.address, r))  # final: not read again
+                continue
+            for group in groups:
                 mark = (task_id, ident.address, r, group)
                 if mark in self._audited:
                     continue

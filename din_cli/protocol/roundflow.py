@@ -51,7 +51,8 @@ def require_phase(ctx, task_id: int, *phases: str):
 
 
 def _events_of(ctx, task_id: int, name: str, key: str, address: str) -> list:
-    return [e for e in ctx.din.events(task_id, name) if e["args"][key] == address]
+    """``name`` events of ``task_id`` whose indexed ``key`` is ``address`` (filtered by the node)."""
+    return ctx.din.events(task_id, name, **{key: address})
 
 
 def _member(ctx, task_id: int, address: str) -> dict:
