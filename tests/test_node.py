@@ -265,7 +265,11 @@ BAD = [
         ExitCode.USAGE,
         "validators' options",
     ),
-    (("--validator", "dev5", "--set-score", "0xabc=20000"), ExitCode.USAGE, "is not ADDRESS=BPS"),
+    (
+        ("--validator", "dev5", "--set-score", "0xabc=20000"),
+        ExitCode.USAGE,
+        "is not ADDRESS=BPS (0 to 10000)",
+    ),
 ]
 
 

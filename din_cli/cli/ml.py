@@ -13,6 +13,7 @@ from din_cli.cli.options import (
     json_option,
     key_option,
     output_option,
+    parse_scores,
     quiet_option,
     require_one_step,
     round_option,
@@ -632,7 +633,7 @@ def _evaluate_on_task(
         tid = roundflow.task_number(task)
         if commit:
             doc = evaluation.evaluate_commit(
-                ctx, tid, overrides=_parse_overrides(overrides), metric=metric, device=device
+                ctx, tid, overrides=parse_scores(overrides), metric=metric, device=device
             )
         else:
             doc = evaluation.evaluate_reveal(ctx, tid)
@@ -642,18 +643,3 @@ def _evaluate_on_task(
         return
     lines = (f"{a}\t{s}" for a, s in zip(doc["participants"], doc["scores"], strict=True))
     out.emit_doc(doc, as_json, *lines)
-
-
-def _parse_overrides(pairs) -> dict[str, int]:
-    """--set-score ADDRESS=BPS pairs as {address: bps}."""
-    from din_cli.errors import UsageError
-
-    overrides = {}
-    for pair in pairs or ():
-        who, sep, bps = pair.partition("=")
-        if not sep or not bps.strip().isdigit():
-            raise UsageError(
-                f"--set-score {pair!r} is not ADDRESS=BPS", "e.g. --set-score 0xAbC...=10000"
-            )
-        overrides[who.strip()] = int(bps)
-    return overrides

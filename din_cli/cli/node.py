@@ -9,7 +9,13 @@ import time
 import click
 
 from din_cli.cli import output
-from din_cli.cli.options import chain_option, ipfs_option, json_option, quiet_option
+from din_cli.cli.options import (
+    chain_option,
+    ipfs_option,
+    json_option,
+    parse_scores,
+    quiet_option,
+)
 
 
 @click.group("node")
@@ -226,7 +232,7 @@ def node_run(
                 audit=audit,
                 device=device,
                 commit_genesis=commit_genesis,
-                set_scores=_parse_scores(set_scores),
+                set_scores=parse_scores(set_scores),
                 poll=poll,
                 max_backoff=max_backoff,
                 forever=forever,
@@ -285,21 +291,6 @@ def _plan(owner, test_set, participants, validators) -> list[tuple[str, str, obj
     for _, key, _ in planned:
         ks.show(ks.default_name(key))  # NotFoundError for an unknown key, before any password
     return planned or None
-
-
-def _parse_scores(pairs) -> dict[str, int]:
-    """--set-score ADDRESS=BPS pairs as {address: bps}."""
-    from din_cli.errors import UsageError
-
-    out = {}
-    for pair in pairs:
-        who, sep, bps = pair.partition("=")
-        if not sep or not bps.strip().isdigit() or int(bps) > 10_000:
-            raise UsageError(
-                f"--set-score {pair!r} is not ADDRESS=BPS", "e.g. --set-score 0xAbC...=10000"
-            )
-        out[who.strip()] = int(bps)
-    return out
 
 
 def _safe(name: str) -> str:

@@ -179,6 +179,22 @@ def require_one_step(commit: bool, reveal: bool, commit_only: dict[str, object])
 # ---------------------------------------------------------------- from option values to library objects
 
 
+def parse_scores(pairs) -> dict[str, int]:
+    """``--set-score ADDRESS=BPS`` pairs as ``{address: bps}`` (0..10000 basis points)."""
+    from din_cli.errors import UsageError
+
+    scores = {}
+    for pair in pairs or ():
+        who, sep, bps = pair.partition("=")
+        if not sep or not bps.strip().isdigit() or int(bps) > 10_000:
+            raise UsageError(
+                f"--set-score {pair!r} is not ADDRESS=BPS (0 to 10000)",
+                "e.g. --set-score 0xAbC...=10000",
+            )
+        scores[who.strip()] = int(bps)
+    return scores
+
+
 def read_password(prompt: str = "Password", *, confirm: bool = False) -> str:
     """A password from the file named by ``DIN_PASSWORD_FILE``, else a hidden prompt.
 

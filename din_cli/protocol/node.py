@@ -339,6 +339,13 @@ class Node:
 
     # ------------------------------------------------------------------ roles
 
+    def _sit_out(self, ident: Identity, task_id: int, info, step: str, what: str) -> bool:
+        """The task started without this identity: say so once; it is done with the task."""
+        message = f"task {task_id} started before {ident.name} {what}"
+        self._say_once((task_id, ident.address, step), "wait", ident, task_id, info, step, message)
+        self.finished.add((task_id, ident.address, ident.role))
+        return False
+
     def _claim(self, ident: Identity, task_id: int, info) -> bool:
         from din_cli.chain.network import format_amount
         from din_cli.protocol import rewards
@@ -439,17 +446,7 @@ class Node:
                 lambda r: f"joined as participant {r['index']}",
             )
         if not member["index1"]:
-            self._say_once(
-                (task_id, ident.address, "join"),
-                "wait",
-                ident,
-                task_id,
-                info,
-                "join",
-                f"task {task_id} started before {ident.name} joined; nothing to do in it",
-            )
-            self.finished.add((task_id, ident.address, ident.role))
-            return False
+            return self._sit_out(ident, task_id, info, "join", "joined; nothing to do in it")
         if phase != "training" or member["last_round"] >= info.round:
             return False
         return self._attempt(
@@ -483,17 +480,9 @@ class Node:
         if phase == "joining":
             return self._register(ident, task_id, info, state)
         if not state["index1"]:
-            self._say_once(
-                (task_id, ident.address, "register"),
-                "wait",
-                ident,
-                task_id,
-                info,
-                "register",
-                f"task {task_id} started before {ident.name} registered; nothing to do until it settles",
+            return self._sit_out(
+                ident, task_id, info, "register", "registered; nothing to do in it"
             )
-            self.finished.add((task_id, ident.address, ident.role))
-            return False
         if self._disputes(ident, task_id, info):
             return True
         if state["removed"]:
