@@ -289,10 +289,12 @@ class Node:
             r.at = time.monotonic() + delay
             self._last_error = e.one_line()
             if isinstance(e, TransactionReverted) and r.failures >= self.config.give_up:
-                raise NodeStopped(
+                stopped = NodeStopped(
                     f"{ident.role} {ident.name}: {step} for task {task_id} failed {r.failures} times: {e.one_line()}",
                     "fix the cause and start the node again; it resumes where it stopped",
-                ) from None
+                )
+                stopped.exit_code = e.exit_code  # the step's own code (5: reverted)
+                raise stopped from None
             self._event(
                 "retry",
                 task=task_id,
