@@ -400,3 +400,25 @@ def test_a_straggler_does_not_block_the_round_nodes_advance_past_the_deadline(ru
     paid = {p["address"]: p["claimed"] for p in doc["participants"]}
     keys = dict(line.split("\t") for line in run_din("keys", "list").stdout.decode().splitlines())
     assert doc["phase"] == "settled" and paid[keys["dev3"]] == 0 and paid[keys["dev2"]] > 0, doc
+
+
+def test_a_step_that_keeps_reverting_stops_the_node_with_its_error(run_din, tmp_path):
+    """dev5 cannot afford the stake it is told to keep: each try reverts; after 8 the node stops
+    with the contract's reason on one line and exit 5, having backed off between tries."""
+    task = _task(run_din, rounds=1)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    p = _start(task, "vals", ["--name", "vals", "--validator", "dev5", "--stake", "1000000000",
+                              "--max-backoff", "0.4"], logs)  # fmt: skip
+    assert p.wait(timeout=120) == ExitCode.TX_REVERTED
+    events = _events(logs, "vals")
+    retries = [e for e in events if e["event"] == "retry"]
+    assert len(retries) == 7 and all(e["step"] == "stake" for e in retries)
+    assert [e["delay"] for e in retries] == [0.4] * 7  # --poll 0.2 doubled, capped at 0.4
+    assert events[-1]["event"] == "failed" and "stake for task" in events[-1]["error"]
+    err = (logs / "vals.err").read_text().strip().splitlines()
+    assert err[-1].startswith("din: error: validator dev5: stake for task") and "8 times" in err[-1]
+    assert (
+        json.loads(run_din("node", "status", "vals", "--json", check=True).stdout)[0]["state"]
+        == "failed"
+    )
