@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from din_cli.chain import assignment, settlement
-from din_cli.errors import AlreadyDone, InputError, NotFoundError, UsageError
+from din_cli.errors import AlreadyDone, InputError, NotFoundError, TransactionReverted, UsageError
 from din_cli.ml.evaluate import METRICS  # a task's metric is its index here (TaskParams.metric)
 from din_cli.protocol.contribution import EXACT_MAX
 
@@ -1008,11 +1008,18 @@ class Din:
 
     def task_info(self, task_id: int) -> TaskInfo:
         """Configuration and live state of ``task_id`` (NotFoundError if there is none)."""
-        if not 1 <= int(task_id) <= self.task_count():
-            raise NotFoundError(f"task {task_id} does not exist", "list tasks with `din task list`")
+        missing = NotFoundError(f"task {task_id} does not exist", "list tasks with `din task list`")
+        if not 1 <= int(task_id) < 2**256:
+            raise missing
         from din_cli.ml import privacy
 
-        r = decode_struct(task_layout(), self._call(self.tasks.functions.taskWords(int(task_id))))
+        try:  # one call: taskWords reverts for an id no task has (no taskCount round trip)
+            words = self._call(self.tasks.functions.taskWords(int(task_id)))
+        except TransactionReverted as e:
+            if "no such task" in e.reason:
+                raise missing from None
+            raise
+        r = decode_struct(task_layout(), words)
         created = self._logs("TaskCreated", taskId=int(task_id))
         aggregation, aggregation_param = decode_rule(r["rule"], r["ruleParam"])
         return TaskInfo(

@@ -68,6 +68,7 @@ TERMINAL = ("settled", "abandoned")
 TRAINING_PHASES = ("training", "aggregation-commit", "aggregation-reveal", "global-model")
 NO_DEADLINE = 2**64 - 1
 ADVANCE_EVERY = 5.0  # seconds between two advance transactions for one task
+FULL_EVERY = 10  # polls between two full passes when the chain's head does not move
 
 
 @dataclass
@@ -136,6 +137,8 @@ class Node:
     _audited_rounds: set = field(default_factory=set)
     _refused: set = field(default_factory=set)
     _seen: dict = field(default_factory=dict)
+    _last_head: int | None = None
+    _full_at: float = 0.0
     _last_action: dict | None = None
     _last_error: str | None = None
     _started: float = field(default_factory=time.time)
@@ -210,7 +213,16 @@ class Node:
     # ------------------------------------------------------------------ one tick
 
     def tick(self) -> bool:
-        """One pass over every task and identity; True when some step acted (the state moved)."""
+        """One pass over every task and identity; True when some step acted (the state moved).
+
+        Nothing the node acts on changes without a new block, a deadline or a retry coming due,
+        so a tick that finds none of them since the last full pass only reads the head (and a
+        full pass runs at least every FULL_EVERY polls all the same).
+        """
+        if self._idle():
+            return False
+        self._last_head = self.identities[0].ctx.chain.head()
+        self._full_at = time.monotonic() + FULL_EVERY * self.config.poll
         for task_id in self.config.tasks:
             for ident in self.identities:
                 if (task_id, ident.address, ident.role) in self.finished:
@@ -218,12 +230,27 @@ class Node:
                 info = ident.ctx.din.task_info(task_id)
                 if self._seen.get(task_id, {}).get("round") != info.round:
                     self._forget(task_id, info.round)
-                self._seen[task_id] = {"phase": info.phase, "round": info.round}
+                self._seen[task_id] = {
+                    "phase": info.phase,
+                    "round": info.round,
+                    "deadline": info.deadline,
+                }
                 if self._advance_if_expired(ident, task_id, info):
                     return True
                 if self._act(ident, task_id, info):
                     return True
         return False
+
+    def _idle(self) -> bool:
+        now = time.monotonic()
+        if self._last_head is None or now >= self._full_at:
+            return False
+        if any(r.at <= now for r in self._retries.values()):
+            return False
+        wall = time.time()
+        if any(wall >= seen.get("deadline", NO_DEADLINE) for seen in self._seen.values()):
+            return False
+        return self.identities[0].ctx.chain.head() == self._last_head
 
     def _forget(self, task_id: int, round_: int) -> None:
         """Drop what was said and retried in ``task_id``'s earlier rounds: memory stays flat over rounds."""
