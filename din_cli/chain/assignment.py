@@ -67,22 +67,34 @@ def _half_bits(n: int) -> int:
     return h
 
 
-def permute(key: bytes, index: int, n: int) -> int:
-    """Position of ``index`` in the keyed permutation of ``[0, n)``."""
+def _walk(key: bytes, index: int, n: int) -> tuple[int, int]:
+    """(position of ``index``, Feistel passes it took: 1 plus the cycle walk's re-encryptions)."""
     if not 0 <= index < n:
         raise ValueError(f"index {index} outside [0, {n})")
     h = _half_bits(n)
     mask = (1 << h) - 1
     k = _word(key)
-    x = index
+    x, passes = index, 0
     while True:
+        passes += 1
         left, right = x >> h, x & mask
         for i in range(ROUNDS):
             f = int.from_bytes(keccak(k + _word(i) + _word(right)), "big") & mask
             left, right = right, left ^ f
         x = (left << h) | right
         if x < n:
-            return x
+            return x, passes
+
+
+def permute(key: bytes, index: int, n: int) -> int:
+    """Position of ``index`` in the keyed permutation of ``[0, n)``."""
+    return _walk(key, index, n)[0]
+
+
+def feistel_passes(key: bytes, index: int, n: int) -> int:
+    """How many Feistel passes the contract's ``permute`` runs for ``index`` (its gas grows with
+    them: the number is geometric, ``4**h / n`` on average, at most a few for most indices)."""
+    return _walk(key, index, n)[1]
 
 
 def permutation(key: bytes, n: int) -> list[int]:
