@@ -233,6 +233,43 @@ def test_a_failed_writing_block_keeps_nothing(memory_chain):
     assert memory_chain.call(c.functions.count()) == 1
 
 
+def test_reads_forget_a_rolled_back_block_even_when_its_number_comes_back(memory_chain):
+    """Logs and views are kept per head block (a node rereads them every few seconds): a block a
+    failed command rolled back is forgotten, and so is a new block with the same number."""
+    me, c = deploy_probe(memory_chain)
+    memory_chain.send(me, c.functions.store(1, 10, "first"))
+    assert [e.args.note for e in memory_chain.logs(c, "Stored")] == ["first"]
+    with pytest.raises(RuntimeError), memory_chain.writing():
+        memory_chain.send(me, c.functions.store(2, 20, "rolled back"))
+        assert [e.args.note for e in memory_chain.logs(c, "Stored")] == ["first", "rolled back"]
+        assert memory_chain.call(c.functions.count()) == 2
+        gone = memory_chain.head()
+        raise RuntimeError("the command failed after its transaction")
+    # (another query than the one kept at the rolled-back block: that one is read only below)
+    assert [e.args.note for e in memory_chain.logs(c, "Stored", who=me.address)] == ["first"]
+    assert memory_chain.call(c.functions.count()) == 1
+    assert memory_chain.call(c.functions.values(2)) == 0
+    memory_chain.send(me, c.functions.store(3, 30, "kept"))
+    assert memory_chain.head() == gone  # the same number, another block
+    assert [e.args.note for e in memory_chain.logs(c, "Stored")] == ["first", "kept"]
+    assert [e.args.key for e in memory_chain.logs(c, "Stored", key=[2, 3])] == [3]
+    assert memory_chain.call(c.functions.count()) == 2
+
+
+def test_reads_see_what_another_process_wrote(din_home, tmp_path):
+    """A reader's kept logs and views take in blocks another process appended to the file."""
+    chain = connect(None)
+    me, c = deploy_probe(chain)
+    chain.send(me, c.functions.store(1, 11, "mine"))
+    assert len(chain.logs(c, "Stored")) == 1 and chain.call(c.functions.count()) == 1
+    writer = run_writer(tmp_path, c.address, 10, 13)
+    out, err = writer.communicate(timeout=120)
+    assert writer.returncode == 0, err
+    assert [e.args.key for e in chain.logs(c, "Stored")] == [1, 10, 11, 12]
+    assert chain.call(c.functions.count()) == 4
+    chain.close()
+
+
 def test_an_account_without_ether_is_told_to_fund_it(memory_chain):
     from eth_account import Account
 
@@ -400,6 +437,25 @@ def test_anvil_send_revert_logs_and_time(anvil_url):
     t0 = chain.now()
     chain.advance_time(600)
     assert chain.now() >= t0 + 600
+
+
+@pytest.mark.integration
+def test_anvil_reads_follow_evm_revert(anvil_url):
+    """Kept logs are checked against the block they were read up to: after evm_revert and a new
+    block with the same number, a read shows the new chain, not the reverted one."""
+    chain = connect(anvil_url)
+    me, c = deploy_probe(chain)
+    chain.send(me, c.functions.store(1, 10, "before"))
+    snap = chain.w3.provider.make_request("evm_snapshot", [])["result"]
+    chain.send(me, c.functions.store(2, 20, "reverted"))
+    assert [e.args.note for e in chain.logs(c, "Stored")] == ["before", "reverted"]
+    gone = chain.head()
+    assert chain.w3.provider.make_request("evm_revert", [snap])["result"] is True
+    assert [e.args.note for e in chain.logs(c, "Stored", who=me.address)] == ["before"]
+    chain.send(me, c.functions.store(3, 30, "after"))
+    assert chain.head() == gone
+    assert [e.args.note for e in chain.logs(c, "Stored")] == ["before", "after"]
+    assert chain.call(c.functions.count()) == 2
 
 
 @pytest.mark.integration

@@ -268,10 +268,16 @@ class Chain:
     url: str | None
     is_dev: bool
 
+    #: decoded logs kept per query (see ``logs``); the least recently used beyond this are dropped
+    LOG_CACHE_ENTRIES = 256
+
     def __init__(self, w3, *, url: str | None, is_dev: bool):
+        from collections import OrderedDict
+
         self.w3 = w3
         self.url = url
         self.is_dev = is_dev
+        self._log_cache: OrderedDict[tuple, tuple[int, bytes, list]] = OrderedDict()
         with self._rpc_errors():
             self.chain_id = int(w3.eth.chain_id)
 
@@ -289,6 +295,20 @@ class Chain:
     @contextlib.contextmanager
     def _rpc_errors(self) -> Iterator[None]:
         yield
+
+    def _head(self) -> tuple[int, bytes]:
+        """Number and hash of the latest block."""
+        block = self.w3.eth.get_block("latest")
+        return int(block["number"]), bytes(block["hash"])
+
+    def _block_hash(self, number: int) -> bytes | None:
+        """Hash of the canonical block ``number`` (None when the chain is shorter)."""
+        from web3.exceptions import BlockNotFound
+
+        try:
+            return bytes(self.w3.eth.get_block(int(number))["hash"])
+        except BlockNotFound:
+            return None
 
     def _fresh(self) -> None:
         """Catch up with writes other processes committed (embedded chain)."""
@@ -499,17 +519,54 @@ class Chain:
             )
         while topics and topics[-1] is None:
             topics.pop()
-        with self._rpc_errors():
-            raw = self._raw_logs(contract.address, topics, from_block, to_block)
-        out = []
-        for log in raw:
-            decoded = ev.process_log(log)
+
+        def fetch(start: int, end: int | None) -> list:
+            with self._rpc_errors():
+                raw = self._raw_logs(contract.address, topics, start, end)
+            return [AttributeDict.recursive(ev.process_log(log)) for log in raw]
+
+        if to_block is None:
+            decoded = self._cached_logs(
+                (contract.address, event, repr(topics), int(from_block)), fetch
+            )
+        else:
+            decoded = fetch(from_block, to_block)
+        return [
+            e
+            for e in decoded
             if all(
-                self._matches(decoded["args"].get(k), v, inputs[k])
-                for k, v in argument_filters.items()
-            ):
-                out.append(AttributeDict.recursive(decoded))
-        return out
+                self._matches(e["args"].get(k), v, inputs[k]) for k, v in argument_filters.items()
+            )
+        ]
+
+    def _cached_logs(self, key: tuple, fetch) -> list:
+        """The logs of one query up to the head, decoding only blocks not seen before.
+
+        Decoding is most of a read's cost (web3 decodes ~1 ms per event), and a node reads the
+        same queries every few seconds as a task's history grows. An entry remembers the block it
+        was read up to and that block's hash; a new head fetches the blocks after it, and a block
+        that is no longer canonical (anvil's evm_revert, a reorganisation, the embedded chain's
+        rolled-back write) drops the entry and reads the query again from its first block.
+        """
+        with self._rpc_errors():
+            number, head = self._head()
+        cached = self._log_cache.get(key)
+        if cached is not None and cached[1] == head:
+            self._log_cache.move_to_end(key)
+            return cached[2]
+        if cached is not None and cached[0] <= number:
+            with self._rpc_errors():
+                still = self._block_hash(cached[0]) == cached[1]
+            logs = cached[2] + fetch(cached[0] + 1, number) if still else None
+        else:
+            logs = None
+        if logs is None:
+            logs = fetch(key[3], number)
+        self._log_cache[key] = (number, head, logs)
+        self._log_cache.move_to_end(key)
+        while len(self._log_cache) > self.LOG_CACHE_ENTRIES:
+            self._log_cache.popitem(last=False)
+        return logs
 
     @staticmethod
     def _matches(actual: Any, want: Any, inp: dict) -> bool:
@@ -592,6 +649,8 @@ class EmbeddedChain(Chain):
 
         self.path = str(path)
         self.store, self.backend, w3 = open_embedded(self.path)
+        self._calls_at: bytes | None = None
+        self._calls: dict[tuple, Any] = {}
         super().__init__(w3, url="memory" if self.path == ":memory:" else None, is_dev=True)
 
     @contextlib.contextmanager
@@ -613,6 +672,45 @@ class EmbeddedChain(Chain):
         head = self.store.head_hash()
         if force or head != self.backend.chain.header.parent_hash:  # the pending block's parent
             self.backend.chain = self.store.new_chain()
+
+    def call(self, fn, *, sender: str | None = None):
+        """As ``Chain.call``, answered from memory when the same call was made at the same head.
+
+        A py-evm eth_call costs ~20 ms whatever it reads (building the VM state dominates), and a
+        node asks the same views (``taskWords``, ``roundSeed``) many times between two blocks. A
+        view's result at the latest block is fixed by that block, so the memo keys on its hash
+        and is emptied when the head moves; reverts are not kept.
+        """
+        import copy
+
+        _, head = self._head()
+        key = (fn.address, fn._encode_transaction_data(), sender)
+        if key not in self._calls:
+            if len(self._calls) >= 1024:
+                self._calls.clear()
+            self._calls[key] = super().call(fn, sender=sender)
+        return copy.deepcopy(self._calls[key])
+
+    def _head(self) -> tuple[int, bytes]:
+        self._fresh()
+        header = self.backend.chain.get_canonical_head()
+        if self._calls_at != header.hash:  # a new head: what was kept for the last one goes
+            from trie import HexaryTrie
+
+            self._calls_at, self._calls = header.hash, {}
+            # py-evm's trie keeps node encodings in a class-wide LRU cache (4096 entries) that
+            # also holds every trie object it saw; a long-running node would carry ~2 MiB of
+            # dead state roots. It only speeds up writes within one block.
+            HexaryTrie._cached_create_node_to_db_mapping.cache_clear()
+        return int(header.block_number), bytes(header.hash)
+
+    def _block_hash(self, number: int) -> bytes | None:
+        from eth.exceptions import HeaderNotFound
+
+        try:
+            return bytes(self.backend.chain.get_canonical_block_hash(int(number)))
+        except HeaderNotFound:
+            return None
 
     def _pending_nonce(self, address: str) -> int:
         return self.w3.eth.get_transaction_count(address, "latest")
