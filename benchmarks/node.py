@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--chain", default=None, help="JSON-RPC URL (default: the embedded chain)")
     ap.add_argument("--poll", type=float, default=1.0, help="the nodes' --poll")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--profile", metavar="FILE", help="run the validator under cProfile into FILE")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="din-node-bench-"))
@@ -86,8 +87,15 @@ def main() -> None:
         "validator": ["--validator", "dev8", "--stake", "100"],
     }
     logs = {n: open(work / f"{n}.log", "wb") for n in specs}
+    profiled = [sys.executable, "-m", "cProfile", "-o", str(Path(args.profile or "-").resolve())]
     procs = {
-        n: subprocess.Popen(base + a, cwd=work, env=env, stderr=logs[n], stdout=subprocess.DEVNULL)
+        n: subprocess.Popen(
+            (profiled + base[1:] if args.profile and n == "validator" else base) + a,
+            cwd=work,
+            env=env,
+            stderr=logs[n],
+            stdout=subprocess.DEVNULL,
+        )
         for n, a in specs.items()
     }
     val = procs["validator"].pid
