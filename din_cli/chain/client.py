@@ -685,11 +685,15 @@ class EmbeddedChain(Chain):
 
         _, head = self._head()
         key = (fn.address, fn._encode_transaction_data(), sender)
-        if key not in self._calls:
+        if key in self._calls:
+            return copy.deepcopy(self._calls[key])
+        result = super().call(fn, sender=sender)
+        # kept only when no other process's block came between the head read and the call
+        if self.backend.chain.get_canonical_head().hash == head:
             if len(self._calls) >= 1024:
                 self._calls.clear()
-            self._calls[key] = super().call(fn, sender=sender)
-        return copy.deepcopy(self._calls[key])
+            self._calls[key] = copy.deepcopy(result)
+        return result
 
     def _head(self) -> tuple[int, bytes]:
         self._fresh()
