@@ -86,7 +86,9 @@ def test_privatize_clips_the_distance_and_adds_noise_of_std_z_times_c(tmp_path):
     resid = np.concatenate(
         [(noised[k] - start[k] - (far[k] - start[k]) * scale).reshape(-1) for k in start]
     )
-    assert abs(resid.std() - 1.0) < 0.03 and abs(resid.mean()) < 0.03
+    # 8407 unseeded draws: the std varies by 1/sqrt(2 * 8407) = 0.0077 and the mean by 0.011; the
+    # bounds are 5 of those (0.03 on the mean was 2.7 of them, a failure in ~150 runs)
+    assert abs(resid.std() - 1.0) < 0.04 and abs(resid.mean()) < 0.055
     near = {k: v + np.float32(1e-4) for k, v in start.items()}  # within the clip: not scaled
     _write(tmp_path / "near.safetensors", near)
     assert not privacy.privatize(
@@ -144,8 +146,11 @@ def test_a_dp_task_clips_and_noises_updates_and_reports_each_participants_epsilo
     )
     got = models.read_model(w.ctx().fetch(docs[0]["cid"], tmp_path / "u0"))
     resid = np.concatenate([(got.weights[k] - start.weights[k]).reshape(-1) for k in start.weights])
-    # the clipped pull (norm <= 2) is tiny next to noise of std 3 per weight
-    assert abs(resid.std() - 3.0) < 0.15
+    # the clipped pull (norm <= 2, at most 0.08 of RMS over 650 weights) is tiny next to noise of
+    # std 3 per weight. The std of 650 unseeded draws varies by 3/sqrt(1300) = 0.083: 0.15 failed
+    # about 1 run in 15 (a CI run saw 3.22). 0.45 is 5 of those plus the pull; every wrong
+    # scale (no noise, std Z = 1.5, Z^2 C = 4.5) stays far outside it.
+    assert abs(resid.std() - 3.0) < 0.45
     rep = report.report(w.ctx(), w.task)
     by = {r["participant"]: r for r in rep["participants"]}
     assert by[p0.address]["rounds"] == [1] and by[p0.address]["epsilon"] == pytest.approx(eps1)
