@@ -87,10 +87,13 @@ def main() -> None:
         "validator": ["--validator", "dev8", "--stake", "100"],
     }
     logs = {n: open(work / f"{n}.log", "wb") for n in specs}
-    profiled = [sys.executable, "-m", "cProfile", "-o", str(Path(args.profile or "-").resolve())]
+    profiled = base
+    if args.profile:
+        profiled = [sys.executable, "-m", "cProfile", "-o", str(Path(args.profile).resolve())]
+        profiled += base[1:]
     procs = {
         n: subprocess.Popen(
-            (profiled + base[1:] if args.profile and n == "validator" else base) + a,
+            (profiled if n == "validator" else base) + a,
             cwd=work,
             env=env,
             stderr=logs[n],

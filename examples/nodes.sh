@@ -25,6 +25,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 setup_task
 mkdir -p logs
 declare -A NODE_PID STAKE_BEFORE STAKE_AFTER
+STAKE=100  # DIN each validator node stakes
 stop_nodes() {
     local pid
     for pid in "${NODE_PID[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -45,9 +46,9 @@ for p in "${PARTICIPANTS[@]}"; do
 done
 for v in "${VALIDATORS[@]}"; do
     if [ "$v" = "$DISHONEST" ]; then  # commits the stale genesis model; inflates the shuffled participant's score
-        start_node "$v" --validator "$v" --stake 100 --commit-genesis --set-score "${ADDRESS[$SHUFFLED]}=10000"
+        start_node "$v" --validator "$v" --stake "$STAKE" --commit-genesis --set-score "${ADDRESS[$SHUFFLED]}=10000"
     else
-        start_node "$v" --validator "$v" --stake 100
+        start_node "$v" --validator "$v" --stake "$STAKE"
     fi
 done
 
@@ -61,8 +62,8 @@ for name in "${!NODE_PID[@]}"; do
 done
 trap - EXIT
 say "settled: every node has claimed and stopped"
-for v in "${VALIDATORS[@]}"; do  # each node staked --stake 100; what is left after slashing, read in parallel
-    STAKE_BEFORE[$v]=100
+for v in "${VALIDATORS[@]}"; do  # each node staked $STAKE; what is left after slashing, read in parallel
+    STAKE_BEFORE[$v]=$STAKE
     din validator info --key "$v" | field stake >"logs/$v.stake" &
 done
 wait
