@@ -72,6 +72,69 @@ def unseal(private: bytes, sealed: bytes, *, info: bytes = b"") -> bytes:
         ) from None
 
 
+def seal_derived(public: bytes, plaintext: bytes, *, info: bytes, ikm: bytes) -> bytes:
+    """``seal`` with the ephemeral key pair ``DeriveKeyPair(ikm)`` (RFC 9180 sections 4.1, 5.1, 7.1.3).
+
+    The output is an ordinary HPKE message that ``unseal`` (and any RFC 9180
+    implementation) opens. It is a function of its inputs: whoever knows
+    ``ikm`` can compute it again and so check that a message was made for
+    ``public`` from ``plaintext`` (the derandomise-and-re-encrypt check of the
+    Fujisaki-Okamoto transform). ``ikm`` must be secret and used for one
+    message only; din derives it from the sealed key itself
+    (``crypto.seal``), so it reveals nothing that the plaintext does not.
+    """
+    import hashlib
+    import hmac
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    kem_suite = b"KEM" + KEM_ID.to_bytes(2, "big")
+    hpke_suite = b"HPKE" + b"".join(i.to_bytes(2, "big") for i in (KEM_ID, KDF_ID, AEAD_ID))
+
+    def extract(suite: bytes, salt: bytes, label: bytes, material: bytes) -> bytes:
+        return hmac.new(
+            salt or bytes(32), b"HPKE-v1" + suite + label + material, hashlib.sha256
+        ).digest()
+
+    def expand(suite: bytes, prk: bytes, label: bytes, context: bytes, length: int) -> bytes:
+        labeled = length.to_bytes(2, "big") + b"HPKE-v1" + suite + label + context
+        out, block, i = b"", b"", 1
+        while len(out) < length:
+            block = hmac.new(prk, block + labeled + bytes([i]), hashlib.sha256).digest()
+            out, i = out + block, i + 1
+        return out[:length]
+
+    recipient = _load_public(public)
+    ephemeral = X25519PrivateKey.from_private_bytes(
+        expand(kem_suite, extract(kem_suite, b"", b"dkp_prk", bytes(ikm)), b"sk", b"", KEY_LEN)
+    )
+    enc = _raw_public(ephemeral.public_key())
+    try:
+        dh = ephemeral.exchange(recipient)
+    except ValueError:  # an all-zero shared secret: a low-order point
+        raise InputError(
+            f"HPKE public key {bytes(public).hex()} is a low-order X25519 point: nothing sealed to it is secret",
+            "use the recipient's real HPKE public key",
+        ) from None
+    shared = expand(
+        kem_suite,
+        extract(kem_suite, b"", b"eae_prk", dh),
+        b"shared_secret",
+        enc + bytes(public),
+        32,
+    )
+    context = (
+        b"\x00"
+        + extract(hpke_suite, b"", b"psk_id_hash", b"")
+        + extract(hpke_suite, b"", b"info_hash", bytes(info))
+    )
+    secret = extract(hpke_suite, shared, b"secret", b"")
+    key = expand(hpke_suite, secret, b"key", context, 32)
+    nonce = expand(hpke_suite, secret, b"base_nonce", context, 12)
+    return enc + AESGCM(key).encrypt(nonce, bytes(plaintext), b"")
+
+
 # -- key plumbing -----------------------------------------------------------
 
 
