@@ -67,6 +67,9 @@ done
 
 say "evaluation: the owner posts the encrypted test set, validators score"
 din round wait --task "$TASK" --phase test-set --timeout 60 >/dev/null
+# sealed updates: each validator grants the keys it opened to the evaluation validators
+grant() { tolerate 7 din keys grant --task "$TASK" --key "$1" -q >/dev/null; }
+[ "$PRIVACY" = sealed ] && each grant "${VALIDATORS[@]}"
 din data encrypt stores/test.npz --key-out test.key -o test.enc -q  # AES-256-GCM under a fresh key K
 TEST_CID=$(din ipfs add test.enc)
 # sign the CID, seal K to each evaluation validator's on-chain HPKE key, post it

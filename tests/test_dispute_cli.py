@@ -49,7 +49,7 @@ def test_a_colluding_majority_is_overturned_by_a_dispute(din, chain_env):
         din(
             "model", "publish", "genesis.safetensors", "--test-set", "stores/test.npz",
             "--deposit", "100", "--subgroup-size", "2", "--validators-per-subgroup", "5",
-            "--rounds", "2", "--key", OWNER, "-q",
+            "--rounds", "2", "--privacy", "open", "--key", OWNER, "-q",
         )
     ).strip()  # fmt: skip
     addr = {k: ok(din("keys", "show", k, "--field", "address")).strip() for k in VALS + STAKERS}
@@ -185,6 +185,69 @@ def test_a_colluding_majority_is_overturned_by_a_dispute(din, chain_env):
     audit = din("verify", "--task", task)
     assert audit.exit_code == 0, audit.output
     assert f"3\tsubgroup\t0\tok\t{replayed}" in audit.stdout.splitlines()
+
+
+def test_a_colluding_majority_is_overturned_in_a_sealed_task(din, chain_env):
+    """Sealed: only the subgroup's validators read its updates, so an honest one of them files, and
+    the committee (stakers outside the task) votes once it granted them the subgroup's keys."""
+    ok(din("init", "--dev-accounts", "12", "-q"))
+    ok(din("data", "split", "--dataset", "digits", "--participants", "2", "--out", "stores"))
+    ok(din("model", "init", "--arch", "logreg:64-10", "--seed", "0", "-o", "genesis.safetensors"))
+    genesis = ok(din("ipfs", "add", "genesis.safetensors")).strip()
+    task = ok(
+        din(
+            "model", "publish", "genesis.safetensors", "--test-set", "stores/test.npz",
+            "--deposit", "100", "--subgroup-size", "2", "--validators-per-subgroup", "5",
+            "--rounds", "1", "--privacy", "sealed", "--key", OWNER, "-q",
+        )
+    ).strip()  # fmt: skip
+    addr = {k: ok(din("keys", "show", k, "--field", "address")).strip() for k in VALS + STAKERS}
+    for v in VALS + STAKERS:
+        ok(din("validator", "stake", "100", "--key", v, "-q"))
+    for v in VALS:
+        ok(din("validator", "join", task, "--key", v, "-q"))
+    for p in PARTS:
+        ok(din("participant", "join", task, "--key", p, "-q"))
+    ok(din("round", "start", "--task", task, "--key", OWNER, "-q"))
+    for i, p in enumerate(PARTS):
+        ok(din("train", "--task", task, "--data", f"stores/participant-0{i + 1}.npz", "--submit",
+               "--epochs", "2", "--lr", "0.5", "--key", p, "-q"))  # fmt: skip
+    for v in VALS:  # the three colluders reveal the starting model: every update "left out"
+        liar = ["--cid", genesis] if v in COLLUDERS else []
+        ok(din("aggregate", "--task", task, "--commit", *liar, "--key", v, "-q"))
+    for v in VALS:
+        ok(din("aggregate", "--task", task, "--reveal", "--key", v, "-q"))
+    # an outsider cannot check the subgroup; its honest validator can, and files
+    blind = din("verify", "--task", task)
+    assert blind.exit_code == 0 and f"1\tsubgroup\t0\tsealed\t{genesis}" in blind.stdout
+    assert "sealed; only its validators can check it" in blind.stderr
+    seen = din("verify", "--task", task, "--key", HONEST[0])
+    assert seen.exit_code == ExitCode.VERIFICATION_FAILED, seen.output
+    assert f"1\tsubgroup\t0\tFAIL\t{genesis}" in seen.stdout
+    outsider = din("round", "dispute", "--task", task, "--round", "1", "--group", "0",
+                   "--key", FILER)  # fmt: skip
+    assert outsider.exit_code == ExitCode.USAGE and "has no key" in outsider.stderr
+    filer = HONEST[0]
+    did = ok(din("round", "dispute", "--task", task, "--round", "1", "--group", "0",
+                 "--key", filer, "-q")).strip()  # fmt: skip
+    committee = ok(din("dispute", "draw", did, "--key", filer, "-q")).split()
+    assert sorted(committee) == sorted(addr[s] for s in STAKERS)
+    by_addr = {addr[s]: s for s in STAKERS}
+    blind = din("dispute", "vote", did, "--key", by_addr[committee[0]])
+    assert blind.exit_code == ExitCode.USAGE and "has no key" in blind.stderr
+    granted = json.loads(ok(din("keys", "grant", "--task", task, "--dispute", did,
+                                "--key", filer, "--json")))  # fmt: skip
+    assert granted["keys"] == 2 and sorted(granted["readers"]) == sorted(committee)
+    votes = {ok(din("dispute", "vote", did, "--key", by_addr[m], "-q")).strip() for m in committee}
+    assert len(votes) == 1 and genesis not in votes
+    for m in committee:
+        ok(din("dispute", "vote", did, "--reveal", "--key", by_addr[m], "-q"))
+    line = ok(din("dispute", "resolve", did, "--key", filer, "-q")).strip()
+    assert line == f"{did}\tupheld\t1\t0\t{votes.pop()}"
+    shown = json.loads(ok(din("rewards", "show", "--task", task, "--json")))
+    assert {v["address"] for v in shown["validators"] if v["slashed"]} == {
+        ok(din("keys", "show", v, "--field", "address")).strip() for v in COLLUDERS
+    }
 
 
 def test_dispute_commands_refuse_bad_ids_in_one_line(din):

@@ -76,7 +76,11 @@ def check_outcome(work: Path, env: dict) -> None:
     honest = list(paid.values())
     assert len(honest) == 5 and shuffled < statistics.median(honest) / 2
 
-    checks = din(work, "verify", "--task", "1", **env).splitlines()
+    # the demo's task is sealed: without a key only the global models can be checked; an honest
+    # validator of the subgroup checks every subgroup aggregate too
+    blind = din(work, "verify", "--task", "1", **env).splitlines()
+    assert [c.split("\t")[3] for c in blind] == ["sealed", "ok"] * 3, blind
+    checks = din(work, "verify", "--task", "1", "--key", "dev8", **env).splitlines()
     assert len(checks) == 6 and all("\tok\t" in c for c in checks)
 
 

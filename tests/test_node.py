@@ -38,7 +38,7 @@ EVERY_PHASE = {
 }
 
 
-def _task(run_din, env=None, rounds: int = 2) -> str:
+def _task(run_din, env=None, rounds: int = 2, publish=("--subgroup-size", "3")) -> str:
     """dev1 publishes a task of ``rounds`` rounds over 3 participants' digits stores; its id."""
     for args in (
         ("init", "--dev-accounts", "8", "-q"),
@@ -49,7 +49,7 @@ def _task(run_din, env=None, rounds: int = 2) -> str:
         run_din(*args, env=env, check=True)
     proc = run_din(
         "model", "publish", "genesis.safetensors", "--test-set", "stores/test.npz",
-        "--deposit", "100", "--subgroup-size", "3", "--validators-per-subgroup", "3",
+        "--deposit", "100", "--validators-per-subgroup", "3", *publish,
         "--rounds", str(rounds), "--key", "dev1", "-q", env=env, check=True,
     )  # fmt: skip
     return proc.stdout.decode().strip()
@@ -158,6 +158,34 @@ def test_nodes_run_a_whole_task_with_no_conductor(run_din, tmp_path):
     assert all(s["tasks"][task]["phase"] == "settled" for s in status)
     text = run_din("node", "status", "vals", check=True).stdout.decode()
     assert text.startswith("vals\tfinished\t") and "claimed" in text
+
+
+def test_nodes_run_a_sealed_task_granting_keys_to_the_evaluation(run_din, tmp_path):
+    """Two subgroups of one validator each: each evaluation validator needs the other subgroup's
+    keys, which the validator nodes grant by themselves once the evaluation is drawn."""
+    task = _task(
+        run_din,
+        rounds=1,
+        publish=("--subgroup-size", "2", "--validators-per-subgroup", "1", "--privacy", "sealed"),
+    )
+    status = run_din("task", "status", task, check=True).stdout.decode()
+    assert "sealed: each update is readable only by" in status
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs = {n: _start(task, n, a, logs) for n, a in _node_args(task).items()}
+    codes = _wait_all(procs, 600)
+    assert codes == {"owner": 0, "parts": 0, "vals": 0}, {
+        n: (logs / f"{n}.err").read_text() for n in procs
+    }
+    doc = _rewards(run_din, task)
+    assert doc["phase"] == "settled" and doc["fully_paid"] and doc["balanced"], doc
+    assert all(p["score"] > 0 and p["claimed"] > 0 for p in doc["participants"]), doc
+    assert all(v["slashed"] == 0 for v in doc["validators"]), doc
+    grants = [
+        e for e in _events(logs, "vals") if e["event"] == "action" and e["step"] == "grant-keys"
+    ]
+    assert sorted(e["key"] for e in grants) == sorted(VALIDATORS)  # once each
+    assert sum(e["result"]["keys"] for e in grants) == 3  # every update's key, by its own validator
 
 
 def test_nodes_killed_in_every_phase_resume_without_acting_twice(run_din, tmp_path):

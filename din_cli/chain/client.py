@@ -609,6 +609,12 @@ class Chain:
         with self._rpc_errors():
             return int(self.w3.eth.get_block("latest")["timestamp"])
 
+    def block_time(self, number: int) -> int:
+        """Timestamp of block ``number``."""
+        self._fresh()
+        with self._rpc_errors():
+            return int(self.w3.eth.get_block(int(number))["timestamp"])
+
     def head(self) -> int:
         """Number of the latest block."""
         self._fresh()
@@ -761,6 +767,10 @@ class EmbeddedChain(Chain):
     def head(self) -> int:
         self._fresh()
         return int(self.backend.chain.get_canonical_head().block_number)
+
+    def block_time(self, number: int) -> int:
+        self._fresh()
+        return int(self.backend.chain.get_canonical_block_header_by_number(int(number)).timestamp)
 
     def advance_time(self, seconds: int) -> None:
         seconds = int(seconds)

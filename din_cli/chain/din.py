@@ -81,6 +81,8 @@ DEFAULT_DURATIONS = {
     "settle": 3600,
 }
 EVAL_ROUND = 0
+#: Who can read participants' updates (TaskParams.privacy): everyone, or the validators who must (crypto.seal).
+PRIVACY_MODES = ("open", "sealed")
 #: Default per-participant sample cap (FedAvg weight) of a task.
 DEFAULT_MAX_SAMPLES = 2**16
 TOKEN_UNIT = 10**18
@@ -199,6 +201,7 @@ class TaskInfo:
     test_set_digest: bytes
     test_set_hash: bytes = b""  # sha256 of the plaintext test set, committed at creation
     genesis_cid: bytes = b""
+    privacy_mode: str = "open"  # PRIVACY_MODES: who can read participants' updates
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -217,9 +220,13 @@ class TaskInfo:
     @property
     def privacy(self) -> str:
         """What protects participants' updates, in words (``din task status``)."""
+        if self.privacy_mode == "sealed":
+            head = "sealed: each update is readable only by its subgroup's validators, the evaluation validators and a dispute committee"
+        else:
+            head = "open"
         if self.dp is None:
-            return "open: updates are public as trained"
-        return f"open, differentially private: {self.dp.describe()}"
+            return head + (": updates are public as trained" if head == "open" else "")
+        return f"{head}, differentially private: {self.dp.describe()}"
 
 
 @dataclass(frozen=True)
@@ -538,6 +545,7 @@ class Din:
         dp_clip: str | float | None = None,
         dp_noise: str | float | None = None,
         dp_delta: str | float | None = None,
+        privacy_mode: str = "open",
         durations: dict | None = None,
     ) -> int:
         """Approve the deposit and create a task; its id.
@@ -552,7 +560,8 @@ class Din:
         ``trim``, at most 6 decimals) is how every subgroup aggregates;
         ``scoring`` (one of SCORINGS) how evaluation validators score participants;
         ``dp_clip``, ``dp_noise`` and ``dp_delta`` the differential privacy every
-        participant's update gets (``ml.privacy``; none when omitted).
+        participant's update gets (``ml.privacy``; none when omitted);
+        ``privacy_mode`` (one of PRIVACY_MODES) who can read the updates.
         """
         from din_cli.ml import privacy
 
@@ -561,6 +570,11 @@ class Din:
         if metric not in METRICS:
             raise UsageError(
                 f"metric {metric!r} is not one of {', '.join(METRICS)}", "pick one of those"
+            )
+        if privacy_mode not in PRIVACY_MODES:
+            raise UsageError(
+                f"privacy {privacy_mode!r} is not one of {', '.join(PRIVACY_MODES)}",
+                "pick one of those",
             )
         if scoring not in SCORINGS:
             raise UsageError(
@@ -606,6 +620,7 @@ class Din:
             rule_param,
             SCORINGS.index(scoring),
             *dp,
+            PRIVACY_MODES.index(privacy_mode),
             test_set_hash,
             [int(spans[name]) for name in DURATION_NAMES],
         )
@@ -992,6 +1007,19 @@ class Din:
             return []
         return self._logs(name, self.disputes, **filters)
 
+    def grant_keys(self, account, task_id: int, cid: bytes) -> dict:
+        """Announce a ``din/key-grant/v1`` document (its CID) for ``task_id``; the receipt."""
+        return self._send(account, self.disputes.functions.grantKeys(int(task_id), _cid(cid)))
+
+    def key_grants(self, task_id: int) -> list[tuple[str, bytes, int]]:
+        """``(granter, grant CID, block number)`` of every key grant announced for ``task_id``."""
+        if self.disputes is None:
+            return []
+        return [
+            (e["args"]["granter"], bytes(e["args"]["cid"]), int(e["blockNumber"]))
+            for e in self.dispute_logs("KeysGranted", taskId=int(task_id))
+        ]
+
     def discarded_rounds(self, task_id: int) -> list[int]:
         """Rounds of ``task_id`` that upheld disputes discarded (each replays from the disputed
         round's starting model: rounds ``round .. newRound - 1``), ascending."""
@@ -1058,6 +1086,7 @@ class Din:
             test_set_digest=bytes(r["testSet"]),
             test_set_hash=bytes(r["testSetHash"]),
             genesis_cid=bytes(created[0]["args"]["genesisCid"]) if created else b"",
+            privacy_mode=PRIVACY_MODES[int(r["privacy"])],
         )
 
     def participants(self, task_id: int) -> list[str]:

@@ -6,6 +6,7 @@ import click
 
 from din_cli.cli import output as out
 from din_cli.cli.options import (
+    acting_options,
     chain_option,
     context,
     json_option,
@@ -371,3 +372,51 @@ def _recipient_name(ks, doc) -> str:
     raise UsageError(
         f"several local keys are recipients ({', '.join(names)})", "choose one with --key NAME"
     )
+
+
+@click.command("grant")
+@task_option()
+@click.option(
+    "--dispute",
+    "dispute_id",
+    default=None,
+    metavar="ID",
+    help="Grant the disputed subgroup's keys to dispute ID's committee (default: to the evaluation validators).",
+)
+@acting_options(ipfs=True)
+def keys_grant(task, dispute_id, chain_url, ipfs_api, key_name, as_json):
+    """Grant the keys of the sealed updates you opened as a validator to the readers who need them.
+
+    In a sealed task (`din model publish --privacy sealed`) only the validators
+    of a participant's subgroup can open its update. Once the evaluation is
+    drawn (the test-set phase), each of them runs this to wrap every key it
+    opened to the task's evaluation validators; with --dispute ID, to the
+    committee drawn for a dispute on its subgroup. The grant (a
+    din/key-grant/v1 document) goes to the content store and is announced on
+    chain; prints its CID. Readers use a granted key only if it matches the
+    update's key check. A grant already announced exits 7.
+
+    \b
+    Example:
+        din keys grant --task 1 --key dev7
+        din keys grant --task 1 --dispute 2 --key dev8 --json | jq .readers
+    """
+    from din_cli.protocol import sealing
+    from din_cli.protocol.roundflow import task_number
+
+    task_id = task_number(task)
+    with context(chain_url, ipfs_api, key_name) as ctx:
+        if dispute_id is None:
+            doc = sealing.grant_for_evaluation(ctx, task_id)
+        else:
+            from din_cli.protocol import disputes
+
+            info = ctx.din.dispute_info(disputes.dispute_number(dispute_id))
+            if info["task_id"] != task_id:
+                raise UsageError(
+                    f"dispute {info['dispute_id']} is on task {info['task_id']}, not {task_id}",
+                    f"use --task {info['task_id']}",
+                )
+            doc = sealing.grant_for_dispute(ctx, task_id, info)
+    out.note(f"granted {doc['keys']} key(s) of task {task_id} to {len(doc['readers'])} reader(s)")
+    out.emit_doc(doc, as_json, doc["cid"] or "")

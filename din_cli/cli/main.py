@@ -26,6 +26,7 @@ COMMANDS: dict[str, object] = {
         "import": "din_cli.cli.keys:keys_import",
         "wrap": "din_cli.cli.keys:keys_wrap",
         "unwrap": "din_cli.cli.keys:keys_unwrap",
+        "grant": "din_cli.cli.keys:keys_grant",
     },
     "ipfs": "din_cli.cli.ipfs:ipfs",
     "data": {

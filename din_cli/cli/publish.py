@@ -97,6 +97,16 @@ from din_cli.cli.options import acting_options, context, rule_options
     help="With --dp-clip: the delta of the (epsilon, delta) that `din privacy report` gives.  [default: 1e-5]",
 )
 @click.option(
+    "--privacy",
+    "privacy_mode",
+    type=click.Choice(["sealed", "open"]),
+    default="sealed",
+    show_default=True,
+    help="Who can read participants' updates (fixed on chain): sealed, each update is encrypted "
+    "to its subgroup's validators, who grant its key to the evaluation validators and to a "
+    "dispute committee only; open, anyone (for open-source models whose owners choose it).",
+)
+@click.option(
     "--phase-seconds",
     type=click.IntRange(1, None),
     default=None,
@@ -121,6 +131,7 @@ def model_publish(
     dp_clip,
     dp_noise,
     dp_delta,
+    privacy_mode,
     phase_seconds,
     chain_url,
     ipfs_api,
@@ -165,6 +176,7 @@ def model_publish(
         dp_clip=dp_clip,
         dp_noise=dp_noise,
         dp_delta=dp_delta,
+        privacy_mode=privacy_mode,
         test_set_hash=file_sha256(test_set),
     )
     if phase_seconds:

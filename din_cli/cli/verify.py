@@ -20,12 +20,23 @@ from din_cli.cli.options import (
 @round_option("Check one round only.")
 @chain_option()
 @ipfs_option()
+@click.option(
+    "--key",
+    "key_name",
+    default=None,
+    metavar="NAME",
+    help="Open a sealed task's updates as this identity (a validator of the subgroup); no default.",
+)
 @json_option()
-def verify(task, round_, chain_url, ipfs_api, as_json):
+def verify(task, round_, chain_url, ipfs_api, key_name, as_json):
     """Check that TASK's on-chain record holds: every accepted aggregate and global model recomputes bit-exactly.
 
-    Prints one line per check (ROUND<TAB>WHAT<TAB>GROUP<TAB>ok|FAIL|discarded<TAB>CID);
-    exit 0 when all hold, 3 when any does not. A subgroup result that a
+    Prints one line per check (ROUND<TAB>WHAT<TAB>GROUP<TAB>ok|FAIL|discarded|sealed<TAB>CID);
+    exit 0 when all hold, 3 when any does not. In a sealed task only a
+    subgroup's own validators (and readers they granted keys to) can open its
+    updates: give --key NAME to check as one of them; the subgroups you
+    cannot open read `sealed` ("ok": null with --json) and do not fail, while
+    the global models are checked by anyone. A subgroup result that a
     dispute committee overturned is checked as the committee's CID (named on
     stderr); a check that does not hold in a round a dispute's replay
     discarded reads `discarded` and does not fail. Subgroups are recomputed with
@@ -46,7 +57,7 @@ def verify(task, round_, chain_url, ipfs_api, as_json):
     from din_cli.protocol.roundflow import task_number
 
     tid = task_number(task)
-    with context(chain_url, ipfs_api, None, act=False) as ctx:
+    with context(chain_url, ipfs_api, key_name, act=key_name is not None) as ctx:
         checks = lib.audit(ctx, tid, round_)
     lines = (
         f"{c['round']}\t{c['what']}\t{'-' if c['group'] is None else c['group']}\t{_verdict(c)}\t{c['recorded']}"
@@ -54,6 +65,10 @@ def verify(task, round_, chain_url, ipfs_api, as_json):
     )
     output.emit_doc(checks, as_json, *lines)
     for c in checks:
+        if c.get("sealed"):
+            output.note(
+                f"round {c['round']} subgroup {c['group']}: sealed; only its validators can check it (--key)"
+            )
         if c["overturned"]:
             output.note(
                 f"round {c['round']} subgroup {c['group']}: overturned by dispute {c['overturned']}; checked the committee's CID"
@@ -78,4 +93,6 @@ def verify(task, round_, chain_url, ipfs_api, as_json):
 def _verdict(check: dict) -> str:
     if check["ok"]:
         return "ok"
+    if check["ok"] is None:
+        return "sealed"
     return "discarded" if check["discarded"] else "FAIL"

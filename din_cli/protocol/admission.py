@@ -59,6 +59,8 @@ from din_cli.errors import DinError, InputError, UsageError
 
 REASONS = {
     "unavailable": "the content store has no such CID",
+    "not-sealed": "a plaintext update in a sealed task",
+    "bad-seal": "sealed wrongly: not for this participant, round or subgroup, or a wrapped key is not its key",
     "unparseable": "not a safetensors file",
     "not-canonical": "its header is not din's canonical encoding",
     "kind": "not an update",
@@ -258,7 +260,8 @@ def admit(
     kinds: tuple[str, ...] | None = None,
     ids: Sequence[str | None] | None = None,
 ) -> Admission:
-    """Apply the rule to ``paths`` (None: the CID was not in the store), in order.
+    """Apply the rule to ``paths`` (None: the CID was not in the store; a ``sealing.Refused``:
+    a sealed update every reader refuses, with its reason), in order.
 
     ``base``: the round's starting model (architecture yardstick, and the
     ``unchanged`` check); ``max_samples``: the task's weight cap (None: no
@@ -289,6 +292,9 @@ def admit(
     for i, path in enumerate(paths):
         if path is None:
             out(i, "unavailable")
+            continue
+        if hasattr(path, "reason"):  # refused before it was read (protocol.sealing.Refused)
+            out(i, path.reason, path.detail)
             continue
         try:
             h = tensorfile.read_header(path)

@@ -337,14 +337,25 @@ def copies_across_subgroups(ctx, task_id: int, round_: int, work: Path) -> set[i
 
     from din_cli.errors import DinError
     from din_cli.ml import models
+    from din_cli.protocol import sealing
 
     first: dict[bytes, int] = {}  # weights digest -> subgroup of its first submission
     out: set[int] = set()
     sub = work / f"copies-r{round_}"
     sub.mkdir(exist_ok=True)
-    for k, u in enumerate(ctx.din.updates_submitted(task_id, round_)):
+    info = ctx.din.task_info(task_id)
+    updates = ctx.din.updates_submitted(task_id, round_)
+    cutoff = sealing.read_cutoff(ctx, task_id, info, updates)
+    for k, u in enumerate(updates):
         try:
-            mf = models.read_model(ctx.fetch(u.cid, sub / f"{k:05d}.safetensors"), finite=False)
+            path = sealing.open_update(
+                ctx, task_id, info, u, sub / f"{k:05d}.safetensors", cutoff=cutoff
+            )
+            if not isinstance(path, Path):
+                continue
+            mf = models.read_model(path, finite=False)
+        except sealing.KeyMissing:
+            raise
         except DinError:
             continue
         h = hashlib.sha256()
@@ -392,7 +403,7 @@ def update_scores(
             scores.append(0)
             continue
         try:
-            model = ctx.fetch(latest[i], work / f"model-{i}.safetensors")
+            model = _open_latest(ctx, task_id, latest[i], work / f"model-{i}.safetensors")
         except NotFoundError:  # gone since admission: scored as admission scores it, 0
             scores.append(0)
             continue
@@ -400,6 +411,25 @@ def update_scores(
             int(evaluate_rows(model, test_path, rows, metric=metric, device=device).score_bps)
         )
     return addresses, scores
+
+
+def _open_latest(ctx, task_id: int, cid: bytes, dest: Path) -> Path:
+    """A participant's latest update (admitted, so it opens in a sealed task), as a plaintext file."""
+    from din_cli.protocol import sealing
+
+    info = ctx.din.task_info(task_id)
+    if not sealing.is_sealed_task(info):
+        return ctx.fetch(cid, dest)
+    for r in range(info.round, 0, -1):
+        for u in ctx.din.updates_submitted(task_id, r):
+            if u.cid == cid:
+                got = sealing.open_update(
+                    ctx, task_id, info, u, dest, cutoff=sealing.evaluation_cutoff(ctx, task_id)
+                )
+                if isinstance(got, Path):
+                    return got
+                raise NotFoundError(f"update {cid.hex()} is refused: {got.detail}", "it scores 0")
+    raise NotFoundError(f"update {cid.hex()} was not submitted to task {task_id}", "it scores 0")
 
 
 def _admitted_latest(ctx, task_id: int, indices: list[int], work: Path) -> set[int]:

@@ -136,6 +136,7 @@ class Node:
     _advanced: dict = field(default_factory=dict)  # task -> monotonic time of the last advance sent
     _audited_rounds: set = field(default_factory=set)
     _refused: set = field(default_factory=set)
+    _once: set = field(default_factory=set)  # one-off steps done (a sealed task's key grant)
     _seen: dict = field(default_factory=dict)
     _last_head: int | None = None
     _full_at: float = 0.0
@@ -497,7 +498,7 @@ class Node:
 
     def _validator(self, ident: Identity, task_id: int, info) -> bool:
         from din_cli.ml.device import resolve
-        from din_cli.protocol import evaluation, rewards, roundflow
+        from din_cli.protocol import evaluation, rewards, roundflow, sealing
         from din_cli.protocol.cids import to_text
 
         ctx, phase, cfg = ident.ctx, info.phase, self.config
@@ -555,6 +556,24 @@ class Node:
                     + (" (accepted)" if x["accepted"] else "")
                 ),
             )
+        if phase in ("test-set", "score-commit") and sealing.is_sealed_task(info):
+            key = (task_id, ident.address, "grant-keys")  # before scoring: others may wait for it
+            if key not in self._once:
+                acted = self._attempt(
+                    ident,
+                    task_id,
+                    info,
+                    "grant-keys",
+                    lambda: sealing.grant_for_evaluation(ctx, task_id),
+                    lambda x: (
+                        f"granted {x['keys']} update key(s) to {len(x['readers'])} evaluation validator(s)"
+                    ),
+                    key=key,
+                )
+                if acted or sealing.granted_by(ctx, task_id, ctx.address):
+                    self._once.add(key)
+                if acted:
+                    return True
         if phase == "score-commit" and not state["score_committed"]:
             return self._attempt(
                 ident,
@@ -627,7 +646,7 @@ class Node:
 
     def _audit(self, ident: Identity, task_id: int, info) -> bool:
         """Recompute each accepted subgroup aggregate once; file a dispute for one that does not hold."""
-        from din_cli.protocol import disputes
+        from din_cli.protocol import disputes, sealing
 
         ctx, d = ident.ctx, ident.ctx.din
         if d.disputes is None:
@@ -650,6 +669,12 @@ class Node:
                     continue
                 if open_:
                     return False  # one dispute at a time per task: audit again once it is decided
+                if (
+                    sealing.is_sealed_task(info)
+                    and ctx.din.subgroup_of(task_id, ident.address, r).group != group
+                ):
+                    self._audited.add(mark)  # sealed: only the subgroup's own validators read it
+                    continue
                 doc = disputes.recompute(ctx, task_id, r, group)
                 self._audited.add(mark)
                 if doc["expected"] == doc["accepted"]:
@@ -681,7 +706,7 @@ class Node:
         )
 
     def _dispute(self, ident: Identity, task_id: int, info, o: dict) -> bool:
-        from din_cli.protocol import disputes
+        from din_cli.protocol import disputes, sealing
 
         ctx, did = ident.ctx, int(o["dispute_id"])
 
@@ -695,6 +720,16 @@ class Node:
                 lambda: disputes.draw(ctx, did),
                 lambda x: f"drew dispute {did}'s committee of {x['size']}",
             )
+        served = o["state"] == "drawn" and sealing.is_sealed_task(info)
+        if served:
+            m = ctx.din.subgroup_of(task_id, ident.address, o["round"])
+            served = m.role == "validator" and m.group == o["group"]
+        if served and step(  # the committee reads the subgroup's sealed updates with these keys
+            "dispute-grant",
+            lambda: sealing.grant_for_dispute(ctx, task_id, o),
+            lambda x: f"granted {x['keys']} key(s) of dispute {did}'s subgroup to its committee",
+        ):
+            return True
         if ident.address in o["committee"] and (
             step(
                 "dispute-commit",

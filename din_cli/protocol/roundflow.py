@@ -166,7 +166,7 @@ def train_and_submit(
     """
     from din_cli.ml.privacy import privatize
     from din_cli.ml.train import train
-    from din_cli.protocol import privacy
+    from din_cli.protocol import privacy, sealing
 
     d = ctx.din
     info = d.task_info(task_id)
@@ -209,6 +209,14 @@ def train_and_submit(
                 rounds = set(privacy.rounds_taken(ctx, task_id).get(ctx.address, []))
                 eps = info.dp.epsilon(len(rounds | {info.round}))
             dp_doc["epsilon"] = eps
+        if sealing.is_sealed_task(info):
+            if (
+                d.round_info(task_id, info.round).seed is None
+            ):  # round 1's subgroups: drawn by any transaction
+                with ctx.chain.writing():
+                    if d.round_info(task_id, info.round).seed is None:
+                        d.advance(ctx.account, task_id)
+            update = sealing.seal_update(ctx, task_id, info.round, update, work / "update.sealed")
         cid = ctx.add(update)
     with ctx.chain.writing():
         now = d.task_info(task_id)
@@ -272,12 +280,27 @@ def _cid_text(raw: bytes) -> str:
         return "0x" + bytes(raw).hex()
 
 
-def _fetch_updates(ctx, updates: list, work: Path, name: str) -> list[Path | None]:
-    """Each update's file; None (``unavailable``) when the store has no such CID or it is not one."""
-    paths: list[Path | None] = []
+def _fetch_updates(ctx, task_id: int, updates: list, work: Path, name: str) -> list:
+    """Each update's file (opened, in a sealed task); None (``unavailable``) when the store has no
+    such CID or it is not one; a ``sealing.Refused`` for a sealed update every reader refuses.
+
+    A sealed update this reader holds no key for raises ``sealing.KeyMissing``
+    until the grant cutoff of the window it reads in (``sealing.read_cutoff``).
+    """
+    from din_cli.protocol import sealing
+
+    info = ctx.din.task_info(task_id)
+    cutoff = (
+        sealing.read_cutoff(ctx, task_id, info, updates) if sealing.is_sealed_task(info) else None
+    )
+    paths: list = []
     for i, u in enumerate(updates):
         try:
-            paths.append(ctx.fetch(u.cid, work / f"{name}-in-{i:04d}.safetensors"))
+            paths.append(
+                sealing.open_update(
+                    ctx, task_id, info, u, work / f"{name}-in-{i:04d}.safetensors", cutoff=cutoff
+                )
+            )
         except (NotFoundError, InputError):
             paths.append(None)
     return paths
@@ -314,7 +337,7 @@ def subgroup_result(
         return start, None
     name = f"r{round_}-g{group}"
     base = ctx.fetch(start, work / f"{name}-start.safetensors")
-    paths = _fetch_updates(ctx, updates, work, name)
+    paths = _fetch_updates(ctx, task_id, updates, work, name)
     info = ctx.din.task_info(task_id)
     rule = {
         "base": base,

@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 from din_cli.errors import NotFoundError, VerificationError
-from din_cli.protocol import anomaly
+from din_cli.protocol import anomaly, sealing
 from din_cli.protocol.cids import to_text
 from din_cli.protocol.roundflow import (
     global_from_accepted,
@@ -61,7 +61,11 @@ def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
             for g in sorted(accepted):
                 updates = d.updates_submitted(task_id, r, g)
                 recorded = to_text(accepted[g])
-                expected, judged = subgroup_result(ctx, task_id, r, g, work)
+                try:
+                    expected, judged = subgroup_result(ctx, task_id, r, g, work)
+                except sealing.KeyMissing:  # a sealed task: only the subgroup's readers check it
+                    checks.append(_sealed_check(r, g, len(updates), recorded, disputed, discarded))
+                    continue
                 excluded = [_row(v) for v in judged.excluded] if judged else []
                 paths, start, out = subgroup_files(work, r, g, len(updates))
                 anomalies = anomaly.figures(paths, start, out, judged) if start else []
@@ -107,6 +111,25 @@ def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
     return checks
 
 
+def _sealed_check(r, g, updates, recorded, disputed, discarded) -> dict:
+    """A subgroup check this reader cannot make: its updates are sealed to others (``ok`` None)."""
+    return {
+        "round": r,
+        "what": "subgroup",
+        "group": g,
+        "updates": updates,
+        "expected": None,
+        "recorded": recorded,
+        "ok": None,
+        "sealed": True,
+        "overturned": disputed["overturned"].get(f"{r}/{g}"),
+        "discarded": discarded,
+        "excluded": [],
+        "anomalies": [],
+        "included": [],
+    }
+
+
 def _row(v) -> dict:
     return {"index": v.index, "cid": v.cid, "reason": v.reason, "detail": v.detail}
 
@@ -139,8 +162,9 @@ def verify(ctx, task_id: int, round_: int | None = None) -> list[dict]:
 
 
 def require_ok(task_id: int, checks: list[dict]) -> None:
-    """VerificationError naming the first failed check, if any (rounds a replay discarded do not count)."""
-    bad = [c for c in checks if not c["ok"] and not c.get("discarded")]
+    """VerificationError naming the first failed check, if any (rounds a replay discarded do not
+    count, nor sealed subgroups this reader could not open: ``ok`` None)."""
+    bad = [c for c in checks if c["ok"] is False and not c.get("discarded")]
     if bad:
         c = bad[0]
         what = (

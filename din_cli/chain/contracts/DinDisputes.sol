@@ -89,6 +89,7 @@ contract DinDisputes is ReentrancyGuard {
     event DisputeVoteRevealed(uint256 indexed disputeId, address indexed member, bytes cid);
     event DisputeResolved(uint256 indexed disputeId, uint256 indexed taskId, uint256 round, uint256 group, uint8 outcome, bytes32 decided, uint256 newRound);
     event CommitteeSlashed(uint256 indexed disputeId, address indexed member, uint256 amount, string reason);
+    event KeysGranted(uint256 indexed taskId, address indexed granter, bytes cid);
 
     constructor(DinTasks tasks_, uint256 committee_) {
         require(tasks_.disputes() == address(this), "the task manager names another dispute contract");
@@ -296,6 +297,16 @@ contract DinDisputes is ReentrancyGuard {
         bytes32 accepted;
         bytes32 decided;
         address[] committee;
+    }
+
+    /// @notice Announce a key grant for task `taskId`: `cid` names a din/key-grant/v1 document in
+    ///         the content store that wraps sealed updates' keys to the readers who need them
+    ///         (evaluation validators, a dispute committee). Anyone may announce; readers use only
+    ///         keys that match the update's key check, so a bogus grant costs its sender gas and
+    ///         nobody else anything.
+    function grantKeys(uint256 taskId, bytes calldata cid) external {
+        require(cid.length > 0 && cid.length <= 128, "grant CID must be 1..128 bytes");
+        emit KeysGranted(taskId, msg.sender, cid);
     }
 
     /// @notice Dispute `id` and its committee (state 1 filed, 2 drawn, 3 upheld, 4 dismissed,

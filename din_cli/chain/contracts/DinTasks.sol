@@ -56,6 +56,7 @@ contract DinTasks is ReentrancyGuard {
         uint32 dpClip; // millionths: DP's L2 bound on each update's distance from the start (0: no DP)
         uint32 dpNoise; // millionths: DP's Gaussian noise multiplier (0 < z <= 1000 with DP)
         uint8 dpDelta; // DP's delta = 10^-dpDelta (1..30 with DP)
+        uint8 privacy; // who reads participants' updates: 0 open (anyone), 1 sealed (the validators who must)
         bytes32 testSetHash; // sha256 of the plaintext test set the owner will post (its commitment)
         uint32[9] durations; // seconds: join, train, aggCommit, aggReveal, global, testSet, scoreCommit, scoreReveal, settle
     }
@@ -150,6 +151,7 @@ contract DinTasks is ReentrancyGuard {
         require(p.rule == 1 ? p.ruleParam > 0 && p.ruleParam <= 2048e6 : p.rule == 2 ? p.ruleParam < 5e5 : p.rule <= 3 && p.ruleParam == 0, "bad aggregation rule or parameter");
         require(p.scoring <= 3 && (p.scoring != 1 || p.subgroupSize <= 16), "scoring must be 0..3; exact Shapley needs subgroups of at most 16");
         require(p.dpClip == 0 ? p.dpNoise == 0 && p.dpDelta == 0 : p.dpClip <= 2048e6 && p.dpNoise > 0 && p.dpNoise <= 1000e6 && p.dpDelta > 0 && p.dpDelta <= 30, "bad differential privacy parameters");
+        require(p.privacy <= 1, "bad privacy mode");
         for (uint256 i = 0; i < 9; i++) require(p.durations[i] > 0, "phase durations must be positive");
         id = ++taskCount;
         Task storage t = _tasks[id];
@@ -165,6 +167,7 @@ contract DinTasks is ReentrancyGuard {
         t.ruleParam = p.ruleParam;
         t.scoring = p.scoring;
         if (p.dpClip != 0) (t.dpClip, t.dpNoise, t.dpDelta) = (p.dpClip, p.dpNoise, p.dpDelta);
+        t.privacy = p.privacy;
         t.durations = p.durations;
         t.phase = JOINING;
         t.lastRound = p.maxRounds;
