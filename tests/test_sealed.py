@@ -246,3 +246,43 @@ def test_the_cli_publishes_sealed_by_default_and_shows_it(run_din):
     assert "once the evaluation is drawn" in early.stderr.decode()
     open_task = run_din("keys", "grant", "--task", "2", "--key", "dev2")
     assert open_task.returncode == ExitCode.NOT_FOUND and b"is not sealed" in open_task.stderr
+
+
+def test_past_the_cutoff_an_ungranted_update_counts_as_unavailable(tmp_path):
+    """Nobody grants: an evaluation validator waits until the middle of the score-commit phase,
+    then scores without the updates it cannot open (they earn 0 from it), instead of stalling."""
+    from din_cli.chain.din import PHASE_NUMBERS
+
+    w = World(tmp_path, rounds=1, **SEALED)
+    roundflow.start(w.ctx(w.owner), w.task)
+    w.train_all()
+    w.aggregate_all()
+    w.finalize_and_attest()
+    evaluation.post_test_set(w.ctx(w.owner), w.task, w.test_store)
+    v = w.assigned(0)[0]
+    mine = w.din.subgroup_of(w.task, v.address, 1).group
+    with pytest.raises(sealing.KeyMissing):
+        evaluation.evaluate_commit(w.ctx(v), w.task)
+    opened = [
+        e
+        for e in w.din.events(w.task, "PhaseChanged")
+        if int(e["args"]["phase"]) == PHASE_NUMBERS["score-commit"]
+    ]
+    cutoff = (
+        int(opened[-1]["args"]["deadline"]) - w.din.task_info(w.task).durations["score_commit"] // 2
+    )
+    assert sealing.evaluation_cutoff(w.ctx(), w.task) == cutoff
+    w.chain.advance_time(cutoff - w.chain.now() + 1)
+    assert w.phase() == "score-commit"
+    rec = evaluation.evaluate_commit(w.ctx(v), w.task)
+    unreadable = {u.participant for u in w.din.updates_submitted(w.task, 1) if u.group != mine}
+    assert unreadable and all(
+        s == 0 for a, s in zip(rec["participants"], rec["scores"], strict=True) if a in unreadable
+    )
+    # an outsider-checker (din verify) is never judged by the window: the subgroup stays "sealed"
+    from din_cli.protocol import verify
+
+    checks = verify.audit(w.ctx(v), w.task)
+    sealed = [c for c in checks if c["what"] == "subgroup" and c["ok"] is None]
+    assert [c["group"] for c in sealed] == [1 - mine]
+    assert all(c["ok"] for c in checks if c not in sealed)

@@ -280,7 +280,9 @@ def _cid_text(raw: bytes) -> str:
         return "0x" + bytes(raw).hex()
 
 
-def _fetch_updates(ctx, task_id: int, updates: list, work: Path, name: str) -> list:
+def _fetch_updates(
+    ctx, task_id: int, updates: list, work: Path, name: str, *, window: bool = True
+) -> list:
     """Each update's file (opened, in a sealed task); None (``unavailable``) when the store has no
     such CID or it is not one; a ``sealing.Refused`` for a sealed update every reader refuses.
 
@@ -290,9 +292,8 @@ def _fetch_updates(ctx, task_id: int, updates: list, work: Path, name: str) -> l
     from din_cli.protocol import sealing
 
     info = ctx.din.task_info(task_id)
-    cutoff = (
-        sealing.read_cutoff(ctx, task_id, info, updates) if sealing.is_sealed_task(info) else None
-    )
+    sealed = window and sealing.is_sealed_task(info)
+    cutoff = sealing.read_cutoff(ctx, task_id, info, updates) if sealed else None
     paths: list = []
     for i, u in enumerate(updates):
         try:
@@ -315,8 +316,14 @@ def subgroup_result(
     *,
     aggregate: bool = True,
     device: str = "cpu",
+    window: bool = True,
 ):
     """Subgroup ``group``'s result of ``round_`` by the admission rule; ``(cid text, Admission | None)``.
+
+    ``window=False``: in a sealed task, a missing key is always
+    ``sealing.KeyMissing``, never ``unavailable`` past a grant cutoff (``din
+    verify`` reports the subgroup as sealed instead of recomputing it without
+    an update).
 
     The subgroup's submitted updates, in submission order, go through
     :func:`din_cli.protocol.admission.admit` against the round's starting
@@ -337,7 +344,7 @@ def subgroup_result(
         return start, None
     name = f"r{round_}-g{group}"
     base = ctx.fetch(start, work / f"{name}-start.safetensors")
-    paths = _fetch_updates(ctx, task_id, updates, work, name)
+    paths = _fetch_updates(ctx, task_id, updates, work, name, window=window)
     info = ctx.din.task_info(task_id)
     rule = {
         "base": base,

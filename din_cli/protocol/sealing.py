@@ -219,21 +219,29 @@ def evaluation_cutoff(ctx, task_id: int) -> int | None:
 
 
 def read_cutoff(ctx, task_id: int, info, updates) -> int | None:
-    """The grant cutoff for reading ``updates`` (one subgroup's, or one round's) now.
+    """The grant cutoff for reading ``updates`` (one subgroup's, or one round's) now, as this reader.
 
-    A drawn dispute on their subgroup: the middle of its commit window. Once
-    the evaluation's score-commit phase has opened: its middle. Otherwise
-    None (only the subgroup's own validators read them, with their own keys).
+    A member of the committee of a drawn dispute on their subgroup: the
+    middle of its commit window. An evaluation validator, once the
+    score-commit phase has opened: its middle. Anyone else: None, so a
+    missing key is always ``KeyMissing`` (the subgroup's own validators read
+    with their own keys; other readers have no window to judge in).
     """
-    if not updates:
+    from din_cli.protocol.evaluation import evaluation_validators
+
+    if not updates or getattr(ctx.identity, "hpke_private", None) is None:
         return None
+    me = ctx.address
     rounds = {u.round for u in updates}
     groups = {u.group for u in updates}
     if info.phase == "disputed":
         for d in ctx.din.disputes_of(task_id):
             if d.get("state") == "drawn" and d["round"] in rounds and d["group"] in groups:
-                return dispute_cutoff(ctx, task_id, d)
-    return evaluation_cutoff(ctx, task_id)
+                return dispute_cutoff(ctx, task_id, d) if me in d["committee"] else None
+    cutoff = evaluation_cutoff(ctx, task_id)
+    if cutoff is None or me not in evaluation_validators(ctx, task_id):
+        return None
+    return cutoff
 
 
 def dispute_cutoff(ctx, task_id: int, dispute: dict) -> int:

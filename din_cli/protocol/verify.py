@@ -62,7 +62,7 @@ def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
                 updates = d.updates_submitted(task_id, r, g)
                 recorded = to_text(accepted[g])
                 try:
-                    expected, judged = subgroup_result(ctx, task_id, r, g, work)
+                    expected, judged = subgroup_result(ctx, task_id, r, g, work, window=False)
                 except sealing.KeyMissing:  # a sealed task: only the subgroup's readers check it
                     checks.append(_sealed_check(r, g, len(updates), recorded, disputed, discarded))
                     continue
