@@ -98,7 +98,10 @@ def test_a_sealed_task_runs_and_only_the_readers_it_names_read_an_update(tmp_pat
     eve = identity("eve")
     for u in updates:
         raw = w.ctx().fetch(u.cid, tmp_path / "raw")
-        assert seal.is_sealed(raw) and b"din.samples" not in raw.read_bytes()
+        sealed_bytes = raw.read_bytes()
+        assert seal.is_sealed(raw) and b"din.samples" not in sealed_bytes
+        with pytest.raises(DinError):  # not a safetensors file at all
+            tensorfile.read_header(raw)
         readers = _group_validators(w, 1, u.group)
         others = [v for v in w.vals if v not in readers]
         peer = next(p for p in w.parts if p.address != u.participant)
@@ -110,6 +113,9 @@ def test_a_sealed_task_runs_and_only_the_readers_it_names_read_an_update(tmp_pat
         for v in readers:
             got = sealing.open_update(w.ctx(v), w.task, info, u, tmp_path / f"{v.name}.st")
             assert tensorfile.read_header(got).kind == "update"
+            plain = got.read_bytes()
+            for at in range(len(plain) - 4096, len(plain), 512):  # none of its weights' bytes
+                assert plain[at : at + 32] not in sealed_bytes
         with pytest.raises(
             sealing.KeyMissing
         ):  # what a reader opened stays its own, in one process too
@@ -118,6 +124,28 @@ def test_a_sealed_task_runs_and_only_the_readers_it_names_read_an_update(tmp_pat
     w.aggregate_all()
     w.finalize_and_attest()
     assert w.phase() == "test-set"
+    # each accepted aggregate is what open mode computes from the same (plaintext) updates
+    from din_cli.chain.din import task_rule
+    from din_cli.protocol import admission
+
+    task = w.din.task_info(w.task)
+    start = w.ctx().fetch(w.din.round_info(w.task, 1).model_cid, tmp_path / "start.st")
+    for g, cid in w.din.accepted_aggregates(w.task, 1).items():
+        reader = _group_validators(w, 1, g)[0]
+        ups = w.din.updates_submitted(w.task, 1, g)
+        plain = [
+            sealing.open_update(w.ctx(reader), w.task, info, u, tmp_path / f"g{g}-{k}.st")
+            for k, u in enumerate(ups)
+        ]
+        admission.aggregate(
+            plain,
+            tmp_path / f"open-{g}.st",
+            rule=task_rule(task),
+            base=start,
+            max_samples=task.max_samples,
+            ids=[to_text(u.cid) for u in ups],
+        )
+        assert w.ctx().add(tmp_path / f"open-{g}.st") == to_text(cid)
     for g, cid in w.din.accepted_aggregates(w.task, 1).items():  # aggregates stay readable
         assert tensorfile.read_header(w.ctx().fetch(cid, tmp_path / f"agg{g}")).kind == "aggregate"
     # the evaluation needs every update: a validator that lacks the other subgroup's keys waits
@@ -228,7 +256,7 @@ def test_the_cli_publishes_sealed_by_default_and_shows_it(run_din):
         assert proc.returncode == 0, proc.stderr.decode(errors="replace")
         return proc.stdout.decode()
 
-    ok("init", "--dev-accounts", "3", "-q")
+    ok("init", "--dev-accounts", "4", "-q")
     ok("model", "init", "--arch", "logreg:64-10", "-o", "genesis.safetensors")
     ok("data", "split", "--dataset", "digits", "--participants", "2", "--out", "stores")
     publish = ("model", "publish", "genesis.safetensors", "--test-set", "stores/test.npz")
@@ -246,6 +274,24 @@ def test_the_cli_publishes_sealed_by_default_and_shows_it(run_din):
     assert "once the evaluation is drawn" in early.stderr.decode()
     open_task = run_din("keys", "grant", "--task", "2", "--key", "dev2")
     assert open_task.returncode == ExitCode.NOT_FOUND and b"is not sealed" in open_task.stderr
+
+    # one round of task 1: dev2 trains, dev3 validates; dev2's update opens for dev3 only
+    ok("validator", "stake", "100", "--key", "dev3", "-q")
+    ok("validator", "join", "1", "--key", "dev3", "-q")
+    ok("participant", "join", "1", "--key", "dev2", "-q")
+    ok("round", "start", "--task", "1", "--key", "dev1", "-q")
+    cid = ok("train", "--task", "1", "--data", "stores/participant-01.npz", "--submit",
+             "--epochs", "1", "--key", "dev2", "-q").strip()  # fmt: skip
+    for who in ("dev1", "dev2", "dev4"):  # the owner, the participant itself, an outsider
+        refused = run_din("keys", "unseal", cid, "--task", "1", "--key", who, "-o", f"{who}.st")
+        assert refused.returncode == ExitCode.VERIFICATION_FAILED, refused.stderr
+        assert len(refused.stderr.decode().strip().splitlines()) == 1
+        assert b"holds no key" in refused.stderr and not os.path.exists(f"{who}.st")
+    doc = json.loads(
+        ok("keys", "unseal", cid, "--task", "1", "--key", "dev3", "-o", "dev3.st", "--json")
+    )
+    assert (doc["round"], doc["group"]) == (1, 0)
+    assert tensorfile.read_header("dev3.st").kind == "update"
 
 
 def test_past_the_cutoff_an_ungranted_update_counts_as_unavailable(tmp_path):

@@ -420,3 +420,34 @@ def keys_grant(task, dispute_id, chain_url, ipfs_api, key_name, as_json):
             doc = sealing.grant_for_dispute(ctx, task_id, info)
     out.note(f"granted {doc['keys']} key(s) of task {task_id} to {len(doc['readers'])} reader(s)")
     out.emit_doc(doc, as_json, doc["cid"] or "")
+
+
+@click.command("unseal")
+@click.argument("cid", metavar="CID")
+@task_option()
+@output_option("Where to write the update (never half-written); - for stdout.")
+@acting_options(ipfs=True)
+def keys_unseal(cid, task, output, chain_url, ipfs_api, key_name, as_json):
+    """Open one sealed update of a sealed task as a reader it names (writes the safetensors file).
+
+    A validator of the update's subgroup opens it with its own wrapped key;
+    an evaluation validator or a dispute committee member with a key that a
+    grant gave it. Anyone else gets exit 3 and nothing is written: that is
+    what sealing promises. --json prints the update's round, subgroup and
+    participant (the file then needs -o).
+
+    \b
+    Example:
+        din keys unseal bafkrei... --task 1 --key dev8 -o update.safetensors
+    """
+    from din_cli.files import is_stdio
+    from din_cli.protocol import sealing
+    from din_cli.protocol.roundflow import task_number
+
+    if as_json and is_stdio(output):
+        raise UsageError("--json and the update cannot both go to stdout", "give -o FILE")
+    with context(chain_url, ipfs_api, key_name) as ctx:
+        doc = sealing.unseal(ctx, task_number(task), cid, output)
+    out.note(f"opened round {doc['round']}'s update of {doc['participant']} (subgroup {doc['group']})")
+    if as_json:
+        out.emit_json(doc)

@@ -27,6 +27,7 @@ COMMANDS: dict[str, object] = {
         "wrap": "din_cli.cli.keys:keys_wrap",
         "unwrap": "din_cli.cli.keys:keys_unwrap",
         "grant": "din_cli.cli.keys:keys_grant",
+        "unseal": "din_cli.cli.keys:keys_unseal",
     },
     "ipfs": "din_cli.cli.ipfs:ipfs",
     "data": {

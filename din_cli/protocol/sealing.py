@@ -145,6 +145,50 @@ def open_update(ctx, task_id: int, info, update, dest: Path, *, cutoff: int | No
         raw.unlink(missing_ok=True)
 
 
+def unseal(ctx, task_id: int, cid: str, dest: Path) -> dict:
+    """Open the sealed update ``cid`` of ``task_id`` into ``dest`` as this key; what it is.
+
+    VerificationError (nothing written) when this key cannot read it: it is
+    neither one of the update's validators nor granted its key, or the
+    update is refused by every reader (its reason).
+    """
+    from din_cli.files import atomic_output
+    from din_cli.protocol.cids import to_text
+
+    info = ctx.din.task_info(task_id)
+    if not is_sealed_task(info):
+        raise NotFoundError(
+            f"task {task_id} is not sealed: its updates are plaintext",
+            f"fetch it as it is: `din ipfs cat {cid}`",
+        )
+    found = [
+        u
+        for r in range(1, info.round + 1)
+        for u in ctx.din.updates_submitted(task_id, r)
+        if to_text(u.cid) == cid
+    ]
+    if not found:
+        raise NotFoundError(
+            f"{cid} is not an update submitted to task {task_id}",
+            f"list them with `din round status --task {task_id} --json`",
+        )
+    u = found[0]
+    with ctx.workdir() as work:
+        try:
+            got = open_update(ctx, task_id, info, u, work / "plain.safetensors")
+        except KeyMissing as e:
+            raise VerificationError(
+                f"update {cid} is sealed and {ctx.address} holds no key for it",
+                "only its subgroup's validators and the readers they granted it to can open it",
+            ) from e
+        if not isinstance(got, Path):
+            raise VerificationError(f"update {cid} is refused ({got.reason}): {got.detail}", "nothing to open")
+        with open(got, "rb") as fin, atomic_output(dest, mode=0o600) as fout:
+            while chunk := fin.read(1 << 20):
+                fout.write(chunk)
+    return {"task_id": task_id, "round": u.round, "group": u.group, "participant": u.participant, "cid": cid}
+
+
 def _key_for(ctx, task_id: int, cid: str, s, cutoff: int | None) -> bytes:
     """U of the sealed update ``cid``: from this process's cache, our own wrapped key, or a grant."""
     from din_cli.crypto import seal
