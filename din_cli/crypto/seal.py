@@ -54,6 +54,7 @@ FORMAT = "din/sealed-update/v1"
 GRANT_FORMAT = "din/key-grant/v1"
 _PREFIX = struct.Struct(">8sBI")
 _MAX_HEADER = 1 << 24
+_IN_MEMORY = 16 << 20  # payloads up to this size are encrypted and decrypted in one buffer
 _TAG = b"din/sealed-update/v1"
 
 
@@ -137,7 +138,10 @@ def seal_file(
     raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     with open(src, "rb") as fin, atomic_output(dst) as fout:
         fout.write(_PREFIX.pack(MAGIC, VERSION, len(raw)) + raw)
-        aead.encrypt_stream(fin, fout, _payload_key(key, binding))
+        if os.fstat(fin.fileno()).st_size <= _IN_MEMORY:  # no 32 MiB of stream buffers to fill
+            fout.write(aead.encrypt_bytes(fin.read(), _payload_key(key, binding)))
+        else:
+            aead.encrypt_stream(fin, fout, _payload_key(key, binding))
     return key
 
 
@@ -217,7 +221,10 @@ def open_file(
     check_key(sealed, key)
     with open(path, "rb") as fin, atomic_output(dst, mode=0o600) as fout:
         fin.seek(sealed.payload_offset)
-        aead.decrypt_stream(fin, fout, _payload_key(key, sealed.binding))
+        if os.fstat(fin.fileno()).st_size - sealed.payload_offset <= _IN_MEMORY:
+            fout.write(aead.decrypt_bytes(fin.read(), _payload_key(key, sealed.binding)))
+        else:
+            aead.decrypt_stream(fin, fout, _payload_key(key, sealed.binding))
     return Path(dst)
 
 

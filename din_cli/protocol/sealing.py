@@ -33,8 +33,17 @@ from pathlib import Path
 
 from din_cli.errors import DinError, InputError, NotFoundError, UsageError, VerificationError
 
-_KEYS: dict[tuple, bytes] = {}  # (chain id, task, update CID, reader) -> U, for this process
-_GRANTS: dict[tuple, dict] = {}  # (chain id, grant CID) -> the parsed document
+# What a reader learnt, kept on its chain connection (two chains in one process never mix):
+#   keys        (tasks contract, task, update CID, reader) -> U
+#   grants      (grant CID, reader) -> {update CID: [candidate U]}
+#   block_times block number -> its timestamp
+#   recipients  (tasks contract, task, round, group) -> [(address, HPKE key)]
+#   wraps       (tasks contract, task, update CID) -> check_wraps' verdict
+
+
+def _cache(ctx, name: str) -> dict:
+    caches = ctx.chain.__dict__.setdefault("_sealing_caches", {})
+    return caches.setdefault(name, {})
 
 
 class KeyMissing(UsageError):
@@ -63,10 +72,20 @@ def _publics(ctx, addresses) -> dict[str, bytes]:
 
 
 def recipients(ctx, task_id: int, round_: int, group: int) -> list[tuple[str, bytes]]:
-    """``(address, HPKE key)`` of subgroup ``group``'s validators in ``round_``, slot order (those with a key)."""
-    validators = ctx.din.members(task_id, group, round_)["validators"]
-    keys = _publics(ctx, validators)
-    return [(a, keys[a.lower()]) for a in validators if a.lower() in keys]
+    """``(address, HPKE key)`` of subgroup ``group``'s validators in ``round_``, slot order (those with a key).
+
+    Kept per process once read: a round's subgroup never changes, and a
+    validator serving the task cannot withdraw (and so drop its key).
+    """
+    slot = (ctx.deployment["DinTasks"], int(task_id), int(round_), group)
+    got = _cache(ctx, "recipients").get(slot)
+    if got is None:
+        validators = ctx.din.members(task_id, group, round_)["validators"]
+        keys = _publics(ctx, validators)
+        got = _cache(ctx, "recipients")[slot] = [
+            (a, keys[a.lower()]) for a in validators if a.lower() in keys
+        ]
+    return got
 
 
 def seal_update(ctx, task_id: int, round_: int, plain: Path, out: Path) -> Path:
@@ -133,7 +152,10 @@ def open_update(ctx, task_id: int, info, update, dest: Path, *, cutoff: int | No
             return Refused(
                 "bad-seal", f"the key wrapped for {ctx.address} does not open ({e.message})"
             )
-        bad = seal.check_wraps(s, key, dict((a.lower(), k) for a, k in expected))
+        wraps, verdict = _cache(ctx, "wraps"), (ctx.deployment["DinTasks"], int(task_id), cid)
+        if verdict not in wraps:  # a function of U and the recipients: checked once
+            wraps[verdict] = seal.check_wraps(s, key, dict((a.lower(), k) for a, k in expected))
+        bad = wraps[verdict]
         if bad:
             return Refused("bad-seal", bad)
         try:
@@ -182,11 +204,19 @@ def unseal(ctx, task_id: int, cid: str, dest: Path) -> dict:
                 "only its subgroup's validators and the readers they granted it to can open it",
             ) from e
         if not isinstance(got, Path):
-            raise VerificationError(f"update {cid} is refused ({got.reason}): {got.detail}", "nothing to open")
+            raise VerificationError(
+                f"update {cid} is refused ({got.reason}): {got.detail}", "nothing to open"
+            )
         with open(got, "rb") as fin, atomic_output(dest, mode=0o600) as fout:
             while chunk := fin.read(1 << 20):
                 fout.write(chunk)
-    return {"task_id": task_id, "round": u.round, "group": u.group, "participant": u.participant, "cid": cid}
+    return {
+        "task_id": task_id,
+        "round": u.round,
+        "group": u.group,
+        "participant": u.participant,
+        "cid": cid,
+    }
 
 
 def _key_for(ctx, task_id: int, cid: str, s, cutoff: int | None) -> bytes:
@@ -199,21 +229,20 @@ def _key_for(ctx, task_id: int, cid: str, s, cutoff: int | None) -> bytes:
             f"update {cid} is sealed: only the readers it names have a key to open it",
             "read it as one of them (--key NAME)",
         )
-    chain_id = int(ctx.chain.chain_id)
-    slot = (chain_id, int(task_id), cid, ctx.address.lower())
-    cached = _KEYS.get(slot)
+    keys, slot = _cache(ctx, "keys"), _key_slot(ctx, task_id, cid)
+    cached = keys.get(slot)
     if cached is not None:
         return cached
     if any(a.lower() == ctx.address.lower() for a, _ in s.recipients):
         key = seal.open_key(s, ctx.address, private)  # VerificationError: a bad wrap
-        _KEYS[slot] = key
+        keys[slot] = key
         return key
     for key in _granted(ctx, task_id, cid, private, cutoff):
         try:
             seal.check_key(s, key)
         except VerificationError:
             continue
-        _KEYS[slot] = key
+        keys[slot] = key
         return key
     if cutoff is not None and ctx.chain.now() >= cutoff:
         raise NotFoundError(
@@ -226,28 +255,42 @@ def _key_for(ctx, task_id: int, cid: str, s, cutoff: int | None) -> bytes:
     )
 
 
+def _key_slot(ctx, task_id: int, cid: str) -> tuple:
+    return (ctx.deployment["DinTasks"], int(task_id), cid, ctx.address.lower())
+
+
 def _granted(ctx, task_id: int, cid: str, private: bytes, cutoff: int | None) -> list[bytes]:
     from din_cli.crypto import seal
     from din_cli.protocol.cids import to_text
 
     chain_id = int(ctx.chain.chain_id)
+    times, grants = _cache(ctx, "block_times"), _cache(ctx, "grants")
     out: list[bytes] = []
     for _granter, raw, block in ctx.din.key_grants(task_id):
-        if cutoff is not None and ctx.chain.block_time(block) >= cutoff:
-            continue
+        if cutoff is not None:
+            when = times.get(block)
+            if when is None:
+                when = times[block] = ctx.chain.block_time(block)
+            if when >= cutoff:
+                continue
         try:
             gcid = to_text(raw)
         except InputError:
             continue
-        doc = _GRANTS.get((chain_id, gcid))
-        if doc is None:
+        slot = (gcid, ctx.address.lower())
+        mine = grants.get(slot)
+        if mine is None:
             try:
                 with ctx.workdir() as work:
                     doc = json.loads(ctx.fetch(gcid, work / "grant.json").read_bytes())
-            except (DinError, ValueError, UnicodeDecodeError):
-                doc = {}
-            _GRANTS[(chain_id, gcid)] = doc
-        out += seal.granted_keys(doc, chain_id, int(task_id), ctx.address, private).get(cid, [])
+            except DinError:  # not in the store (yet): read it again next time
+                continue
+            except (ValueError, UnicodeDecodeError):
+                doc = {}  # not a grant document: nothing in it, ever
+            mine = grants[slot] = seal.granted_keys(
+                doc, chain_id, int(task_id), ctx.address, private
+            )
+        out += mine.get(cid, [])
     return out
 
 
@@ -308,9 +351,7 @@ def _held_keys(ctx, task_id: int, rounds_groups, work: Path) -> list[tuple[str, 
                 continue
             if isinstance(got, Path):
                 got.unlink(missing_ok=True)
-                key = _KEYS.get(
-                    (int(ctx.chain.chain_id), int(task_id), to_text(u.cid), ctx.address.lower())
-                )
+                key = _cache(ctx, "keys").get(_key_slot(ctx, task_id, to_text(u.cid)))
                 if key is not None:
                     out.append((to_text(u.cid), key))
     return out
