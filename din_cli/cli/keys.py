@@ -448,6 +448,8 @@ def keys_unseal(cid, task, output, chain_url, ipfs_api, key_name, as_json):
         raise UsageError("--json and the update cannot both go to stdout", "give -o FILE")
     with context(chain_url, ipfs_api, key_name) as ctx:
         doc = sealing.unseal(ctx, task_number(task), cid, output)
-    out.note(f"opened round {doc['round']}'s update of {doc['participant']} (subgroup {doc['group']})")
+    out.note(
+        f"opened round {doc['round']}'s update of {doc['participant']} (subgroup {doc['group']})"
+    )
     if as_json:
         out.emit_json(doc)
