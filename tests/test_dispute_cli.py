@@ -34,14 +34,9 @@ def fields(text: str) -> dict:
     return dict(line.split("\t", 1) for line in text.splitlines())
 
 
-@pytest.fixture(params=["embedded", "anvil"])
-def chain_env(request, monkeypatch):
-    if request.param == "anvil":
-        monkeypatch.setenv("DIN_CHAIN", request.getfixturevalue("anvil_url"))
-    return request.param
-
-
-def test_a_colluding_majority_is_overturned_by_a_dispute(din, chain_env):
+def _started_task(din, *, rounds: int, privacy: str) -> tuple[str, dict]:
+    """One subgroup of the 2 participants and the 5 validators, the committee's stakers staked,
+    round 1 started; ``(task id, {key name: address})``."""
     ok(din("init", "--dev-accounts", "12", "-q"))
     ok(din("data", "split", "--dataset", "digits", "--participants", "2", "--out", "stores"))
     ok(din("model", "init", "--arch", "logreg:64-10", "--seed", "0", "-o", "genesis.safetensors"))
@@ -49,7 +44,7 @@ def test_a_colluding_majority_is_overturned_by_a_dispute(din, chain_env):
         din(
             "model", "publish", "genesis.safetensors", "--test-set", "stores/test.npz",
             "--deposit", "100", "--subgroup-size", "2", "--validators-per-subgroup", "5",
-            "--rounds", "2", "--privacy", "open", "--key", OWNER, "-q",
+            "--rounds", str(rounds), "--privacy", privacy, "--key", OWNER, "-q",
         )
     ).strip()  # fmt: skip
     addr = {k: ok(din("keys", "show", k, "--field", "address")).strip() for k in VALS + STAKERS}
@@ -60,6 +55,18 @@ def test_a_colluding_majority_is_overturned_by_a_dispute(din, chain_env):
     for p in PARTS:
         ok(din("participant", "join", task, "--key", p, "-q"))
     ok(din("round", "start", "--task", task, "--key", OWNER, "-q"))
+    return task, addr
+
+
+@pytest.fixture(params=["embedded", "anvil"])
+def chain_env(request, monkeypatch):
+    if request.param == "anvil":
+        monkeypatch.setenv("DIN_CHAIN", request.getfixturevalue("anvil_url"))
+    return request.param
+
+
+def test_a_colluding_majority_is_overturned_by_a_dispute(din, chain_env):
+    task, addr = _started_task(din, rounds=2, privacy="open")
 
     def train(r):
         for i, p in enumerate(PARTS):
@@ -190,25 +197,8 @@ def test_a_colluding_majority_is_overturned_by_a_dispute(din, chain_env):
 def test_a_colluding_majority_is_overturned_in_a_sealed_task(din, chain_env):
     """Sealed: only the subgroup's validators read its updates, so an honest one of them files, and
     the committee (stakers outside the task) votes once it granted them the subgroup's keys."""
-    ok(din("init", "--dev-accounts", "12", "-q"))
-    ok(din("data", "split", "--dataset", "digits", "--participants", "2", "--out", "stores"))
-    ok(din("model", "init", "--arch", "logreg:64-10", "--seed", "0", "-o", "genesis.safetensors"))
+    task, addr = _started_task(din, rounds=1, privacy="sealed")
     genesis = ok(din("ipfs", "add", "genesis.safetensors")).strip()
-    task = ok(
-        din(
-            "model", "publish", "genesis.safetensors", "--test-set", "stores/test.npz",
-            "--deposit", "100", "--subgroup-size", "2", "--validators-per-subgroup", "5",
-            "--rounds", "1", "--privacy", "sealed", "--key", OWNER, "-q",
-        )
-    ).strip()  # fmt: skip
-    addr = {k: ok(din("keys", "show", k, "--field", "address")).strip() for k in VALS + STAKERS}
-    for v in VALS + STAKERS:
-        ok(din("validator", "stake", "100", "--key", v, "-q"))
-    for v in VALS:
-        ok(din("validator", "join", task, "--key", v, "-q"))
-    for p in PARTS:
-        ok(din("participant", "join", task, "--key", p, "-q"))
-    ok(din("round", "start", "--task", task, "--key", OWNER, "-q"))
     for i, p in enumerate(PARTS):
         ok(din("train", "--task", task, "--data", f"stores/participant-0{i + 1}.npz", "--submit",
                "--epochs", "2", "--lr", "0.5", "--key", p, "-q"))  # fmt: skip
