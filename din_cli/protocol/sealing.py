@@ -74,7 +74,7 @@ def _publics(ctx, addresses) -> dict[str, bytes]:
 def recipients(ctx, task_id: int, round_: int, group: int) -> list[tuple[str, bytes]]:
     """``(address, HPKE key)`` of subgroup ``group``'s validators in ``round_``, slot order (those with a key).
 
-    Kept per process once read: a round's subgroup never changes, and a
+    Kept on the chain connection once read: a round's subgroup never changes, and a
     validator serving the task cannot withdraw (and so drop its key).
     """
     slot = (ctx.deployment["DinTasks"], int(task_id), int(round_), group)
