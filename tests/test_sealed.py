@@ -155,18 +155,21 @@ def test_a_sealed_task_runs_and_only_the_readers_it_names_read_an_update(tmp_pat
     with pytest.raises(DinError, match="already granted"):
         sealing.grant_for_evaluation(w.ctx(first[0]), w.task)
     evaluation.post_test_set(w.ctx(w.owner), w.task, w.test_store)
-    # a griefer grants wrong keys for the other subgroup's updates: they fail the key check
+    # griefers grant wrong keys for the other subgroup's updates: an outsider's grant is not even
+    # fetched, and a validator's fails the key check
     w.chain.fund(eve.address, 10**18)
     theirs = [to_text(u.cid) for u in updates if u.group == 1]
-    bogus = seal.grant_document(
-        int(w.chain.chain_id),
-        w.task,
-        eve.address,
-        [(c, aead.generate_key()) for c in theirs],
-        [(first[0].address, first[0].hpke_public)],
-    )
-    (tmp_path / "bogus.json").write_text(json.dumps(bogus))
-    w.din.grant_keys(eve.account, w.task, to_bytes(w.ctx().add(tmp_path / "bogus.json")))
+    for griefer in (eve, first[1]):
+        bogus = seal.grant_document(
+            int(w.chain.chain_id),
+            w.task,
+            griefer.address,
+            [(c, aead.generate_key()) for c in theirs],
+            [(first[0].address, first[0].hpke_public)],
+        )
+        (tmp_path / "bogus.json").write_text(json.dumps(bogus))
+        cid = w.ctx().add(tmp_path / "bogus.json")
+        w.din.grant_keys(griefer.account, w.task, to_bytes(cid))
     with pytest.raises(sealing.KeyMissing, match="has no key for"):
         evaluation.evaluate_commit(w.ctx(first[0]), w.task)
     for v in _group_validators(w, 1, 1):

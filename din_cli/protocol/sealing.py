@@ -265,8 +265,11 @@ def _granted(ctx, task_id: int, cid: str, private: bytes, cutoff: int | None) ->
 
     chain_id = int(ctx.chain.chain_id)
     times, grants = _cache(ctx, "block_times"), _cache(ctx, "grants")
+    holders = {a.lower() for a in ctx.din.validators(task_id)}  # only they ever hold a key
     out: list[bytes] = []
-    for _granter, raw, block in ctx.din.key_grants(task_id):
+    for granter, raw, block in ctx.din.key_grants(task_id):
+        if granter.lower() not in holders:  # anyone may announce; nobody else's grant is fetched
+            continue
         if cutoff is not None:
             when = times.get(block)
             if when is None:
