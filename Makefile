@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: all install test lint docs contracts contracts-check demo demo-steps services services-stop clean
+.PHONY: all install test lint docs contracts contracts-check demo demo-secagg demo-steps services services-stop clean
 
 all: test lint
 
@@ -43,6 +43,11 @@ contracts-check: node_modules/.installed
 ## a whole DIN run on the embedded defaults: one node per actor
 demo: $(VENV_STAMP)
 	PATH="$(CURDIR)/.venv/bin:$$PATH" bash examples/nodes.sh
+
+## the same on nodes with secure aggregation: nobody reads an update, and dev7 joins then drops out
+## (45 s phases: each round's training waits for its deadline without dev7)
+demo-secagg: $(VENV_STAMP)
+	PATH="$(CURDIR)/.venv/bin:$$PATH" DEMO_PRIVACY=secagg DEMO_DROPOUT=dev7 DEMO_PHASE_SECONDS=45 bash examples/nodes.sh
 
 ## the same task driven one command at a time from one shell
 demo-steps: $(VENV_STAMP)

@@ -12,7 +12,9 @@ cd "$WORK"
 export DIN_HOME="$WORK/.din"
 unset DIN_KEY
 ROUNDS=3
-PRIVACY=${DEMO_PRIVACY:-sealed}  # who reads the updates: sealed (their validators only) or open
+PRIVACY=${DEMO_PRIVACY:-sealed}  # who reads the updates: sealed (their validators only), secagg (nobody) or open
+DROPOUT=${DEMO_DROPOUT:-}  # a participant that joins and then never trains (make demo-secagg: dev7)
+PHASE_SECONDS=${DEMO_PHASE_SECONDS:-}  # every phase's length (default 30-60 min: phases end when all acted)
 EPOCHS=20
 LR=0.5
 OWNER=dev1
@@ -60,7 +62,8 @@ setup_task() {
 
     say "model owner publishes the task"
     TASK=$(din model publish genesis.safetensors --test-set stores/test.npz --deposit 1000 --subgroup-size 6 \
-        --validators-per-subgroup 4 --rounds "$ROUNDS" --privacy "$PRIVACY" --key "$OWNER" -q)
+        --validators-per-subgroup 4 --rounds "$ROUNDS" --privacy "$PRIVACY" --key "$OWNER" -q \
+        ${PHASE_SECONDS:+--phase-seconds "$PHASE_SECONDS"})
     GENESIS=$(din round status --task "$TASK" | field model)
     echo "task $TASK, genesis model $GENESIS" >&2
     declare -gA ADDRESS
@@ -82,6 +85,7 @@ check_and_summarize() {
     din rewards show --task "$TASK" >rewards.tsv
     din rewards show --task "$TASK" --json >rewards.json
     # a sealed task's updates open for its validators only: check as an honest one of them
+    # (a secagg task's sums are checked from public data alone, whoever checks)
     din verify --task "$TASK" --key "${VALIDATORS[0]}" >verify.tsv || fail "din verify: the chain's record does not hold"
     round_accuracy
     grep -q '"fully_paid": true' rewards.json || fail "payouts do not sum to the deposit"
@@ -114,6 +118,7 @@ check_and_summarize() {
             a=${ADDRESS[$p]}
             note=""
             [ "$p" = "$SHUFFLED" ] && note="  <- shuffled labels"
+            [ "$p" = "$DROPOUT" ] && note="  <- joined, then dropped out: never trained"
             printf '%-12s %-44s %-8s %s%s\n' "$p" "$a" \
                 "$(awk -F'\t' -v a="$a" '$1 == "participant" && $2 == a {print $3}' rewards.tsv)" "$(payout "$a")" "$note"
         done

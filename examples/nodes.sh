@@ -17,6 +17,7 @@
 #
 #   bash examples/nodes.sh            # work folder: a fresh temporary one
 #   DEMO_DIR=demo bash examples/nodes.sh
+#   DEMO_PRIVACY=secagg DEMO_DROPOUT=dev7 DEMO_PHASE_SECONDS=45 bash examples/nodes.sh   # make demo-secagg
 set -euo pipefail
 
 # shellcheck source=examples/common.sh
@@ -38,10 +39,14 @@ start_node() {  # start_node NAME ARGS...: one `din node run` in the background,
     NODE_PID[$name]=$!
 }
 
-say "nodes start: the owner, 6 participants, 4 validators (one dishonest)"
+say "nodes start: the owner, ${#PARTICIPANTS[@]} participants${DROPOUT:+ ($DROPOUT joins and drops out)}, 4 validators (one dishonest)"
 start_node owner --owner "$OWNER" --test-set stores/test.npz --min-participants 6 --min-validators 4
 for p in "${PARTICIPANTS[@]}"; do
     i=${p#dev}
+    if [ "$p" = "$DROPOUT" ]; then  # joins, then is gone: its subgroup's sum is opened without it
+        din participant join "$TASK" --key "$p" -q >/dev/null
+        continue
+    fi
     start_node "$p" --participant "$p=stores/participant-0$((i - 1)).npz" --epochs "$EPOCHS" --lr "$LR"
 done
 for v in "${VALIDATORS[@]}"; do

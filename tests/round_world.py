@@ -39,9 +39,12 @@ class World:
         metric="accuracy",
         deployed=None,
         dataset="digits",
+        ipfs_api=None,
         **task_kw,
     ):
-        """``deployed``: ``(chain, dev, deployment)`` to share (e.g. anvil); default a fresh embedded chain."""
+        """``deployed``: ``(chain, dev, deployment)`` to share (e.g. anvil); default a fresh embedded chain.
+        ``ipfs_api``: an IPFS daemon as the content store (default din's local store)."""
+        self.ipfs_api = ipfs_api
         from din_cli.chain.client import connect
         from din_cli.chain.din import DURATION_NAMES, Din, deploy_all, file_sha256
         from din_cli.ml.data import split
@@ -100,7 +103,7 @@ class World:
     def ctx(self, who=None):
         from din_cli.protocol.context import open_context
 
-        return open_context(identity=who, chain=self.chain, deployment=self.dep)
+        return open_context(None, self.ipfs_api, who, chain=self.chain, deployment=self.dep)
 
     def phase(self) -> str:
         return self.din.task_info(self.task).phase

@@ -54,7 +54,7 @@ def din(work: Path, *args: str, **env) -> str:
     return proc.stdout
 
 
-def check_outcome(work: Path, env: dict) -> None:
+def check_outcome(work: Path, env: dict, privacy: str = "sealed") -> None:
     summary = (work / "summary.txt").read_text()
     accuracy = [
         line.split()[1] for line in summary.splitlines() if line[:1].isdigit() and "%" in line
@@ -77,9 +77,11 @@ def check_outcome(work: Path, env: dict) -> None:
     assert len(honest) == 5 and shuffled < statistics.median(honest) / 2
 
     # the demo's task is sealed: without a key only the global models can be checked; an honest
-    # validator of the subgroup checks every subgroup aggregate too
+    # validator of the subgroup checks every subgroup aggregate too. A secagg task's sums are
+    # checked by anyone, from the masked updates and the revealed shares.
     blind = din(work, "verify", "--task", "1", **env).splitlines()
-    assert [c.split("\t")[3] for c in blind] == ["sealed", "ok"] * 3, blind
+    first = "ok" if privacy == "secagg" else "sealed"
+    assert [c.split("\t")[3] for c in blind] == [first, "ok"] * 3, blind
     checks = din(work, "verify", "--task", "1", "--key", "dev8", **env).splitlines()
     assert len(checks) == 6 and all("\tok\t" in c for c in checks)
 
@@ -93,6 +95,24 @@ def test_demo_on_nodes_on_the_embedded_defaults(tmp_path):
     # the owner, 6 participants and 4 validators (the dishonest one too) each ran a node to the end
     status = json.loads(din(work, "node", "status", "--json"))
     assert sorted(s["state"] for s in status) == ["finished"] * 11
+
+
+def test_demo_secagg_on_nodes_with_a_participant_dropping_out(tmp_path):
+    _wanted()
+    env = {"DEMO_PRIVACY": "secagg", "DEMO_DROPOUT": "dev7", "DEMO_PHASE_SECONDS": "45"}
+    work, proc = run_demo(tmp_path, NODES, **env)
+    assert "all checks passed" in proc.stderr and "dropped out" in proc.stdout
+    check_outcome(work, {}, privacy="secagg")
+    shown = json.loads(din(work, "rewards", "show", "--task", "1", "--json"))
+    keys = dict(line.split("\t") for line in din(work, "keys", "list").splitlines())
+    paid = {p["address"]: p["claimed"] for p in shown["participants"]}
+    assert paid[keys["dev7"]] == 0 and all(v > 0 for a, v in paid.items() if a != keys["dev7"])
+    # every node ran to the end; the dropout ran none
+    status = json.loads(din(work, "node", "status", "--json"))
+    assert sorted(s["state"] for s in status) == ["finished"] * 10
+    # the last round summed every survivor: no masked update was refused, no seed was lost
+    shown = din(work, "round", "status", "--task", "1", "--json")
+    assert "bad-secagg" not in shown and "unrecoverable" not in shown
 
 
 @pytest.mark.integration

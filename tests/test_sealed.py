@@ -246,9 +246,9 @@ def test_a_participant_that_seals_wrongly_is_refused_alike_by_every_validator(tm
 def test_the_contract_refuses_an_unknown_privacy_mode(tmp_path, deployed, monkeypatch):
     from din_cli.chain import din as din_mod
 
-    monkeypatch.setattr(din_mod, "PRIVACY_MODES", ("open", "sealed", "secagg"))
+    monkeypatch.setattr(din_mod, "PRIVACY_MODES", ("open", "sealed", "secagg", "bogus"))
     with pytest.raises(TransactionReverted, match="bad privacy mode"):
-        World(tmp_path, deployed=deployed, privacy_mode="secagg")
+        World(tmp_path, deployed=deployed, privacy_mode="bogus")
 
 
 def test_the_cli_publishes_sealed_by_default_and_shows_it(run_din):

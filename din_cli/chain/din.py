@@ -81,8 +81,11 @@ DEFAULT_DURATIONS = {
     "settle": 3600,
 }
 EVAL_ROUND = 0
-#: Who can read participants' updates (TaskParams.privacy): everyone, or the validators who must (crypto.seal).
-PRIVACY_MODES = ("open", "sealed")
+#: Who can read participants' updates (TaskParams.privacy): everyone, the validators who must
+#: (crypto.seal), or nobody: secure aggregation opens only subgroup sums (protocol.secagg).
+PRIVACY_MODES = ("open", "sealed", "secagg")
+#: secagg's default Shamir threshold: 2/3 of a participant's neighbours, in millionths (ruleParam).
+SECAGG_THRESHOLD = 666667
 #: Default per-participant sample cap (FedAvg weight) of a task.
 DEFAULT_MAX_SAMPLES = 2**16
 TOKEN_UNIT = 10**18
@@ -202,6 +205,7 @@ class TaskInfo:
     test_set_hash: bytes = b""  # sha256 of the plaintext test set, committed at creation
     genesis_cid: bytes = b""
     privacy_mode: str = "open"  # PRIVACY_MODES: who can read participants' updates
+    secagg_threshold: int = 0  # secagg: Shamir threshold, millionths of a participant's neighbours
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -222,6 +226,11 @@ class TaskInfo:
         """What protects participants' updates, in words (``din task status``)."""
         if self.privacy_mode == "sealed":
             head = "sealed: each update is readable only by its subgroup's validators, the evaluation validators and a dispute committee"
+        elif self.privacy_mode == "secagg":
+            head = (
+                "secagg: updates are masked, nobody reads one; only each subgroup's sum is opened"
+                f" (threshold {self.secagg_threshold / 1e6:.6g} of a participant's neighbours)"
+            )
         else:
             head = "open"
         if self.dp is None:
@@ -339,6 +348,34 @@ def encode_rule(name: str, *, clip_norm=None, trim=None) -> tuple[int, int]:
             f"{flag} {value} has more than 6 decimals", "give at most 6: a task stores millionths"
         )
     return RULES.index(name), int(micro)
+
+
+def encode_threshold(threshold, aggregation: str, scoring: str) -> int:
+    """A secagg task's Shamir threshold in millionths (stored in ruleParam), checked."""
+    from decimal import Decimal, InvalidOperation
+
+    if aggregation != "mean":
+        raise UsageError(
+            f"secagg opens only subgroup sums, so --aggregation {aggregation} cannot run on it",
+            "use --aggregation mean with --privacy secagg",
+        )
+    if scoring == "update":
+        raise UsageError(
+            "secagg cannot score one update alone: nobody can read one",
+            "use --scoring gtg, exact or loo with --privacy secagg",
+        )
+    if threshold is None:
+        return SECAGG_THRESHOLD
+    try:
+        micro = Decimal(str(threshold)) * 10**6
+    except InvalidOperation:
+        micro = Decimal(-1)
+    if micro != micro.to_integral_value() or not 5 * 10**5 < micro <= 10**6:
+        raise UsageError(
+            f"secagg threshold {threshold} is not a fraction in (0.5, 1] with at most 6 decimals",
+            "give e.g. --secagg-threshold 0.67: above half, so two disjoint sets of neighbours can never both unmask",
+        )
+    return int(micro)
 
 
 def decode_rule(rule: int, param: int) -> tuple[str, str]:
@@ -546,6 +583,7 @@ class Din:
         dp_noise: str | float | None = None,
         dp_delta: str | float | None = None,
         privacy_mode: str = "open",
+        secagg_threshold: str | float | None = None,
         durations: dict | None = None,
     ) -> int:
         """Approve the deposit and create a task; its id.
@@ -561,7 +599,11 @@ class Din:
         ``scoring`` (one of SCORINGS) how evaluation validators score participants;
         ``dp_clip``, ``dp_noise`` and ``dp_delta`` the differential privacy every
         participant's update gets (``ml.privacy``; none when omitted);
-        ``privacy_mode`` (one of PRIVACY_MODES) who can read the updates.
+        ``privacy_mode`` (one of PRIVACY_MODES) who can read the updates;
+        with ``secagg``, ``secagg_threshold`` (a fraction in (0.5, 1], at most 6
+        decimals; default 2/3) is the share of a participant's neighbours that
+        must reveal shares to unmask it. Secagg aggregates by the weighted mean
+        and scores by contribution (it cannot see one update).
         """
         from din_cli.ml import privacy
 
@@ -579,6 +621,13 @@ class Din:
         if scoring not in SCORINGS:
             raise UsageError(
                 f"scoring {scoring!r} is not one of {', '.join(SCORINGS)}", "pick one of those"
+            )
+        if privacy_mode == "secagg":
+            rule_param = encode_threshold(secagg_threshold, aggregation, scoring)
+        elif secagg_threshold is not None:
+            raise UsageError(
+                "--secagg-threshold applies to secagg tasks only",
+                "add --privacy secagg, or drop it",
             )
         if scoring == "exact" and int(subgroup_size) > EXACT_MAX:
             raise UsageError(
@@ -1049,7 +1098,8 @@ class Din:
             raise
         r = decode_struct(task_layout(), words)
         created = self._logs("TaskCreated", taskId=int(task_id))
-        aggregation, aggregation_param = decode_rule(r["rule"], r["ruleParam"])
+        secagg = PRIVACY_MODES[int(r["privacy"])] == "secagg"
+        aggregation, aggregation_param = decode_rule(r["rule"], 0 if secagg else r["ruleParam"])
         return TaskInfo(
             task_id=int(task_id),
             owner=r["owner"],
@@ -1087,6 +1137,7 @@ class Din:
             test_set_hash=bytes(r["testSetHash"]),
             genesis_cid=bytes(created[0]["args"]["genesisCid"]) if created else b"",
             privacy_mode=PRIVACY_MODES[int(r["privacy"])],
+            secagg_threshold=int(r["ruleParam"]) if secagg else 0,
         )
 
     def participants(self, task_id: int) -> list[str]:

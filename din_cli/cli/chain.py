@@ -330,6 +330,38 @@ def participant_join(task, chain_url, key_name, as_json):
     _print_joined(result, as_json, f"joined task {result['task']} as participant")
 
 
+@participant.command("unmask")
+@click.argument("task")
+@acting_options(ipfs=True)
+def participant_unmask(task, chain_url, ipfs_api, key_name, as_json):
+    """Reveal your shares for unmasking your subgroup's sum in a secagg TASK; prints the reveal's CID.
+
+    Run it once the round's training phase has closed (aggregation-commit):
+    for each surviving neighbour it reveals your share of its self-mask seed,
+    and of its pair seeds with neighbours that dropped out, never both, so no
+    single update is ever unmasked. Validators sum as soon as every survivor
+    has revealed, or at the middle of the phase with the reveals in by then.
+    Exit 2 outside that phase or when you submitted nothing this round;
+    exit 7 (already done) when you already revealed.
+
+    \b
+    Example:
+        din round wait 1 --phase aggregation-commit && din participant unmask 1 --key dev3
+    """
+    from din_cli.protocol import secagg
+    from din_cli.protocol.roundflow import task_number
+
+    with context(chain_url, ipfs_api, key_name) as ctx:
+        result = secagg.reveal(ctx, task_number(task))
+    if as_json:
+        output.emit_json(result)
+        return
+    output.note(
+        f"revealed {result['shares']} shares for task {result['task_id']} round {result['round']}"
+    )
+    output.emit(result["cid"])
+
+
 def _print_joined(result: dict, as_json: bool, what: str) -> None:
     """The index a join gave: JSON, or the index on stdout and ``what INDEX`` on stderr."""
     if as_json:

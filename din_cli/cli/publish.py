@@ -99,12 +99,20 @@ from din_cli.cli.options import acting_options, context, rule_options
 @click.option(
     "--privacy",
     "privacy_mode",
-    type=click.Choice(["sealed", "open"]),
+    type=click.Choice(["sealed", "secagg", "open"]),
     default="sealed",
     show_default=True,
     help="Who can read participants' updates (fixed on chain): sealed, each update is encrypted "
     "to its subgroup's validators, who grant its key to the evaluation validators and to a "
-    "dispute committee only; open, anyone (for open-source models whose owners choose it).",
+    "dispute committee only; secagg, nobody: updates are masked (secure aggregation) and only "
+    "each subgroup's sum is opened; open, anyone (for open-source models whose owners choose it).",
+)
+@click.option(
+    "--secagg-threshold",
+    default=None,
+    metavar="F",
+    help="With --privacy secagg: the fraction of a participant's neighbours (above 0.5) whose "
+    "shares unmask it; up to the rest may drop out.  [default: 0.666667]",
 )
 @click.option(
     "--phase-seconds",
@@ -132,6 +140,7 @@ def model_publish(
     dp_noise,
     dp_delta,
     privacy_mode,
+    secagg_threshold,
     phase_seconds,
     chain_url,
     ipfs_api,
@@ -177,6 +186,7 @@ def model_publish(
         dp_noise=dp_noise,
         dp_delta=dp_delta,
         privacy_mode=privacy_mode,
+        secagg_threshold=secagg_threshold,
         test_set_hash=file_sha256(test_set),
     )
     if phase_seconds:

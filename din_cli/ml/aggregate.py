@@ -692,6 +692,56 @@ def _write_chunks_torch(plan: _Plan, out: BinaryIO, engine: str, nthreads: int, 
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def write_sums(
+    sums,
+    total: int,
+    output: str | os.PathLike,
+    *,
+    base: str | os.PathLike,
+    round_: int,
+    task: str,
+    metadata: Mapping[str, str] | None = None,
+) -> AggregateResult:
+    """Write the FedAvg whose exact fixed-point sums are known: ``sums`` (int64, every weight of
+    ``base``'s architecture in name order) holds ``sum(rint(clip(w * 2^S)) * n)`` over inputs of
+    ``total`` samples in all.
+
+    The weights are the ones :func:`aggregate` writes for those inputs, byte
+    for byte: the same int64-to-float64 rounding, the same true division by
+    ``total * 2^S``, the same float64-to-float32 rounding. Secure aggregation
+    (``protocol.secagg``) learns only these sums.
+    """
+    import numpy as np
+
+    from din_cli.files import atomic_output
+    from din_cli.ml import tensorfile, zoo
+
+    arch = tensorfile.read_header(base).arch
+    expected = zoo.param_shapes(arch)
+    names = sorted(expected)
+    sizes = [int(np.prod(expected[n], dtype=np.int64)) for n in names]
+    sums = np.asarray(sums, dtype=np.int64).reshape(-1)
+    if sums.size != sum(sizes) or not 0 < int(total) <= MAX_TOTAL_SAMPLES:
+        raise InputError(
+            f"{sums.size} sums for {sum(sizes)} weights, over {total} samples",
+            "pass one sum per weight of the architecture and a positive sample total",
+        )
+    meta = tensorfile.make_metadata(
+        arch=arch, kind="aggregate", samples=total, round=round_, task=task, encoding=ENCODING
+    )
+    meta.update(metadata or {})
+    header = tensorfile.encode_header(meta, {n: ("F32", expected[n]) for n in names})
+    divisor = float(total) * float(2**SCALE_BITS)
+    with atomic_output(output) as f:
+        f.write(header)
+        for a in range(0, sums.size, BLOCK):
+            block = np.divide(sums[a : a + BLOCK].astype(np.float64), divisor)
+            f.write(block.astype("<f4").tobytes())
+    return AggregateResult(
+        arch=arch, samples=int(total), inputs=0, params=int(sums.size), round=round_, task=task
+    )
+
+
 def aggregate(
     paths: Sequence[str | os.PathLike],
     output: str | os.PathLike,

@@ -53,6 +53,7 @@ KINDS = ("model", "update", "aggregate")
 META_KEYS = ("din.arch", "din.encoding", "din.kind", "din.round", "din.samples", "din.task")
 EXCLUDED_KEY = "din.excluded"  # aggregates only, when inputs were left out
 RULE_KEY = "din.rule"  # aggregates only, made by a rule other than the weighted mean
+SECAGG_KEY = "din.secagg"  # secure aggregation: a masked update's shares and checks, an aggregate's summed inputs
 MAX_HEADER = 100 * 1024 * 1024
 
 # numpy dtype name -> safetensors dtype
@@ -65,6 +66,7 @@ _DTYPES = {
     "int16": "I16",
     "int8": "I8",
     "uint8": "U8",
+    "uint64": "U64",
     "bool": "BOOL",
 }
 _ITEMSIZE = {
@@ -77,6 +79,7 @@ _ITEMSIZE = {
     "I16": 2,
     "I8": 1,
     "U8": 1,
+    "U64": 8,
     "BOOL": 1,
 }
 _NP_OF = {v: k for k, v in _DTYPES.items()}
@@ -306,12 +309,18 @@ def is_canonical(header: Header) -> bool:
 
     That is: keys sorted, no spaces, ASCII, padded to 8 bytes, tensors in
     sorted name order and back to back, and the metadata exactly din's schema
-    (:data:`META_KEYS`, plus :data:`EXCLUDED_KEY` and :data:`RULE_KEY` on an aggregate).
+    (:data:`META_KEYS`, plus :data:`EXCLUDED_KEY`, :data:`RULE_KEY` and :data:`SECAGG_KEY` on
+    an aggregate, :data:`SECAGG_KEY` on a masked update).
     """
     keys = set(header.metadata)
     schema = set(META_KEYS)
-    if keys != schema and not (
-        header.kind == "aggregate" and schema < keys <= schema | {EXCLUDED_KEY, RULE_KEY}
+    if (
+        keys != schema
+        and not (
+            header.kind == "aggregate"
+            and schema < keys <= schema | {EXCLUDED_KEY, RULE_KEY, SECAGG_KEY}
+        )
+        and not (header.kind == "update" and keys == schema | {SECAGG_KEY})
     ):
         return False
     specs = {n: (t.dtype, t.shape) for n, t in header.tensors.items()}

@@ -233,6 +233,10 @@ def compute_scores(
     ``device`` is where models are scored (``ml.evaluate.logits``): the
     scores are the same on either.
     """
+    from din_cli.protocol import secagg
+
+    if secagg.is_secagg_task(ctx.din.task_info(task_id)):
+        return secagg_scores(ctx, task_id, group, test_path, work, metric, scoring, device)
     if scoring == "update":
         return (*update_scores(ctx, task_id, group, test_path, work, metric, device), {})
     return contribution_scores(ctx, task_id, group, test_path, work, metric, scoring, device)
@@ -315,6 +319,83 @@ def contribution_scores(
             )
             for pos, k in enumerate(keep):
                 got[updates[k].index] = 0 if updates[k].index in copied else c.scores[pos]
+        per_round[r] = [got.get(i, 0) for i in members]
+    count = len(rounds)
+    scores = [
+        (2 * sum(v[k] for v in per_round.values()) + count) // (2 * count) if count else 0
+        for k in range(len(members))
+    ]
+    return [parts[i] for i in members], scores, per_round
+
+
+def secagg_scores(
+    ctx,
+    task_id: int,
+    group: int,
+    test_path: Path,
+    work: Path,
+    metric: str,
+    method: str,
+    device: str = "cpu",
+) -> tuple[list[str], list[int], dict]:
+    """Contribution scores in a secagg task, where only subgroup sums were ever opened.
+
+    For each counted round, the players of ``protocol.contribution`` are the
+    round's accepted subgroup aggregates (each weighted by its samples; a
+    subgroup that fell back to the starting model plays no part), scored by
+    ``method`` on that round's test rows as in :func:`contribution_scores`.
+    A subgroup's contribution (basis points, floored at 0) is shared among
+    the participants its sum included by their FedAvg weights, rounded down:
+    ``contribution * n_i // sum(n)``. Nothing here looks at one update, and no
+    coalition is smaller than a subgroup's sum, so no score reveals an
+    individual update; a free-rider inside a subgroup shares its score like
+    anyone else in it. Final scores average over the counted rounds as there.
+    """
+    from din_cli.ml.data import load_store
+    from din_cli.protocol import secagg
+    from din_cli.protocol.cids import to_text
+    from din_cli.protocol.contribution import contributions
+    from din_cli.protocol.sampling import evaluation_rows
+
+    members = list(ctx.din.round_info(task_id, EVAL_ROUND).participant_groups[group])
+    parts = ctx.din.participants(task_id)
+    test = load_store(test_path)
+    rounds = counted_rounds(ctx, task_id)
+    per_round: dict[int, list[int]] = {}
+    for r in rounds:
+        rnd = ctx.din.round_info(task_id, r)
+        rows = evaluation_rows(rnd.seed, len(test), final=r == rounds[-1])
+        start = to_text(rnd.model_cid)
+        sub = work / f"secagg-r{r}"
+        sub.mkdir(exist_ok=True)
+        base = ctx.fetch(start, sub / "start.safetensors")
+        players, weights, shares = [], [], []
+        for g, raw in sorted(ctx.din.accepted_aggregates(task_id, r).items()):
+            if to_text(raw) == start:
+                continue
+            path = ctx.fetch(raw, sub / f"g{g}.safetensors")
+            split = secagg.included(path)
+            if not split:
+                continue
+            players.append(path)
+            weights.append(sum(split.values()))
+            shares.append(split)
+        got: dict[int, int] = {}
+        if players:
+            c = contributions(
+                players,
+                base,
+                test,
+                rows=rows,
+                weights=weights,
+                method=method if method != "update" else "gtg",
+                metric=metric,
+                seed=rnd.seed,
+                device=device,
+            )
+            for score, total, split in zip(c.scores, weights, shares, strict=True):
+                for i, n in split.items():
+                    got[i] = max(0, int(score)) * n // total
         per_round[r] = [got.get(i, 0) for i in members]
     count = len(rounds)
     scores = [

@@ -475,6 +475,21 @@ class Node:
             )
         if not member["index1"]:
             return self._sit_out(ident, task_id, info, "join", "joined; nothing to do in it")
+        if (
+            phase == "aggregation-commit"
+            and member["last_round"] == info.round
+            and info.privacy_mode == "secagg"
+        ):
+            from din_cli.protocol import secagg
+
+            return self._attempt(
+                ident,
+                task_id,
+                info,
+                "unmask",
+                lambda: secagg.reveal(ctx, task_id),
+                lambda r: f"revealed {r['shares']} shares for round {r['round']}'s unmasking",
+            )
         if phase != "training" or member["last_round"] >= info.round:
             return False
         return self._attempt(

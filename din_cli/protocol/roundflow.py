@@ -167,6 +167,7 @@ def train_and_submit(
     from din_cli.ml.privacy import privatize
     from din_cli.ml.train import train
     from din_cli.protocol import privacy, sealing
+    from din_cli.protocol import secagg as secure
 
     d = ctx.din
     info = d.task_info(task_id)
@@ -209,14 +210,17 @@ def train_and_submit(
                 rounds = set(privacy.rounds_taken(ctx, task_id).get(ctx.address, []))
                 eps = info.dp.epsilon(len(rounds | {info.round}))
             dp_doc["epsilon"] = eps
-        if sealing.is_sealed_task(info):
-            if (
-                d.round_info(task_id, info.round).seed is None
-            ):  # round 1's subgroups: drawn by any transaction
-                with ctx.chain.writing():
-                    if d.round_info(task_id, info.round).seed is None:
-                        d.advance(ctx.account, task_id)
+        sealed, masked = sealing.is_sealed_task(info), secure.is_secagg_task(info)
+        if (sealed or masked) and d.round_info(task_id, info.round).seed is None:
+            with ctx.chain.writing():  # round 1's subgroups: drawn by any transaction
+                if d.round_info(task_id, info.round).seed is None:
+                    d.advance(ctx.account, task_id)
+        if sealed:
             update = sealing.seal_update(ctx, task_id, info.round, update, work / "update.sealed")
+        elif masked:
+            update = secure.mask_update(
+                ctx, task_id, info.round, update, work / "update.masked", info
+            )
         cid = ctx.add(update)
     with ctx.chain.writing():
         now = d.task_info(task_id)
@@ -320,6 +324,9 @@ def subgroup_result(
 ):
     """Subgroup ``group``'s result of ``round_`` by the admission rule; ``(cid text, Admission | None)``.
 
+    In a secagg task the subgroup's masked updates are summed instead
+    (``protocol.secagg.subgroup_result``): nobody reads one of them.
+
     ``window=False``: in a sealed task, a missing key is always
     ``sealing.KeyMissing``, never ``unavailable`` past a grant cutoff (``din
     verify`` reports the subgroup as sealed instead of recomputing it without
@@ -336,12 +343,16 @@ def subgroup_result(
     starting model).
     """
     from din_cli.chain.din import task_rule
-    from din_cli.protocol import admission
+    from din_cli.protocol import admission, secagg
 
     updates = subgroup_updates(ctx, task_id, round_, group)
     start = start_model(ctx, task_id, round_)
     if not updates:
         return start, None
+    if secagg.is_secagg_task(ctx.din.task_info(task_id)):
+        return secagg.subgroup_result(
+            ctx, task_id, round_, group, work, updates, start, aggregate=aggregate, window=window
+        )
     name = f"r{round_}-g{group}"
     base = ctx.fetch(start, work / f"{name}-start.safetensors")
     paths = _fetch_updates(ctx, task_id, updates, work, name, window=window)

@@ -56,7 +56,7 @@ contract DinTasks is ReentrancyGuard {
         uint32 dpClip; // millionths: DP's L2 bound on each update's distance from the start (0: no DP)
         uint32 dpNoise; // millionths: DP's Gaussian noise multiplier (0 < z <= 1000 with DP)
         uint8 dpDelta; // DP's delta = 10^-dpDelta (1..30 with DP)
-        uint8 privacy; // who reads participants' updates: 0 open (anyone), 1 sealed (the validators who must)
+        uint8 privacy; // who reads participants' updates: 0 open (anyone), 1 sealed (the validators who must), 2 secagg (nobody: only subgroup sums; rule 0, ruleParam = Shamir threshold, millionths of a participant's neighbours, > 0.5e6)
         bytes32 testSetHash; // sha256 of the plaintext test set the owner will post (its commitment)
         uint32[9] durations; // seconds: join, train, aggCommit, aggReveal, global, testSet, scoreCommit, scoreReveal, settle
     }
@@ -148,10 +148,10 @@ contract DinTasks is ReentrancyGuard {
         require(p.slashAmount > 0 && p.slashAmount <= registry.minStake(), "slash amount must be 1..minimum stake");
         require(p.maxSamples > 0, "max samples must be positive");
         require(p.metric <= 2, "metric must be 0 (accuracy), 1 (f1) or 2 (loss)");
-        require(p.rule == 1 ? p.ruleParam > 0 && p.ruleParam <= 2048e6 : p.rule == 2 ? p.ruleParam < 5e5 : p.rule <= 3 && p.ruleParam == 0, "bad aggregation rule or parameter");
+        require(p.rule == 1 ? p.ruleParam > 0 && p.ruleParam <= 2048e6 : p.rule == 2 ? p.ruleParam < 5e5 : p.rule <= 3 && (p.ruleParam == 0 || p.privacy == 2), "bad aggregation rule or parameter");
         require(p.scoring <= 3 && (p.scoring != 1 || p.subgroupSize <= 16), "scoring must be 0..3; exact Shapley needs subgroups of at most 16");
         require(p.dpClip == 0 ? p.dpNoise == 0 && p.dpDelta == 0 : p.dpClip <= 2048e6 && p.dpNoise > 0 && p.dpNoise <= 1000e6 && p.dpDelta > 0 && p.dpDelta <= 30, "bad differential privacy parameters");
-        require(p.privacy <= 1, "bad privacy mode");
+        require(p.privacy < 2 || p.privacy == 2 && p.rule == 0 && p.ruleParam > 5e5 && p.ruleParam <= 1e6, "bad privacy mode");
         for (uint256 i = 0; i < 9; i++) require(p.durations[i] > 0, "phase durations must be positive");
         id = ++taskCount;
         Task storage t = _tasks[id];

@@ -26,7 +26,7 @@ struct Task {
     // slot: differential privacy
     uint32 dpNoise; // millionths: the Gaussian noise multiplier (noise std = dpNoise * dpClip)
     uint8 dpDelta; // delta = 10^-dpDelta of the (epsilon, delta) participants' accountants report
-    uint8 privacy; // 0 open: updates are public; 1 sealed: each is encrypted to the validators who must read it
+    uint8 privacy; // 0 open: updates are public; 1 sealed: each is encrypted to the validators who must read it; 2 secagg: masked, only subgroup sums open (ruleParam: the Shamir threshold)
     // slot: durations
     uint32[9] durations;
     // slot: state
