@@ -179,8 +179,8 @@ def test_a_secagg_round_on_anvil_and_an_ipfs_daemon(tmp_path, anvil_url, ipfs_ap
     chain.close()
 
 
-def test_dropouts_before_submitting_and_during_unmasking_still_sum_exactly(tmp_path):
-    w = _world(tmp_path, 7, "0.51", rounds=2)  # 6 neighbours each, t = 4
+def test_dropouts_before_submitting_and_during_unmasking_still_sum_exactly(tmp_path, deployed):
+    w = _world(tmp_path, 7, "0.51", deployed, rounds=2)  # 6 neighbours each, t = 4
     roundflow.start(w.ctx(w.owner), w.task)
     # round 1: two participants drop out before submitting (k - t = 2 is the most it takes)
     _submit(w, range(5))
@@ -208,8 +208,8 @@ def test_dropouts_before_submitting_and_during_unmasking_still_sum_exactly(tmp_p
     assert not any(w.din.removed(w.task, v.address) for v in w.vals)
 
 
-def test_too_few_survivors_fall_back_to_the_start_model_and_nobody_is_slashed(tmp_path):
-    w = _world(tmp_path, 5, "0.6")  # t = 3 of 4 neighbours: two dropouts are one too many
+def test_too_few_survivors_fall_back_to_the_start_model_and_nobody_is_slashed(tmp_path, deployed):
+    w = _world(tmp_path, 5, "0.6", deployed)  # t = 3 of 4 neighbours: two dropouts are one too many
     roundflow.start(w.ctx(w.owner), w.task)
     _submit(w, range(3))
     _close_training(w)
@@ -230,8 +230,8 @@ def test_a_pair_submits_nothing_since_the_sum_would_show_each_update(tmp_path):
     assert w.din.updates_submitted(w.task, 1) == []
 
 
-def test_a_copied_masked_file_and_a_tampered_share_are_caught(tmp_path, monkeypatch):
-    w = _world(tmp_path, 6, "0.6")  # 5 neighbours each, t = 3
+def test_a_copied_masked_file_and_a_tampered_share_are_caught(tmp_path, deployed, monkeypatch):
+    w = _world(tmp_path, 6, "0.6", deployed)  # 5 neighbours each, t = 3
     roundflow.start(w.ctx(w.owner), w.task)
     done = _submit(w, range(1, 6))
     # participant 0 submits participant 1's masked file as its own

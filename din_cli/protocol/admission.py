@@ -61,6 +61,8 @@ REASONS = {
     "unavailable": "the content store has no such CID",
     "not-sealed": "a plaintext update in a sealed task",
     "bad-seal": "sealed wrongly: not for this participant, round or subgroup, or a wrapped key is not its key",
+    "bad-secagg": "not a valid masked update of this participant, round and subgroup (secagg)",
+    "unrecoverable": "the subgroup's masked sum could not be opened: too few valid shares were revealed (secagg)",
     "unparseable": "not a safetensors file",
     "not-canonical": "its header is not din's canonical encoding",
     "kind": "not an update",
