@@ -5,7 +5,9 @@ holder that reveals a tampered share, a participant that submits someone
 else's masked file, and a subgroup that loses too many participants: every
 validator opens the same sum, which is bit for bit the plaintext aggregate of
 the survivors, or falls back to the round's starting model when the sum
-cannot be opened, and nobody is slashed for it.
+cannot be opened, and nobody is slashed for it. A colluding majority of a
+subgroup's validators that reveals a wrong sum loses a dispute that an
+outsider files, since anyone can recompute a secagg round from public data.
 """
 
 from __future__ import annotations
@@ -309,3 +311,59 @@ def test_the_cli_publishes_secagg_and_unmasks_once(run_din):
     assert again.returncode == ExitCode.ALREADY_DONE
     commit = json.loads(ok("aggregate", "--task", "1", "--commit", "--key", "dev5", "--json"))
     assert commit["cid"].startswith("bafk") and commit["round"] == 1
+
+
+def test_a_colluding_majority_is_overturned_in_a_secagg_task(tmp_path, deployed):
+    """Anyone can check a secagg round from public data, so an outsider files, and a committee of
+    stakers outside the task overturns the colluders' result without reading one update."""
+    from din_cli.chain.din import deploy_all
+    from din_cli.protocol import disputes
+
+    chain, dev, _ = deployed
+    dep = deploy_all(chain, dev, min_stake=100 * 10**18, unstake_delay=3600, committee=3)
+    w = World(
+        tmp_path,
+        deployed=(chain, dev, dep),
+        participants=3,
+        validators=5,
+        subgroup_size=3,
+        per_group=5,
+        privacy_mode="secagg",
+    )
+    stakers = [identity(f"s{i}") for i in range(3)]
+    filer = identity("eve")
+    for s in [*stakers, filer]:
+        chain.fund(s.address, 10**18)
+        w.din.transfer(dev, s.address, 200 * 10**18)
+    for s in stakers:
+        w.din.stake(s.account, 100 * 10**18, s.hpke_public)
+    roundflow.start(w.ctx(w.owner), w.task)
+    _submit(w, range(3))
+    _close_training(w)
+    _reveal(w, range(3))
+    start = to_text(w.din.round_info(w.task, 1).model_cid)
+    vals = w.assigned(1)
+    colluders, honest = vals[:3], vals[3:]
+    for v in vals:  # three of five reveal the starting model: every update "left out"
+        roundflow.aggregate_commit(w.ctx(v), w.task, cid=start if v in colluders else None)
+    if w.phase() == "aggregation-commit":
+        w.advance()
+    for v in vals:
+        roundflow.aggregate_reveal(w.ctx(v), w.task)
+    assert w.din.accepted_aggregates(w.task, 1) == {0: to_bytes(start)}
+    filed = disputes.file(w.ctx(filer), w.task, 1, 0)  # an outsider recomputes the sum and files
+    assert filed["accepted"] == start and filed["cid"] != start
+    did = filed["dispute_id"]
+    drawn = disputes.draw(w.ctx(filer), did)
+    by = {s.address: s for s in stakers}
+    committee = [m["member"] for m in drawn["committee"]]
+    assert sorted(committee) == sorted(by)
+    for m in committee:
+        disputes.vote(w.ctx(by[m]), did)
+    for m in committee:
+        disputes.vote(w.ctx(by[m]), did, reveal=True)
+    done = disputes.resolve(w.ctx(filer), did)
+    assert done["state"] == "upheld"
+    assert {m["cid"] for m in done["committee"]} == {filed["cid"]}  # one sum, from public data
+    assert all(w.din.removed(w.task, v.address) for v in colluders)
+    assert not any(w.din.removed(w.task, v.address) for v in honest)
