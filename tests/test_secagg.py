@@ -309,6 +309,7 @@ def test_the_cli_publishes_secagg_and_unmasks_once(run_din):
         assert cid.startswith("bafk")
     again = run_din("participant", "unmask", "1", "--key", "dev2")
     assert again.returncode == ExitCode.ALREADY_DONE
+    assert "unmask_reveals\t0:3/3" in ok("round", "status", "--task", "1")
     commit = json.loads(ok("aggregate", "--task", "1", "--commit", "--key", "dev5", "--json"))
     assert commit["cid"].startswith("bafk") and commit["round"] == 1
 

@@ -76,7 +76,8 @@ def round_status(task, chain_url, key_name, as_json):
     the settled subgroups whose majority rejected the test set. `disputes`
     lists ID:STATE of every dispute (`din dispute status`), `overturned` the
     ROUND/GROUP results a committee overturned, and `discarded` the rounds
-    disputes' replays discarded.
+    disputes' replays discarded. In a secagg task `unmask_reveals` gives
+    GROUP:REVEALS/UPDATES, the survivors that revealed their shares so far.
 
     \b
     Example:
@@ -95,6 +96,14 @@ def round_status(task, chain_url, key_name, as_json):
     if cur:
         rows = [(k, len(cur[k])) for k in ("updates", "commits", "reveals", "accepted")]
         rows.append(("proposed", cur["proposed"]))
+        if "unmasking" in cur:  # secagg: reveals/updates per subgroup
+            groups = cur["unmasking"]["groups"]
+            rows.append(
+                (
+                    "unmask_reveals",
+                    ",".join(f"{g}:{len(v['revealed'])}/{v['updates']}" for g, v in groups.items()),
+                )
+            )
     ev = doc.get("evaluation")
     if ev:
         rows += [("score_reveals", ev["reveals"]), ("score_rejections", len(ev["rejections"]))]

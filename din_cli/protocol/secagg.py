@@ -728,6 +728,19 @@ def subgroup_result(
     return ctx.add(out), judged
 
 
+def unmask_status(ctx, task_id: int, round_: int) -> dict:
+    """Where ``round_``'s unmasking stands: the cutoff, and per subgroup with updates, who revealed."""
+    out: dict = {"cutoff": commit_cutoff(ctx, task_id, round_), "groups": {}}
+    groups = sorted({u.group for u in ctx.din.updates_submitted(task_id, round_)})
+    for group in groups:
+        g = group_of(ctx, task_id, round_, group)
+        out["groups"][str(group)] = {
+            "updates": len(ctx.din.updates_submitted(task_id, round_, group)),
+            "revealed": [g.members[k] for k, _, _ in _announced(ctx, g)],
+        }
+    return out
+
+
 def included(path) -> dict[int, int]:
     """``{participant index: FedAvg weight}`` a secagg aggregate was summed from ({} for another file)."""
     from din_cli.ml import tensorfile

@@ -107,6 +107,11 @@ def status(ctx, task_id: int, address: str | None = None) -> dict:
             "counted_out": d.gone_slots(task_id, r),
             "proposed": to_text(bytes(posted[-1]["args"]["cid"])) if posted else None,
         }
+        if info.privacy_mode == "secagg" and updates:
+            from din_cli.protocol import secagg
+
+            # secagg: the shares each subgroup's survivors revealed for unmasking its sum
+            doc["current_round"]["unmasking"] = secagg.unmask_status(ctx, task_id, r)
     if info.phase in ("score-reveal", "settling", "settled"):
         revealed = d.scores_revealed(task_id)
         doc["evaluation"] = {  # an empty vector is a rejection of the owner's test set
