@@ -368,3 +368,62 @@ def test_a_colluding_majority_is_overturned_in_a_secagg_task(tmp_path, deployed)
     assert {m["cid"] for m in done["committee"]} == {filed["cid"]}  # one sum, from public data
     assert all(w.din.removed(w.task, v.address) for v in colluders)
     assert not any(w.din.removed(w.task, v.address) for v in honest)
+
+
+def test_a_dp_secagg_sum_carries_the_distributed_discrete_gaussian_and_reports_its_epsilon(
+    tmp_path, deployed
+):
+    import math
+
+    import numpy as np
+
+    from din_cli.ml import models, privacy
+    from din_cli.protocol import privacy as dp_report
+
+    w = World(
+        tmp_path,
+        deployed=deployed,
+        participants=5,
+        validators=2,
+        subgroup_size=5,
+        per_group=2,
+        privacy_mode="secagg",
+        dp_clip="0.5",
+        dp_noise="1.5",
+        dp_delta="1e-5",
+    )
+    roundflow.start(w.ctx(w.owner), w.task)
+    docs = _submit(w, range(5))
+    _close_training(w)
+    _reveal(w, range(5))
+    w.aggregate_all()
+    w.finalize_and_attest()
+    _, path = _accepted(w, tmp_path, 1)
+    index = w.din.participants(w.task).index
+    assert secagg.included(path) == {index(p.address): 1 for p in w.parts}  # every weight is 1
+    # each share: std z * (C * 2^20 + sqrt(d)) / sqrt(t + 1) on the grid, t = 3 of 4 neighbours
+    d = 650
+    sigma = 1.5 * (0.5 * 2**20 + math.sqrt(d)) / math.sqrt(4)
+    assert all(math.isclose(x["dp"]["noise_std"], sigma / 2**20) for x in docs)
+    # the sum is the uniform mean of the clipped updates plus 5 shares of noise: std sigma*sqrt(5)/5
+    start = models.read_model(w.ctx().fetch(w.din.round_info(w.task, 1).model_cid, tmp_path / "s"))
+    clipped = []
+    for i in range(5):
+        up = models.read_model(_plain(w, tmp_path, i, 1))
+        delta = {k: up.weights[k].astype(np.float64) - start.weights[k] for k in start.weights}
+        norm = math.sqrt(sum(float((v**2).sum()) for v in delta.values()))
+        clipped.append({k: start.weights[k] + delta[k] * min(1.0, 0.5 / norm) for k in delta})
+    got = models.read_model(path).weights
+    err = np.concatenate(
+        [(got[k] - sum(c[k] for c in clipped) / 5).reshape(-1) for k in sorted(got)]
+    )
+    want = sigma * math.sqrt(5) / 5 / 2**20
+    assert abs(float(err.mean())) < 5 * want / math.sqrt(d)
+    assert 0.8 * want < float(err.std()) < 1.2 * want
+    # each participant's epsilon: one round of the distributed discrete Gaussian, RDP-composed
+    round_eps = privacy.ddg_cdp_epsilon(0.5 * 2**20 + math.sqrt(d), sigma, 4, d)
+    expected = privacy.ddg_epsilon([round_eps], 1e-5)
+    rows = dp_report.report(w.ctx(), w.task)["participants"]
+    assert all(math.isclose(r["epsilon"], expected) for r in rows)
+    assert all(math.isclose(x["dp"]["epsilon"], expected) for x in docs)
+    assert privacy.epsilon(1, 1.5, 1e-5) <= expected < 1.3 * privacy.epsilon(1, 1.5, 1e-5)

@@ -156,8 +156,10 @@ def model_publish(
     --dp-clip C --dp-noise Z [--dp-delta D] make the task differentially
     private: each participant's `din train --task` clips its update's
     distance from the round's start to C and adds Gaussian noise of std Z*C
-    (from a CSPRNG) before submitting; `din privacy report` gives each
-    participant's (epsilon, delta) over the rounds it took part in.
+    (from a CSPRNG) before submitting; with --privacy secagg it adds only its
+    share of a discrete Gaussian on the integer grid, so that each opened
+    sum carries Z. `din privacy report` gives each participant's (epsilon,
+    delta) over the rounds it took part in.
 
     \b
     Example:

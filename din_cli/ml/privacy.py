@@ -25,20 +25,34 @@ gives the uniform bits, which Box-Muller turns into normal draws. The noise
 is floating point, so the usual caveat holds (Mironov 2012: the low bits of
 floating-point noise can leak); the discrete Gaussian on the integer grid is
 the fix, for secure aggregation.
+
+With secure aggregation nobody sees one participant's update, only the sum,
+so each participant adds a share of the noise on din's integer grid
+(:func:`discrete_gaussian`) and the sum of the shares protects the sum: the
+distributed discrete Gaussian of Kairouz, Liu & Steinke 2021. A sum of
+discrete Gaussians is not itself one, so its guarantee is their concentrated
+DP bound (:func:`ddg_cdp_epsilon`), composed over rounds by Renyi DP
+(:func:`ddg_epsilon`), an upper bound rather than an exact curve.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from din_cli.errors import InputError, UsageError
+
+if TYPE_CHECKING:
+    import numpy
 
 MAX_CLIP = 2048  # the contract's bound on dpClip (millionths: 2048e6)
 MAX_NOISE = 1000
 MAX_DELTA_EXP = 30
+MAX_GRID_SIGMA = 2**45  # discrete_gaussian's largest sigma: draws stay below 2^53
 
 
 @dataclass(frozen=True)
@@ -221,3 +235,119 @@ def privatize(update, start, output, dp: DP, *, rng: ChaChaNormal | None = None)
     )
     tensorfile.write(output, out, meta)
     return Privatized(norm=norm, clipped=scale < 1.0, std=dp.std)
+
+
+def discrete_gaussian(sigma: float, size: int, rng: ChaChaNormal | None = None) -> numpy.ndarray:
+    """``size`` independent draws of the discrete Gaussian N_Z(0, sigma^2), as int64.
+
+    Canonne, Kamath & Steinke 2020, Algorithm 3: a discrete Laplace proposal
+    ``Y`` of scale ``t = floor(sigma) + 1`` (the difference of two geometric
+    draws, each ``floor(-t * ln U)`` by inverse CDF) is kept with probability
+    ``exp(-(|Y| - sigma^2/t)^2 / (2 sigma^2))``; half to three quarters are kept,
+    in numpy batches. The uniforms come from ``rng``'s ChaCha20 stream (a
+    fresh ``ChaChaNormal`` keyed from ``os.urandom`` by default). The
+    geometric draws and the acceptance probabilities are float64 (as in
+    TensorFlow Privacy's sampler), so the output is the discrete Gaussian up
+    to float64 rounding, not the paper's bit-exact rational sampling. Sigma
+    is at most ``MAX_GRID_SIGMA`` so every draw stays an exact float64 integer.
+    """
+    import numpy as np
+
+    sigma, size = float(sigma), int(size)
+    if not 0 < sigma <= MAX_GRID_SIGMA:
+        raise UsageError(
+            f"discrete Gaussian sigma {sigma} is out of range",
+            f"give one above 0 and at most 2^{MAX_GRID_SIGMA.bit_length() - 1} grid steps",
+        )
+    if size < 0:
+        raise UsageError(f"cannot draw {size} values", "give a size of at least 0")
+    rng = rng or ChaChaNormal()
+    t = math.floor(sigma) + 1
+    shift, two_var = sigma * sigma / t, 2 * sigma * sigma
+    out = np.empty(size, dtype=np.int64)
+    filled = 0
+    while filled < size:
+        n = min(1 << 20, 64 + (size - filled) * 3 // 2)
+        u = rng._uniform(3 * n)
+        y = np.floor(-t * np.log(u[:n])) - np.floor(-t * np.log(u[n : 2 * n]))
+        gap = np.abs(y) - shift
+        kept = y[u[2 * n :] < np.exp(-gap * gap / two_var)][: size - filled]
+        out[filled : filled + kept.size] = kept
+        filled += kept.size
+    return out
+
+
+def ddg_cdp_epsilon(
+    sensitivity: float, sigma: float, parties: int, dim: int, l1: float | None = None
+) -> float:
+    """The ``eps`` of the sum of ``parties`` discrete Gaussian shares: (eps^2/2)-zCDP.
+
+    Kairouz, Liu & Steinke 2021 (Theorem 1 and Proposition 14): adding the sum
+    of ``parties`` independent N_Z(0, sigma^2)^dim vectors to a query on the
+    integer grid whose change has L2 norm at most ``sensitivity`` (L1 norm
+    ``l1``, at most ``sqrt(dim) * sensitivity``, the default) is
+    (eps^2/2)-concentrated DP for ``eps = min(sqrt(a^2 + 2 tau dim),
+    sqrt(a^2 + 2 tau b + tau^2 dim), a + tau sqrt(dim))``, where ``a`` and
+    ``b`` are the L2 and L1 sensitivities over ``sqrt(parties) * sigma`` and
+    ``tau = 10 * sum_{k=1}^{parties-1} exp(-2 pi^2 sigma^2 k/(k+1))``. Both
+    ``sensitivity`` and ``sigma`` are in grid steps (the theorem needs
+    ``sigma >= 1/2``); ``tau`` vanishes once sigma is a few steps, leaving the
+    continuous Gaussian's ``sensitivity / (sqrt(parties) sigma)``.
+    """
+    if not sigma >= 0.5:
+        raise UsageError(f"sigma {sigma} is under half a grid step", "the bound needs sigma >= 0.5")
+    if parties < 1 or dim < 1 or not sensitivity >= 0:
+        raise UsageError(
+            f"no bound for {parties} parties, dimension {dim}, sensitivity {sensitivity}",
+            "give at least 1 party, dimension 1 and a sensitivity of at least 0",
+        )
+    l1 = math.sqrt(dim) * sensitivity if l1 is None else l1
+    tau = 0.0
+    for k in range(1, parties):  # the terms shrink with k: stop at the first that underflows
+        term = math.exp(-2 * math.pi**2 * sigma**2 * k / (k + 1))
+        if term == 0.0:
+            break
+        tau += term
+    tau *= 10
+    scale = math.sqrt(parties) * sigma
+    a, b = sensitivity / scale, l1 / scale
+    return min(
+        math.sqrt(a * a + 2 * tau * dim),
+        math.sqrt(a * a + 2 * tau * b + tau * tau * dim),
+        a + tau * math.sqrt(dim),
+    )
+
+
+# dp-accounting's default RDP orders, so that ddg_epsilon gives its RdpAccountant's number.
+_RDP_ORDERS = [1 + x / 10 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512, 1024]
+
+
+def ddg_epsilon(round_epsilons: Sequence[float], delta: float) -> float:
+    """The epsilon at ``delta`` of rounds that are each (eps_r^2/2)-zCDP (:func:`ddg_cdp_epsilon`).
+
+    zCDP composes by adding: the rounds have the Renyi curve ``alpha * rho``
+    with ``rho = sum(eps_r^2) / 2``, the curve of dp-accounting's
+    ``GaussianDpEvent(1 / eps_r)``, one per round. It is converted to
+    (epsilon, delta) as dp-accounting's ``RdpAccountant.get_epsilon`` does
+    (Canonne, Kamath & Steinke 2020, Proposition 12, on its orders), and the
+    tests check the two agree. The conversion is an upper bound: for
+    Gaussian noise :func:`epsilon`'s exact curve gives less.
+    """
+    eps = [float(e) for e in round_epsilons]
+    if any(not e >= 0 for e in eps):
+        raise UsageError("a round's epsilon is negative or not a number", "give eps >= 0")
+    if not 0 < delta < 1:
+        raise UsageError(f"delta {delta} is not between 0 and 1", "e.g. delta 1e-5")
+    if math.inf in eps:
+        return math.inf
+    rho = sum(e * e for e in eps) / 2
+    if rho == 0:
+        return 0.0
+    best = math.inf
+    for alpha in _RDP_ORDERS:
+        r = rho * alpha
+        if delta**2 + math.expm1(-r) > 0:  # delta <= sqrt(1 - exp(-KL)): epsilon 0 suffices
+            return 0.0
+        if alpha > 1.01:
+            best = min(best, r + math.log1p(-1 / alpha) - math.log(delta * alpha) / (alpha - 1))
+    return max(0.0, best)

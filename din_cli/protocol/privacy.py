@@ -20,6 +20,38 @@ def rounds_taken(ctx, task_id: int) -> dict[str, list[int]]:
     return {k: sorted(set(v)) for k, v in out.items()}
 
 
+def epsilon_of(
+    ctx, task_id: int, address: str, extra_round: int | None = None, *, info=None, taken=None
+) -> float:
+    """``address``'s epsilon at the task's delta over the rounds it submitted in (and ``extra_round``).
+
+    A plain DP task: each round is one Gaussian mechanism of the task's
+    multiplier, composed exactly (``ml.privacy.epsilon``). A secagg task:
+    only subgroup sums are released, and each round is the distributed
+    discrete Gaussian of that round's subgroup (``protocol.secagg.dp_round_epsilon``,
+    Kairouz et al. 2021), composed by the RDP accountant (``ml.privacy.ddg_epsilon``).
+    """
+    from din_cli.protocol import secagg
+
+    info = info or ctx.din.task_info(task_id)
+    taken = rounds_taken(ctx, task_id) if taken is None else taken
+    rounds = set(taken.get(address, [])) | ({extra_round} if extra_round else set())
+    if info.dp is None:
+        return math.inf if rounds else 0.0
+    if not secagg.is_secagg_task(info):
+        return info.dp.epsilon(len(rounds))
+    from din_cli.ml import zoo
+    from din_cli.ml.privacy import ddg_epsilon
+
+    dim = sum(math.prod(s) for s in zoo.param_shapes(info.arch).values())
+    per_round = []
+    for r in sorted(rounds):
+        m = ctx.din.subgroup_of(task_id, address, r)
+        g = secagg.group_of(ctx, task_id, r, m.group, info)
+        per_round.append(secagg.dp_round_epsilon(info.dp, g, dim))
+    return ddg_epsilon(per_round, info.dp.delta)
+
+
 def report(ctx, task_id: int) -> dict:
     """The task's DP parameters and each participant's rounds and epsilon at the task's delta."""
     info = ctx.din.task_info(task_id)
@@ -27,7 +59,7 @@ def report(ctx, task_id: int) -> dict:
     rows = []
     for address in ctx.din.participants(task_id):
         rounds = taken.get(address, [])
-        eps = info.dp.epsilon(len(rounds)) if info.dp else (math.inf if rounds else 0.0)
+        eps = epsilon_of(ctx, task_id, address, info=info, taken=taken)
         rows.append({"participant": address, "rounds": rounds, "epsilon": eps})
     return {
         "task_id": task_id,
@@ -46,8 +78,7 @@ def check_budget(ctx, task_id: int, address: str, budget: float, round_: int) ->
             f"task {task_id} has no differential privacy: its updates are released as trained",
             "drop --dp-budget, or join a task published with --dp-clip and --dp-noise",
         )
-    rounds = set(rounds_taken(ctx, task_id).get(address, [])) | {round_}
-    eps = info.dp.epsilon(len(rounds))
+    eps = epsilon_of(ctx, task_id, address, round_, info=info)
     if eps > budget:
         raise UsageError(
             f"round {round_} would bring your epsilon in task {task_id} to {eps:.4g} "

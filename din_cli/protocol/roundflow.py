@@ -182,6 +182,13 @@ def train_and_submit(
             f"update already submitted for task {task_id} round {info.round}", "nothing to do"
         )
     info = require_phase(ctx, task_id, "training")
+    sealed, masked = sealing.is_sealed_task(info), secure.is_secagg_task(info)
+    if (sealed or masked) and d.round_info(task_id, info.round).seed is None:
+        with (
+            ctx.chain.writing()
+        ):  # round 1's subgroups (whom to seal or mask for): any transaction draws them
+            if d.round_info(task_id, info.round).seed is None:
+                d.advance(ctx.account, task_id)
     eps = None
     if dp_budget is not None:
         eps = privacy.check_budget(ctx, task_id, ctx.address, float(dp_budget), info.round)
@@ -201,7 +208,8 @@ def train_and_submit(
             device=device,
             progress=progress,
         )
-        if info.dp is not None:
+        masked_dp = info.dp is not None and secure.is_secagg_task(info)
+        if info.dp is not None and not masked_dp:  # secagg adds its noise share on the grid
             noised = work / "update-dp.safetensors"
             done = privatize(update, model, noised, info.dp)
             update = noised
@@ -210,17 +218,18 @@ def train_and_submit(
                 rounds = set(privacy.rounds_taken(ctx, task_id).get(ctx.address, []))
                 eps = info.dp.epsilon(len(rounds | {info.round}))
             dp_doc["epsilon"] = eps
-        sealed, masked = sealing.is_sealed_task(info), secure.is_secagg_task(info)
-        if (sealed or masked) and d.round_info(task_id, info.round).seed is None:
-            with ctx.chain.writing():  # round 1's subgroups: drawn by any transaction
-                if d.round_info(task_id, info.round).seed is None:
-                    d.advance(ctx.account, task_id)
         if sealed:
             update = sealing.seal_update(ctx, task_id, info.round, update, work / "update.sealed")
         elif masked:
-            update = secure.mask_update(
-                ctx, task_id, info.round, update, work / "update.masked", info
+            update, dp_doc = secure.mask_update(
+                ctx, task_id, info.round, update, work / "update.masked", info, start=model
             )
+            if dp_doc is not None:
+                dp_doc["epsilon"] = (
+                    eps
+                    if eps is not None
+                    else privacy.epsilon_of(ctx, task_id, ctx.address, info.round, info=info)
+                )
         cid = ctx.add(update)
     with ctx.chain.writing():
         now = d.task_info(task_id)

@@ -196,8 +196,75 @@ def quantise(weights: dict, n: int):
 # ------------------------------------------------------------------ participants: masking
 
 
-def mask_update(ctx, task_id: int, round_: int, plain: Path, out: Path, info=None) -> Path:
-    """Mask this participant's trained update ``plain`` for ``round_`` into ``out`` (see module doc)."""
+def parties(g: Group) -> int:
+    """The fewest survivors a sum of ``g`` opens with: every survivor needs ``t`` surviving neighbours."""
+    return min(g.threshold(p) for p in range(len(g.members))) + 1
+
+
+def dp_sensitivity(dp, dim: int) -> float:
+    """L2 sensitivity of one survivor's grid vector in a DP secagg sum (zero-out neighbours).
+
+    Clipping bounds its update's distance from the start to ``C``; on the
+    grid that is ``C * 2^20``, plus at most 1 per weight of rounding
+    (``rint`` of the update and of the start each move a weight by <= 1/2).
+    """
+    from din_cli.ml.aggregate import SCALE_BITS
+
+    return float(dp.clip) * 2.0**SCALE_BITS + math.sqrt(dim)
+
+
+def dp_sigma(dp, g: Group, dim: int) -> float:
+    """Each survivor's discrete Gaussian std (grid units): any sum that opens carries the task's
+    noise multiplier ``z`` times the sensitivity (Kairouz, Liu & Steinke 2021)."""
+    return float(dp.multiplier) * dp_sensitivity(dp, dim) / math.sqrt(parties(g))
+
+
+def dp_round_epsilon(dp, g: Group, dim: int) -> float:
+    """One round's concentrated-DP epsilon of a survivor of ``g`` (``ml.privacy.ddg_cdp_epsilon``)."""
+    from din_cli.ml.privacy import ddg_cdp_epsilon
+
+    return ddg_cdp_epsilon(dp_sensitivity(dp, dim), dp_sigma(dp, g, dim), parties(g), dim)
+
+
+def _dp_values(mf, start: Path, dp, g: Group):
+    """Clip ``mf`` to ``dp.clip`` around ``start``, quantise, add the discrete Gaussian; (int64 values, doc)."""
+    import numpy as np
+
+    from din_cli.ml import models
+    from din_cli.ml.aggregate import Q_MAX, SCALE_BITS
+    from din_cli.ml.privacy import discrete_gaussian
+
+    base = models.read_model(start, arch=mf.arch)
+    names = sorted(mf.weights)
+    deltas = [
+        mf.weights[k].astype(np.float64).reshape(-1) - base.weights[k].reshape(-1) for k in names
+    ]
+    norm = math.sqrt(sum(float(np.dot(d, d)) for d in deltas))
+    scale = min(1.0, float(dp.clip) / norm) if norm > 0 else 1.0
+    parts = []
+    for k, d in zip(names, deltas, strict=True):
+        t = (base.weights[k].reshape(-1).astype(np.float64) + d * scale) * 2.0**SCALE_BITS
+        np.clip(t, -Q_MAX, Q_MAX, out=t)
+        parts.append(np.rint(t).astype(np.int64))
+    values = np.concatenate(parts)
+    sigma = dp_sigma(dp, g, values.size)
+    values += discrete_gaussian(sigma, values.size)
+    doc = {"norm": norm, "clipped": scale < 1.0, "noise_std": sigma / 2.0**SCALE_BITS}
+    return values, doc
+
+
+def mask_update(
+    ctx, task_id: int, round_: int, plain: Path, out: Path, info=None, *, start: Path | None = None
+) -> tuple[Path, dict | None]:
+    """Mask this participant's trained update ``plain`` for ``round_`` into ``out`` (see module doc).
+
+    In a differentially private task (``start``, the round's starting model,
+    is then required) the update is clipped to the task's ``C`` around it,
+    and the discrete Gaussian noise share of :func:`dp_sigma` is added on the
+    grid before masking; its weight is 1, like every survivor's, so the
+    opened sum carries the task's noise multiplier whatever the samples.
+    Returns ``(out, DP figures or None)``.
+    """
     import secrets
 
     import numpy as np
@@ -231,7 +298,14 @@ def mask_update(ctx, task_id: int, round_: int, plain: Path, out: Path, info=Non
         raise InputError(
             f"{plain}: din.samples is 0, so it has no weight", "train on at least one sample"
         )
-    values = quantise(mf.weights, n)
+    dp_doc = None
+    if info.dp is not None:
+        if start is None:
+            raise UsageError("a DP secagg update needs the round's starting model", "pass start=")
+        values, dp_doc = _dp_values(mf, start, info.dp, g)
+        n = 1
+    else:
+        values = quantise(mf.weights, n)
     self_seed = secrets.token_bytes(sa.SEED_LEN)
     holders = g.graph[me]
     pairs = {p: sa.pair_seed(private, g.publics[p], g.context, me, p) for p in holders if p != me}
@@ -282,7 +356,7 @@ def mask_update(ctx, task_id: int, round_: int, plain: Path, out: Path, info=Non
         tensors[name] = y[a : a + size].reshape(shape)
         a += size
     tensorfile.write(out, tensors, meta)
-    return out
+    return out, dp_doc
 
 
 # ------------------------------------------------------------------ everyone: who survived
@@ -302,7 +376,9 @@ class Masked:
     task: str
 
 
-def check_masked(g: Group, path: Path, position: int, shapes: dict, max_samples: int):
+def check_masked(
+    g: Group, path: Path, position: int, shapes: dict, max_samples: int, *, dp: bool = False
+):
     """``Masked``, or the reason (a string) the file is not a valid masked update of ``position``."""
     import numpy as np
 
@@ -339,8 +415,9 @@ def check_masked(g: Group, path: Path, position: int, shapes: dict, max_samples:
         if doc.get(k) != v:
             return f"din.secagg {k} is {doc.get(k)!r}, not {v!r}"
     n = doc.get("samples")
-    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= max_samples:
-        return f"samples {n!r} is not 1..{max_samples}"
+    top = 1 if dp else max_samples  # with DP every survivor weighs 1: the noise covers each alike
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= top:
+        return f"samples {n!r} is not 1..{top}"
     secrets_ = doc.get("secrets")
     boxes = doc.get("shares")
     count = len(holders) + 1
@@ -385,7 +462,7 @@ def _judge(ctx, g: Group, updates, paths, base) -> tuple[dict, list]:
         if p is None:
             verdicts.append(admission.Verdict(i, cid, False, 0, "unavailable"))
             continue
-        got = check_masked(g, p, pos, shapes, int(info.max_samples))
+        got = check_masked(g, p, pos, shapes, int(info.max_samples), dp=info.dp is not None)
         if isinstance(got, str):
             verdicts.append(admission.Verdict(i, cid, False, 0, "bad-secagg", got))
             continue
