@@ -13,6 +13,7 @@ outsider files, since anyone can recompute a secagg round from public data.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from round_world import World, identity
@@ -181,7 +182,9 @@ def test_a_secagg_round_on_anvil_and_an_ipfs_daemon(tmp_path, anvil_url, ipfs_ap
     chain.close()
 
 
-def test_dropouts_before_submitting_and_during_unmasking_still_sum_exactly(tmp_path, deployed):
+def test_dropouts_before_submitting_and_during_unmasking_still_sum_exactly(
+    tmp_path, deployed, monkeypatch
+):
     w = _world(tmp_path, 7, "0.51", deployed, rounds=2)  # 6 neighbours each, t = 4
     roundflow.start(w.ctx(w.owner), w.task)
     # round 1: two participants drop out before submitting (k - t = 2 is the most it takes)
@@ -202,8 +205,18 @@ def test_dropouts_before_submitting_and_during_unmasking_still_sum_exactly(tmp_p
     work.mkdir()
     with pytest.raises(secagg.RevealsMissing, match="1 of 7 survivors"):
         roundflow.subgroup_result(w.ctx(v), w.task, 2, 0, work)
-    _to_the_cutoff(w, 2)  # from the middle of the phase on, validators sum without it
-    w.aggregate_all()
+    cutoff = secagg.commit_cutoff(w.ctx(), w.task, 2)
+    if type(w.chain).__name__ == "EmbeddedChain":
+        # a chain that mines on demand: its time stands still until a transaction comes, so a
+        # validator past the cutoff by the wall clock mines a block (a no-op advance) and sums
+        fake = time.time() + (cutoff + 5 - w.chain.clock())  # the wall clock 5 s past the cutoff
+        with monkeypatch.context() as mp:
+            mp.setattr(time, "time", lambda: fake)
+            assert w.chain.now() < cutoff <= w.chain.clock()
+            w.aggregate_all()
+    else:
+        _to_the_cutoff(w, 2)  # from the middle of the phase on, validators sum without it
+        w.aggregate_all()
     w.finalize_and_attest()
     _, path = _accepted(w, tmp_path, 2)
     assert _same_weights(path, _fedavg(w, tmp_path, range(7), 2))
@@ -427,3 +440,54 @@ def test_a_dp_secagg_sum_carries_the_distributed_discrete_gaussian_and_reports_i
     assert all(math.isclose(r["epsilon"], expected) for r in rows)
     assert all(math.isclose(x["dp"]["epsilon"], expected) for x in docs)
     assert privacy.epsilon(1, 1.5, 1e-5) <= expected < 1.3 * privacy.epsilon(1, 1.5, 1e-5)
+
+
+def test_an_unfetchable_update_is_never_judged_a_dropout_and_junk_reveals_are_harmless(tmp_path):
+    """A holder that cannot fetch a neighbour's update reveals nothing about it: another holder
+    that can might count it a survivor, and the two together would unmask it. The subgroup then
+    falls back alike for every validator. A member's malformed reveal documents are skipped."""
+    from din_cli.store.cid import sha256_cid
+
+    w = _world(tmp_path, 5, "0.6")
+    roundflow.start(w.ctx(w.owner), w.task)
+    _submit(w, range(4))
+    ghost = sha256_cid(b"never stored")  # a CID nobody serves
+    w.din.submit_update(w.parts[4].account, w.task, to_bytes(str(ghost)))
+    assert w.phase() == "aggregation-commit"
+    index = w.din.participants(w.task).index(w.parts[4].address)
+    for doc in _reveal(w, range(4)):
+        assert doc["unseen"] == [index] and doc["shares"] == 3  # self seeds only, no pair seed
+    for junk in (b"[" * 50000 + b"]" * 50000, b'{"format": "din/secagg-reveal/v1", "shares": 5}'):
+        path = tmp_path / "junk.json"
+        path.write_bytes(junk)
+        w.din.grant_keys(w.parts[4].account, w.task, to_bytes(w.ctx().add(path)))
+    start = to_text(w.din.round_info(w.task, 1).model_cid)
+    (seen,) = _judged(w, tmp_path, 1)
+    assert seen[0] == start and sorted(seen[1]) == ["unavailable"] + ["unrecoverable"] * 4
+    w.aggregate_all()
+    assert not any(w.din.removed(w.task, v.address) for v in w.vals)
+
+
+def test_a_participant_whose_key_agrees_no_secret_is_cut_off_the_graph(tmp_path):
+    w = World(
+        tmp_path,
+        participants=4,
+        validators=2,
+        subgroup_size=5,  # one subgroup, with room for the fifth
+        per_group=2,
+        privacy_mode="secagg",
+        secagg_threshold="0.6",
+    )
+    low = identity("low-order")
+    w.chain.fund(low.address, 10**18)
+    w.din.join_task(low.account, w.task, bytes(32))  # the all-zero point: no shared secret
+    roundflow.start(w.ctx(w.owner), w.task)
+    with pytest.raises(UsageError, match="agrees no secret"):
+        roundflow.train_and_submit(w.ctx(low), w.task, w.stores[0], epochs=1)
+    _submit(w, range(4))  # its neighbours still mask: it is off their graph
+    _close_training(w)
+    _reveal(w, range(4))
+    w.aggregate_all()
+    w.finalize_and_attest()
+    _, path = _accepted(w, tmp_path, 1)
+    assert _same_weights(path, _fedavg(w, tmp_path, range(4), 1))

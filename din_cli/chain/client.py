@@ -609,6 +609,13 @@ class Chain:
         with self._rpc_errors():
             return int(self.w3.eth.get_block("latest")["timestamp"])
 
+    def clock(self) -> int:
+        """The least timestamp a block mined now carries: the wall clock (plus a dev chain's offset).
+
+        ``now()`` stands still on a chain that mines on demand; this does not.
+        """
+        return int(time.time())
+
     def block_time(self, number: int) -> int:
         """Timestamp of block ``number``."""
         self._fresh()
@@ -763,6 +770,9 @@ class EmbeddedChain(Chain):
     def now(self) -> int:
         self._fresh()
         return int(self.backend.chain.get_canonical_head().timestamp)
+
+    def clock(self) -> int:
+        return int(time.time()) + self.store.time_offset()
 
     def head(self) -> int:
         self._fresh()

@@ -338,8 +338,10 @@ def participant_unmask(task, chain_url, ipfs_api, key_name, as_json):
 
     Run it once the round's training phase has closed (aggregation-commit):
     for each surviving neighbour it reveals your share of its self-mask seed,
-    and of its pair seeds with neighbours that dropped out, never both, so no
-    single update is ever unmasked. Validators sum as soon as every survivor
+    and of its pair seeds with neighbours that dropped out (no update on
+    chain, or a bad one), never both, and nothing about an update it cannot
+    fetch; short of t colluding neighbours, no single update is unmasked.
+    Validators sum as soon as every survivor
     has revealed, or at the middle of the phase with the reveals in by then.
     Exit 2 outside that phase or when you submitted nothing this round;
     exit 7 (already done) when you already revealed.

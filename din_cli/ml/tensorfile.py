@@ -249,7 +249,11 @@ def read_header(path: str | os.PathLike) -> Header:
         ) from None
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (
+        UnicodeDecodeError,
+        json.JSONDecodeError,
+        RecursionError,
+    ):  # nesting too deep is not JSON either
         raise InputError(
             f"{p}: not a safetensors file (header is not JSON)", "pass a model file written by din"
         ) from None

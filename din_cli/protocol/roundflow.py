@@ -450,8 +450,18 @@ def aggregate_commit(
     r = _check_round(info, round_, task_id)
     m = _my_slot(ctx, task_id, r)
     if cid is None:
+        from din_cli.protocol import secagg
+
         with ctx.workdir() as work:
-            cid = subgroup_aggregate(ctx, task_id, r, m.group, work, device=device)
+            try:
+                cid = subgroup_aggregate(ctx, task_id, r, m.group, work, device=device)
+            except secagg.RevealsMissing as e:
+                # The cutoff is judged by block time, which stands still on a chain that mines
+                # on demand: past it by the clock, a no-op `advance` mines a block at it.
+                if e.cutoff is None or ctx.chain.clock() < e.cutoff:
+                    raise
+                d.advance(ctx.account, task_id)
+                cid = subgroup_aggregate(ctx, task_id, r, m.group, work, device=device)
     else:
         to_bytes(cid)
     ctx.save_record(task_id, r, "aggregate", {"cid": cid, "group": m.group})

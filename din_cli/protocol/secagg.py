@@ -18,34 +18,40 @@ on din's fixed-point grid, with the chain as the bulletin board:
    everything in the masked file (``din.secagg`` metadata: binding, sample
    weight, a hash of every secret and of every share). Its CID goes on chain
    by ``submitUpdate`` as any update.
-2. **Who survived** is a fact on chain: the participants with an
-   ``UpdateSubmitted`` of that round and subgroup whose file passes the
-   structural check (:func:`judge`); everyone applies the same check to the
-   same public files. The others count as dropouts (``bad-secagg`` or
-   ``unavailable`` in ``din round status``).
+2. **Who survived**: the participants with an ``UpdateSubmitted`` of that
+   round and subgroup whose file passes the structural check (:func:`_judge`);
+   everyone applies the same check to the same public files. Dropouts are
+   facts of the chain and the files: no update, or one that fails the check
+   (``bad-secagg``, ``over-total``). An update on chain that a reader cannot
+   fetch is ``unavailable``: validators cannot sum it, and holders never
+   count it a dropout (they reveal nothing about it).
 3. **Unmasking** (``din participant unmask``, and participant nodes by
    themselves): once the training phase has closed, each survivor decrypts the
    shares its neighbours dealt it and reveals, for every surviving neighbour,
    its share of that neighbour's self seed, and for every dropout among that
    neighbour's neighbours, its share of their pair seed. Never both for one
-   pair, so a survivor's ``y`` stays masked to anyone. The reveal is a
+   participant, whatever each holder could fetch, so a survivor's ``y``
+   stays masked to anyone short of ``t`` colluding neighbours. The reveal is a
    ``din/secagg-reveal/v1`` document in the content store, announced with
    ``DinDisputes.grantKeys``.
 4. **Summing** (validators, ``din verify``, a dispute committee; anyone, from
    public data): a revealed share counts only if its hash matches the one its
-   dealer published, and only if announced by that holder before the
-   **cutoff**, the middle of the round's aggregation-commit phase. A validator
-   proceeds as soon as every survivor has revealed, else waits until the
-   cutoff (``RevealsMissing``, exit 2), then uses what was announced before
-   it. The first ``t`` valid shares in holder order rebuild each seed, which
+   dealer published, and only from the holder's first announcement in the
+   round, made before the **cutoff**, the middle of the round's
+   aggregation-commit phase. A validator proceeds as soon as every survivor
+   has revealed, else waits until the cutoff (``RevealsMissing``, exit 2),
+   then uses what was announced before it (``roundflow.aggregate_commit``
+   mines a no-op ``advance`` once the clock passes the cutoff, for chains
+   whose time stands still between transactions). The first ``t`` valid shares in holder order rebuild each seed, which
    must match its dealer's hash. The survivors' ``y`` summed mod 2^64, minus
    the rebuilt masks, is exactly ``sum(q * n)``: the aggregate file is written
    from it with the same two roundings as ``din aggregate`` (bit-identical
    weights to the plaintext FedAvg of the survivors). When a seed cannot be
    rebuilt (fewer than ``t`` holders revealed, or a dealer's shares do not
    match its hash), the subgroup's result is the round's starting model, as
-   for a subgroup with no admitted update: every honest validator reaches it
-   alike, nobody is slashed, and its participants earn nothing that round.
+   for a subgroup with no admitted update: every honest validator that read
+   the same files and reveals reaches it alike, nobody is slashed, and its
+   participants earn nothing that round.
 
 What it cannot do: validators cannot check one update (no admission rule
 beyond the file's structure, no robust aggregation, no copy detection), so
@@ -76,6 +82,10 @@ _CHECK = 16  # bytes of SHA-256 kept per secret and per share
 
 class RevealsMissing(KeyMissing):
     """Survivors' reveals are still missing before the cutoff (exit 2): wait."""
+
+    def __init__(self, message: str, hint: str, cutoff: int | None = None):
+        super().__init__(message, hint)
+        self.cutoff = cutoff  # unix time from which the sum goes ahead without them
 
 
 def is_secagg_task(info) -> bool:
@@ -108,6 +118,11 @@ class Group:
     graph: list[list[int]]
     fraction: int  # millionths
     context: bytes
+    unusable: frozenset = frozenset()  # positions whose HPKE key agrees no secret: off the graph
+
+    @property
+    def usable(self) -> list[int]:
+        return [k for k in range(len(self.members)) if k not in self.unusable]
 
     def threshold(self, pos: int) -> int:
         from din_cli.crypto import secagg as sa
@@ -135,26 +150,53 @@ def group_of(ctx, task_id: int, round_: int, group: int, info=None) -> Group:
     members = [parts[i] for i in indices]
     n = len(members)
     graph_seed = hashlib.sha256(rnd.seed + int(group).to_bytes(4, "big")).digest()
+    # pair seeds come from long-term keys: the context makes each one single-use (chain,
+    # deployment, task, round, subgroup and the round's seed, which a redeployment never repeats)
     context = b"".join(
         (
             int(ctx.chain.chain_id).to_bytes(8, "big"),
+            bytes.fromhex(ctx.din.tasks.address[2:]),
             int(task_id).to_bytes(32, "big"),
             int(round_).to_bytes(4, "big"),
             int(group).to_bytes(4, "big"),
+            rnd.seed,
         )
     )
+    publics = [keys[a] for a in members]
+    bad = {k for k, pub in enumerate(publics) if not usable_key(pub)}
+    graph = [
+        [] if k in bad else [p for p in peers if p not in bad]
+        for k, peers in enumerate(sa.neighbours(graph_seed, n, degree(n)))
+    ]
     out = cache[key] = Group(
         task_id=int(task_id),
         round=int(round_),
         group=int(group),
         members=members,
         indices=indices,
-        publics=[keys[a] for a in members],
-        graph=sa.neighbours(graph_seed, n, degree(n)),
+        publics=publics,
+        graph=graph,
         fraction=int(info.secagg_threshold),
         context=context,
+        unusable=frozenset(bad),
     )
     return out
+
+
+def usable_key(public: bytes) -> bool:
+    """Whether an X25519 key agrees a secret with anyone: not a low-order point, 32 bytes.
+
+    A participant that joined with such a key would stop every neighbour from
+    masking; it is cut off the graph instead, alike for everyone.
+    """
+    from din_cli.crypto import secagg as sa
+
+    probe = hashlib.sha256(b"din/secagg/v1 key probe").digest()
+    try:
+        sa.pair_seed(probe, bytes(public), b"probe", 0, 1)
+    except DinError:
+        return False
+    return True
 
 
 def _h(*parts: bytes) -> str:
@@ -198,7 +240,7 @@ def quantise(weights: dict, n: int):
 
 def parties(g: Group) -> int:
     """The fewest survivors a sum of ``g`` opens with: every survivor needs ``t`` surviving neighbours."""
-    return min(g.threshold(p) for p in range(len(g.members))) + 1
+    return min(g.threshold(p) for p in g.usable) + 1
 
 
 def dp_sensitivity(dp, dim: int) -> float:
@@ -285,14 +327,26 @@ def mask_update(
             "this key has no HPKE key to agree masks with", "use the key you joined the task with"
         )
     g = group_of(ctx, task_id, round_, m.group, info)
-    if len(g.members) < MIN_GROUP:
+    if len(g.usable) < MIN_GROUP:
         raise UsageError(
-            f"subgroup {g.group} of round {round_} has {len(g.members)} participant(s): its public "
-            "sum would show each one's update to the other",
+            f"subgroup {g.group} of round {round_} has {len(g.usable)} participant(s) that can mask:"
+            " its public sum would show each one's update to the others",
             f"secure aggregation needs {MIN_GROUP} or more; nothing is submitted this round",
         )
     me = g.members.index(ctx.address)
+    if me in g.unusable:
+        raise UsageError(
+            "the HPKE key you joined with agrees no secret (a low-order point)",
+            "join a new task with a key made by `din keys new`",
+        )
     mf = models.read_model(plain)
+    from din_cli.ml.aggregate import CLIP
+
+    if any(float(np.abs(w).max(initial=0.0)) > CLIP for w in mf.weights.values()):
+        raise InputError(
+            f"{plain}: a weight lies outside [-{CLIP:g}, {CLIP:g}], din's fixed-point range",
+            "train with a smaller learning rate; validators would exclude it in the clear too",
+        )
     n = min(int(mf.header.samples), int(info.max_samples))
     if n < 1:
         raise InputError(
@@ -391,15 +445,14 @@ def check_masked(
     raw = h.metadata.get(META_KEY)
     if raw is None:
         return "not a masked update (no din.secagg metadata)"
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return "din.secagg is not JSON"
+    doc = _json(raw)
     if not isinstance(doc, dict):
-        return "din.secagg is not an object"
+        return "din.secagg is not a JSON object"
     holders = g.graph[position]
-    if len(g.members) < MIN_GROUP:
-        return f"a subgroup of {len(g.members)}: secure aggregation needs {MIN_GROUP} or more"
+    if len(g.usable) < MIN_GROUP:
+        return f"a subgroup of {len(g.usable)}: secure aggregation needs {MIN_GROUP} or more"
+    if position in g.unusable:
+        return "its participant's HPKE key agrees no secret"
     want = {
         "format": FORMAT,
         "chain": int(g.context[:8].hex(), 16),
@@ -428,8 +481,16 @@ def check_masked(
         and [b.get("holder") if isinstance(b, dict) else None for b in boxes] == holders
     ):
         return "the share boxes are not one per neighbour, in order"
-    if any(not (isinstance(b.get("checks"), list) and len(b["checks"]) == count) for b in boxes):
-        return "a share box does not check one share per secret"
+    if any(
+        not (
+            isinstance(b.get("box"), str)
+            and isinstance(b.get("checks"), list)
+            and len(b["checks"]) == count
+            and all(isinstance(c, str) for c in b["checks"])
+        )
+        for b in boxes
+    ) or not all(isinstance(c, str) for c in secrets_):
+        return "a share box is not a sealed box with one check per secret"
     if sorted(h.tensors) != sorted(shapes) or any(
         h.tensors[k].dtype != "U64" or tuple(h.tensors[k].shape) != tuple(shapes[k]) for k in shapes
     ):
@@ -442,9 +503,24 @@ def check_masked(
     return Masked(position, n, doc, Path(path), offset, total, h.round, h.task)
 
 
+def _json(raw):
+    """Parsed JSON, or None for anything that is not (including nesting too deep to parse)."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError, TypeError):
+        return None
+
+
 def _judge(ctx, g: Group, updates, paths, base) -> tuple[dict, list]:
-    """``({position: Masked}, verdicts)`` of a subgroup's submissions, in submission order."""
+    """``({position: Masked}, verdicts)`` of a subgroup's submissions, in submission order.
+
+    Survivors pass the structural check; a verdict ``unavailable`` is an
+    update on chain this reader could not fetch (not a dropout for a holder's
+    reveals: see :func:`reveal`); ``over-total`` one that would take the
+    survivors' weights past 2^32, the exact range of the sums.
+    """
     from din_cli.ml import tensorfile, zoo
+    from din_cli.ml.aggregate import MAX_TOTAL_SAMPLES
     from din_cli.protocol import admission
     from din_cli.protocol.cids import to_text
 
@@ -453,12 +529,18 @@ def _judge(ctx, g: Group, updates, paths, base) -> tuple[dict, list]:
     shapes = zoo.param_shapes(arch)
     survivors: dict[int, Masked] = {}
     verdicts = []
+    total = 0
     for i, (u, p) in enumerate(zip(updates, paths, strict=True)):
+        pos = g.indices.index(u.index)
         try:
             cid = to_text(u.cid)
-        except InputError:
-            cid = "0x" + bytes(u.cid).hex()
-        pos = g.indices.index(u.index)
+        except (
+            InputError
+        ):  # not a CID at all: invalid for everyone alike, unlike an unfetchable one
+            verdicts.append(
+                admission.Verdict(i, "0x" + bytes(u.cid).hex(), False, 0, "bad-secagg", "not a CID")
+            )
+            continue
         if p is None:
             verdicts.append(admission.Verdict(i, cid, False, 0, "unavailable"))
             continue
@@ -469,6 +551,10 @@ def _judge(ctx, g: Group, updates, paths, base) -> tuple[dict, list]:
         if pos in survivors:  # one update per participant per round: cannot happen on chain
             verdicts.append(admission.Verdict(i, cid, False, 0, "duplicate"))
             continue
+        if total + got.samples > MAX_TOTAL_SAMPLES:
+            verdicts.append(admission.Verdict(i, cid, False, 0, "over-total"))
+            continue
+        total += got.samples
         survivors[pos] = got
         verdicts.append(admission.Verdict(i, cid, True, got.samples))
     return survivors, verdicts
@@ -512,65 +598,104 @@ def _my_shares(ctx, g: Group, dealer: Masked, me: int) -> list[bytes] | None:
     return shares
 
 
-def wanted(g: Group, survivors: dict) -> dict[int, list[int]]:
+def wanted(g: Group, survivors: dict, dropouts: set | None = None) -> dict[int, list[int]]:
     """``{dealer: [secret indices]}`` the sum needs: each survivor's self seed (0) and its pair
-    seeds with its neighbours that did not survive (1 + their place among its neighbours)."""
+    seeds with its neighbours in ``dropouts`` (default: every neighbour that did not survive),
+    ``1 +`` their place among its neighbours."""
     out = {}
     for w in sorted(survivors):
-        out[w] = [0] + [1 + k for k, x in enumerate(g.graph[w]) if x not in survivors]
+        gone = [x for x in g.graph[w] if x not in survivors]
+        if dropouts is not None:
+            gone = [x for x in gone if x in dropouts]
+        out[w] = [0] + [1 + g.graph[w].index(x) for x in gone]
     return out
 
 
-def _announced(ctx, g: Group) -> list[tuple[int, str, int]]:
-    """``(holder position, reveal CID, block)`` of reveals announced by this subgroup's members, first per holder."""
+def _window(ctx, g: Group) -> tuple[int, int | None] | None:
+    """``(first block, cutoff)`` of the round's reveals: from the block that opened its
+    aggregation-commit phase; None before that phase opened."""
+    from din_cli.chain.din import PHASE_NUMBERS
+
+    info = ctx.din.task_info(g.task_id)
+    for e in reversed(ctx.din.events(g.task_id, "PhaseChanged")):
+        a = e["args"]
+        if int(a["round"]) == g.round and int(a["phase"]) == PHASE_NUMBERS["aggregation-commit"]:
+            cutoff = int(a["deadline"]) - info.durations["aggregation_commit"] // 2
+            return int(e["blockNumber"]), cutoff
+    return None
+
+
+def _announced(ctx, g: Group, window=None) -> dict[int, tuple[str | None, int]]:
+    """``{holder position: (reveal CID or None, block)}``: each member's first announcement in the
+    round's reveal window, by chain order, whatever it holds. Only that one counts for the holder
+    (a later one never replaces it), so every reader counts the same document."""
     from din_cli.protocol.cids import to_text
 
+    window = window or _window(ctx, g)
+    if window is None:
+        return {}
+    first, _ = window
     where = {a.lower(): k for k, a in enumerate(g.members)}
-    out, seen = [], set()
+    out: dict[int, tuple[str | None, int]] = {}
     for granter, raw, block in ctx.din.key_grants(g.task_id):
         k = where.get(granter.lower())
-        if k is None:
+        if k is None or block < first or k in out:
             continue
         try:
-            cid = to_text(raw)
+            out[k] = (to_text(raw), block)
         except InputError:
-            continue
-        doc = _reveal_doc(ctx, cid)
-        if not doc or (doc.get("round"), doc.get("group"), doc.get("holder")) != (
-            g.round,
-            g.group,
-            k,
-        ):
-            continue
-        if k in seen:
-            continue
-        seen.add(k)
-        out.append((k, cid, block))
+            out[k] = (None, block)
     return out
 
 
-def _reveal_doc(ctx, cid: str) -> dict | None:
+def _reveal_rows(ctx, g: Group, holder: int, cid: str | None) -> dict | None:
+    """``{(dealer, j): share}`` a holder's reveal document carries; None while it cannot be
+    fetched, ``{}`` for anything that is not a well-formed reveal of this holder."""
+    if cid is None:
+        return {}
     cache = _cache(ctx, "reveals")
-    if cid in cache:
-        return cache[cid]
+    key = (cid, g.task_id, g.round, g.group, holder)
+    if key in cache:
+        return cache[key]
     try:
         with ctx.workdir() as work:
-            doc = json.loads(ctx.fetch(cid, work / "reveal.json").read_bytes())
-    except DinError:  # not in the store (yet): read it again next time
+            raw = ctx.fetch(cid, work / "reveal.json").read_bytes()
+    except DinError:  # not in the store (yet): the holder counts as missing until it is
         return None
-    except (ValueError, UnicodeDecodeError):
-        doc = None
-    if not isinstance(doc, dict) or doc.get("format") != REVEAL_FORMAT:
-        doc = {}
-    cache[cid] = doc
-    return doc
+    doc = _json(raw)
+    rows: dict = {}
+    binding = {
+        "format": REVEAL_FORMAT,
+        "task": g.task_id,
+        "round": g.round,
+        "group": g.group,
+        "holder": holder,
+    }
+    if isinstance(doc, dict) and all(doc.get(k) == v for k, v in binding.items()):
+        shares = doc.get("shares")
+        for row in shares if isinstance(shares, list) else []:
+            try:
+                w, j, share = int(row[0]), int(row[1]), bytes.fromhex(row[2])
+            except (TypeError, ValueError, IndexError, KeyError):
+                continue  # a malformed row is skipped, never fatal
+            rows.setdefault((w, j), share)
+    cache[key] = rows
+    return rows
 
 
 def reveal(ctx, task_id: int) -> dict:
     """Publish this participant's shares for its subgroup's unmasking in the current round (see module doc).
 
-    AlreadyDone when it already revealed this round; UsageError outside the
-    aggregation-commit phase or when it did not submit an update this round.
+    Who dropped out is decided from the chain and the files alone: a
+    neighbour with no update on chain, or whose fetched file fails the
+    structural check. A neighbour whose update is on chain but cannot be
+    fetched here is not judged at all: nothing about it is revealed (neither
+    its self seed's share nor a pair seed with it), so two holders with
+    different views of the content store never reveal both halves of one
+    update. AlreadyDone when this participant already announced in the
+    round's window; UsageError outside the aggregation-commit phase or
+    without a valid update of its own; InputError when no share box dealt to
+    it opens (a wrong key), and then nothing is published.
     """
     from din_cli.protocol.cids import to_bytes
     from din_cli.protocol.roundflow import _gas
@@ -590,19 +715,25 @@ def reveal(ctx, task_id: int) -> dict:
         raise NotFoundError(f"{ctx.address} is not a participant of round {r}", "nothing to reveal")
     g = group_of(ctx, task_id, r, m.group, info)
     me = g.members.index(ctx.address)
-    if any(k == me for k, _, _ in _announced(ctx, g)):
+    if me in _announced(ctx, g):
         raise AlreadyDone(f"already revealed for round {r}", "nothing to do")
     updates = d.updates_submitted(task_id, r, m.group)
     with ctx.workdir() as work:
         base = ctx.fetch(d.round_info(task_id, r).model_cid, work / "start.safetensors")
-        survivors, _ = _judge(ctx, g, updates, _fetch(ctx, updates, work, "reveal"), base)
+        survivors, verdicts = _judge(ctx, g, updates, _fetch(ctx, updates, work, "reveal"), base)
         if me not in survivors:
             raise UsageError(
                 f"{ctx.address} has no valid masked update in round {r}",
                 "only participants that submitted reveal; submit in the next round",
             )
+        unseen = {
+            g.indices.index(u.index)
+            for u, v in zip(updates, verdicts, strict=True)
+            if v.reason == "unavailable"
+        }
+        dropouts = set(range(len(g.members))) - set(survivors) - unseen
         rows, skipped = [], []
-        for w, secrets_ in wanted(g, survivors).items():
+        for w, secrets_ in wanted(g, survivors, dropouts).items():
             if w == me or me not in g.graph[w]:
                 continue
             shares = _my_shares(ctx, g, survivors[w], me)
@@ -610,6 +741,11 @@ def reveal(ctx, task_id: int) -> dict:
                 skipped.append(w)
                 continue
             rows += [[w, j, shares[j].hex()] for j in secrets_]
+        if skipped and not rows:
+            raise InputError(
+                f"none of the {len(skipped)} share boxes dealt to {ctx.address} opens",
+                "unmask with the key you joined the task with",
+            )
         doc = {
             "format": REVEAL_FORMAT,
             "chain": int(ctx.chain.chain_id),
@@ -622,15 +758,17 @@ def reveal(ctx, task_id: int) -> dict:
         }
         path = work / "reveal.json"
         path.write_text(json.dumps(doc, sort_keys=True, separators=(",", ":")))
-        cid = ctx.add(path)
-    with ctx.chain.writing():
-        now = d.task_info(task_id)
-        if (now.round, now.phase) != (r, "aggregation-commit"):
-            raise UsageError(
-                f"round {r}'s aggregation-commit phase ended while revealing",
-                "nothing to reveal now",
-            )
-        receipt = d.grant_keys(ctx.account, task_id, to_bytes(cid))
+        with ctx.chain.writing():
+            now = d.task_info(task_id)
+            if (now.round, now.phase) != (r, "aggregation-commit"):
+                raise UsageError(
+                    f"round {r}'s aggregation-commit phase ended while revealing",
+                    "nothing to reveal now",
+                )
+            if me in _announced(ctx, g):
+                raise AlreadyDone(f"already revealed for round {r}", "nothing to do")
+            cid = ctx.add(path)
+            receipt = d.grant_keys(ctx.account, task_id, to_bytes(cid))
     return {
         "task_id": int(task_id),
         "round": r,
@@ -638,6 +776,7 @@ def reveal(ctx, task_id: int) -> dict:
         "cid": cid,
         "shares": len(rows),
         "unusable_dealers": [g.indices[w] for w in skipped],
+        "unseen": [g.indices[w] for w in sorted(unseen)],
         "gas": _gas(receipt),
     }
 
@@ -667,34 +806,43 @@ def _block_time(ctx, block: int) -> int:
     return times[block]
 
 
-def _rebuild(ctx, g: Group, survivors: dict, cutoff: int | None, *, wait: bool):
-    """``({(dealer, j): secret}, None)``, or ``(None, why)`` when some needed secret cannot be rebuilt."""
+def _rebuild(ctx, g: Group, survivors: dict, *, wait: bool):
+    """``({(dealer, j): secret}, None)``, or ``(None, why)`` when some needed secret cannot be rebuilt.
+
+    Counts, per surviving holder, its first announcement in the round's window
+    if that lies before the cutoff. RevealsMissing (with ``wait``) while a
+    survivor's reveal is missing or not fetchable and the chain's time is
+    before the cutoff.
+    """
     from din_cli.crypto import secagg as sa
 
+    now = ctx.chain.now()  # before the reveals: one mined after this read is never counted
+    window = _window(ctx, g)
+    cutoff = window[1] if window else None
+    announced = _announced(ctx, g, window)
     need = wanted(g, survivors)
     reveals: dict[int, dict] = {}
-    for k, cid, block in _announced(ctx, g):
+    for k, (cid, block) in announced.items():
         if k not in survivors:
             continue  # only survivors hold usable shares (and are expected to reveal)
         if cutoff is not None and _block_time(ctx, block) >= cutoff:
             continue
-        doc = _reveal_doc(ctx, cid) or {}
-        got = {}
-        for row in doc.get("shares", []):
-            try:
-                w, j, share = int(row[0]), int(row[1]), bytes.fromhex(row[2])
-            except (TypeError, ValueError, IndexError):
-                continue
-            got[(w, j)] = share
-        reveals[k] = got
+        rows = _reveal_rows(ctx, g, k, cid)
+        if rows is not None:
+            reveals[k] = rows
     missing = [k for k in survivors if k not in reveals]
-    if missing and wait:
-        now = ctx.chain.now()
-        if cutoff is None or now < cutoff:
-            raise RevealsMissing(
-                f"round {g.round} subgroup {g.group}: {len(missing)} of {len(survivors)} survivors have not revealed their shares",
-                f"wait until {cutoff} (the middle of the aggregation-commit phase), or for their reveals",
-            )
+    if missing and wait and (cutoff is None or now < cutoff):
+        when = (
+            f"until {cutoff} (the middle of the aggregation-commit phase)"
+            if cutoff
+            else ("for the aggregation-commit phase to open")
+        )
+        raise RevealsMissing(
+            f"round {g.round} subgroup {g.group}: {len(missing)} of {len(survivors)} survivors"
+            " have not revealed their shares",
+            f"wait {when}, or for their reveals",
+            cutoff,
+        )
     out = {}
     for w, js in need.items():
         dealer = survivors[w]
@@ -754,8 +902,7 @@ def subgroup_result(
     survivors, verdicts = _judge(ctx, g, updates, paths, base)
     if not survivors:
         return start, admission.Admission(verdicts)
-    cutoff = commit_cutoff(ctx, task_id, round_)
-    secrets_, why = _rebuild(ctx, g, survivors, cutoff, wait=window)
+    secrets_, why = _rebuild(ctx, g, survivors, wait=window)
     if secrets_ is None:
         verdicts = [
             v
@@ -813,7 +960,7 @@ def unmask_status(ctx, task_id: int, round_: int) -> dict:
         g = group_of(ctx, task_id, round_, group)
         out["groups"][str(group)] = {
             "updates": len(ctx.din.updates_submitted(task_id, round_, group)),
-            "revealed": [g.members[k] for k, _, _ in _announced(ctx, g)],
+            "revealed": [g.members[k] for k in sorted(_announced(ctx, g))],
         }
     return out
 
