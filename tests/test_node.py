@@ -201,6 +201,7 @@ def test_nodes_killed_in_every_phase_resume_without_acting_twice(run_din, tmp_pa
     rng = random.Random(7)
     killed: list[tuple[str, int]] = []
     seen = None
+    again = None  # when to kill the validators' node once more inside the phase
     deadline = time.monotonic() + 900
     try:
         with open_context() as ctx:
@@ -219,8 +220,11 @@ def test_nodes_killed_in_every_phase_resume_without_acting_twice(run_din, tmp_pa
                         p.wait()
                     killed.append(here)
                     procs = {n: _start(task, n, a, logs) for n, a in args.items()}
-                    later = rng.uniform(1.0, 4.0)  # start-up takes ~2 s: in or just before a step
-                    time.sleep(later)
+                    # start-up takes ~2 s: in or just before a step. The loop keeps watching the
+                    # phase meanwhile, so a phase the nodes finish quickly is still caught
+                    again = time.monotonic() + rng.uniform(1.0, 4.0)
+                elif again is not None and time.monotonic() >= again:
+                    again = None
                     if procs["vals"].poll() is None:
                         procs["vals"].send_signal(signal.SIGKILL)
                         procs["vals"].wait()

@@ -314,6 +314,7 @@ def mask_update(
     from din_cli.crypto import hpke
     from din_cli.crypto import secagg as sa
     from din_cli.ml import models, tensorfile
+    from din_cli.ml.aggregate import CLIP
 
     info = info or ctx.din.task_info(task_id)
     m = ctx.din.subgroup_of(task_id, ctx.address, round_)
@@ -340,13 +341,6 @@ def mask_update(
             "join a new task with a key made by `din keys new`",
         )
     mf = models.read_model(plain)
-    from din_cli.ml.aggregate import CLIP
-
-    if any(float(np.abs(w).max(initial=0.0)) > CLIP for w in mf.weights.values()):
-        raise InputError(
-            f"{plain}: a weight lies outside [-{CLIP:g}, {CLIP:g}], din's fixed-point range",
-            "train with a smaller learning rate; validators would exclude it in the clear too",
-        )
     n = min(int(mf.header.samples), int(info.max_samples))
     if n < 1:
         raise InputError(
@@ -356,9 +350,14 @@ def mask_update(
     if info.dp is not None:
         if start is None:
             raise UsageError("a DP secagg update needs the round's starting model", "pass start=")
-        values, dp_doc = _dp_values(mf, start, info.dp, g)
+        values, dp_doc = _dp_values(mf, start, info.dp, g)  # clipped near the start
         n = 1
     else:
+        if any(float(np.abs(w).max(initial=0.0)) > CLIP for w in mf.weights.values()):
+            raise InputError(
+                f"{plain}: a weight lies outside [-{CLIP:g}, {CLIP:g}], din's fixed-point range",
+                "train with a smaller learning rate; validators would exclude it in the clear too",
+            )
         values = quantise(mf.weights, n)
     self_seed = secrets.token_bytes(sa.SEED_LEN)
     holders = g.graph[me]
