@@ -93,6 +93,16 @@ def _reveal(w, who):
     return [secagg.reveal(w.ctx(w.parts[i]), w.task) for i in who]
 
 
+def _summed(w, tmp_path, who, round_):
+    """``who`` submit and reveal, validators sum, the round's global model goes up; the accepted file."""
+    _submit(w, who)
+    _close_training(w)
+    _reveal(w, who)
+    w.aggregate_all()
+    w.finalize_and_attest()
+    return _accepted(w, tmp_path, round_)[1]
+
+
 def _judged(w, tmp_path, round_):
     """Each validator's (CID, verdict reasons) for the subgroup, recomputed."""
     seen = set()
@@ -171,12 +181,7 @@ def test_a_secagg_round_on_anvil_and_an_ipfs_daemon(tmp_path, anvil_url, ipfs_ap
     dep = deploy_all(chain, dev, min_stake=100 * 10**18, unstake_delay=3600)
     w = _world(tmp_path, 5, "0.6", (chain, dev, dep), ipfs_api=ipfs_api)
     roundflow.start(w.ctx(w.owner), w.task)
-    _submit(w, range(4))  # participant 4 drops out
-    _close_training(w)
-    _reveal(w, range(4))
-    w.aggregate_all()
-    w.finalize_and_attest()
-    _, path = _accepted(w, tmp_path, 1)
+    path = _summed(w, tmp_path, range(4), 1)  # participant 4 drops out
     assert _same_weights(path, _fedavg(w, tmp_path, range(4), 1))
     assert not any(w.din.removed(w.task, v.address) for v in w.vals)
     chain.close()
@@ -188,12 +193,7 @@ def test_dropouts_before_submitting_and_during_unmasking_still_sum_exactly(
     w = _world(tmp_path, 7, "0.51", deployed, rounds=2)  # 6 neighbours each, t = 4
     roundflow.start(w.ctx(w.owner), w.task)
     # round 1: two participants drop out before submitting (k - t = 2 is the most it takes)
-    _submit(w, range(5))
-    _close_training(w)
-    _reveal(w, range(5))
-    w.aggregate_all()
-    w.finalize_and_attest()
-    _, path = _accepted(w, tmp_path, 1)
+    path = _summed(w, tmp_path, range(5), 1)
     assert _same_weights(path, _fedavg(w, tmp_path, range(5), 1))
     # round 2: all seven submit, and participant 3 drops out during unmasking
     assert w.phase() == "training"
@@ -484,10 +484,5 @@ def test_a_participant_whose_key_agrees_no_secret_is_cut_off_the_graph(tmp_path)
     roundflow.start(w.ctx(w.owner), w.task)
     with pytest.raises(UsageError, match="agrees no secret"):
         roundflow.train_and_submit(w.ctx(low), w.task, w.stores[0], epochs=1)
-    _submit(w, range(4))  # its neighbours still mask: it is off their graph
-    _close_training(w)
-    _reveal(w, range(4))
-    w.aggregate_all()
-    w.finalize_and_attest()
-    _, path = _accepted(w, tmp_path, 1)
+    path = _summed(w, tmp_path, range(4), 1)  # its neighbours still mask: it is off their graph
     assert _same_weights(path, _fedavg(w, tmp_path, range(4), 1))

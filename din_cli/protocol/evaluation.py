@@ -320,12 +320,16 @@ def contribution_scores(
             for pos, k in enumerate(keep):
                 got[updates[k].index] = 0 if updates[k].index in copied else c.scores[pos]
         per_round[r] = [got.get(i, 0) for i in members]
-    count = len(rounds)
-    scores = [
+    return [parts[i] for i in members], _averaged(per_round, len(members)), per_round
+
+
+def _averaged(per_round: dict[int, list[int]], size: int) -> list[int]:
+    """Each position's score summed over the counted rounds divided by their number, half up."""
+    count = len(per_round)
+    return [
         (2 * sum(v[k] for v in per_round.values()) + count) // (2 * count) if count else 0
-        for k in range(len(members))
+        for k in range(size)
     ]
-    return [parts[i] for i in members], scores, per_round
 
 
 def secagg_scores(
@@ -397,12 +401,7 @@ def secagg_scores(
                 for i, n in split.items():
                     got[i] = max(0, int(score)) * n // total
         per_round[r] = [got.get(i, 0) for i in members]
-    count = len(rounds)
-    scores = [
-        (2 * sum(v[k] for v in per_round.values()) + count) // (2 * count) if count else 0
-        for k in range(len(members))
-    ]
-    return [parts[i] for i in members], scores, per_round
+    return [parts[i] for i in members], _averaged(per_round, len(members)), per_round
 
 
 def copies_across_subgroups(ctx, task_id: int, round_: int, work: Path) -> set[int]:

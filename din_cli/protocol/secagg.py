@@ -610,27 +610,13 @@ def wanted(g: Group, survivors: dict, dropouts: set | None = None) -> dict[int, 
     return out
 
 
-def _window(ctx, g: Group) -> tuple[int, int | None] | None:
-    """``(first block, cutoff)`` of the round's reveals: from the block that opened its
-    aggregation-commit phase; None before that phase opened."""
-    from din_cli.chain.din import PHASE_NUMBERS
-
-    info = ctx.din.task_info(g.task_id)
-    for e in reversed(ctx.din.events(g.task_id, "PhaseChanged")):
-        a = e["args"]
-        if int(a["round"]) == g.round and int(a["phase"]) == PHASE_NUMBERS["aggregation-commit"]:
-            cutoff = int(a["deadline"]) - info.durations["aggregation_commit"] // 2
-            return int(e["blockNumber"]), cutoff
-    return None
-
-
 def _announced(ctx, g: Group, window=None) -> dict[int, tuple[str | None, int]]:
     """``{holder position: (reveal CID or None, block)}``: each member's first announcement in the
     round's reveal window, by chain order, whatever it holds. Only that one counts for the holder
     (a later one never replaces it), so every reader counts the same document."""
     from din_cli.protocol.cids import to_text
 
-    window = window or _window(ctx, g)
+    window = window or reveal_window(ctx, g.task_id, g.round)
     if window is None:
         return {}
     first, _ = window
@@ -783,8 +769,9 @@ def reveal(ctx, task_id: int) -> dict:
 # ------------------------------------------------------------------ validators: the sum
 
 
-def commit_cutoff(ctx, task_id: int, round_: int) -> int | None:
-    """The middle of ``round_``'s aggregation-commit phase (None before it opened): the reveals' cutoff."""
+def reveal_window(ctx, task_id: int, round_: int) -> tuple[int, int] | None:
+    """``(first block, cutoff)`` of ``round_``'s reveals: from the block that opened its
+    aggregation-commit phase to the middle of that phase; None before it opened."""
     from din_cli.chain.din import PHASE_NUMBERS
 
     info = ctx.din.task_info(task_id)
@@ -794,8 +781,15 @@ def commit_cutoff(ctx, task_id: int, round_: int) -> int | None:
             int(a["round"]) == int(round_)
             and int(a["phase"]) == PHASE_NUMBERS["aggregation-commit"]
         ):
-            return int(a["deadline"]) - info.durations["aggregation_commit"] // 2
+            cutoff = int(a["deadline"]) - info.durations["aggregation_commit"] // 2
+            return int(e["blockNumber"]), cutoff
     return None
+
+
+def commit_cutoff(ctx, task_id: int, round_: int) -> int | None:
+    """The middle of ``round_``'s aggregation-commit phase (None before it opened): the reveals' cutoff."""
+    window = reveal_window(ctx, task_id, round_)
+    return window[1] if window else None
 
 
 def _block_time(ctx, block: int) -> int:
@@ -816,7 +810,7 @@ def _rebuild(ctx, g: Group, survivors: dict, *, wait: bool):
     from din_cli.crypto import secagg as sa
 
     now = ctx.chain.now()  # before the reveals: one mined after this read is never counted
-    window = _window(ctx, g)
+    window = reveal_window(ctx, g.task_id, g.round)
     cutoff = window[1] if window else None
     announced = _announced(ctx, g, window)
     need = wanted(g, survivors)
