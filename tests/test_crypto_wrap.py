@@ -204,7 +204,8 @@ def test_document_survives_the_chain_round_trip():
     doc = wrap.wrap_test_key(K, recips, BIND, cid=CID, owner=owner)
     encrypted_cid, wrapped = wrap.chain_args(doc)
     assert list(wrapped) == [v1.address, v2.address] and all(len(w) == 80 for w in wrapped.values())
-    rebuilt = wrap.document_from_chain(encrypted_cid, wrapped, BIND)
+    registry = {v.address: v.hpke_public for v in (v1, v2)}  # what the chain's registry answers
+    rebuilt = wrap.document_from_chain(encrypted_cid, wrapped, BIND, registry.get)
     for v in (v1, v2):
         assert wrap.open_test_key(rebuilt, v, BIND, owner_address=owner.address) == wrap.OpenedKey(
             K, CID
@@ -215,3 +216,121 @@ def test_document_survives_the_chain_round_trip():
         )
     with pytest.raises(InputError):
         wrap.chain_args(wrap.wrap_test_key(K, recips, BIND))
+
+
+# -- recomputable wraps (an owner cannot give one validator another K) ----------
+
+
+def _chain_doc(validators, owner, *, key=K, resolver=None):
+    """A document as postTestSet stores it, rebuilt as a validator does (keys from ``resolver``)."""
+    recips = [wrap.Recipient(v.hpke_public, v.address) for v in validators]
+    encrypted_cid, wrapped = wrap.chain_args(
+        wrap.wrap_test_key(key, recips, BIND, cid=CID, owner=owner)
+    )
+    registry = {v.address: v.hpke_public for v in validators}
+    return encrypted_cid, wrapped, resolver or registry.get
+
+
+def test_a_wrap_is_a_function_of_k_that_every_holder_of_k_recomputes():
+    owner = identity("mo")
+    vals = [identity(f"v{i}") for i in range(3)]
+    encrypted_cid, wrapped, resolve = _chain_doc(vals, owner)
+    again = _chain_doc(vals, owner)[1]
+    assert again == wrapped  # derandomised: the same K gives the same wraps
+    assert _chain_doc(vals, owner, key=bytes(32))[1][vals[0].address] != wrapped[vals[0].address]
+    for v in vals:
+        assert wrap.wrap_for(K, BIND, v.hpke_public, v.address) == wrapped[v.address]
+        assert wrap.unwrap_key(wrapped[v.address], v.hpke_private, BIND) == K  # plain RFC 9180
+    assert wrap.wrap_for(K, BIND, vals[0].hpke_public) != wrapped[vals[0].address]  # address bound
+    doc = wrap.document_from_chain(encrypted_cid, wrapped, BIND, resolve)
+    for v in vals:
+        assert wrap.open_test_key(doc, v, BIND, owner_address=owner.address) == wrap.OpenedKey(
+            K, CID
+        )
+
+
+@pytest.mark.parametrize("tamper", ["garbage", "other-key", "random-wrap-of-k"])
+def test_a_tampered_wrap_to_one_validator_is_caught_by_every_validator(tamper):
+    """Garbage, a recomputable wrap of another key K', or an old-style random wrap of K itself:
+    the victim and every other validator refuse alike, naming the victim's slot."""
+    owner = identity("mo")
+    vals = [identity(f"v{i}") for i in range(3)]
+    encrypted_cid, wrapped, resolve = _chain_doc(vals, owner)
+    victim = vals[1]
+    wrapped[victim.address] = {
+        "garbage": os.urandom(80),
+        "other-key": wrap.wrap_for(bytes(range(32)), BIND, victim.hpke_public, victim.address),
+        "random-wrap-of-k": hpke.seal(victim.hpke_public, K, info=BIND.info()),
+    }[tamper]
+    doc = wrap.document_from_chain(encrypted_cid, wrapped, BIND, resolve)
+    for v in vals:
+        if v is victim and tamper == "garbage":
+            with pytest.raises(VerificationError) as got:
+                wrap.open_test_key(doc, v, BIND, owner_address=owner.address)
+            assert not isinstance(got.value, wrap.WrapMismatch)  # it cannot even open its copy
+            continue
+        with pytest.raises(wrap.WrapMismatch, match="does not recompute from K") as got:
+            wrap.open_test_key(doc, v, BIND, owner_address=owner.address)
+        if v is not victim:
+            assert victim.address in got.value.message
+
+
+def test_a_validator_without_a_usable_key_is_wrapped_the_documented_placeholder():
+    """No registered key (withdrawn) or a low-order one: the owner wraps NO_KEY_WRAP, which every
+    validator expects; anything else there, or the placeholder where a key exists, is refused."""
+    owner = identity("mo")
+    vals = [identity(f"v{i}") for i in range(3)]
+    keyless = vals[2]
+    registry = {v.address: v.hpke_public for v in vals[:2]}  # vals[2] has no (usable) key
+    recips = [wrap.Recipient(registry.get(v.address), v.address) for v in vals]
+    doc = wrap.wrap_test_key(K, recips, BIND, cid=CID, owner=owner)
+    assert doc["recipients"][2]["hpke_public"] is None
+    encrypted_cid, wrapped = wrap.chain_args(doc)
+    assert wrapped[keyless.address] == wrap.NO_KEY_WRAP == bytes(80)
+    rebuilt = wrap.document_from_chain(encrypted_cid, wrapped, BIND, registry.get)
+    for v in vals[:2]:
+        assert wrap.open_test_key(rebuilt, v, BIND).key == K
+    with pytest.raises(VerificationError):  # the keyless validator opens nothing
+        wrap.open_test_key(rebuilt, keyless, BIND)
+    # the owner wraps a real K to the keyless validator's old key: the others refuse
+    sneaky = {
+        **wrapped,
+        keyless.address: wrap.wrap_for(K, BIND, keyless.hpke_public, keyless.address),
+    }
+    with pytest.raises(wrap.WrapMismatch, match=keyless.address):
+        wrap.open_test_key(
+            wrap.document_from_chain(encrypted_cid, sneaky, BIND, registry.get), vals[0], BIND
+        )
+    # the placeholder where the registry holds a key
+    lazy = {**wrapped, vals[1].address: wrap.NO_KEY_WRAP}
+    with pytest.raises(wrap.WrapMismatch, match=vals[1].address):
+        wrap.open_test_key(
+            wrap.document_from_chain(encrypted_cid, lazy, BIND, registry.get), vals[0], BIND
+        )
+    with pytest.raises(UsageError):
+        wrap.wrap_key(K, [wrap.Recipient(None)], BIND)
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        bytes(32),
+        (1).to_bytes(32, "little"),
+        bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+    ],
+)
+def test_usable_public_refuses_low_order_points(point):
+    assert not hpke.usable_public(point)
+    assert not hpke.usable_public(None) and not hpke.usable_public(b"short")
+    assert hpke.usable_public(hpke.generate_keypair()[1])
+
+
+def test_an_edited_off_chain_document_is_refused_by_din_keys_unwrap_too():
+    """The check runs on any document: entries carry the keys they were wrapped to."""
+    owner = identity("mo")
+    vals = [identity(f"v{i}") for i in range(2)]
+    recips = [wrap.Recipient(v.hpke_public, v.address) for v in vals]
+    doc = wrap.wrap_test_key(K, recips, BIND, cid=CID, owner=owner)
+    doc["recipients"][1]["wrapped_key"] = "0x" + os.urandom(80).hex()
+    with pytest.raises(wrap.WrapMismatch, match=vals[1].address):
+        wrap.open_test_key(doc, vals[0], BIND)

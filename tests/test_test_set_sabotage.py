@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from round_world import DEPOSIT, MIN_STAKE, World
 
 from din_cli.chain.settlement import settle_task, share, split_deposit
@@ -27,11 +28,12 @@ def to_test_set(tmp_path, deployed, **kw) -> World:
     return w
 
 
-def post_as_owner(w: World, tmp_path, store, garble=()) -> None:
+def post_as_owner(w: World, tmp_path, store, garble=(), other_key=()) -> None:
     """Post ``store`` encrypted under a fresh K, wrapped to every evaluation validator, straight
-    through the contract (no din-side check); validators named in ``garble`` get random bytes."""
+    through the contract (no din-side check); validators named in ``garble`` get random bytes,
+    those in ``other_key`` a well-formed (recomputable) wrap of another key K'."""
     from din_cli.crypto import aead
-    from din_cli.crypto.wrap import Recipient, chain_args, wrap_test_key
+    from din_cli.crypto.wrap import Recipient, chain_args, wrap_for, wrap_test_key
 
     ctx = w.ctx(w.owner)
     key = aead.generate_key()
@@ -44,6 +46,9 @@ def post_as_owner(w: World, tmp_path, store, garble=()) -> None:
     encrypted_cid, wrapped = chain_args(doc)
     for v in garble:
         wrapped[v.address] = os.urandom(len(wrapped[v.address]))
+    binding = evaluation._binding(ctx, w.task)
+    for v in other_key:
+        wrapped[v.address] = wrap_for(aead.generate_key(), binding, v.hpke_public, v.address)
     w.din.post_test_set(w.owner.account, w.task, encrypted_cid, wrapped)
     assert w.phase() == "score-commit"
 
@@ -129,15 +134,17 @@ def test_garbage_k_to_one_subgroup_rejects_the_test_set_for_the_whole_task(tmp_p
     """Old: the validator whose K was garbage could not open the test set, never committed and
     was slashed; its subgroup scored 0, so the owner moved the whole pool to the other subgroup.
     New: it rejects (not slashed, earns its fee); one accepted rejection sends the whole pool to the
-    contributors by ordinal (the test set is one object), so sabotaging one subgroup steers nothing."""
+    contributors by ordinal (the test set is one object), so sabotaging one subgroup steers nothing.
+    Since wraps recompute from K, the other subgroup's validator sees the garbage and rejects too."""
     w = to_test_set(tmp_path, deployed, participants=4, validators=2, subgroup_size=2, per_group=1)
     assert w.din.task_info(w.task).groups == 2
     victim, other = w.assigned(0)
     post_as_owner(w, tmp_path, w.test_store, garble=[victim])
     docs = commit_and_reveal(w)
     assert "key does not open" in docs[victim.name]["rejected"]
-    assert docs[other.name]["rejected"] is None and len(docs[other.name]["scores"]) == 2
-    assert rewards.settle(w.ctx(w.owner), w.task)["rejected"] == [0]
+    assert docs[other.name]["scores"] == []
+    assert f"wrap to {victim.address} does not recompute from K" in docs[other.name]["rejected"]
+    assert rewards.settle(w.ctx(w.owner), w.task)["rejected"] == [0, 1]
 
     # the Python reference agrees with the contract
     rnd = w.din.round_info(w.task, 0)
@@ -190,3 +197,71 @@ def test_a_lazy_validator_that_rejects_a_good_test_set_is_slashed(tmp_path, depl
     want = dict(zip(next(iter(docs.values()))["participants"], share(pool, scores), strict=True))
     assert {by_address[a]: v for a, v in want.items()} == {p.name: paid[p.name] for p in w.parts}
     assert paid["owner"] == 0
+
+
+@pytest.mark.parametrize("sabotage", ["garbage", "other-key"])
+def test_a_bad_wrap_to_one_validator_of_a_subgroup_is_rejected_by_every_validator(
+    tmp_path, deployed, sabotage
+):
+    """Old: the owner wrapped garbage (or a valid wrap of another key K') to one validator of a
+    subgroup of three and K to the rest: that validator honestly rejected, was outvoted by the two
+    that scored, and was slashed for it. New: wraps recompute from K, so the two (and the other
+    subgroup's validators) see the bad wrap and reject too; nobody is slashed, every validator
+    earns its fee, the owner gets nothing and the pool goes to the contributors by ordinal."""
+    w = to_test_set(tmp_path, deployed, participants=4, validators=6, subgroup_size=2, per_group=3)
+    rnd = w.din.round_info(w.task, 0)
+    assert rnd.groups == 2 and all(len(g) == 3 for g in rnd.validator_groups)
+    victim = w.assigned(0)[1]  # a minority of subgroup 0
+    bad = {"garbage": {"garble": [victim]}, "other-key": {"other_key": [victim]}}[sabotage]
+    post_as_owner(w, tmp_path, w.test_store, **bad)
+    docs = commit_and_reveal(w)
+    assert len(docs) == 6 and all(d["scores"] == [] and d["rejected"] for d in docs.values())
+    for v in w.assigned(0):
+        if v is not victim:
+            assert f"wrap to {victim.address} does not recompute from K" in docs[v.name]["rejected"]
+    want = "key does not open" if sabotage == "garbage" else "does not recompute from K"
+    assert want in docs[victim.name]["rejected"]
+    assert rewards.settle(w.ctx(w.owner), w.task)["rejected"] == [0, 1]
+    assert w.din.events(w.task, "ValidatorPenalised") == []
+
+    vals, parts = w.din.validators(w.task), w.din.participants(w.task)
+    revealed = w.din.scores_revealed(w.task)
+    groups = [
+        (
+            [parts[i] for i in rnd.participant_groups[g]],
+            [vals[i] for i in rnd.validator_groups[g]],
+            [revealed[vals[i]] for i in rnd.validator_groups[g]],
+        )
+        for g in range(rnd.groups)
+    ]
+    ref = settle_task(DEPOSIT, FEE_BPS, groups, contributors=contributors(w))
+    assert ref.rejected and not ref.penalised and ref.owner == 0
+    paid = claim_all(w)
+    assert stakes(w) == {v.name: MIN_STAKE for v in w.vals}  # nobody slashed, the victim least
+    fee = split_deposit(DEPOSIT, FEE_BPS)[1] // 6
+    assert [paid[v.name] for v in w.vals] == [fee] * 6
+    order = contributors(w)
+    by_address = {p.address: p.name for p in w.parts}
+    equal = dict(zip(order, share(DEPOSIT - 6 * fee, [1] * len(order)), strict=True))
+    assert {a: paid[by_address[a]] for a in order} == equal == ref.participants
+    assert paid["owner"] == 0 and sum(paid.values()) == DEPOSIT
+
+
+def test_a_validator_that_changes_its_key_after_the_post_cannot_split_the_others(
+    tmp_path, deployed
+):
+    """Validators recompute the wraps against the registry as it stood at TestSetPosted: one that
+    stakes again with a new HPKE key in the middle of the commit phase changes nothing, so those
+    that score before and after it agree (and it still opens its copy with its old key)."""
+    from din_cli.crypto import hpke
+
+    w = to_test_set(tmp_path, deployed, participants=3, validators=3, subgroup_size=3, per_group=3)
+    post_as_owner(w, tmp_path, w.test_store)
+    first, mover, last = w.assigned(0)
+    docs = {first.name: evaluation.evaluate_commit(w.ctx(first), w.task)}
+    w.din.stake(mover.account, 0, hpke.generate_keypair()[1])
+    assert w.din.validator_info(mover.address).hpke_key != mover.hpke_public
+    for v in (mover, last):
+        docs[v.name] = evaluation.evaluate_commit(w.ctx(v), w.task)
+    assert all(d["rejected"] is None for d in docs.values())
+    assert len({tuple(d["scores"]) for d in docs.values()}) == 1

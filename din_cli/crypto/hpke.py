@@ -135,6 +135,38 @@ def seal_derived(public: bytes, plaintext: bytes, *, info: bytes, ikm: bytes) ->
     return enc + AESGCM(key).encrypt(nonce, bytes(plaintext), b"")
 
 
+def seal_keyed(public: bytes, key: bytes, *, info: bytes, label: bytes) -> bytes:
+    """Seal the secret ``key`` to ``public`` with an ephemeral key pair derived from ``key`` itself.
+
+    ``seal_derived`` with ``ikm = HKDF-SHA256(key, salt=None, info=label)``:
+    how din wraps one fresh key to many recipients so that whoever opens any
+    copy recomputes every other copy byte for byte (``crypto.seal`` for
+    update keys, ``crypto.wrap`` for the test-set key). ``label`` names the
+    purpose, the context and the recipient, so no two messages share an
+    ephemeral key; ``key`` must be fresh and uniformly random.
+    """
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    ikm = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=bytes(label)).derive(
+        bytes(key)
+    )
+    return seal_derived(public, key, info=info, ikm=ikm)
+
+
+def usable_public(public: bytes | None) -> bool:
+    """Whether ``public`` is a 32-byte X25519 key that something can be sealed to (not a low-order point)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    if public is None or len(public) != KEY_LEN:
+        return False
+    try:
+        X25519PrivateKey.from_private_bytes(bytes(range(1, 33))).exchange(_load_public(public))
+    except ValueError:  # an all-zero shared secret, whatever the (clamped) scalar: low order
+        return False
+    return True
+
+
 # -- key plumbing -----------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ for that round, in slot order)::
 - key check    = SHA-256("din/sealed-update/v1/key-check" | binding | U)
 - wrapped key  = HPKE(recipient, U, info=binding | recipient address), with the
   ephemeral key pair derived from HKDF(U, "din/sealed-update/v1/ephemeral" |
-  binding | recipient address | recipient key) (``hpke.seal_derived``).
+  binding | recipient address | recipient key) (``hpke.seal_keyed``).
 
 Because every wrapped key is a function of U, a reader that opened U
 recomputes every other recipient's wrapped key and checks it byte for byte
@@ -106,8 +106,12 @@ def _addr(address: str) -> bytes:
 
 def wrap_for(key: bytes, binding: UpdateBinding, address: str, public: bytes) -> bytes:
     """U wrapped for one recipient; the same bytes every time (see the module doc)."""
-    ikm = _hkdf(key, _TAG + b"/ephemeral" + binding.bytes() + _addr(address) + bytes(public))
-    return hpke.seal_derived(public, key, info=binding.bytes() + _addr(address), ikm=ikm)
+    return hpke.seal_keyed(
+        public,
+        key,
+        info=binding.bytes() + _addr(address),
+        label=_TAG + b"/ephemeral" + binding.bytes() + _addr(address) + bytes(public),
+    )
 
 
 def seal_file(

@@ -4,7 +4,8 @@ The model owner encrypts the test set under a fresh key K, then:
 
 - ``wrap_key``: seals K to every validator's HPKE key, with the HPKE ``info``
   bound to the chain, task and round (``Binding.info``), so a wrapped key
-  opens only in the context it was made for;
+  opens only in the context it was made for; the HPKE ephemeral key is
+  derived from K (``wrap_for``), so each wrapped key is a function of K;
 - ``sign_cid``: signs the test set's CID with the owner's Ethereum key
   (EIP-191 ``personal_sign`` over ``cid_message``) and encrypts signature and
   CID under a key derived from K: ``encryptedCID = Enc(K, Sign(owner_sk, CID))``.
@@ -13,6 +14,29 @@ A validator runs ``unwrap_key`` with its HPKE secret, then
 ``open_signed_cid`` with K and the owner's address taken from the task; a
 signature by anyone else is a VerificationError, never a CID.
 
+Recomputable wraps. An owner could wrap garbage (or another key) to one
+validator of a subgroup and K to the rest: the one validator honestly
+rejects, is outvoted and slashed, and no contract can tell a bad wrap from a
+lazy rejection. So a wrapped key is not random: it is ``hpke.seal_keyed``
+with the ephemeral key pair derived from HKDF(K, "din/test-key/v1/ephemeral"
+| binding info | recipient address (20 bytes; none when unknown) | recipient
+key), the derandomise-and-re-encrypt check of the Fujisaki-Okamoto
+transform, as ``crypto.seal`` does for update keys. Whoever opened K
+recomputes every recipient's wrapped key and compares byte for byte
+(``check_wraps``, run by ``open_test_key``); a difference is a
+``WrapMismatch``. The validator that got garbage cannot open its copy, the
+others see the garbage: every honest validator rejects alike.
+
+A recipient with no usable HPKE key (none registered, e.g. deleted by
+``withdraw``, or a low-order X25519 point) is wrapped ``NO_KEY_WRAP``: 80 zero
+bytes, whose ``enc`` is the zero point that no HPKE sender produces and
+``unseal`` refuses. It carries nothing, and every validator expects exactly
+it, so an honest owner can still post and a dishonest one gains nothing.
+On chain the recipients' keys are not posted: ``document_from_chain`` takes
+them from a resolver (the validator registry as it stood when the test set
+was posted, ``protocol.evaluation.chain_resolver``), so validators check
+against the keys every one of them reads alike.
+
 ``wrap_test_key`` / ``open_test_key`` do both steps and produce or read the
 JSON document (``din/test-key/v1``) that ``din keys wrap`` prints::
 
@@ -20,7 +44,8 @@ JSON document (``din/test-key/v1``) that ``din keys wrap`` prints::
      "owner": "0x..." | null, "encrypted_cid": "0x..." | null,
      "recipients": [{"address": "0x..." | null, "hpke_public": "0x...", "wrapped_key": "0x..."}]}
 
-Each ``wrapped_key`` is HPKE's ``enc || ciphertext`` (80 bytes); the
+Each ``wrapped_key`` is HPKE's ``enc || ciphertext`` (80 bytes) and
+``hpke_public`` is null for a recipient wrapped ``NO_KEY_WRAP``; the
 encrypted CID is ``nonce(12) || AES-256-GCM(HKDF(K, "din/test-cid/v1"),
 signature(65) || cid)`` with the binding as associated data.
 """
@@ -37,6 +62,9 @@ from din_cli.errors import InputError, NotFoundError, UsageError, VerificationEr
 
 FORMAT = "din/test-key/v1"
 _INFO = b"din/test-key/v1"
+_EPHEMERAL = b"din/test-key/v1/ephemeral"
+NO_KEY_WRAP = bytes(hpke.ENC_LEN + 32 + hpke.TAG_LEN)
+"""The wrapped key of a recipient with no usable HPKE key: 80 zero bytes (see the module doc)."""
 _CID_INFO = b"din/test-cid/v1"
 _SIG_LEN = 65
 _HEX_ADDR = re.compile(r"^0x[0-9a-fA-F]{40}$")
@@ -80,9 +108,9 @@ class Binding:
 
 @dataclass(frozen=True)
 class Recipient:
-    """A validator to wrap K for: its HPKE public key and, when known, its address."""
+    """A validator to wrap K for: its HPKE public key (None: it has none) and, when known, its address."""
 
-    hpke_public: bytes
+    hpke_public: bytes | None
     address: str | None = None
 
 
@@ -94,18 +122,64 @@ class OpenedKey:
     cid: str | None
 
 
+class WrapMismatch(VerificationError):
+    """A recipient's wrapped key is not the one K determines: the owner wrapped something else."""
+
+
 # -- primitives ---------------------------------------------------------------
+
+
+def wrap_for(
+    key: bytes, binding: Binding, public: bytes | None, address: str | None = None
+) -> bytes:
+    """K wrapped for one recipient: the same bytes every time (module doc); ``NO_KEY_WRAP`` when ``public`` is None.
+
+    A low-order ``public`` is an InputError: pass None for a recipient without a usable key.
+    """
+    _check_k(key)
+    if public is None:
+        return NO_KEY_WRAP
+    addr = bytes.fromhex(_checksum(address)[2:]) if address else b""
+    return hpke.seal_keyed(
+        public, key, info=binding.info(), label=_EPHEMERAL + binding.info() + addr + bytes(public)
+    )
 
 
 def wrap_key(key: bytes, recipients: Iterable[bytes | Recipient], binding: Binding) -> list[bytes]:
     """Seal K to each recipient's HPKE public key; return the wrapped keys in the same order."""
-    _check_k(key)
-    info = binding.info()
     out = []
     for r in recipients:
-        public = r.hpke_public if isinstance(r, Recipient) else r
-        out.append(hpke.seal(public, key, info=info))
+        if isinstance(r, Recipient):
+            if r.hpke_public is None and r.address is None:
+                raise UsageError(
+                    "a recipient has neither an HPKE key nor an address", "name each validator"
+                )
+            out.append(wrap_for(key, binding, r.hpke_public, r.address))
+        else:
+            out.append(wrap_for(key, binding, r))
     return out
+
+
+def check_wraps(doc: dict, key: bytes, binding: Binding) -> None:
+    """With K opened: WrapMismatch naming the first recipient whose wrapped key is not ``wrap_for``'s.
+
+    Each entry is recomputed from K, the binding, its address and its
+    ``hpke_public`` (null: ``NO_KEY_WRAP``) and compared byte for byte.
+    """
+    for e in _entries(doc):
+        who = e.get("address") or e.get("hpke_public")
+        try:
+            public = _unhex(e["hpke_public"]) if e.get("hpke_public") else None
+            good = wrap_for(key, binding, public, e.get("address") or None) == _unhex(
+                e.get("wrapped_key") or ""
+            )
+        except (InputError, UsageError, TypeError, AttributeError):  # malformed, or a low-order key
+            good = False
+        if not good:
+            raise WrapMismatch(
+                f"the owner's wrap to {who} does not recompute from K",
+                "the owner wrapped another key (or garbage) to it: refuse this test set",
+            )
 
 
 def unwrap_key(wrapped: bytes, hpke_private: bytes, binding: Binding) -> bytes:
@@ -278,7 +352,7 @@ def wrap_test_key(
         "recipients": [
             {
                 "address": r.address,
-                "hpke_public": "0x" + r.hpke_public.hex(),
+                "hpke_public": "0x" + r.hpke_public.hex() if r.hpke_public is not None else None,
                 "wrapped_key": "0x" + w.hex(),
             }
             for r, w in zip(recipients, wrapped, strict=True)
@@ -310,6 +384,8 @@ def open_test_key(
 
     The binding is the validator's own idea of where it stands (chain, task,
     round): a document made for anything else is refused, whatever it claims.
+    Every recipient's wrapped key must recompute from K (``check_wraps``),
+    else WrapMismatch: a validator never uses a K that others were not given.
     """
     if doc.get("format") != FORMAT:
         raise InputError(
@@ -330,6 +406,7 @@ def open_test_key(
             "you are not one of its recipients",
         )
     key = unwrap_key(_unhex(entry.get("wrapped_key") or ""), identity.hpke_private, binding)
+    check_wraps(doc, key, binding)
     cid = None
     if owner_address is not None:
         if not doc.get("encrypted_cid"):
@@ -358,8 +435,23 @@ def chain_args(doc: dict) -> tuple[bytes, dict[str, bytes]]:
     return _unhex(doc["encrypted_cid"]), wrapped
 
 
-def document_from_chain(encrypted_cid: bytes, wrapped: dict[str, bytes], binding: Binding) -> dict:
-    """Rebuild a ``din/test-key/v1`` document from what the chain stores, for ``open_test_key``."""
+def document_from_chain(
+    encrypted_cid: bytes,
+    wrapped: dict[str, bytes],
+    binding: Binding,
+    resolver: Resolver,
+) -> dict:
+    """Rebuild a ``din/test-key/v1`` document from what the chain stores, for ``open_test_key``.
+
+    The chain keeps no recipient keys: ``resolver`` (address -> registered
+    HPKE key, or None when it has no usable one) fills them in, and
+    ``open_test_key`` checks every wrapped key against them.
+    """
+
+    def public(address: str) -> str | None:
+        key = resolver(_checksum(address))
+        return "0x" + bytes(key).hex() if key else None
+
     return {
         "format": FORMAT,
         "suite": hpke.SUITE_NAME,
@@ -367,7 +459,11 @@ def document_from_chain(encrypted_cid: bytes, wrapped: dict[str, bytes], binding
         "owner": None,
         "encrypted_cid": "0x" + bytes(encrypted_cid).hex(),
         "recipients": [
-            {"address": _checksum(a), "hpke_public": None, "wrapped_key": "0x" + bytes(w).hex()}
+            {
+                "address": _checksum(a),
+                "hpke_public": public(a),
+                "wrapped_key": "0x" + bytes(w).hex(),
+            }
             for a, w in wrapped.items()
         ],
     }

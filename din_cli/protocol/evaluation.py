@@ -64,14 +64,35 @@ def evaluation_validators(ctx, task_id: int) -> list[str]:
     return [validators[i] for group in rnd.validator_groups for i in group]
 
 
-def chain_resolver(ctx):
-    """``address -> HPKE public key`` registered in the validator registry (None when it has none)."""
+def chain_resolver(ctx, *, before: tuple[int, int] | None = None):
+    """``address -> HPKE public key`` registered in the validator registry (None when it has no usable one).
 
-    def resolve(address: str) -> bytes | None:
-        key = ctx.din.validator_info(address).hpke_key
-        return key if key and any(key) else None
+    The registry now, or with ``before`` (block number, log index of a chain
+    event) as it stood just before that event: the last ``Staked`` key unless a
+    ``Withdrawn`` followed it. Validators check the owner's wraps against the
+    keys as of the ``TestSetPosted`` event, so a validator that stakes again
+    with another key later cannot make the others disagree. No key, or one
+    nothing can be sealed to (a low-order point), is None: the owner wraps
+    ``crypto.wrap.NO_KEY_WRAP`` to it and every validator expects exactly that.
+    """
+    from din_cli.crypto import hpke
 
-    return resolve
+    def usable(key: bytes | None) -> bytes | None:
+        return bytes(key) if key and hpke.usable_public(bytes(key)) else None
+
+    if before is None:
+        return lambda address: usable(ctx.din.validator_info(address).hpke_key)
+    din, at = ctx.din, tuple(before)
+    events = [
+        (int(e["blockNumber"]), int(e["logIndex"]), e["args"])
+        for name in ("Staked", "Withdrawn")
+        for e in din.chain.logs(din.registry, name, from_block=din.from_block, to_block=at[0])
+    ]
+    keys: dict[str, bytes | None] = {}
+    for block, index, args in sorted(events, key=lambda x: x[:2]):
+        if (block, index) < at:
+            keys[args["validator"].lower()] = usable(args.get("hpkeKey"))
+    return lambda address: keys.get(address.lower())
 
 
 def post_wrapped(ctx, task_id: int, doc: dict) -> dict:
@@ -113,7 +134,12 @@ def post_wrapped(ctx, task_id: int, doc: dict) -> dict:
 
 
 def post_test_set(ctx, task_id: int, test_store: str | Path) -> dict:
-    """Encrypt ``test_store``, add it, and post its signed CID with K wrapped to each evaluation validator (owner)."""
+    """Encrypt ``test_store``, add it, and post its signed CID with K wrapped to each evaluation validator (owner).
+
+    Each wrap is a function of K (``crypto.wrap.wrap_for``) that validators
+    recompute; a validator with no usable registered HPKE key (``chain_resolver``
+    gives None) gets ``NO_KEY_WRAP``, which every validator expects for it.
+    """
     from din_cli.crypto import aead
     from din_cli.crypto.wrap import Recipient, wrap_test_key
     from din_cli.ml.data import load_store
@@ -151,10 +177,11 @@ def post_test_set(ctx, task_id: int, test_store: str | Path) -> dict:
 def open_test_set(ctx, task_id: int, dest: Path) -> tuple[str, Path]:
     """As a validator: unwrap K, verify the owner's signature on the CID, fetch and decrypt the test set.
 
-    TestSetRejected when the owner's part fails (K, signature, ciphertext, committed hash).
+    TestSetRejected when the owner's part fails (K, a wrap to any validator
+    that does not recompute from K, signature, ciphertext, committed hash).
     """
     from din_cli.crypto import aead
-    from din_cli.crypto.wrap import document_from_chain, open_test_key
+    from din_cli.crypto.wrap import WrapMismatch, document_from_chain, open_test_key
 
     posted = ctx.din.test_set(task_id)
     if posted is None:
@@ -166,9 +193,13 @@ def open_test_set(ctx, task_id: int, dest: Path) -> tuple[str, Path]:
         raise UsageError("opening the test set needs your HPKE key", "act with --key NAME")
     owner = ctx.din.task_info(task_id).owner
     hint = "reveal the rejection; the owner sabotaged its test set"
+    event = ctx.din.events(task_id, "TestSetPosted")[-1]
+    resolve = chain_resolver(ctx, before=(int(event["blockNumber"]), int(event["logIndex"])))
     try:
-        doc = document_from_chain(encrypted_cid, wrapped, _binding(ctx, task_id))
+        doc = document_from_chain(encrypted_cid, wrapped, _binding(ctx, task_id), resolve)
         opened = open_test_key(doc, ctx.identity, _binding(ctx, task_id), owner_address=owner)
+    except WrapMismatch as e:  # K opened, but not every validator was given it
+        raise TestSetRejected(e.message, hint) from None
     except (VerificationError, InputError, NotFoundError) as e:
         raise TestSetRejected(f"the test set key does not open: {e.message}", hint) from None
     try:
