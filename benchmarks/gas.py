@@ -96,13 +96,16 @@ def run(url: str | None, n_participants: int, n_validators: int) -> Recorder:
     agg = b"\x01\x55\x12\x20" + b"\xaa" * 32
     info = din.task_info(task)
     assert per_group(info.validators, info.groups, n_validators) == info.per_group
+    everyone = (1 << n_participants) - 1  # the result's bitmap: every update admitted
     for v in vals:
-        din.commit_aggregate(v, task, agg)
+        din.commit_aggregate(v, task, agg, admitted=everyone)
     for v in vals:
-        din.reveal_aggregate(v, task, agg)
+        din.reveal_aggregate(v, task, agg, admitted=everyone)
     din.post_global_model(owner, task, agg)
     for v in vals[: n_validators // 2 + 1]:
         din.attest_global(v, task, agg)
+    for p in parts[:10]:  # the contributors' split by record: one proof per participant and task
+        din.prove_record(p, task)
     din.post_test_set(
         owner, task, b"\x01\x55\x12\x20" + b"\xbb" * 32, {v.address: os.urandom(80) for v in vals}
     )

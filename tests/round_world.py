@@ -191,6 +191,11 @@ class World:
         from din_cli.errors import DinError
         from din_cli.protocol import rewards
 
+        info = self.din.task_info(self.task)
+        if info.phase == "settling":  # subgroups whose validators disagree wait for the window
+            opens = max(self.din.settle_opens(self.task, g) for g in range(info.groups))
+            if opens > self.chain.now():
+                self.chain.advance_time(opens - self.chain.now())
         rewards.settle(self.ctx(self.owner), self.task)
         paid = {}
         for who in [self.owner, *self.parts, *self.vals]:

@@ -474,13 +474,16 @@ def test_scores_reveal_settle_and_claim_twice(deployed):
     g_lazy = items[1][1]
     parts_g, vals_g, majority = din.settlement_inputs(task, g_lazy)
     assert majority == scores_for(w, items[0][0], g_lazy)
-    with reverts("scores differ from the majority's vector"):
+    with reverts("scores differ from the accepted vector"):
         w.chain.send(
             w.dev,
             din.tasks.functions.settle(task, g_lazy, parts_g, vals_g, pack_scores(vectors[lazy])),
         )
-    with reverts("scores differ from the majority's vector"):
+    with reverts("scores differ from the accepted vector"):
         w.chain.send(w.dev, din.tasks.functions.settle(task, g_lazy, parts_g, vals_g, b""))
+    with reverts("validators disagree"):  # the lazy one dissents: first the window for a dispute
+        din.settle(w.dev, task, [g_lazy])
+    w.chain.advance_time(w.info().durations["settle"] // 2)
     din.settle(w.dev, task)
     with reverts("not in the settlement phase"):
         w.chain.send(w.dev, din.tasks.functions.settle(task, 0, [], [], b""))
@@ -561,6 +564,7 @@ def test_copied_vector_and_no_majority_split(deployed):
 
     score_round(w, choose)
     assert w.info().phase == "settling"
+    w.chain.advance_time(w.info().durations["settle"] // 2)  # both subgroups dissent
     din.settle(w.dev, task)
     penalised = {e["args"]["validator"] for e in din.events(task, "ValidatorPenalised")}
     assert penalised == {copier.address}
@@ -577,7 +581,8 @@ def test_copied_vector_and_no_majority_split(deployed):
 
 
 def test_abandoned_task_refunds_contributors(world):
-    """No test set by its deadline: the deposit is split equally among participants that trained."""
+    """No test set by its deadline, and no accepted result to prove a record with: once the proof
+    window closes, the deposit is split equally among participants that submitted."""
     din, task = world.din, world.task
     world.start()
     trainers = world.parts[:3]
@@ -595,6 +600,9 @@ def test_abandoned_task_refunds_contributors(world):
     world.chain.advance_time(601)
     din.advance(world.dev, task)
     assert world.info().phase == "abandoned"
+    with reverts("nothing to claim"):  # the window in which participants prove records
+        din.claim(trainers[0], task)
+    world.chain.advance_time(601)
     paid = [din.claim(p, task) for p in trainers]
     assert sum(paid) == DEPOSIT and max(paid) - min(paid) <= 1
     with reverts("nothing to claim"):

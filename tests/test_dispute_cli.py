@@ -240,6 +240,134 @@ def test_a_colluding_majority_is_overturned_in_a_sealed_task(din, chain_env):
     }
 
 
+def _scored_by_colluders(din, privacy: str) -> tuple[str, dict, list[str]]:
+    """A one-round task trained and aggregated honestly, its test set posted, and the three
+    colluders' scores giving the first participant everything: the task settles;
+    ``(task, {key: address}, participant addresses)``."""
+    task, addr = _started_task(din, rounds=1, privacy=privacy)
+    for i, p in enumerate(PARTS):
+        ok(din("train", "--task", task, "--data", f"stores/participant-0{i + 1}.npz", "--submit",
+               "--epochs", "2", "--lr", "0.5", "--key", p, "-q"))  # fmt: skip
+    for step in ("--commit", "--reveal"):
+        for v in VALS:
+            ok(din("aggregate", "--task", task, step, "--key", v, "-q"))
+    ok(din("round", "finalize", "--task", task, "--key", OWNER, "-q"))
+    for v in VALS:
+        assert din("round", "attest", "--task", task, "--key", v, "-q").exit_code in (0, 7)
+    ok(din("round", "test-set", "--task", task, "--data", "stores/test.npz", "--key", OWNER, "-q"))
+    if privacy == "sealed":
+        for v in VALS:
+            ok(din("keys", "grant", "--task", task, "--key", v, "-q"))
+    parts = [ok(din("keys", "show", p, "--field", "address")).strip() for p in PARTS]
+    lie = ["--set-score", f"{parts[0]}=10000", "--set-score", f"{parts[1]}=0"]
+    for v in VALS:
+        ok(din("evaluate", "--task", task, "--commit", *(lie if v in COLLUDERS else []),
+               "--key", v, "-q"))  # fmt: skip
+    for v in VALS:
+        ok(din("evaluate", "--task", task, "--reveal", "--key", v, "-q"))
+    return task, addr, parts
+
+
+@pytest.mark.parametrize("privacy", ["open", "sealed"])
+def test_a_colluding_evaluation_majority_is_overturned_by_a_dispute(din, chain_env, privacy):
+    """3 of the 5 evaluation validators reveal scores that give one participant everything. The
+    subgroup disagrees, so it cannot settle at once; an honest validator (it holds K) files,
+    grants K (and, sealed, the update keys) to a committee of stakers outside the subgroup, which
+    rescores and decides; settlement pays by the committee's vector and slashes the three."""
+    task, addr, parts = _scored_by_colluders(din, privacy)
+    early = din("rewards", "settle", "--task", task, "--key", FILER)
+    assert early.exit_code != 0 and "validators disagree" in early.stderr, early.output
+    outsider = din("round", "dispute", "--task", task, "--round", "0", "--group", "0",
+                   "--key", FILER)  # fmt: skip
+    assert outsider.exit_code == ExitCode.USAGE and "holds no test-set key" in outsider.stderr
+    stake = {
+        v: json.loads(ok(din("validator", "info", "--key", v, "--json")))["stake"] for v in VALS
+    }
+    filer = HONEST[0]
+    did = ok(din("round", "dispute", "--task", task, "--round", "0", "--group", "0",
+                 "--key", filer, "-q")).strip()  # fmt: skip
+    committee = ok(din("dispute", "draw", did, "--key", filer, "-q")).split()
+    assert sorted(committee) == sorted(addr[s] for s in STAKERS)
+    by_addr = {addr[s]: s for s in STAKERS}
+    blind = din("dispute", "vote", did, "--key", by_addr[committee[0]])
+    assert blind.exit_code == ExitCode.USAGE and "no grant of the test set's key" in blind.stderr
+    granted = json.loads(ok(din("keys", "grant", "--task", task, "--dispute", did,
+                                "--key", filer, "--json")))  # fmt: skip
+    assert granted["keys"] == (1 if privacy == "open" else 3)  # K, and the two updates' keys
+    votes = {ok(din("dispute", "vote", did, "--key", by_addr[m], "-q")).strip() for m in committee}
+    shown = json.loads(ok(din("dispute", "status", did, "--json")))
+    honest = shown["claimed"]  # the filer's vector, which every member recomputed
+    claimed = " ".join(map(str, honest))
+    assert votes == {claimed} and sorted(shown["accepted"]) == [0, 10000] != sorted(honest)
+    for m in committee:
+        ok(din("dispute", "vote", did, "--reveal", "--key", by_addr[m], "-q"))
+    line = ok(din("dispute", "resolve", did, "--key", filer, "-q")).strip()
+    assert line == f"{did}\tupheld\t0\t0\t{claimed}"
+    ok(din("rewards", "settle", "--task", task, "--key", FILER, "-q"))
+    slash = 10 * 10**18
+    for v in VALS:
+        now = json.loads(ok(din("validator", "info", "--key", v, "--json")))["stake"]
+        assert now == stake[v] - (slash if v in COLLUDERS else 0), v
+    shown = json.loads(ok(din("rewards", "show", "--task", task, "--json")))
+    scores = {p["address"]: p["score"] for p in shown["participants"]}
+    assert sorted(scores[a] for a in parts) == sorted(honest)  # paid by the committee's scores
+
+
+def test_an_outvoted_validator_node_disputes_the_scores_by_itself(din, tmp_path):
+    """The honest minority runs a node: it files the score dispute, draws the committee, grants
+    it K, resolves once the committee voted, settles by the committee's vector and claims."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    task, addr, _ = _scored_by_colluders(din, "open")
+    log = open(tmp_path / "node.ndjson", "wb")
+    err = open(tmp_path / "node.err", "wb")
+    node = subprocess.Popen(
+        [sys.executable, "-m", "din_cli", "node", "run", "--task", task, "--poll", "0.2",
+         "--json", "--validator", HONEST[0]],
+        stdout=log, stderr=err, env=dict(os.environ),
+    )  # fmt: skip
+    try:
+        by_addr = {addr[s]: s for s in STAKERS}
+        end = time.monotonic() + 180
+        voted: set = set()
+        while len(voted) < len(STAKERS):  # members vote once the node drew them and granted K
+            assert time.monotonic() < end, (tmp_path / "node.err").read_text()
+            assert node.poll() is None, (tmp_path / "node.err").read_text()
+            shown = json.loads(ok(din("dispute", "status", "--task", task, "--json")) or "[]")
+            if shown and shown[0]["state"] == "drawn":
+                for m in shown[0]["committee"]:
+                    who = by_addr[m["member"]]
+                    if (
+                        who not in voted
+                        and din("dispute", "vote", "1", "--key", who, "-q").exit_code == 0
+                    ):
+                        voted.add(who)
+            time.sleep(0.5)
+        for s in STAKERS:
+            ok(din("dispute", "vote", "1", "--reveal", "--key", s, "-q"))
+        assert node.wait(timeout=180) == 0, (tmp_path / "node.err").read_text()
+    finally:
+        node.kill()
+    steps = [
+        json.loads(line).get("step") for line in (tmp_path / "node.ndjson").read_text().splitlines()
+    ]
+    for step in (
+        "dispute-scores",
+        "dispute-draw",
+        "dispute-grant",
+        "dispute-resolve",
+        "settle",
+        "claim",
+    ):
+        assert step in steps, steps
+    shown = json.loads(ok(din("rewards", "show", "--task", task, "--json")))
+    slashed = {v["address"] for v in shown["validators"] if v["slashed"]}
+    assert slashed == {addr[v] for v in COLLUDERS}
+
+
 def test_dispute_commands_refuse_bad_ids_in_one_line(din):
     ok(din("init", "--dev-accounts", "2", "-q"))
     for args, code, says in [

@@ -6,8 +6,12 @@ decides; the colluders are slashed and removed, the honest two are untouched and
 no longer slashable, and the round is replayed from the model it started from.
 The attacker's side: a griefer's dispute of a correct result is dismissed and
 costs its bond; a committee member voting with the minority or staying silent
-is slashed; filing twice, after evaluation started or for a subgroup without an
-accepted result is refused; a frozen task rejects every phase's action.
+is slashed; filing twice, or for a subgroup without an accepted result, is
+refused; a frozen task rejects every phase's action. A last round's lie is
+disputable after training (slashed, nothing replays). An evaluation
+subgroup's colluding majority is disputed while the task settles: a
+dissenting subgroup cannot settle before the window, and settlement takes
+the committee's vector and slashes the liars.
 """
 
 from __future__ import annotations
@@ -16,7 +20,16 @@ import os
 
 import pytest
 
-from din_cli.chain.din import DURATION_NAMES, Din, cid_digest, deploy_all
+from din_cli.chain.din import (
+    DURATION_NAMES,
+    Din,
+    cid_digest,
+    deploy_all,
+    encode_result,
+    pack_scores,
+    result_digest,
+    scores_digest,
+)
 from din_cli.errors import TransactionReverted
 
 UNIT = 10**18
@@ -165,7 +178,7 @@ def test_colluding_majority_is_overturned_slashed_and_the_round_replayed(net):
         din.post_global_model(t.owner, t.task, cid("g"))
     with reverts("task has ended"):
         din.slash_aggregator(dev, t.task, 1, honest[0].address)
-    with reverts("not in training"):  # one open dispute per task
+    with reverts("not disputable in this phase"):  # one open dispute per task
         t.file(1, right)
     committee = din.draw_committee(dev, did)
     assert len(committee) == 5 and not set(committee) & {v.address for v in slots}
@@ -174,7 +187,7 @@ def test_colluding_majority_is_overturned_slashed_and_the_round_replayed(net):
     t.vote(did, {m: right for m in committee})
     stakes = {v.address: din.validator_info(v.address).stake for v in slots}
     d = din.resolve_dispute(dev, did)
-    assert d["state"] == "upheld" and d["decided_digest"] == cid_digest(right)
+    assert d["state"] == "upheld" and d["decided_digest"] == result_digest(right)
     for v in colluders:  # slashed (stake burnt) and removed
         assert din.validator_info(v.address).stake == stakes[v.address] - SLASH
         with reverts("validator already removed"):
@@ -183,10 +196,10 @@ def test_colluding_majority_is_overturned_slashed_and_the_round_replayed(net):
         assert din.validator_info(v.address).stake == stakes[v.address]
         with reverts("validator revealed the majority aggregate"):
             din.slash_aggregator(dev, t.task, 1, v.address)
-    with reverts("a dispute decided another CID"):
+    with reverts("that result is not the subgroup's accepted one"):  # a dispute decided another
         chain.send(
             dev,
-            din.tasks.functions.slashAggregator(t.task, 1, honest[0].address, cid_digest(wrong)),
+            din.tasks.functions.slashAggregator(t.task, 1, honest[0].address, result_digest(wrong)),
         )
     assert din.balance(filer.address) == bal + SLASH  # bond back
     assert all(din.validator_info(m).bonded == bonded[m] - SLASH for m in committee)
@@ -195,8 +208,11 @@ def test_colluding_majority_is_overturned_slashed_and_the_round_replayed(net):
     assert (info.phase, info.round, info.last_round) == ("training", 2, 3)
     assert info.model_digest == cid_digest(cid("genesis"))
     assert din.round_info(t.task, 2).model_cid == cid("genesis")
-    with reverts("that round was discarded by a dispute"):
-        chain.send(dev, din.disputes.functions.file(t.task, 1, 0, wrong, right))
+    with reverts("a dispute already decided that subgroup"):  # the rest of round 1: discarded
+        chain.send(
+            dev,
+            din.disputes.functions.file(t.task, 1, 0, encode_result(wrong), encode_result(right)),
+        )
 
     # the replay decides without the removed three: their slots are counted out, so the honest
     # two are a strict majority of the live slots (before: 2 of 5 could never accept anything)
@@ -264,7 +280,10 @@ def test_refused_filings(net):
     din._ensure_allowance(filer, din.disputes.address, 10 * SLASH)
 
     def file(round_, accepted, claim):
-        chain.send(filer, din.disputes.functions.file(t.task, round_, 0, accepted, claim))
+        fn = din.disputes.functions.file(
+            t.task, round_, 0, encode_result(accepted), encode_result(claim)
+        )
+        chain.send(filer, fn)
 
     with reverts("CID is not the accepted one"):  # nothing accepted yet
         file(1, cid("x"), cid("y"))
@@ -274,13 +293,38 @@ def test_refused_filings(net):
     with reverts("the claimed CID is the accepted one"):
         file(1, right, right)
     with reverts("only the dispute contract"):
-        chain.send(filer, din.tasks.functions.dispute(t.task, 1, 0, cid_digest(right), True))
+        chain.send(filer, din.tasks.functions.dispute(t.task, 1, 0, result_digest(right), True))
+
+
+def test_a_last_round_lie_is_disputable_after_training_and_its_liars_slashed(net):
+    """Old: disputes closed with training, so a majority's wrong aggregate in the last round went
+    unpunished once the test-set phase began. New: filed before settlement, an upheld dispute
+    slashes the liars; nothing replays (training is over), and the subgroup cannot be disputed
+    twice."""
+    chain, dev, din, _ = net
+    t = Task(net, max_rounds=1)
+    wrong = cid("last-round-lie")
+    right, slots = t.aggregate(1, liars=(0, 2, 4), wrong=wrong)
     t.globalise(1)
-    t.aggregate(2)
-    t.globalise(2)
     assert t.info().phase == "test-set"
-    with reverts("not in training"):
-        file(1, right, cid("y"))
+    filer, did = t.file(1, right)
+    committee = din.draw_committee(dev, did)
+    t.vote(did, {m: right for m in committee})
+    stakes = {v.address: din.validator_info(v.address).stake for v in slots}
+    d = din.resolve_dispute(dev, did)
+    assert d["state"] == "upheld"
+    resolved = din.dispute_logs("DisputeResolved", disputeId=did)[0]["args"]
+    assert int(resolved["newRound"]) == 0  # nothing replays
+    assert (t.info().phase, t.info().round) == ("test-set", 1)
+    assert din.accepted_aggregates(t.task, 1) == {0: right}
+    for j, v in enumerate(slots):
+        assert din.validator_info(v.address).stake == stakes[v.address] - (
+            SLASH if j % 2 == 0 else 0
+        )
+    with reverts("a dispute already decided that subgroup"):
+        fn = din.disputes.functions.file(t.task, 1, 0, encode_result(wrong), encode_result(right))
+        din._ensure_allowance(filer, din.disputes.address, SLASH)
+        chain.send(filer, fn)
 
 
 def test_a_dispute_without_enough_eligible_stakers_leaves_the_result(net):
@@ -316,3 +360,88 @@ def test_stakers_joining_after_the_filing_are_never_drawn(net):
     assert committee and not set(committee) & late
     t.vote(did, {m: right for m in committee})
     assert din.resolve_dispute(dev, did)["state"] == "upheld"
+
+
+def _to_scores(t: Task, liars=(), lie=(10000, 0, 0), truth=(3000, 3000, 4000)):
+    """One round trained and accepted, the test set posted, and the evaluation subgroup's
+    validators at slots ``liars`` revealing ``lie`` while the rest reveal ``truth``: SETTLING."""
+    din = t.din
+    t.aggregate(1)
+    t.globalise(1)
+    assert t.info().phase == "test-set"
+    slots = [{v.address: v for v in t.vals}[a] for a in din.members(t.task, 0, 0)["validators"]]
+    din.post_test_set(t.owner, t.task, cid("test-set"), {v.address: b"k" for v in slots})
+    for j, v in enumerate(slots):
+        din.commit_scores(v, t.task, lie if j in liars else truth)
+    for j, v in enumerate(slots):
+        din.reveal_scores(v, t.task, lie if j in liars else truth)
+    assert t.info().phase == "settling"
+    return slots
+
+
+def test_a_colluding_evaluation_majority_is_overturned_and_slashed_at_settlement(net):
+    """3 of 5 evaluation validators reveal scores that hand one participant everything: the
+    honest minority files, a committee of other stakers decides, and settlement takes the
+    committee's vector, slashing the three and paying the honest two."""
+    chain, dev, din, _ = net
+    t = Task(net, max_rounds=1)
+    lie, truth = [10000, 0, 0], [3000, 3000, 4000]
+    slots = _to_scores(t, liars=(0, 2, 4), lie=lie, truth=truth)
+    colluders, honest = [slots[j] for j in (0, 2, 4)], [slots[j] for j in (1, 3)]
+    parts, vals, majority = din.score_majority(t.task, 0)
+    assert majority == lie
+    with reverts("validators disagree"):  # a dissenting subgroup waits: the minority may file
+        chain.send(dev, din.tasks.functions.settle(t.task, 0, parts, vals, pack_scores(lie)))
+    with reverts("not the subgroup's majority vector"):  # a griefer cannot name another vector
+        din._ensure_allowance(honest[0], din.disputes.address, SLASH)
+        fn = din.disputes.functions.fileScores(
+            t.task, 0, pack_scores(truth), pack_scores(lie), vals
+        )
+        chain.send(honest[0], fn)
+    did = din.file_score_dispute(honest[0], t.task, 0, truth)
+    assert t.info().phase == "disputed"
+    with reverts("not in the settlement phase"):
+        chain.send(dev, din.tasks.functions.settle(t.task, 0, parts, vals, pack_scores(lie)))
+    chain.advance_time(1)
+    committee = din.draw_committee(dev, did)
+    assert len(committee) == 5 and not set(committee) & {v.address for v in slots}
+    stakers = t.net[3]
+    for m in committee:
+        din.dispute_commit(stakers[m], did, b"", scores=truth)
+    for m in committee:
+        din.dispute_reveal(stakers[m], did, b"", scores=truth)
+    stakes = {v.address: din.validator_info(v.address).stake for v in slots}
+    d = din.resolve_dispute(dev, did)
+    assert d["state"] == "upheld" and d["decided_digest"] == scores_digest(truth)
+    assert t.info().phase == "settling" and din.decided_scores(t.task, 0) == truth
+    with reverts("scores differ from the accepted vector"):  # the majority's lie no longer settles
+        chain.send(dev, din.tasks.functions.settle(t.task, 0, parts, vals, pack_scores(lie)))
+    din.settle(dev, t.task)  # the committee's vector, at once: a dispute decided it
+    assert t.info().phase == "settled"
+    for v in colluders:
+        assert din.validator_info(v.address).stake == stakes[v.address] - SLASH
+    for v in honest:
+        assert din.validator_info(v.address).stake == stakes[v.address]
+    paid = {p.address: din.claim(p, t.task) for p in t.parts}
+    fees = [din.claim(v, t.task) for v in honest]
+    assert fees[0] == fees[1] == DEPOSIT * 1000 // 10000 // 2  # the default 10 % fee, two earn it
+    pool = DEPOSIT - sum(fees)
+    by_index = dict(zip(parts, truth, strict=True))
+    expect = {t.parts[i].address: pool * by_index[i] // 10000 for i in by_index}
+    assert all(abs(paid[a] - expect[a]) <= 1 for a in expect)  # by the honest scores
+    assert sum(paid.values()) + sum(fees) == DEPOSIT
+
+
+def test_a_subgroup_that_disagrees_settles_in_the_second_half_without_a_dispute(net):
+    chain, dev, din, _ = net
+    t = Task(net, max_rounds=1)
+    truth = [3000, 3000, 4000]
+    slots = _to_scores(t, liars=(0,), lie=[5000, 5000, 0], truth=truth)
+    with reverts("validators disagree"):
+        din.settle(dev, t.task)
+    chain.advance_time(SPAN // 2)
+    din.settle(dev, t.task)  # the majority's vector; the lone liar is slashed
+    assert din.settlement_results(t.task) == {
+        t.parts[i].address: s for i, s in zip(din.score_majority(t.task, 0)[0], truth, strict=True)
+    }
+    assert din.removed(t.task, slots[0].address)

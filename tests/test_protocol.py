@@ -148,6 +148,11 @@ def test_abandoned_split_is_equal_and_exact():
     paid, refund = stl.abandoned_payouts(10, ["a", "b", "c"])
     assert sum(paid.values()) == 10 and refund == 0 and sorted(paid.values()) == [3, 3, 4]
     assert stl.abandoned_payouts(10, []) == ({}, 10)
+    # by proven records (proof order), whoever else submitted: (2 + 1) shares of 10
+    assert stl.abandoned_payouts(10, ["a", "b", "c"], records=[("b", 2), ("a", 1)]) == (
+        {"b": 6, "a": 4},
+        0,
+    )
 
 
 # ---------------------------------------------------------------- against the contracts

@@ -4,9 +4,16 @@ re-runs that must say "already done", and the paths that still end in settlement
 from __future__ import annotations
 
 import pytest
-from round_world import DEPOSIT, MIN_STAKE, World
+from round_world import DEPOSIT, MIN_STAKE, SPAN, World
 
-from din_cli.errors import AlreadyDone, TransactionReverted, UsageError, VerificationError
+from din_cli.chain.settlement import share
+from din_cli.errors import (
+    AlreadyDone,
+    NotFoundError,
+    TransactionReverted,
+    UsageError,
+    VerificationError,
+)
 from din_cli.protocol import evaluation, rewards, roundflow, status, verify
 
 
@@ -154,8 +161,15 @@ def test_owner_that_never_finalises_ends_in_the_refund_path(world):
     assert w.phase() == "abandoned"
     with pytest.raises(AlreadyDone):
         rewards.settle(w.ctx(w.parts[0]), w.task)
-    paid = {p.name: rewards.claim(w.ctx(p), w.task)["amount"] for p in w.parts}
-    assert sum(paid.values()) == DEPOSIT  # contributors share the deposit
+    with pytest.raises(UsageError):  # claims open once participants had time to prove records
+        rewards.claim(w.ctx(w.parts[0]), w.task)
+    for p in w.parts[:2]:  # the third never proves its record
+        assert rewards.prove(w.ctx(p), w.task)["rounds"] == [1]
+    w.chain.advance_time(SPAN + 1)
+    paid = {p.name: rewards.claim(w.ctx(p), w.task)["amount"] for p in w.parts[:2]}
+    with pytest.raises(NotFoundError):
+        rewards.claim(w.ctx(w.parts[2]), w.task)
+    assert sorted(paid.values()) == sorted(share(DEPOSIT, [1, 1]))  # contributors by record
 
 
 def test_a_minority_aggregate_is_slashed_when_reported_and_the_validator_is_out(world):

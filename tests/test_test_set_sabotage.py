@@ -13,6 +13,7 @@ import pytest
 from round_world import DEPOSIT, MIN_STAKE, World
 
 from din_cli.chain.settlement import settle_task, share, split_deposit
+from din_cli.errors import UsageError
 from din_cli.protocol import evaluation, rewards, roundflow, status
 from din_cli.protocol.roundflow import validator_state
 
@@ -181,6 +182,9 @@ def test_a_lazy_validator_that_rejects_a_good_test_set_is_slashed(tmp_path, depl
     post_as_owner(w, tmp_path, w.test_store)
     docs = commit_and_reveal(w, lazy=[lazy])
     assert all(d["rejected"] is None for d in docs.values())
+    with pytest.raises(UsageError, match="disagree"):  # first the window for a score dispute
+        rewards.settle(w.ctx(w.owner), w.task)
+    w.chain.advance_time(w.din.task_info(w.task).durations["settle"] // 2)
     assert rewards.settle(w.ctx(w.owner), w.task)["rejected"] == []
     assert validator_state(w.ctx(), w.task, lazy.address)["removed"]
     paid = claim_all(w)

@@ -278,6 +278,49 @@ def cid_digest(cid: bytes) -> bytes:
     return _keccak(bytes(cid))
 
 
+def encode_result(cid: bytes, admitted: int = 0) -> bytes:
+    """A subgroup result as validators commit and reveal it: the aggregate's binary CID, then the
+    32-byte big-endian bitmap of the subgroup positions whose update it admitted (bit k = position k).
+
+    One digest binds both, so a majority agrees on the aggregate and on whom it
+    admitted, and each participant can prove its admitted rounds (``prove_record``).
+    """
+    if not 0 <= int(admitted) < 1 << 256:
+        raise InputError(
+            f"admitted bitmap {admitted} is out of range", "give at most 256 positions"
+        )
+    return _cid(cid) + int(admitted).to_bytes(32, "big")
+
+
+def split_result(raw: bytes) -> tuple[bytes, int]:
+    """``(CID, admitted bitmap)`` of a revealed result; a result too short to carry a bitmap
+    (sent to the contract directly) is ``(raw, 0)`` and matches no honest one."""
+    raw = bytes(raw)
+    if len(raw) <= 32:
+        return raw, 0
+    return raw[:-32], int.from_bytes(raw[-32:], "big")
+
+
+def result_digest(cid: bytes, admitted: int = 0) -> bytes:
+    """The on-chain digest of a subgroup result (what majorities, slashing and disputes compare)."""
+    return _keccak(encode_result(cid, admitted))
+
+
+def admitted_bitmap(positions) -> int:
+    """The bitmap of subgroup ``positions`` (bit k = position k)."""
+    out = 0
+    for k in positions:
+        if not 0 <= int(k) < 256:
+            raise InputError(f"subgroup position {k} is out of range", "subgroups hold at most 256")
+        out |= 1 << int(k)
+    return out
+
+
+def admitted_positions(bitmap: int) -> list[int]:
+    """The subgroup positions set in ``bitmap``."""
+    return [k for k in range(256) if bitmap >> k & 1]
+
+
 def _require_drawn(rnd: RoundInfo) -> None:
     if rnd.seed is None:
         raise NotFoundError(
@@ -709,30 +752,31 @@ class Din:
         return self._send(account, self.tasks.functions.submitUpdate(int(task_id), _cid(cid)))
 
     def commit_aggregate(
-        self, account, task_id: int, cid: bytes, salt: bytes | None = None
+        self, account, task_id: int, cid: bytes, salt: bytes | None = None, admitted: int = 0
     ) -> bytes:
-        """Commit to the subgroup aggregate ``cid``; the salt to reveal with."""
+        """Commit to the subgroup result (aggregate ``cid``, ``admitted`` bitmap); the salt to reveal with."""
         if salt is None:
             salt = derive_salt(account, task_id, self.task_info(task_id).round, "aggregate")
-        commitment = aggregate_commitment(_cid(cid), salt, account.address)
+        commitment = aggregate_commitment(encode_result(cid, admitted), salt, account.address)
         self._send(account, self.tasks.functions.commitAggregate(int(task_id), commitment))
         return salt
 
     def reveal_aggregate(
-        self, account, task_id: int, cid: bytes, salt: bytes | None = None
+        self, account, task_id: int, cid: bytes, salt: bytes | None = None, admitted: int = 0
     ) -> dict:
-        """Reveal the committed aggregate; the receipt."""
+        """Reveal the committed result; the receipt."""
         if salt is None:
             salt = derive_salt(account, task_id, self.task_info(task_id).round, "aggregate")
+        result = encode_result(cid, admitted)
         return self._send(
-            account, self.tasks.functions.revealAggregate(int(task_id), _cid(cid), _salt(salt))
+            account, self.tasks.functions.revealAggregate(int(task_id), result, _salt(salt))
         )
 
     def slash_aggregator(self, account, task_id: int, round_: int, validator: str) -> int:
         """Slash ``validator`` for ``round_`` (did not reveal or revealed a minority CID); the amount."""
         member = self.subgroup_of(task_id, validator, round_)
-        accepted = self.accepted_aggregates(task_id, round_)
-        majority = cid_digest(accepted[member.group]) if member.group in accepted else bytes(32)
+        accepted = self.accepted_results(task_id, round_)
+        majority = result_digest(*accepted[member.group]) if member.group in accepted else bytes(32)
         receipt = self._send(
             account,
             self.tasks.functions.slashAggregator(int(task_id), int(round_), validator, majority),
@@ -750,7 +794,7 @@ class Din:
         global model, so its validators can reveal and are not slashed.
         """
         info = self.round_info(task_id, round_)
-        accepted = self.accepted_aggregates(task_id, round_)
+        accepted = self.accepted_results(task_id, round_)
         phase = self.task_info(task_id).phase
         if phase == "disputed":  # frozen: slashAggregator reverts until the dispute is resolved
             return []
@@ -758,7 +802,7 @@ class Din:
             accepted = self.overturned(task_id, round_)  # training: only committee decisions count
 
         revealed = {
-            e["args"]["validator"]: bytes(e["args"]["cid"])
+            e["args"]["validator"]: split_result(e["args"]["cid"])
             for e in self._logs("AggregateRevealed", taskId=int(task_id), round=int(round_))
         }
         slashed = {
@@ -857,10 +901,18 @@ class Din:
     def settlement_inputs(self, task_id: int, group: int) -> tuple[list[int], list[str], list[int]]:
         """``(participant indices, validator addresses, scores)`` that settle ``group``, from events.
 
-        ``scores`` is the vector a strict majority of the subgroup's validators not removed
-        from the task revealed, or [] when none has one (then every participant of the
-        subgroup scores 0) or when the majority rejected the test set (revealed [] itself).
+        ``scores`` is the vector a dispute committee decided for the subgroup, else the one a
+        strict majority of the subgroup's validators not removed from the task revealed, or []
+        when none has one (then every participant of the subgroup scores 0) or when the
+        majority rejected the test set (revealed [] itself).
         """
+        participants, chosen, winner = self.score_majority(task_id, group)
+        decided = self.decided_scores(task_id, group)
+        return participants, chosen, list(winner or []) if decided is None else decided
+
+    def score_majority(self, task_id: int, group: int) -> tuple[list[int], list[str], list | None]:
+        """``(participant indices, validators in slot order, majority vector or None)`` of
+        evaluation subgroup ``group`` (its live validators' strict majority)."""
         info = self.round_info(task_id, EVAL_ROUND)
         participants = info.participant_groups[group]
         validators = info.validator_groups[group]
@@ -871,7 +923,52 @@ class Din:
         winner, _ = settlement.majority(
             [revealed.get(a) if ok else None for a, ok in zip(chosen, live, strict=True)], sum(live)
         )
-        return list(participants), chosen, list(winner or [])
+        return list(participants), chosen, winner
+
+    def settle_opens(self, task_id: int, group: int) -> int:
+        """The chain time from which evaluation subgroup ``group`` can settle (0: at once).
+
+        At once when a dispute decided its vector, when it has no majority, or when every
+        live validator revealed the majority's vector; a subgroup whose validators disagree
+        settles in the second half of the settling phase, so the minority can file a dispute.
+        """
+        if self.decided_scores(task_id, group) is not None:
+            return 0
+        _, chosen, winner = self.score_majority(task_id, group)
+        if winner is None:
+            return 0
+        revealed = self.scores_revealed(task_id)
+        if all(self.removed(task_id, a) or revealed.get(a) == winner for a in chosen):
+            return 0
+        info = self.task_info(task_id)
+        return info.deadline - info.durations[DURATION_NAMES[8]] // 2
+
+    def decided_scores(self, task_id: int, group: int) -> list[int] | None:
+        """The score vector a dispute committee decided for evaluation subgroup ``group`` where
+        it overturned the majority's, else None."""
+        for d in self.disputes_of(task_id):
+            if d["state"] == "upheld" and d["round"] == EVAL_ROUND and d["group"] == int(group):
+                for e in self.dispute_logs("DisputeVoteRevealed", disputeId=d["dispute_id"]):
+                    if cid_digest(bytes(e["args"]["cid"])) == d["decided_digest"]:
+                        return unpack_scores(e["args"]["cid"])
+        return None
+
+    def file_score_dispute(self, account, task_id: int, group: int, scores: Sequence[int]) -> int:
+        """Dispute evaluation subgroup ``group``'s majority score vector, claiming ``scores`` ([]:
+        the test set should be rejected); the dispute id. Escrows the task's slash amount."""
+        _, validators, winner = self.score_majority(task_id, group)
+        if winner is None:
+            raise NotFoundError(
+                f"task {task_id}: evaluation subgroup {group} has no majority score vector",
+                "only a strict majority's vector can be disputed",
+            )
+        bond = self.task_info(task_id).slash_amount
+        self._ensure_allowance(account, self.disputes.address, bond)
+        fn = self.disputes.functions.fileScores(
+            int(task_id), int(group), pack_scores(winner), pack_scores(scores), validators
+        )
+        receipt = self._send(account, fn)
+        return int(self._events(receipt, self.disputes, "DisputeFiled")[0]["args"]["disputeId"])
 
     def settle(self, account, task_id: int, groups: Iterable[int] | None = None) -> list[int]:
         """Settle the given subgroups (default: every unsettled one); the subgroups settled."""
@@ -923,6 +1020,57 @@ class Din:
             if e["args"]["participants"] and not e["args"]["scores"]
         )
 
+    def admitted_rounds(self, task_id: int, address: str) -> dict[int, bytes]:
+        """``{round: accepted result}`` of every finished round whose accepted subgroup result
+        admitted ``address``'s update (what ``prove_record`` proves)."""
+        from eth_utils import to_checksum_address
+
+        parts = self.participants(task_id)
+        address = to_checksum_address(address)
+        if address not in parts:
+            return {}
+        index = parts.index(address)
+        info = self.task_info(task_id)
+        over = (
+            PHASE_NUMBERS["global-model"]
+            < PHASE_NUMBERS.get(info.phase, 0)
+            < PHASE_NUMBERS["disputed"]
+        )
+        last = info.round if over else info.round - 1
+        out = {}
+        for r in range(1, last + 1):
+            rnd = self.round_info(task_id, r)
+            if rnd.seed is None:
+                continue
+            group, pos = assignment.participant_group(rnd.seed, index, rnd.participants, rnd.groups)
+            result = self.accepted_results(task_id, r).get(group)
+            if result is not None and result[1] >> pos & 1:
+                out[r] = encode_result(*result)
+        return out
+
+    def prove_record(self, account, task_id: int) -> dict:
+        """Prove ``account``'s accepted training record (participants, once, from the test-set phase
+        until settlement); ``{"rounds": [...], "gas": ...}``.
+
+        When the test set is withheld or rejected, the participants' pool is split by these records.
+        """
+        rounds = self.admitted_rounds(task_id, account.address)
+        if not rounds:
+            raise NotFoundError(
+                f"{account.address} has no admitted update in task {task_id}",
+                "only rounds whose accepted result admitted your update count",
+            )
+        fn = self.tasks.functions.proveRecord(int(task_id), list(rounds), list(rounds.values()))
+        receipt = self._send(account, fn)
+        return {"rounds": list(rounds), "gas": int(receipt["gasUsed"])}
+
+    def records(self, task_id: int) -> dict[str, int]:
+        """``{participant: rounds}`` proven with ``proveRecord``, in proof order."""
+        return {
+            e["args"]["participant"]: int(e["args"]["records"])
+            for e in self._logs("RecordProven", taskId=int(task_id))
+        }
+
     def claimable(self, task_id: int, address: str) -> int:
         """What ``address`` can claim from ``task_id`` now."""
         from eth_utils import to_checksum_address
@@ -963,12 +1111,15 @@ class Din:
         return bool(self._call(self.tasks.functions.validatorState(int(task_id), validator))[6] & 8)
 
     # -- disputes (DinDisputes)
-    def file_dispute(self, account, task_id: int, round_: int, group: int, cid: bytes) -> int:
-        """Dispute subgroup ``group``'s accepted aggregate of ``round_``, claiming ``cid``; the dispute id.
+    def file_dispute(
+        self, account, task_id: int, round_: int, group: int, cid: bytes, admitted: int = 0
+    ) -> int:
+        """Dispute subgroup ``group``'s accepted result of ``round_``, claiming ``cid`` admitting
+        ``admitted``; the dispute id.
 
         Escrows the task's slash amount (approved here) and freezes the task.
         """
-        accepted = self.accepted_aggregates(task_id, round_)
+        accepted = self.accepted_results(task_id, round_)
         if group not in accepted:
             raise NotFoundError(
                 f"task {task_id} round {round_}: subgroup {group} has no accepted aggregate",
@@ -977,7 +1128,11 @@ class Din:
         bond = self.task_info(task_id).slash_amount
         self._ensure_allowance(account, self.disputes.address, bond)
         fn = self.disputes.functions.file(
-            int(task_id), int(round_), int(group), accepted[group], _cid(cid)
+            int(task_id),
+            int(round_),
+            int(group),
+            encode_result(*accepted[group]),
+            encode_result(cid, admitted),
         )
         receipt = self._send(account, fn)
         return int(self._events(receipt, self.disputes, "DisputeFiled")[0]["args"]["disputeId"])
@@ -989,23 +1144,40 @@ class Din:
         return list(drawn[0]["args"]["committee"]) if drawn else []
 
     def dispute_commit(
-        self, account, dispute_id: int, cid: bytes, salt: bytes | None = None
+        self,
+        account,
+        dispute_id: int,
+        cid: bytes,
+        salt: bytes | None = None,
+        admitted: int = 0,
+        *,
+        scores: Sequence[int] | None = None,
     ) -> bytes:
-        """Commit a committee member's CID for the disputed subgroup; the salt."""
+        """Commit a committee member's result for the disputed subgroup (``scores`` instead, for an
+        evaluation subgroup: ``cid`` is then ignored); the salt."""
         if salt is None:
             salt = derive_salt(account, dispute_id, 0, "dispute")
-        commitment = aggregate_commitment(_cid(cid), salt, account.address)
+        vote = encode_result(cid, admitted) if scores is None else pack_scores(scores)
+        commitment = aggregate_commitment(vote, salt, account.address)
         self._send(account, self.disputes.functions.commit(int(dispute_id), commitment))
         return salt
 
     def dispute_reveal(
-        self, account, dispute_id: int, cid: bytes, salt: bytes | None = None
+        self,
+        account,
+        dispute_id: int,
+        cid: bytes,
+        salt: bytes | None = None,
+        admitted: int = 0,
+        *,
+        scores: Sequence[int] | None = None,
     ) -> dict:
-        """Reveal the committed CID."""
+        """Reveal the committed result (or ``scores``)."""
         if salt is None:
             salt = derive_salt(account, dispute_id, 0, "dispute")
+        result = encode_result(cid, admitted) if scores is None else pack_scores(scores)
         return self._send(
-            account, self.disputes.functions.reveal(int(dispute_id), _cid(cid), _salt(salt))
+            account, self.disputes.functions.reveal(int(dispute_id), result, _salt(salt))
         )
 
     def resolve_dispute(self, account, dispute_id: int) -> dict:
@@ -1298,17 +1470,22 @@ class Din:
 
     def accepted_aggregates(self, task_id: int, round_: int | None = None) -> dict[int, bytes]:
         """``{subgroup: aggregate CID}`` accepted in ``round_`` (default: current)."""
+        return {g: cid for g, (cid, _) in self.accepted_results(task_id, round_).items()}
+
+    def accepted_results(self, task_id: int, round_: int | None = None) -> dict[int, tuple]:
+        """``{subgroup: (aggregate CID, admitted bitmap)}`` accepted in ``round_`` (default: current)."""
         if round_ is None:
             round_ = self.task_info(task_id).round
         accepted = {
-            int(e["args"]["group"]): bytes(e["args"]["cid"])
+            int(e["args"]["group"]): split_result(e["args"]["cid"])
             for e in self._logs("SubgroupAccepted", taskId=int(task_id), round=int(round_))
         }
         accepted.update(self.overturned(task_id, round_))
         return accepted
 
-    def overturned(self, task_id: int, round_: int) -> dict[int, bytes]:
-        """``{subgroup: CID}`` a dispute committee decided for ``round_`` where it overturned the accepted one."""
+    def overturned(self, task_id: int, round_: int) -> dict[int, tuple]:
+        """``{subgroup: (CID, admitted bitmap)}`` a dispute committee decided for ``round_`` where it
+        overturned the accepted result."""
         out = {}
         for d in self.disputes_of(task_id):
             if d["state"] == "upheld" and d["round"] == int(round_):
@@ -1320,7 +1497,7 @@ class Din:
                 )
                 for e in logs:
                     if cid_digest(bytes(e["args"]["cid"])) == d["decided_digest"]:
-                        out[d["group"]] = bytes(e["args"]["cid"])
+                        out[d["group"]] = split_result(e["args"]["cid"])
                         break
         return out
 

@@ -128,13 +128,16 @@ def settle_task(
     groups: Sequence[tuple[Sequence, Sequence, Sequence[Sequence[int] | None]]],
     removed: frozenset | set = frozenset(),
     contributors: Sequence = (),
+    records: Sequence[tuple] = (),
 ) -> Settlement:
     """Settle subgroups in the order given; each is ``(participants, validators, vectors)``.
 
     ``vectors[j]`` belongs to ``validators[j]`` (None: not revealed). Validators
     in ``removed`` (slashed earlier) neither earn a fee nor count as penalised.
-    ``contributors`` (first-submission order) share the pool when every score is 0
-    or a subgroup's majority rejected the test set (``out.rejected``).
+    When every score is 0 or a subgroup's majority rejected the test set
+    (``out.rejected``), the pool goes to the contributors: by ``records``
+    (``(participant, rounds proven)`` in proof order, ``proveRecord``), or
+    equally among ``contributors`` (first-submission order) when nobody proved one.
     """
     out = Settlement()
     order, weights, good = [], [], []
@@ -164,15 +167,25 @@ def settle_task(
     if sum(weights) and not out.rejected:
         for p, amount in zip(order, share(pool, weights), strict=True):
             out.participants[p] = out.participants.get(p, 0) + amount
-    elif contributors:
-        for p, amount in zip(contributors, share(pool, [1] * len(contributors)), strict=True):
+    elif contributors or records:
+        for p, amount in _contributors(pool, contributors, records).items():
             out.participants[p] = out.participants.get(p, 0) + amount
     else:
         out.owner += pool
     return out
 
 
-def abandoned_payouts(deposit: int, contributors: Sequence) -> tuple[dict, int]:
-    """``({contributor: amount}, owner refund)`` for an abandoned task."""
-    parts = share(deposit, [1] * len(contributors))
-    return dict(zip(contributors, parts, strict=True)), (deposit if not contributors else 0)
+def _contributors(pool: int, contributors: Sequence, records: Sequence[tuple]) -> dict:
+    """The contributors' split: by proven records, else equally by first submission."""
+    if records:
+        return dict(zip([p for p, _ in records], share(pool, [n for _, n in records]), strict=True))
+    return dict(zip(contributors, share(pool, [1] * len(contributors)), strict=True))
+
+
+def abandoned_payouts(
+    deposit: int, contributors: Sequence, records: Sequence[tuple] = ()
+) -> tuple[dict, int]:
+    """``({contributor: amount}, owner refund)`` for an abandoned task (see ``settle_task``)."""
+    if not contributors and not records:
+        return {}, deposit
+    return _contributors(deposit, contributors, records), 0

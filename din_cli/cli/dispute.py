@@ -27,8 +27,16 @@ def dispute_group():
     """
 
 
+def _vote_text(vote) -> str:
+    """A vote for people and scripts: a CID, or a score vector (space-separated basis points;
+    ``reject``: the test set is rejected)."""
+    if vote is None or isinstance(vote, str):
+        return vote or "-"
+    return " ".join(map(str, vote)) or "reject"
+
+
 def _line(doc: dict) -> str:
-    return f"{doc['dispute_id']}\t{doc['state']}\t{doc['round']}\t{doc['group']}\t{doc['decided'] or '-'}"
+    return f"{doc['dispute_id']}\t{doc['state']}\t{doc['round']}\t{doc['group']}\t{_vote_text(doc['decided'])}"
 
 
 @dispute_group.command("draw")
@@ -73,7 +81,7 @@ def dispute_vote(dispute_id, reveal, chain_url, ipfs_api, key_name, as_json):
         doc = disputes.vote(ctx, disputes.dispute_number(dispute_id), reveal=reveal)
     side = "upholds the accepted result" if doc["agrees"] else "overturns the accepted result"
     output.note(f"dispute {doc['dispute_id']}: vote {doc['step']}ted ({side})")
-    output.emit_doc(doc, as_json, doc["cid"])
+    output.emit_doc(doc, as_json, _vote_text(doc["cid"]))
 
 
 @dispute_group.command("resolve")

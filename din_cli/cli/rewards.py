@@ -30,6 +30,11 @@ def rewards():
 def rewards_settle(task, chain_url, key_name, as_json):
     """Slash convicted aggregators and settle every evaluation subgroup (anyone); prints the phase.
 
+    A subgroup whose validators revealed different score vectors settles only
+    in the second half of the settling phase, so an outvoted validator can
+    dispute the majority's scores first (`din round dispute --round 0`); when
+    every unsettled subgroup waits so, exits 2.
+
     \b
     Example:
         din rewards settle --task 1 --key dev1 --json | jq '.slashed[].validator'
@@ -42,6 +47,10 @@ def rewards_settle(task, chain_url, key_name, as_json):
     for s in doc["slashed"]:
         output.note(f"slashed {s['validator']} for round {s['round']}")
     output.note(f"settled subgroups {doc['settled']}; task is {doc['phase']}")
+    if doc.get("waiting"):
+        output.note(
+            f"subgroups {doc['waiting']} disagree: they settle in the second half of the settling phase"
+        )
     if doc["rejected"]:
         output.note(
             f"subgroups {doc['rejected']} rejected the test set: the pool goes to the contributors"
@@ -68,6 +77,30 @@ def rewards_claim(task, chain_url, key_name, as_json):
     with context(chain_url, None, key_name) as ctx:
         doc = lib.claim(ctx, task_number(task))
     output.emit_doc(doc, as_json, format_amount(doc["amount"]))
+
+
+@rewards.command("prove")
+@task_option()
+@acting_options()
+def rewards_prove(task, chain_url, key_name, as_json):
+    """Prove your accepted training record in TASK (participants, once); prints the rounds.
+
+    Each round whose accepted subgroup result admitted your update counts.
+    When the owner withholds its test set or validators reject it, the
+    participants' pool is split by these records, so prove yours between the
+    test-set phase and settlement (a node does it by itself). Outside that
+    window exits 2; a second proof exits 7; no admitted update exits 4.
+
+    \b
+    Example:
+        din rewards prove --task 1 --key dev2 && din rewards claim --task 1 --key dev2
+    """
+    from din_cli.protocol import rewards as lib
+    from din_cli.protocol.roundflow import task_number
+
+    with context(chain_url, None, key_name) as ctx:
+        doc = lib.prove(ctx, task_number(task))
+    output.emit_doc(doc, as_json, " ".join(map(str, doc["rounds"])))
 
 
 @rewards.command("show")

@@ -242,7 +242,9 @@ def round_slash(task, round_, chain_url, key_name, as_json):
 
 @round_group.command("dispute")
 @task_option()
-@round_option("Round of the accepted result.", required=True)
+@round_option(
+    "Round of the accepted result; 0: an evaluation subgroup's scores.", required=True, min=0
+)
 @click.option(
     "--group", required=True, type=click.IntRange(0, None), metavar="G", help="Subgroup to dispute."
 )
@@ -253,8 +255,14 @@ def round_dispute(task, round_, group, chain_url, ipfs_api, key_name, as_json):
     The subgroup is recomputed with the code `din verify` runs; an accepted
     result that recomputes exactly is refused (exit 2, nothing filed). Filing
     escrows the task's slash amount as a bond and freezes the task until a
-    committee drawn after the filing decides (`din dispute`). Disputes are
-    open while the task trains, before evaluation starts.
+    committee drawn after the filing decides (`din dispute`). Disputes of
+    aggregates are open until the task settles; once training is over an
+    upheld one slashes the liars but replays nothing.
+
+    With --round 0, an evaluation validator disputes evaluation subgroup G's
+    majority score vector while the task settles, before G settles: it
+    rescores G with its own K, then grants K to the drawn committee with
+    `din keys grant --task T --dispute D`.
 
     \b
     Example:

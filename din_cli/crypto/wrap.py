@@ -211,6 +211,18 @@ def sign_cid(key: bytes, cid: str, owner, binding: Binding) -> bytes:
     return nonce + _cid_cipher(key).encrypt(nonce, signature + cid.encode(), binding.info())
 
 
+def cid_opens(key: bytes, encrypted_cid: bytes, binding: Binding) -> bool:
+    """Whether ``encryptedCID`` decrypts under ``key`` in this binding (authenticated: only the
+    owner's K does), whatever it holds; how a reader tells a granted K from a bogus one."""
+    if len(key) != 32 or len(encrypted_cid) < 12 + 16:
+        return False
+    try:
+        _cid_cipher(key).decrypt(encrypted_cid[:12], encrypted_cid[12:], binding.info())
+    except Exception:  # InvalidTag
+        return False
+    return True
+
+
 def open_signed_cid(key: bytes, encrypted_cid: bytes, owner_address: str, binding: Binding) -> str:
     """Decrypt ``encryptedCID`` and return the CID if ``owner_address`` signed it; else VerificationError."""
     from eth_account import Account

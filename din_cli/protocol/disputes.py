@@ -11,6 +11,18 @@ commits its CID, then reveals it; the salt is derived from the member's key
 ``resolve``\\ s once every member revealed or the reveal window closed: a CID
 revealed by a strict majority of the committee decides.
 
+An evaluation subgroup's majority score vector is disputed the same way,
+with round 0: while the task settles, an evaluation validator that scores the
+subgroup otherwise (it holds K) files; the disputed subgroup then settles only
+after the dispute, and a dissenting subgroup settles in the second half of the
+settling phase, so the minority has time to file. A validator of the task
+grants K (and in a sealed task the update keys it holds) to the committee
+(``sealing.grant_for_dispute``); each member recomputes the vector an honest
+validator of that subgroup reveals, with a granted K that opens the owner's
+signed CID (none by the grant cutoff: the rejection). Upheld, ``settle``
+accepts the committee's vector and slashes every validator of the subgroup
+that revealed another.
+
 Each step checks the chain first and raises ``AlreadyDone`` (exit 7) when it
 was already done, so a killed command can simply be run again.
 
@@ -22,9 +34,9 @@ Example:
 
 from __future__ import annotations
 
-from din_cli.errors import AlreadyDone, InputError, NotFoundError, UsageError
+from din_cli.errors import AlreadyDone, InputError, NotFoundError, UsageError, VerificationError
 from din_cli.protocol.cids import to_bytes, to_text
-from din_cli.protocol.roundflow import subgroup_result
+from din_cli.protocol.roundflow import subgroup_aggregate
 
 OPEN = ("filed", "drawn")
 #: Outcome of DinDisputes' state numbers (``DisputeResolved.outcome``).
@@ -77,16 +89,22 @@ def _cid_or_hex(raw: bytes) -> str:
 
 
 def recompute(ctx, task_id: int, round_: int, group: int) -> dict:
-    """Subgroup ``group``'s accepted CID of ``round_`` and the CID it recomputes to (``din verify``'s code)."""
-    accepted = ctx.din.accepted_aggregates(task_id, round_)
+    """Subgroup ``group``'s accepted result of ``round_`` and the result it recomputes to (``din
+    verify``'s code): CIDs and admitted bitmaps."""
+    accepted = ctx.din.accepted_results(task_id, round_)
     if group not in accepted:
         raise NotFoundError(
             f"task {task_id} round {round_}: subgroup {group} has no accepted aggregate",
             f"only an accepted result can be disputed; see `din verify --task {task_id} --round {round_}`",
         )
     with ctx.workdir() as work:
-        expected, _ = subgroup_result(ctx, task_id, round_, group, work)
-    return {"accepted": to_text(accepted[group]), "expected": expected}
+        expected, admitted = subgroup_aggregate(ctx, task_id, round_, group, work)
+    return {
+        "accepted": to_text(accepted[group][0]),
+        "accepted_admitted": accepted[group][1],
+        "expected": expected,
+        "admitted": admitted,
+    }
 
 
 def file(ctx, task_id: int, round_: int, group: int) -> dict:
@@ -118,13 +136,15 @@ def file(ctx, task_id: int, round_: int, group: int) -> dict:
                 f"task {task_id} already has an open dispute ({o['dispute_id']})",
                 f"file again once it is resolved: `din dispute status {o['dispute_id']}`",
             )
-    if info.phase not in ("training", "aggregation-commit", "aggregation-reveal", "global-model"):
+    if round_ == 0:
+        return _file_scores(ctx, task_id, group, info)
+    if info.phase in ("joining", "settled", "abandoned", "disputed"):
         raise UsageError(
-            f"task {task_id} is in phase {info.phase}: disputes are open only while it trains",
-            "file before evaluation starts",
+            f"task {task_id} is in phase {info.phase}: disputes are open until it settles",
+            "nothing to file now",
         )
     doc = recompute(ctx, task_id, round_, group)
-    if doc["expected"] == doc["accepted"]:
+    if (doc["expected"], doc["admitted"]) == (doc["accepted"], doc["accepted_admitted"]):
         raise UsageError(
             f"task {task_id} round {round_} subgroup {group}: the accepted aggregate {doc['accepted']} recomputes exactly",
             "nothing to dispute (`din verify` lists the subgroups that do not hold)",
@@ -136,7 +156,9 @@ def file(ctx, task_id: int, round_: int, group: int) -> dict:
             "get tokens for the bond first (the task's slash amount)",
         )
     with ctx.chain.writing():
-        did = d.file_dispute(ctx.account, task_id, round_, group, to_bytes(doc["expected"]))
+        did = d.file_dispute(
+            ctx.account, task_id, round_, group, to_bytes(doc["expected"]), doc["admitted"]
+        )
     return {
         "dispute_id": did,
         "task_id": task_id,
@@ -146,6 +168,84 @@ def file(ctx, task_id: int, round_: int, group: int) -> dict:
         "cid": doc["expected"],
         "bond": bond,
     }
+
+
+def _file_scores(ctx, task_id: int, group: int, info) -> dict:
+    """File a dispute of evaluation subgroup ``group``'s majority score vector (see ``file``)."""
+    from din_cli.protocol.evaluation import evaluation_validators, score_subgroup
+
+    d = ctx.din
+    if info.phase != "settling" and info.deadline <= ctx.chain.now():
+        with ctx.chain.writing():
+            info = d.advance(ctx.account, task_id)
+    if info.phase != "settling":
+        raise UsageError(
+            f"task {task_id} is in phase {info.phase}: scores are disputed while the task settles",
+            "file once every score is revealed, before the subgroup settles",
+        )
+    if group >= info.groups:
+        raise UsageError(f"task {task_id} has no evaluation subgroup {group}", "give a subgroup")
+    if group in {int(e["args"]["group"]) for e in d.events(task_id, "SubgroupSettled")}:
+        raise UsageError(
+            f"task {task_id}'s evaluation subgroup {group} is already settled",
+            "file before it settles (a dissenting subgroup waits half the settling phase)",
+        )
+    if ctx.address not in evaluation_validators(ctx, task_id):
+        raise UsageError(
+            f"{ctx.address} is not an evaluation validator of task {task_id}: it holds no test-set key",
+            "file with the key of a validator that scored",
+        )
+    _, _, winner = d.score_majority(task_id, group)
+    if winner is None:
+        raise NotFoundError(
+            f"task {task_id}: evaluation subgroup {group} has no majority score vector",
+            "nothing to dispute: its participants score 0",
+        )
+    with ctx.workdir() as work:
+        mine = score_subgroup(ctx, task_id, group, work)
+    if list(mine) == list(winner):
+        raise UsageError(
+            f"task {task_id} evaluation subgroup {group}: the majority's scores recompute exactly",
+            "nothing to dispute",
+        )
+    bond = info.slash_amount
+    if d.balance(ctx.address) < bond:
+        raise InputError(
+            f"{ctx.address} holds {d.balance(ctx.address)} DIN units, the bond is {bond}",
+            "get tokens for the bond first (the task's slash amount)",
+        )
+    with ctx.chain.writing():
+        did = d.file_score_dispute(ctx.account, task_id, group, mine)
+    return {
+        "dispute_id": did,
+        "task_id": task_id,
+        "round": 0,
+        "group": group,
+        "accepted": list(winner),
+        "cid": list(mine),
+        "bond": bond,
+    }
+
+
+def _committee_scores(ctx, task_id: int, dispute: dict, work) -> list[int]:
+    """What a committee member of a score dispute votes: the vector an honest validator of the
+    subgroup reveals, scored with a granted K (the rejection when no grant before the cutoff
+    holds K; UsageError, wait, before the cutoff)."""
+    from din_cli.protocol import sealing
+    from din_cli.protocol.evaluation import score_subgroup
+
+    for key in sealing.granted_test_keys(ctx, task_id, dispute):
+        try:
+            return score_subgroup(ctx, task_id, dispute["group"], work, key=key)
+        except VerificationError:  # not K: another grant may hold it
+            continue
+    cutoff = sealing.dispute_cutoff(ctx, task_id, dispute)
+    if ctx.chain.now() < cutoff:
+        raise UsageError(
+            f"dispute {dispute['dispute_id']}: no grant of the test set's key yet",
+            "wait for a validator's `din keys grant --dispute`, then vote again",
+        )
+    return []
 
 
 # ------------------------------------------------------------------ the committee
@@ -213,22 +313,25 @@ def vote(ctx, dispute_id: int, *, reveal: bool = False) -> dict:
     task_id, round_, group = info["task_id"], info["round"], info["group"]
     kind = f"dispute-{dispute_id}"
     record = ctx.load_record(task_id, round_, kind) if reveal else None
+    if round_ == 0:
+        return _vote_scores(ctx, info, record, reveal)
     if record is None:
         with ctx.workdir() as work:
-            cid, _ = subgroup_result(ctx, task_id, round_, group, work)
+            cid, admitted = subgroup_aggregate(ctx, task_id, round_, group, work)
     else:
-        cid = record["cid"]
+        cid, admitted = record["cid"], int(record.get("admitted", "0x0"), 16)
     if not reveal:
-        ctx.save_record(task_id, round_, kind, {"cid": cid, "dispute_id": dispute_id})
+        record = {"cid": cid, "admitted": hex(admitted), "dispute_id": dispute_id}
+        ctx.save_record(task_id, round_, kind, record)
     with ctx.chain.writing():
         if me in _voted(
             ctx, dispute_id, "DisputeVoteRevealed" if reveal else "DisputeVoteCommitted"
         ):
             raise AlreadyDone(f"dispute {dispute_id}: vote already {step}ted", "nothing to do")
         if reveal:
-            ctx.din.dispute_reveal(ctx.account, dispute_id, to_bytes(cid))
+            ctx.din.dispute_reveal(ctx.account, dispute_id, to_bytes(cid), admitted=admitted)
         else:
-            ctx.din.dispute_commit(ctx.account, dispute_id, to_bytes(cid))
+            ctx.din.dispute_commit(ctx.account, dispute_id, to_bytes(cid), admitted=admitted)
     return {
         "dispute_id": dispute_id,
         "task_id": task_id,
@@ -236,7 +339,40 @@ def vote(ctx, dispute_id: int, *, reveal: bool = False) -> dict:
         "group": group,
         "step": step,
         "cid": cid,
-        "agrees": cid == _filed(ctx, dispute_id)["accepted"],
+        "agrees": (cid, admitted) == _filed(ctx, dispute_id)["accepted_result"],
+    }
+
+
+def _vote_scores(ctx, info: dict, record: dict | None, reveal: bool) -> dict:
+    """``vote`` on a score dispute: commit (or reveal) the recomputed score vector."""
+    dispute_id, task_id = info["dispute_id"], info["task_id"]
+    if record is None:
+        with ctx.workdir() as work:
+            scores = _committee_scores(ctx, task_id, info, work)
+    else:
+        scores = list(record["scores"])
+    if not reveal:
+        record = {"scores": scores, "dispute_id": dispute_id}
+        ctx.save_record(task_id, 0, f"dispute-{dispute_id}", record)
+    step = "reveal" if reveal else "commit"
+    with ctx.chain.writing():
+        if ctx.address in _voted(
+            ctx, dispute_id, "DisputeVoteRevealed" if reveal else "DisputeVoteCommitted"
+        ):
+            raise AlreadyDone(f"dispute {dispute_id}: vote already {step}ted", "nothing to do")
+        if reveal:
+            ctx.din.dispute_reveal(ctx.account, dispute_id, b"", scores=scores)
+        else:
+            ctx.din.dispute_commit(ctx.account, dispute_id, b"", scores=scores)
+    _, _, winner = ctx.din.score_majority(task_id, info["group"])
+    return {
+        "dispute_id": dispute_id,
+        "task_id": task_id,
+        "round": 0,
+        "group": info["group"],
+        "step": step,
+        "cid": scores,
+        "agrees": winner is not None and list(winner) == scores,
     }
 
 
@@ -272,8 +408,24 @@ def resolve(ctx, dispute_id: int) -> dict:
 
 
 def _filed(ctx, dispute_id: int) -> dict:
+    """The filed dispute's accepted and claimed results: CID text (and ``accepted_result``, the
+    accepted ``(CID text, admitted bitmap)``)."""
+    from din_cli.chain.din import split_result, unpack_scores
+
     e = ctx.din.dispute_logs("DisputeFiled", disputeId=int(dispute_id))[0]["args"]
-    return {"accepted": _cid_or_hex(e["acceptedCid"]), "claimed": _cid_or_hex(e["cid"])}
+    if int(e["round"]) == 0:  # scores of an evaluation subgroup
+        accepted = unpack_scores(e["acceptedCid"])
+        return {
+            "accepted": accepted,
+            "accepted_result": accepted,
+            "claimed": unpack_scores(e["cid"]),
+        }
+    accepted, admitted = split_result(e["acceptedCid"])
+    return {
+        "accepted": _cid_or_hex(accepted),
+        "accepted_result": (_cid_or_hex(accepted), admitted),
+        "claimed": _cid_or_hex(split_result(e["cid"])[0]),
+    }
 
 
 def status(ctx, dispute_id: int) -> dict:
@@ -281,10 +433,14 @@ def status(ctx, dispute_id: int) -> dict:
     info = _info(ctx, dispute_id)
     did = int(dispute_id)
     committed = _voted(ctx, did, "DisputeVoteCommitted")
-    revealed = {
-        e["args"]["member"]: _cid_or_hex(e["args"]["cid"])
+    from din_cli.chain.din import cid_digest, split_result, unpack_scores
+
+    raw = {
+        e["args"]["member"]: bytes(e["args"]["cid"])
         for e in ctx.din.dispute_logs("DisputeVoteRevealed", disputeId=did)
     }
+    shown = unpack_scores if info["round"] == 0 else lambda r: _cid_or_hex(split_result(r)[0])
+    revealed = {m: shown(r) for m, r in raw.items()}
     resolved = ctx.din.dispute_logs("DisputeResolved", disputeId=did)
     slashed = {
         e["args"]["member"]: {"amount": int(e["args"]["amount"]), "reason": e["args"]["reason"]}
@@ -292,11 +448,8 @@ def status(ctx, dispute_id: int) -> dict:
     }
     decided = None
     if info["decided_digest"] != bytes(32):
-        from din_cli.chain.din import cid_digest
-
         decided = next(
-            (c for c in revealed.values() if cid_digest(to_bytes(c)) == info["decided_digest"]),
-            None,
+            (revealed[m] for m, r in raw.items() if cid_digest(r) == info["decided_digest"]), None
         )
     filed = _filed(ctx, did)
     doc = {

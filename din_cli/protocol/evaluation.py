@@ -174,14 +174,10 @@ def post_test_set(ctx, task_id: int, test_store: str | Path) -> dict:
     }
 
 
-def open_test_set(ctx, task_id: int, dest: Path) -> tuple[str, Path]:
-    """As a validator: unwrap K, verify the owner's signature on the CID, fetch and decrypt the test set.
-
-    TestSetRejected when the owner's part fails (K, a wrap to any validator
-    that does not recompute from K, signature, ciphertext, committed hash).
-    """
-    from din_cli.crypto import aead
-    from din_cli.crypto.wrap import WrapMismatch, document_from_chain, open_test_key
+def _posted_document(ctx, task_id: int) -> dict:
+    """The owner's ``din/test-key/v1`` document as the chain holds it (recipients' keys as the
+    registry stood at the post); NotFoundError before the post."""
+    from din_cli.crypto.wrap import document_from_chain
 
     posted = ctx.din.test_set(task_id)
     if posted is None:
@@ -189,15 +185,57 @@ def open_test_set(ctx, task_id: int, dest: Path) -> tuple[str, Path]:
             f"task {task_id} has no test set yet", "wait for the owner's `din round test-set`"
         )
     encrypted_cid, wrapped = posted
-    if ctx.identity is None or not hasattr(ctx.identity, "hpke_private"):
-        raise UsageError("opening the test set needs your HPKE key", "act with --key NAME")
-    owner = ctx.din.task_info(task_id).owner
-    hint = "reveal the rejection; the owner sabotaged its test set"
     event = ctx.din.events(task_id, "TestSetPosted")[-1]
     resolve = chain_resolver(ctx, before=(int(event["blockNumber"]), int(event["logIndex"])))
+    return document_from_chain(encrypted_cid, wrapped, _binding(ctx, task_id), resolve)
+
+
+def test_key(ctx, task_id: int) -> bytes:
+    """K, unwrapped with this validator's own key and checked like ``open_test_set`` does (the
+    owner's signature, every wrap recomputes); VerificationError when it does not open."""
+    from din_cli.crypto.wrap import open_test_key
+
+    doc = _posted_document(ctx, task_id)
+    owner = ctx.din.task_info(task_id).owner
+    return open_test_key(doc, ctx.identity, _binding(ctx, task_id), owner_address=owner).key
+
+
+def open_test_set(ctx, task_id: int, dest: Path, *, key: bytes | None = None) -> tuple[str, Path]:
+    """As a validator: unwrap K, verify the owner's signature on the CID, fetch and decrypt the test set.
+
+    TestSetRejected when the owner's part fails (K, a wrap to any validator
+    that does not recompute from K, signature, ciphertext, committed hash).
+    ``key``: K granted to a dispute committee member, used instead of a wrap of
+    its own (VerificationError when the owner's signature does not open under
+    it: not K at all); every other check is the same.
+    """
+    from din_cli.crypto import aead
+    from din_cli.crypto.wrap import (
+        OpenedKey,
+        WrapMismatch,
+        check_wraps,
+        cid_opens,
+        open_signed_cid,
+        open_test_key,
+    )
+
+    doc = _posted_document(ctx, task_id)
+    if key is None and (ctx.identity is None or not hasattr(ctx.identity, "hpke_private")):
+        raise UsageError("opening the test set needs your HPKE key", "act with --key NAME")
+    owner = ctx.din.task_info(task_id).owner
+    binding = _binding(ctx, task_id)
+    hint = "reveal the rejection; the owner sabotaged its test set"
+    encrypted_cid = bytes.fromhex(doc["encrypted_cid"][2:])
+    if key is not None and not cid_opens(key, encrypted_cid, binding):
+        raise VerificationError(  # only K opens the ciphertext the owner posted
+            "the granted key is not the test set's K", "use a grant from an evaluation validator"
+        )
     try:
-        doc = document_from_chain(encrypted_cid, wrapped, _binding(ctx, task_id), resolve)
-        opened = open_test_key(doc, ctx.identity, _binding(ctx, task_id), owner_address=owner)
+        if key is None:
+            opened = open_test_key(doc, ctx.identity, binding, owner_address=owner)
+        else:
+            check_wraps(doc, key, binding)
+            opened = OpenedKey(key, open_signed_cid(key, encrypted_cid, owner, binding))
     except WrapMismatch as e:  # K opened, but not every validator was given it
         raise TestSetRejected(e.message, hint) from None
     except (VerificationError, InputError, NotFoundError) as e:
@@ -642,14 +680,15 @@ def evaluate_commit(
 
 
 def _score_or_reject(
-    ctx, task_id: int, group: int, work: Path, device: str = "cpu"
+    ctx, task_id: int, group: int, work: Path, device: str = "cpu", *, key: bytes | None = None
 ) -> tuple[str | None, dict]:
     """``(test set CID, record)`` scored with the task's metric and scoring, or ``(None, record)``
-    with empty scores and the ``rejected`` reason when the test set is unusable."""
+    with empty scores and the ``rejected`` reason when the test set is unusable. ``key``: K
+    granted to a dispute committee member (see ``open_test_set``)."""
     info = ctx.din.task_info(task_id)
     rec = {"group": group, "metric": info.metric, "scoring": info.scoring}
     try:
-        cid, test = open_test_set(ctx, task_id, work / "test.npz")
+        cid, test = open_test_set(ctx, task_id, work / "test.npz", key=key)
     except TestSetRejected as e:
         parts = ctx.din.participants(task_id)
         members = ctx.din.round_info(task_id, EVAL_ROUND).participant_groups[group]
@@ -670,6 +709,14 @@ def _score_or_reject(
         "rejected": None,
         "rounds": rounds,
     }
+
+
+def score_subgroup(
+    ctx, task_id: int, group: int, work: Path, device: str = "cpu", *, key: bytes | None = None
+) -> list[int]:
+    """The score vector an honest evaluation validator of ``group`` reveals ([]: it rejects the
+    test set): what a score dispute's filer and committee recompute."""
+    return _score_or_reject(ctx, task_id, group, work, device, key=key)[1]["scores"]
 
 
 def evaluate_reveal(ctx, task_id: int) -> dict:

@@ -66,6 +66,8 @@ from din_cli.errors import (
 ROLES = ("owner", "participant", "validator")
 TERMINAL = ("settled", "abandoned")
 TRAINING_PHASES = ("training", "aggregation-commit", "aggregation-reveal", "global-model")
+#: Phases in which an accepted aggregate can still be disputed (after training: nothing replays).
+DISPUTABLE = (*TRAINING_PHASES, "test-set", "score-commit", "score-reveal", "settling")
 NO_DEADLINE = 2**64 - 1
 ADVANCE_EVERY = 5.0  # seconds between two advance transactions for one task
 FULL_EVERY = 10  # polls between two full passes when the chain's head does not move
@@ -136,6 +138,9 @@ class Node:
     _advanced: dict = field(default_factory=dict)  # task -> monotonic time of the last advance sent
     _audited_rounds: set = field(default_factory=set)
     _refused: set = field(default_factory=set)
+    _proved: set = field(
+        default_factory=set
+    )  # (task, participant): record proven, or none to prove
     _once: set = field(default_factory=set)  # one-off steps done (a sealed task's key grant)
     _seen: dict = field(default_factory=dict)
     _last_head: int | None = None
@@ -285,6 +290,12 @@ class Node:
         )
 
     def _act(self, ident: Identity, task_id: int, info) -> bool:
+        if (
+            info.phase == "abandoned"
+            and ident.role == "participant"
+            and ident.ctx.chain.now() < info.deadline
+        ):  # abandoned without a test set: prove the record while claims wait
+            return self._prove(ident, task_id, info)
         if info.phase in TERMINAL:  # every role's last step: claim what the task owes it
             return self._claim(ident, task_id, info)
         steps = {
@@ -397,6 +408,27 @@ class Node:
 
         return self._attempt(ident, task_id, info, "claim", claim, said)
 
+    def _prove(self, ident: Identity, task_id: int, info) -> bool:
+        """Prove the participant's accepted training record once (the contributors' split)."""
+        from din_cli.protocol import rewards
+
+        done = (task_id, ident.address)
+        if done in self._proved:
+            return False
+
+        def prove():
+            try:
+                return rewards.prove(ident.ctx, task_id)
+            except (AlreadyDone, NotFoundError):  # proven already, or no admitted update
+                self._proved.add(done)
+                raise AlreadyDone("nothing to prove", "done") from None
+
+        def said(r):
+            self._proved.add(done)
+            return f"proved its training record: rounds {r['rounds']}"
+
+        return self._attempt(ident, task_id, info, "prove", prove, said)
+
     def _owner(self, ident: Identity, task_id: int, info) -> bool:
         from din_cli.protocol import evaluation, rewards, roundflow
 
@@ -456,7 +488,7 @@ class Node:
 
     def _participant(self, ident: Identity, task_id: int, info) -> bool:
         from din_cli.chain import network
-        from din_cli.protocol import roundflow
+        from din_cli.protocol import rewards, roundflow
 
         ctx, phase, cfg = ident.ctx, info.phase, self.config
         member = roundflow._member(ctx, task_id, ctx.address)
@@ -475,6 +507,8 @@ class Node:
             )
         if not member["index1"]:
             return self._sit_out(ident, task_id, info, "join", "joined; nothing to do in it")
+        if phase in rewards.PROVING:
+            return bool(member["last_round"]) and self._prove(ident, task_id, info)
         if (
             phase == "aggregation-commit"
             and member["last_round"] == info.round
@@ -528,7 +562,7 @@ class Node:
             return True
         if state["removed"]:
             return False  # slashed out of the task: only its claim (nothing) is left
-        if phase in TRAINING_PHASES and cfg.audit and self._audit(ident, task_id, info):
+        if phase in DISPUTABLE and cfg.audit and self._audit(ident, task_id, info):
             return True
         r = info.round
         if phase == "aggregation-commit" and state["commit_round"] < r:
@@ -613,6 +647,8 @@ class Node:
                 lambda: evaluation.evaluate_reveal(ctx, task_id),
                 lambda x: f"revealed subgroup {x['group']}'s scores",
             )
+        if phase == "settling" and self._dispute_scores(ident, task_id, info, state):
+            return True
         if phase == "settling" and not any(
             i.role == "owner" and (task_id, i.address, "owner") not in self.finished
             for i in self.identities
@@ -626,6 +662,47 @@ class Node:
                 lambda x: f"settled: now {x['phase']}, {len(x['slashed'])} validator(s) slashed",
             )
         return False
+
+    def _dispute_scores(self, ident: Identity, task_id: int, info, state) -> bool:
+        """Outvoted in its evaluation subgroup (it revealed another vector than the majority's):
+        file a dispute of the majority's scores, once, before the subgroup settles."""
+        from din_cli.protocol import disputes
+
+        group = state.get("score_group")
+        d = ident.ctx.din
+        if group is None or not state["score_revealed"] or state["removed"] or d.disputes is None:
+            return False
+        key = (task_id, ident.address, "dispute-scores", group)
+        if key in self._refused:
+            return False
+        _, _, winner = d.score_majority(task_id, group)
+        mine = d.scores_revealed(task_id).get(ident.address)
+        if winner is None or mine is None or list(mine) == list(winner):
+            return False
+        if any(o["round"] == 0 and o["group"] == group for o in d.disputes_of(task_id)):
+            return False  # filed already (by it or another)
+
+        def file():
+            try:
+                return disputes.file(ident.ctx, task_id, 0, group)
+            except (UsageError, NotFoundError):
+                self._refused.add(key)  # it recomputes to the majority, or it is too late
+                raise
+            except (TransactionReverted, BackendUnavailable):
+                raise  # retried
+            except DinError as e:  # no bond, say: not this node's to fix
+                self._refused.add(key)
+                raise UsageError(e.message, e.hint) from None
+
+        return self._attempt(
+            ident,
+            task_id,
+            info,
+            "dispute-scores",
+            file,
+            lambda x: f"disputed evaluation subgroup {group}'s scores: dispute {x['dispute_id']}",
+            key=key,
+        )
 
     def _register(self, ident: Identity, task_id: int, info, state) -> bool:
         from din_cli.chain import network
@@ -666,7 +743,7 @@ class Node:
         ctx, d = ident.ctx, ident.ctx.din
         if d.disputes is None:
             return False
-        last = info.round if info.phase == "global-model" else info.round - 1
+        last = info.round if info.phase not in TRAINING_PHASES[:3] else info.round - 1
         discarded = set(d.discarded_rounds(task_id))
         open_ = [o for o in d.disputes_of(task_id) if o["state"] in disputes.OPEN]
         for r in range(1, last + 1):
@@ -736,9 +813,11 @@ class Node:
                 lambda x: f"drew dispute {did}'s committee of {x['size']}",
             )
         served = o["state"] == "drawn" and sealing.is_sealed_task(info)
-        if served:
+        if served and o["round"] != 0:
             m = ctx.din.subgroup_of(task_id, ident.address, o["round"])
             served = m.role == "validator" and m.group == o["group"]
+        if o["round"] == 0:  # scores: the filer holds K and grants it (and its update keys)
+            served = o["state"] == "drawn" and o["filer"] == ident.address
         if served and step(  # the committee reads the subgroup's sealed updates with these keys
             "dispute-grant",
             lambda: sealing.grant_for_dispute(ctx, task_id, o),

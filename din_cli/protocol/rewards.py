@@ -10,6 +10,15 @@ set (revealed the empty vector), its validators earn their fee and the whole
 participants' pool goes to the contributors (``rejected`` lists such subgroups). Anyone may run it, until the settling deadline. ``claim`` pulls what the task
 owes the acting key; ``show`` lists scores, payouts, stakes and slashes.
 
+The contributors are split by their accepted training record: ``prove``
+shows the chain, once per participant, each round whose accepted subgroup
+result admitted its update (results carry the bitmap of admitted positions),
+from the test-set phase until settlement. A task abandoned for want of a test
+set keeps that window open for the settling duration before claims open. A
+participant whose every update was excluded (junk, a Sybil's copy) has no
+record and gets nothing; only when nobody proved a record is the pool split
+by first submission.
+
 Payouts telescope (``pool * (before + m) / total - pool * before / total``),
 so once everyone has claimed, the claims sum exactly to the deposit: the
 participants' pool, the validators' fees, and the owner's refund of any part
@@ -54,13 +63,28 @@ def settle(ctx, task_id: int) -> dict:
         }
     require_phase(ctx, task_id, "settling")
     slashed = slash_aggregators(ctx, task_id, range(1, info.round + 1))
+    done = {int(e["args"]["group"]) for e in d.events(task_id, "SubgroupSettled")}
+    opens = {g: d.settle_opens(task_id, g) for g in range(info.groups) if g not in done}
+    now = ctx.chain.now()
+    later = [t for t in opens.values() if t > now]
+    if later and ctx.chain.clock() >= min(later):
+        with ctx.chain.writing():  # a chain that mines on demand: a no-op block at the clock's time
+            d.advance(ctx.account, task_id)
+        now = ctx.chain.now()
+    waiting = sorted(g for g, t in opens.items() if t > now)
+    if waiting and len(waiting) == len(opens):
+        raise UsageError(
+            f"task {task_id}: evaluation subgroups {waiting} disagree and settle in {max(opens.values()) - now} s, after the window for a score dispute",
+            f"wait, then settle again (an outvoted validator disputes with `din round dispute --task {task_id} --round 0`)",
+        )
     with ctx.chain.writing():
-        groups = d.settle(ctx.account, task_id)
+        groups = d.settle(ctx.account, task_id, [g for g in opens if g not in waiting])
     return {
         "task_id": task_id,
         "phase": d.task_info(task_id).phase,
         "slashed": slashed,
         "settled": groups,
+        "waiting": waiting,
         "rejected": d.rejected_subgroups(task_id),
     }
 
@@ -88,6 +112,37 @@ def slash_aggregators(ctx, task_id: int, rounds) -> list[dict]:
     return slashed
 
 
+PROVING = ("test-set", "score-commit", "score-reveal", "settling")
+
+
+def prove(ctx, task_id: int) -> dict:
+    """Prove the acting participant's accepted training record of ``task_id``: ``{rounds, gas}``.
+
+    UsageError outside the window (training not over, or settled); AlreadyDone
+    once proven; NotFoundError when no accepted result admitted its update.
+    """
+    d = ctx.din
+    info = d.task_info(task_id)
+    now = ctx.chain.now()
+    if info.phase == "test-set" and now >= info.deadline:
+        with ctx.chain.writing():  # past its deadline: the task moves on (abandoned, or scoring)
+            info = d.advance(ctx.account, task_id)
+    if info.phase not in PROVING and not (info.phase == "abandoned" and now < info.deadline):
+        raise UsageError(
+            f"task {task_id} is in phase {info.phase}: records are proven from the test-set phase until settlement",
+            "prove once training is over"
+            if info.phase not in ("settled", "abandoned")
+            else "the window has closed",
+        )
+    if ctx.address in d.records(task_id):
+        raise AlreadyDone(
+            f"{ctx.address} already proved its record in task {task_id}", "nothing to do"
+        )
+    with ctx.chain.writing():
+        doc = d.prove_record(ctx.account, task_id)
+    return {"task_id": task_id, "account": ctx.address, **doc}
+
+
 def claim(ctx, task_id: int) -> dict:
     """Pull what ``task_id`` owes the acting key and release its validator bond; AlreadyDone once claimed."""
     d = ctx.din
@@ -96,6 +151,16 @@ def claim(ctx, task_id: int) -> dict:
         raise UsageError(
             f"task {task_id} is in phase {info.phase}, not settled",
             f"settle it first: `din rewards settle --task {task_id}`",
+        )
+    wait = info.deadline - ctx.chain.now()
+    if info.phase == "abandoned" and wait > 0 and ctx.chain.clock() >= info.deadline:
+        with ctx.chain.writing():  # a chain that mines on demand: a no-op block at the clock's time
+            d.advance(ctx.account, task_id)
+        wait = info.deadline - ctx.chain.now()
+    if info.phase == "abandoned" and wait > 0:
+        raise UsageError(
+            f"task {task_id} was abandoned without a test set; claims open in {wait} s, when participants have proved their records",
+            f"prove yours meanwhile: `din rewards prove --task {task_id}`",
         )
     with ctx.chain.writing():
         if d.claimable(task_id, ctx.address) == 0 and d.bonded(task_id, ctx.address):

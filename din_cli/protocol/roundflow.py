@@ -396,11 +396,36 @@ def subgroup_files(work: Path, round_: int, group: int, count: int):
     )
 
 
+def admitted_bitmap(ctx, task_id: int, round_: int, group: int, judged) -> int:
+    """The subgroup positions whose update ``judged`` (``subgroup_result``'s Admission, or None)
+    admitted, as the bitmap a result carries on chain (bit k = position k in the subgroup).
+
+    The verdicts index the subgroup's updates in :func:`subgroup_updates`
+    order; a result that fell back to the starting model admitted nobody.
+    """
+    from din_cli.chain import assignment
+    from din_cli.chain.din import admitted_bitmap as bitmap
+
+    if judged is None or not judged.admitted:
+        return 0
+    rnd = ctx.din.round_info(task_id, round_)
+    updates = subgroup_updates(ctx, task_id, round_, group)
+    return bitmap(
+        assignment.participant_group(
+            rnd.seed, updates[v.index].index, rnd.participants, rnd.groups
+        )[1]
+        for v in judged.verdicts
+        if v.admitted
+    )
+
+
 def subgroup_aggregate(
     ctx, task_id: int, round_: int, group: int, work: Path, *, device: str = "cpu"
-) -> str:
-    """Recompute subgroup ``group``'s aggregate of ``round_`` by the admission rule; its CID text."""
-    return subgroup_result(ctx, task_id, round_, group, work, device=device)[0]
+) -> tuple[str, int]:
+    """Recompute subgroup ``group``'s result of ``round_`` by the admission rule: ``(aggregate CID
+    text, admitted bitmap)``, what its validators commit and reveal."""
+    cid, judged = subgroup_result(ctx, task_id, round_, group, work, device=device)
+    return cid, admitted_bitmap(ctx, task_id, round_, group, judged)
 
 
 def _my_slot(ctx, task_id: int, round_: int):
@@ -430,14 +455,23 @@ def _check_round(info, round_: int | None, task_id: int) -> int:
 
 
 def aggregate_commit(
-    ctx, task_id: int, round_: int | None = None, *, cid: str | None = None, device: str = "cpu"
+    ctx,
+    task_id: int,
+    round_: int | None = None,
+    *,
+    cid: str | None = None,
+    admitted: int = 0,
+    device: str = "cpu",
 ) -> dict:
-    """Aggregate this validator's subgroup and commit ``keccak(cid ‖ salt ‖ sender)``.
+    """Aggregate this validator's subgroup and commit ``keccak(result ‖ salt ‖ sender)``, where the
+    result is the aggregate's CID and the bitmap of the subgroup positions it admitted.
 
-    ``cid`` commits that CID instead of the computed aggregate (a validator
-    using its own tooling; the demo's dishonest validator). AlreadyDone when
-    already committed this round.
+    ``cid`` (and ``admitted``) commit that result instead of the computed one
+    (a validator using its own tooling; the demo's dishonest validator).
+    AlreadyDone when already committed this round.
     """
+    from din_cli.chain.din import admitted_positions
+
     d = ctx.din
     info = d.task_info(task_id)
     r = info.round if round_ is None else round_
@@ -454,25 +488,33 @@ def aggregate_commit(
 
         with ctx.workdir() as work:
             try:
-                cid = subgroup_aggregate(ctx, task_id, r, m.group, work, device=device)
+                cid, admitted = subgroup_aggregate(ctx, task_id, r, m.group, work, device=device)
             except secagg.RevealsMissing as e:
                 # The cutoff is judged by block time, which stands still on a chain that mines
                 # on demand: past it by the clock, a no-op `advance` mines a block at it.
                 if e.cutoff is None or ctx.chain.clock() < e.cutoff:
                     raise
                 d.advance(ctx.account, task_id)
-                cid = subgroup_aggregate(ctx, task_id, r, m.group, work, device=device)
+                cid, admitted = subgroup_aggregate(ctx, task_id, r, m.group, work, device=device)
     else:
         to_bytes(cid)
-    ctx.save_record(task_id, r, "aggregate", {"cid": cid, "group": m.group})
+    record = {"cid": cid, "group": m.group, "admitted": hex(admitted)}
+    ctx.save_record(task_id, r, "aggregate", record)
     with ctx.chain.writing():
         if validator_state(ctx, task_id, ctx.address)["commit_round"] >= r:
             raise AlreadyDone(
                 f"aggregate already committed for task {task_id} round {r}", "nothing to do"
             )
         gone = count_out_removed(ctx, task_id, r)
-        d.commit_aggregate(ctx.account, task_id, to_bytes(cid))
-    return {"task_id": task_id, "round": r, "group": m.group, "cid": cid, "counted_out": gone}
+        d.commit_aggregate(ctx.account, task_id, to_bytes(cid), admitted=admitted)
+    return {
+        "task_id": task_id,
+        "round": r,
+        "group": m.group,
+        "cid": cid,
+        "admitted": admitted_positions(admitted),
+        "counted_out": gone,
+    }
 
 
 def count_out_removed(ctx, task_id: int, round_: int) -> list[str]:
@@ -510,6 +552,8 @@ def count_out_removed(ctx, task_id: int, round_: int) -> list[str]:
 
 def aggregate_reveal(ctx, task_id: int, round_: int | None = None) -> dict:
     """Reveal the aggregate committed this round (recomputed when the local record is gone)."""
+    from din_cli.chain.din import admitted_positions
+
     d = ctx.din
     info = d.task_info(task_id)
     r = info.round if round_ is None else round_
@@ -528,21 +572,21 @@ def aggregate_reveal(ctx, task_id: int, round_: int | None = None) -> dict:
     rec = ctx.load_record(task_id, r, "aggregate")
     if rec is None:
         with ctx.workdir() as work:
-            rec = {
-                "cid": subgroup_aggregate(ctx, task_id, r, int(state["group"]), work),
-                "group": int(state["group"]),
-            }
+            cid, admitted = subgroup_aggregate(ctx, task_id, r, int(state["group"]), work)
+            rec = {"cid": cid, "group": int(state["group"]), "admitted": hex(admitted)}
+    admitted = int(rec.get("admitted", "0x0"), 16)
     with ctx.chain.writing():
         if validator_state(ctx, task_id, ctx.address)["reveal_round"] >= r:
             raise AlreadyDone(
                 f"aggregate already revealed for task {task_id} round {r}", "nothing to do"
             )
-        receipt = d.reveal_aggregate(ctx.account, task_id, to_bytes(rec["cid"]))
+        receipt = d.reveal_aggregate(ctx.account, task_id, to_bytes(rec["cid"]), admitted=admitted)
     return {
         "task_id": task_id,
         "round": r,
         "group": rec["group"],
         "cid": rec["cid"],
+        "admitted": admitted_positions(admitted),
         "gas": _gas(receipt),
     }
 

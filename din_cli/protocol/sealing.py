@@ -33,6 +33,9 @@ from pathlib import Path
 
 from din_cli.errors import DinError, InputError, NotFoundError, UsageError, VerificationError
 
+#: The name a grant document gives the test set's K (granted to a committee disputing scores).
+TEST_KEY = "din:test-set-key"
+
 # What a reader learnt, kept on its chain connection (two chains in one process never mix):
 #   keys        (tasks contract, task, update CID, reader) -> U
 #   grants      (grant CID, reader) -> {update CID: [candidate U]}
@@ -326,7 +329,10 @@ def read_cutoff(ctx, task_id: int, info, updates) -> int | None:
     groups = {u.group for u in updates}
     if info.phase == "disputed":
         for d in ctx.din.disputes_of(task_id):
-            if d.get("state") == "drawn" and d["round"] in rounds and d["group"] in groups:
+            scores = d["round"] == 0  # an evaluation subgroup's scores read every round's updates
+            if d.get("state") == "drawn" and (
+                scores or d["round"] in rounds and d["group"] in groups
+            ):
                 return dispute_cutoff(ctx, task_id, d) if me in d["committee"] else None
     cutoff = evaluation_cutoff(ctx, task_id)
     if cutoff is None or me not in evaluation_validators(ctx, task_id):
@@ -433,9 +439,21 @@ def grant_for_evaluation(ctx, task_id: int) -> dict:
         return grant(ctx, task_id, keys, readers)
 
 
+def granted_test_keys(ctx, task_id: int, dispute: dict) -> list[bytes]:
+    """Candidate test-set keys K granted to this committee member of ``dispute`` (unchecked), by
+    the task's validators in blocks before the committee's grant cutoff."""
+    private = getattr(ctx.identity, "hpke_private", None)
+    if private is None:
+        raise UsageError("reading granted keys needs your HPKE key", "act with --key NAME")
+    return _granted(ctx, task_id, TEST_KEY, private, dispute_cutoff(ctx, task_id, dispute))
+
+
 def grant_for_dispute(ctx, task_id: int, dispute: dict) -> dict:
     """As a validator of the disputed subgroup: grant that subgroup's keys to the drawn committee.
 
+    A dispute of an evaluation subgroup's scores (round 0) grants the test
+    set's K (any evaluation validator holds it) and, in a sealed task, every
+    update key this validator holds, since scoring reads every round.
     AlreadyDone when it announced a grant after the dispute was filed.
     """
     from din_cli.errors import AlreadyDone
@@ -449,7 +467,7 @@ def grant_for_dispute(ctx, task_id: int, dispute: dict) -> dict:
             "nothing to do",
         )
     info = ctx.din.task_info(task_id)
-    if not is_sealed_task(info):
+    if dispute["round"] != 0 and not is_sealed_task(info):
         raise NotFoundError(
             f"task {task_id} is not sealed: its updates need no keys", "nothing to grant"
         )
@@ -458,5 +476,19 @@ def grant_for_dispute(ctx, task_id: int, dispute: dict) -> dict:
             "the dispute's committee is not drawn yet", "draw it first (`din round dispute-draw`)"
         )
     with ctx.workdir() as work:
-        keys = _held_keys(ctx, task_id, [(dispute["round"], dispute["group"])], work)
+        if dispute["round"] != 0:
+            keys = _held_keys(ctx, task_id, [(dispute["round"], dispute["group"])], work)
+        else:
+            from din_cli.protocol.evaluation import test_key
+
+            try:
+                keys = [(TEST_KEY, test_key(ctx, task_id))]
+            except DinError as e:
+                raise NotFoundError(
+                    f"this validator holds no test-set key to grant: {e.message}",
+                    "nothing to grant",
+                ) from None
+            if is_sealed_task(info):
+                every = [(r, g) for r in range(1, info.round + 1) for g in range(info.groups)]
+                keys += _held_keys(ctx, task_id, every, work)
     return grant(ctx, task_id, keys, list(dispute["committee"]))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 
-from din_cli.chain.din import PHASES
+from din_cli.chain.din import PHASES, admitted_positions, split_result
 from din_cli.errors import DinError, NotFoundError, UsageError
 from din_cli.protocol.cids import to_text
 
@@ -98,7 +98,8 @@ def status(ctx, task_id: int, address: str | None = None) -> dict:
                 {
                     "validator": e["args"]["validator"],
                     "group": int(e["args"]["group"]),
-                    "cid": to_text(bytes(e["args"]["cid"])),
+                    "cid": to_text(split_result(e["args"]["cid"])[0]),
+                    "admitted": admitted_positions(split_result(e["args"]["cid"])[1]),
                 }
                 for e in reveals
             ],

@@ -27,6 +27,7 @@ from din_cli.errors import NotFoundError, VerificationError
 from din_cli.protocol import anomaly, sealing
 from din_cli.protocol.cids import to_text
 from din_cli.protocol.roundflow import (
+    admitted_bitmap,
     global_from_accepted,
     start_model,
     subgroup_files,
@@ -36,6 +37,8 @@ from din_cli.protocol.roundflow import (
 
 def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
     """Every check of ``task_id`` (or of one round): ``{round, what, group, expected, recorded, ok, overturned, discarded, ...}``."""
+    from din_cli.chain.din import admitted_positions
+
     d = ctx.din
     d.task_info(task_id)  # NotFoundError for an unknown task
     started = sorted({int(e["args"]["round"]) for e in d.events(task_id, "RoundStarted")})
@@ -57,16 +60,17 @@ def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
     with ctx.workdir() as work:
         for r in started:
             discarded = r in disputed["discarded"]
-            accepted = d.accepted_aggregates(task_id, r)
+            accepted = d.accepted_results(task_id, r)
             for g in sorted(accepted):
                 updates = d.updates_submitted(task_id, r, g)
-                recorded = to_text(accepted[g])
+                recorded = to_text(accepted[g][0])
                 try:
                     expected, judged = subgroup_result(ctx, task_id, r, g, work, window=False)
                 except sealing.KeyMissing:  # a sealed task: only the subgroup's readers check it
                     checks.append(_sealed_check(r, g, len(updates), recorded, disputed, discarded))
                     continue
                 excluded = [_row(v) for v in judged.excluded] if judged else []
+                admitted = admitted_bitmap(ctx, task_id, r, g, judged)
                 paths, start, out = subgroup_files(work, r, g, len(updates))
                 anomalies = anomaly.figures(paths, start, out, judged) if start else []
                 for row, u in zip(anomalies, updates, strict=True):
@@ -79,7 +83,9 @@ def audit(ctx, task_id: int, round_: int | None = None) -> list[dict]:
                         "updates": len(updates),
                         "expected": expected,
                         "recorded": recorded,
-                        "ok": expected == recorded,
+                        "admitted": admitted_positions(admitted),
+                        "recorded_admitted": admitted_positions(accepted[g][1]),
+                        "ok": expected == recorded and admitted == accepted[g][1],
                         "overturned": disputed["overturned"].get(f"{r}/{g}"),
                         "discarded": discarded,
                         "excluded": excluded,
@@ -174,8 +180,12 @@ def require_ok(task_id: int, checks: list[dict]) -> None:
             f"it includes update #{e['index']} {e['cid']} that the admission rule excludes ({e['reason']})"
             for e in c.get("included") or []
         )
+        if c["recorded"] == c["expected"]:
+            found = f"{what} on chain admits positions {c['recorded_admitted']} but the rule admits {c['admitted']}"
+        else:
+            found = f"{what} on chain is {c['recorded']} but recomputes to {c['expected']}"
         raise VerificationError(
-            f"task {task_id} round {c['round']}: {what} on chain is {c['recorded']} but recomputes to {c['expected']}"
+            f"task {task_id} round {c['round']}: {found}"
             + (f"; {used}" if used else "")
             + (f" ({len(bad)} checks failed)" if len(bad) > 1 else ""),
             "the chain's record does not hold; do not build on it",

@@ -12,13 +12,17 @@ import {Settlement} from "./Settlement.sol";
 
 /// @title DIN disputes: a dishonest majority of a subgroup loses to a larger random committee.
 /// @notice Anyone who holds proof that a subgroup's accepted aggregate is wrong (`din verify`
-///         recomputes it bit-exactly) files a dispute with a bond (the task's slash amount) while the
-///         task is still training. Filing freezes the task. In a later block anyone draws a committee
+///         recomputes it bit-exactly) files a dispute with a bond (the task's slash amount) until the
+///         task settles (once training is over an upheld dispute slashes the liars but replays
+///         nothing); an evaluation subgroup's majority score vector is disputed the same way
+///         (`fileScores`, round 0) while the task settles. Filing freezes the task. In a later block anyone draws a committee
 ///         of up to `committee` stakers (an odd number, at least 3) from the registry's whole staked set
 ///         as it was at filing, in the order of a Feistel permutation keyed by the filing block's
 ///         hash (stakers added after the filing cannot steer it), skipping stakers
 ///         that are not active, lack free stake, filed the dispute or served the disputed subgroup in
-///         that round; each member bonds the slash amount. Members commit, then reveal the CID they
+///         that round; each member bonds the slash amount. ("CID" below is a subgroup result: the
+///         aggregate's CID followed by the 32-byte bitmap of the updates it admitted, as DinTasks'
+///         revealAggregate takes it.) Members commit, then reveal the CID they
 ///         computed (windows: the task's aggregation commit and reveal durations). `resolve` after
 ///         the reveal window (or once all revealed): a CID revealed by more than half of the committee
 ///         decides.
@@ -104,12 +108,30 @@ contract DinDisputes is ReentrancyGuard {
     ///         `taskId`, claiming `cid` is the correct one; escrows the task's slash amount (approve
     ///         first) and freezes the task. Returns the dispute id (ids start at 1).
     function file(uint256 taskId, uint256 round, uint256 group, bytes calldata acceptedCid, bytes calldata cid) external nonReentrant returns (uint256 id) {
+        require(round > 0 && cid.length > 0, "round 0 is an evaluation: fileScores; the claimed CID is empty");
         tasks.advance(taskId); // past expired deadlines first
+        return _file(taskId, round, group, acceptedCid, cid);
+    }
+
+    /// @notice Dispute evaluation subgroup `group`'s majority score vector `acceptedScores` (packed
+    ///         as DinTasks.revealScores takes them; `validators`: the subgroup's evaluation
+    ///         validators in slot order) in task `taskId`, claiming `scores` (empty: the test set
+    ///         should be rejected), while the task settles and before that subgroup settles. The
+    ///         committee recomputes the scores (K and the updates' keys are granted to it); upheld,
+    ///         `settle` accepts its vector and slashes every validator of the subgroup that revealed
+    ///         another. Returns the dispute id; its round is 0.
+    function fileScores(uint256 taskId, uint256 group, bytes calldata acceptedScores, bytes calldata scores, address[] calldata validators) external nonReentrant returns (uint256 id) {
+        tasks.advance(taskId);
+        require(tasks.scoreMajority(taskId, group, validators) == bytes20(keccak256(acceptedScores)), "those scores are not the subgroup's majority vector");
+        return _file(taskId, 0, group, acceptedScores, scores);
+    }
+
+    function _file(uint256 taskId, uint256 round, uint256 group, bytes calldata acceptedCid, bytes calldata cid) internal returns (uint256 id) {
         bytes32 accepted = keccak256(acceptedCid);
-        tasks.dispute(taskId, round, group, accepted, true); // training only, one open dispute per task
+        tasks.dispute(taskId, round, group, accepted, true); // training or settling only, one open dispute per task
         require(!discarded[taskId][round], "that round was discarded by a dispute");
         DinTasks.DisputeView memory t = tasks.disputeView(taskId);
-        require(cid.length > 0 && keccak256(cid) != accepted, "the claimed CID is the accepted one");
+        require(keccak256(cid) != accepted, "the claimed CID is the accepted one");
         id = ++disputeCount;
         Dispute storage d = _disputes[id];
         d.taskId = taskId;
@@ -229,12 +251,16 @@ contract DinDisputes is ReentrancyGuard {
         } else if (decided == d.accepted) {
             d.state = DISMISSED;
             tasks.dispute(taskId, 0, 0, bytes32(0), false);
+        } else if (d.round == 0) {
+            d.state = UPHELD; // settle takes the committee's scores and slashes the subgroup's liars
+            tasks.dispute(taskId, 0, d.group, decided, false);
         } else {
             d.state = UPHELD;
             _checkSlots(taskId, d, validators);
-            tasks.dispute(taskId, d.round, d.group, decided, false); // the committee's CID is the majority now
+            uint256 before = tasks.dispute(taskId, d.round, d.group, decided, false); // the committee's CID is the majority now
             tasks.advance(taskId); // replay: a new round from the model the disputed round started from
             newRound = tasks.disputeView(taskId).round;
+            if (newRound == before) newRound = 0; // training was over: nothing replays
             for (uint256 r = d.round; r < newRound; r++) discarded[taskId][r] = true;
             for (uint256 j = 0; j < validators.length; j++) {
                 // slashes and removes whoever revealed anything but the committee's CID (or nothing);

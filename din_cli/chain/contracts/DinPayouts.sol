@@ -4,14 +4,94 @@ pragma solidity 0.8.30;
 import {ValidatorRegistry} from "./ValidatorRegistry.sol";
 import {Assignment} from "./Assignment.sol";
 import {Settlement} from "./Settlement.sol";
-import {Task, Member, GroupResult, Val, SCORE_BPS, SETTLED_PHASE, ABANDONED_PHASE, SCORES, REMOVED, SETTLED_FEE, CLAIMED, BONDED} from "./DinTypes.sol";
+import {Task, Member, GroupResult, GroupVotes, Val, isAccepted, SCORE_BPS, GLOBAL_PHASE, SETTLED_PHASE, ABANDONED_PHASE, SCORES, REMOVED, SETTLED_FEE, CLAIMED, BONDED} from "./DinTypes.sol";
 
-/// @title DIN payouts: subgroup settlement and what each account can claim, run on DinTasks'
-///        storage. A linked library (DinTasks reaches it by DELEGATECALL): its code does not count
+/// @title DIN payouts: subgroup settlement, slashing aggregators, participants' training records and
+///        what each account can claim, run on DinTasks' storage. A linked library (DinTasks reaches it by DELEGATECALL): its code does not count
 ///        against DinTasks' EIP-170 size limit, and its events are emitted by DinTasks.
 library DinPayouts {
     event SubgroupSettled(uint256 indexed taskId, uint256 group, uint256[] participants, bytes scores, uint256 before);
     event ValidatorPenalised(uint256 indexed taskId, address indexed validator, uint256 amount, string reason);
+    event ValidatorSlashed(uint256 indexed taskId, address indexed validator, uint256 round, uint256 amount, string reason);
+    event RecordProven(uint256 indexed taskId, address indexed participant, uint256 records, uint256 before);
+
+    /// @notice DinTasks.slashAggregator once the task is synced, in a phase that allows it and past
+    ///         `round`'s reveals: check the offence and slash (see there).
+    function slashAggregator(
+        Task storage t,
+        Val storage v,
+        mapping(bytes32 => GroupVotes) storage groupVotes,
+        mapping(bytes32 => uint256) storage votes,
+        mapping(bytes32 => bytes32) storage corrected,
+        mapping(bytes32 => bytes32) storage deviant,
+        ValidatorRegistry registry,
+        bytes32 seed,
+        uint256 id,
+        uint256 round,
+        address validator,
+        bytes32 majority
+    ) external {
+        require(v.index1 != 0, "not a validator of this task");
+        require(v.flags & REMOVED == 0, "validator already removed");
+        uint256 per = t.perGroup;
+        uint256 pos = Assignment.permute(Assignment.key(seed, Assignment.VALIDATORS), v.index1 - 1, t.validators);
+        require(pos < uint256(t.groups) * per, "validator not assigned in that round");
+        bytes32 gk = keccak256(abi.encode(id, round, pos / per));
+        GroupVotes storage gv = groupVotes[gk];
+        bytes20 revealed = ((gv.mask >> (pos % per)) & 1) == 1 ? gv.first : bytes20(deviant[keccak256(abi.encode(id, round, validator))]);
+        string memory reason;
+        if (revealed == bytes20(0)) {
+            reason = "did not reveal its aggregate";
+        } else {
+            require(majority != bytes32(0), "validator revealed an aggregate");
+            require(isAccepted(groupVotes, votes, corrected, gk, id, round, pos / per, per, majority), "that result is not the subgroup's accepted one");
+            require(revealed != bytes20(majority), "validator revealed the majority aggregate");
+            // a dispute may still overturn the majority: no minority is slashed before training ends
+            require(corrected[gk] != bytes32(0) || t.phase > GLOBAL_PHASE, "a minority is slashable once training ends");
+            reason = "revealed a minority aggregate";
+        }
+        if (v.flags & SETTLED_FEE != 0) t.goodValidators--; // settled already: the fee is forfeited
+        v.flags = (v.flags | REMOVED) & ~(BONDED | SETTLED_FEE); // the slash burns this task's bond
+        emit ValidatorSlashed(id, validator, round, registry.slash(validator, t.slashAmount), reason);
+    }
+
+    /// @notice DinTasks.proveRecord in a phase that allows it: check each round's accepted result
+    ///         admits member `m`'s update, and record its rounds after those proven before (so the
+    ///         contributors' split is exact).
+    function proveRecord(
+        Task storage t,
+        Member storage m,
+        mapping(uint256 => bytes32) storage seeds,
+        mapping(bytes32 => GroupVotes) storage groupVotes,
+        mapping(bytes32 => uint256) storage votes,
+        mapping(bytes32 => bytes32) storage corrected,
+        uint256 id,
+        uint256[] calldata rounds,
+        bytes[] calldata results
+    ) external {
+        require(m.index1 != 0 && m.index1 <= t.participants, "not a participant of this task");
+        require(m.records == 0, "record already proven");
+        require(rounds.length > 0 && rounds.length == results.length, "give one accepted result per round");
+        uint256 n = t.participants;
+        uint256 g = t.groups;
+        uint256 last = 0;
+        for (uint256 i = 0; i < rounds.length; i++) {
+            uint256 r = rounds[i];
+            require(r > last && r <= t.round, "rounds must increase and be finished");
+            last = r;
+            uint256 pos = Assignment.permute(Assignment.key(seeds[r], Assignment.PARTICIPANTS), m.index1 - 1, n);
+            uint256 group = Assignment.groupOf(pos, n, g);
+            bytes calldata res = results[i];
+            require(res.length > 32, "a result is the aggregate CID and a 32-byte bitmap");
+            require((uint256(bytes32(res[res.length - 32:])) >> (pos - Assignment.groupStart(group, n, g))) & 1 == 1, "that result does not admit your update");
+            require(isAccepted(groupVotes, votes, corrected, keccak256(abi.encode(id, r, group)), id, r, group, t.perGroup, keccak256(res)), "that result is not the subgroup's accepted one");
+        }
+        uint32 before = t.records;
+        m.records = uint16(rounds.length);
+        m.recordsBefore = before;
+        t.records = before + uint32(rounds.length);
+        emit RecordProven(id, msg.sender, rounds.length, before);
+    }
 
     /// @notice Settle subgroup `group` of task `id` (DinTasks.settle checked the phase and that the
     ///         subgroup is unsettled): accept the score vector whose hash a strict majority of the
@@ -28,27 +108,60 @@ library DinPayouts {
         bytes32 seed,
         uint256[] calldata participants,
         address[] calldata validators,
-        bytes calldata scores
+        bytes calldata scores,
+        bytes32 decided
     ) external returns (bool rejected) {
         (bytes20[] memory hashes, uint256 live) = _checkValidators(t, vals, group, validators, seed);
         uint256 size = _checkParticipants(t, group, participants, seed);
         uint256 winner = Settlement.majority(hashes, live); // index + 1, or 0
+        // a dispute committee's vector overrides the subgroup's majority
+        bytes20 w = decided != bytes32(0) ? bytes20(decided) : winner != 0 ? hashes[winner - 1] : bytes20(0);
         bytes memory accepted = scores;
         uint256 sum = 0;
-        if (winner != 0) {
-            require(bytes20(keccak256(scores)) == hashes[winner - 1], "scores differ from the majority's vector");
+        if (w != bytes20(0)) {
+            require(bytes20(keccak256(scores)) == w, "scores differ from the accepted vector");
             rejected = scores.length == 0;
             (sum, ) = scan(scores, scores.length / 2);
         } else {
             require(scores.length == 0, "no strict majority revealed that vector: give no scores");
             accepted = new bytes(2 * size);
         }
+        if (decided == bytes32(0) && w != bytes20(0)) {
+            // validators that disagree leave the first half of the settling phase for a dispute
+            for (uint256 j = 0; j < hashes.length; j++) {
+                if (hashes[j] != w && vals[validators[j]].flags & REMOVED == 0) {
+                    require(block.timestamp + t.durations[8] / 2 >= t.deadline, "the subgroup's validators disagree: it settles in the second half of the settling phase");
+                    break;
+                }
+            }
+        }
         uint64 before = t.totalScore;
         r.scoresHash = keccak256(accepted);
         r.before = before;
         t.totalScore = before + uint64(sum);
         emit SubgroupSettled(id, group, participants, accepted, before);
-        _payValidators(t, vals, registry, id, validators, hashes, winner);
+        _payValidators(t, vals, registry, id, validators, hashes, w);
+    }
+
+    /// @notice Check `validators` are exactly the evaluation assignment's validators in slot order,
+    ///         each with a non-empty wrapped key (DinTasks.postTestSet).
+    function checkEvaluators(Task storage t, mapping(address => Val) storage vals, bytes32 seed, address[] calldata validators, bytes[] calldata wrappedKeys) external view {
+        uint256 k = uint256(t.groups) * t.perGroup;
+        require(validators.length == k && wrappedKeys.length == k, "wrap K to exactly the evaluation validators");
+        bytes32 kv = Assignment.key(seed, Assignment.VALIDATORS);
+        for (uint256 j = 0; j < k; j++) {
+            uint256 i1 = vals[validators[j]].index1;
+            require(i1 != 0 && Assignment.permute(kv, i1 - 1, t.validators) == j, "validator not in this evaluation slot");
+            require(wrappedKeys[j].length > 0, "wrapped key is empty");
+        }
+    }
+
+    /// @notice The score-vector hash a strict majority of evaluation subgroup `group`'s live
+    ///         validators revealed (0: none), as `settle` computes it.
+    function majorityHash(Task storage t, mapping(address => Val) storage vals, uint256 group, address[] calldata validators, bytes32 seed) external view returns (bytes20) {
+        (bytes20[] memory hashes, uint256 live) = _checkValidators(t, vals, group, validators, seed);
+        uint256 winner = Settlement.majority(hashes, live);
+        return winner == 0 ? bytes20(0) : hashes[winner - 1];
     }
 
     /// @notice What `account` can claim from task `t` now (0 before settlement or once claimed);
@@ -79,10 +192,16 @@ library DinPayouts {
                 if (m.index1 != 0 && m.index1 <= t.participants && !m.claimed) amount += _share(t, results, id, seed, m.index1 - 1, pool, total, scores);
                 return amount;
             }
-        } else if (t.phase != ABANDONED_PHASE) {
-            return 0;
+        } else if (t.phase != ABANDONED_PHASE || block.timestamp < t.deadline) {
+            return 0; // abandoned for want of a test set: claims open once participants proved records
         }
-        if (m.ordinal != 0 && !m.claimed) amount += (pool * m.ordinal) / c - (pool * (m.ordinal - 1)) / c;
+        uint256 records = t.records;
+        if (m.claimed) {} else if (records != 0) {
+            // by accepted training record; by first submission when nobody proved one
+            amount += (pool * (m.recordsBefore + m.records)) / records - (pool * m.recordsBefore) / records;
+        } else if (m.ordinal != 0) {
+            amount += (pool * m.ordinal) / c - (pool * (m.ordinal - 1)) / c;
+        }
         if (account == t.owner && !t.ownerClaimed && c == 0) amount += pool;
     }
 
@@ -130,9 +249,9 @@ library DinPayouts {
         }
     }
 
-    /// @dev With a majority, pay it and slash the rest; without, slash only the silent.
-    function _payValidators(Task storage t, mapping(address => Val) storage vals, ValidatorRegistry registry, uint256 id, address[] calldata validators, bytes20[] memory hashes, uint256 winner) private {
-        bytes20 w = winner == 0 ? bytes20(0) : hashes[winner - 1];
+    /// @dev With an accepted vector `w`, pay who revealed it and slash the rest; without, slash only
+    ///      the silent.
+    function _payValidators(Task storage t, mapping(address => Val) storage vals, ValidatorRegistry registry, uint256 id, address[] calldata validators, bytes20[] memory hashes, bytes20 w) private {
         for (uint256 j = 0; j < validators.length; j++) {
             address va = validators[j];
             Val storage v = vals[va];
@@ -140,7 +259,7 @@ library DinPayouts {
             string memory reason;
             if (hashes[j] == bytes20(0)) {
                 reason = "did not reveal scores";
-            } else if (winner == 0) {
+            } else if (w == bytes20(0)) {
                 continue; // no majority: no fee, no slash
             } else if (hashes[j] != w) {
                 reason = "revealed a minority score vector";

@@ -7,13 +7,14 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {ValidatorRegistry} from "./ValidatorRegistry.sol";
 import {Assignment} from "./Assignment.sol";
 import {DinPayouts} from "./DinPayouts.sol";
-import {Task, Member, GroupResult, Val, SCORE_BPS, SCORES, REMOVED, SETTLED_FEE, CLAIMED, BONDED} from "./DinTypes.sol";
+import {Task, Member, GroupResult, GroupVotes, Val, isAccepted, voteCount, SCORE_BPS, SCORES, REMOVED, SETTLED_FEE, CLAIMED, BONDED} from "./DinTypes.sol";
 
 /// @title DIN tasks: the "intelligence contract" of every federated-learning task, one id per task.
 /// @notice Lifecycle of a task (phase numbers in brackets):
 ///   Joining [1] -> per round: Training [2] -> AggCommit [3] -> AggReveal [4] -> Global [5]
 ///   -> after the last round: TestSet [6] -> ScoreCommit [7] -> ScoreReveal [8] -> Settling [9]
-///   -> Settled [10] (claims). Abandoned [11] is the refund path. Settling has a deadline too:
+///   -> Settled [10] (claims). Abandoned [11] is the refund path (without a test set, after a
+///   window of the settling duration in which participants prove their records). Settling has a deadline too:
 ///   subgroups nobody settled by then score 0 (settle is permissionless).
 ///   Every phase ends at its deadline OR as soon as everyone expected has acted; any call
 ///   (including the permissionless `advance`) first moves a task past expired deadlines.
@@ -80,15 +81,7 @@ contract DinTasks is ReentrancyGuard {
     /// @dev True once a subgroup's strict majority rejected the test set (see `settle`); SubgroupSettled
     ///      with no scores says it in the log.
     mapping(uint256 => bool) internal _rejected;
-    /// @dev The first CID digest revealed in a subgroup of a round, how many revealed it, and which
-    ///      slots (bit j = slot j) did; keyed keccak(task, round, group).
-    ///      `gone` counts the slots markGone took out: a strict majority of the other slots decides.
-    struct GroupVotes {
-        bytes20 first;
-        uint8 count;
-        uint64 mask;
-        uint8 gone;
-    }
+    /// @dev Each subgroup's votes in each round (DinTypes.GroupVotes), keyed keccak(task, round, group).
     mapping(bytes32 => GroupVotes) internal _groupVotes;
     /// @dev keccak(task, round, validator) -> its slot in that round was counted out by markGone.
     mapping(bytes32 => bool) internal _gone;
@@ -110,7 +103,6 @@ contract DinTasks is ReentrancyGuard {
     event AggregateCommitted(uint256 indexed taskId, uint256 indexed round, address indexed validator, uint256 group);
     event AggregateRevealed(uint256 indexed taskId, uint256 indexed round, address indexed validator, uint256 group, bytes cid);
     event SubgroupAccepted(uint256 indexed taskId, uint256 indexed round, uint256 group, bytes cid);
-    event ValidatorSlashed(uint256 indexed taskId, address indexed validator, uint256 round, uint256 amount, string reason);
     event GlobalModelPosted(uint256 indexed taskId, uint256 indexed round, bytes cid);
     event GlobalModelAttested(uint256 indexed taskId, uint256 indexed round, address indexed validator);
     event GlobalModelAccepted(uint256 indexed taskId, uint256 indexed round, bytes cid);
@@ -265,8 +257,10 @@ contract DinTasks is ReentrancyGuard {
         if (acted == t.participants) _advance(id, t);
     }
 
-    /// @notice Commit keccak256(cid ‖ salt ‖ sender) of your subgroup's aggregate (assigned validators;
-    ///         the first 160 bits are kept).
+    /// @notice Commit keccak256(result ‖ salt ‖ sender) of your subgroup's result (assigned validators;
+    ///         the first 160 bits are kept). A result is the aggregate's CID followed by the 32-byte
+    ///         bitmap of the subgroup positions whose update it admitted (bit k = position k), so a
+    ///         majority agrees on both, and participants prove their records with it (proveRecord).
     function commitAggregate(uint256 id, bytes32 commitment) external {
         Task storage t = _sync(id);
         require(t.phase == AGG_COMMIT, "not in the aggregation commit phase");
@@ -284,7 +278,8 @@ contract DinTasks is ReentrancyGuard {
         if (c == slots || c + t.goneSlots == slots) _advance(id, t);
     }
 
-    /// @notice Reveal the aggregate CID committed to; a CID revealed by a strict majority is accepted.
+    /// @notice Reveal the result committed to (`cid` is the result bytes); a result revealed by a
+    ///         strict majority is accepted.
     function revealAggregate(uint256 id, bytes calldata cid, bytes32 salt) external {
         Task storage t = _sync(id);
         require(t.phase == AGG_REVEAL, "not in the aggregation reveal phase");
@@ -351,32 +346,7 @@ contract DinTasks is ReentrancyGuard {
         Task storage t = _sync(id);
         require(t.phase <= SETTLING, "task has ended: too late to slash");
         require(round >= 1 && (round < t.round || (round == t.round && t.phase >= GLOBAL)), "round not revealed yet");
-        Val storage v = _vals[id][validator];
-        require(v.index1 != 0, "not a validator of this task");
-        require(v.flags & REMOVED == 0, "validator already removed");
-        uint256 per = t.perGroup;
-        uint256 pos = Assignment.permute(Assignment.key(_seedOf(id, round), Assignment.VALIDATORS), v.index1 - 1, t.validators);
-        require(pos < uint256(t.groups) * per, "validator not assigned in that round");
-        bytes32 gk = keccak256(abi.encode(id, round, pos / per));
-        GroupVotes storage gv = _groupVotes[gk];
-        bytes20 revealed = ((gv.mask >> (pos % per)) & 1) == 1 ? gv.first : bytes20(_deviant[keccak256(abi.encode(id, round, validator))]);
-        string memory reason;
-        if (revealed == bytes20(0)) {
-            reason = "did not reveal its aggregate";
-        } else {
-            require(majority != bytes32(0), "validator revealed an aggregate");
-            bytes32 right = _corrected[gk];
-            if (right == bytes32(0)) {
-                require(_count(gk, id, round, pos / per, majority) > (per - _groupVotes[gk].gone) / 2, "no majority for that CID in the subgroup");
-            } else {
-                require(majority == right, "a dispute decided another CID");
-            }
-            require(revealed != bytes20(majority), "validator revealed the majority aggregate");
-            // a dispute may still overturn the majority: no minority is slashed before training ends
-            require(right != bytes32(0) || t.phase > GLOBAL, "a minority is slashable once training ends");
-            reason = "revealed a minority aggregate";
-        }
-        _slash(id, t, v, validator, round, reason);
+        DinPayouts.slashAggregator(t, _vals[id][validator], _groupVotes, votes, _corrected, _deviant, registry, _seedOf(id, round), id, round, validator, majority);
     }
 
     /// @notice Propose the round's global model (model owner, in the global phase; may re-propose).
@@ -420,14 +390,7 @@ contract DinTasks is ReentrancyGuard {
         require(msg.sender == t.owner, "only the model owner");
         require(t.phase == TEST_SET, "not in the test set phase");
         require(cid.length > 0, "CID is empty");
-        uint256 k = uint256(t.groups) * t.perGroup;
-        require(validators.length == k && wrappedKeys.length == k, "wrap K to exactly the evaluation validators");
-        bytes32 kv = Assignment.key(roundSeed[id][EVAL_ROUND], Assignment.VALIDATORS);
-        for (uint256 j = 0; j < k; j++) {
-            uint256 i1 = _vals[id][validators[j]].index1;
-            require(i1 != 0 && Assignment.permute(kv, i1 - 1, t.validators) == j, "validator not in this evaluation slot");
-            require(wrappedKeys[j].length > 0, "wrapped key is empty");
-        }
+        DinPayouts.checkEvaluators(t, _vals[id], roundSeed[id][EVAL_ROUND], validators, wrappedKeys);
         t.testSet = keccak256(cid);
         emit TestSetPosted(id, cid, validators, wrappedKeys);
         _advance(id, t);
@@ -492,28 +455,54 @@ contract DinTasks is ReentrancyGuard {
         require(group < t.groups, "no such subgroup");
         GroupResult storage r = groupResults[keccak256(abi.encode(id, group))];
         require(r.scoresHash == bytes32(0), "subgroup already settled");
-        if (DinPayouts.settle(t, _vals[id], r, registry, id, group, roundSeed[id][EVAL_ROUND], participants, validators, scores)) _rejected[id] = true;
+        bytes32 decided = _corrected[keccak256(abi.encode(id, EVAL_ROUND, group))];
+        if (DinPayouts.settle(t, _vals[id], r, registry, id, group, roundSeed[id][EVAL_ROUND], participants, validators, scores, decided)) _rejected[id] = true;
         if (++t.settledGroups == t.groups) _advance(id, t);
+    }
+
+    /// @notice Prove your accepted training record in task `id` (participants, once, from the test
+    ///         set phase until settlement, or until the deadline of a task abandoned for want of a
+    ///         test set): for each of `rounds` (increasing), the accepted result of your subgroup,
+    ///         `results[i]` (the aggregate CID followed by the 32-byte bitmap of the subgroup positions
+    ///         whose update it admitted, bit k = position k), with your bit set. When the test set is
+    ///         withheld or rejected, the participants' pool is split by these records.
+    function proveRecord(uint256 id, uint256[] calldata rounds, bytes[] calldata results) external {
+        Task storage t = _sync(id);
+        uint8 phase = t.phase;
+        require((phase >= TEST_SET && phase <= SETTLING) || (phase == ABANDONED && block.timestamp < t.deadline), "records are proven from the test set phase until settlement");
+        DinPayouts.proveRecord(t, _members[id][msg.sender], roundSeed[id], _groupVotes, votes, _corrected, id, rounds, results);
     }
 
     // ------------------------------------------------------------------ disputes (DinDisputes only)
 
     /// @notice Dispute hook (DinDisputes only). `open`: freeze task `id` for a dispute of subgroup
     ///         `group`'s aggregate of `round`, which must be the CID with `digest` accepted by a strict
-    ///         majority: phase DISPUTED, where every phase's action reverts and no deadline runs. Only
-    ///         while training (the caller `advance`s first), one dispute at a time; returns the round.
+    ///         majority: phase DISPUTED, where every phase's action reverts and no deadline runs. Until
+    ///         the task settles (the caller `advance`s first), one dispute at a time; returns the round.
     ///         Not `open`: unfreeze, giving the phase back the time the dispute took; with `digest` != 0
     ///         the committee overturned the subgroup's aggregate: `digest` becomes its majority
     ///         (slashAggregator then slashes the rest) and the task replays from the model `round`
     ///         started from under a new round number (the next `advance`), lastRound extended by the
-    ///         rounds discarded.
+    ///         rounds discarded; once training is over nothing replays (the liars are still slashed
+    ///         and `din verify` shows the corrected result).
+    ///         Round 0 (EVAL_ROUND) disputes evaluation subgroup `group`'s majority score vector
+    ///         (hash `digest`), while the task settles and before that subgroup settles; overturned,
+    ///         `digest` is the committee's vector, which `settle` then accepts (slashing every
+    ///         validator of the subgroup that revealed another), and nothing replays.
     function dispute(uint256 id, uint256 round, uint256 group, bytes32 digest, bool open) external returns (uint256) {
         require(msg.sender == disputes, "only the dispute contract");
         Task storage t = _tasks[id];
         bytes32 gk = keccak256(abi.encode(id, round, group));
         if (open) {
-            require(t.phase <= GLOBAL, "not in training"); // the caller advanced it: deadlines hold
-            require(_count(gk, id, round, group, digest) > (t.perGroup - _groupVotes[gk].gone) / 2, "CID is not the accepted one");
+            // the caller advanced it: deadlines hold
+            require(_corrected[gk] == bytes32(0), "a dispute already decided that subgroup");
+            if (round == EVAL_ROUND) {
+                // the caller checked `digest` is the subgroup's majority score vector (scoreMajority)
+                require(t.phase == SETTLING && groupResults[keccak256(abi.encode(id, group))].scoresHash == bytes32(0), "scores are disputed while their subgroup is unsettled");
+            } else {
+                require(t.phase <= SETTLING, "not disputable in this phase");
+                require(voteCount(_groupVotes[gk], votes, id, round, group, digest) > (t.perGroup - _groupVotes[gk].gone) / 2, "CID is not the accepted one");
+            }
             _frozen[id] = (block.timestamp << 8) | t.phase;
             t.phase = DISPUTED;
             return t.round;
@@ -526,11 +515,20 @@ contract DinTasks is ReentrancyGuard {
         _frozen[id] = 0;
         if (digest == bytes32(0)) return t.round;
         _corrected[gk] = digest;
+        // scores: settle takes the committee's vector; an aggregate after training: the committee's
+        // CID is the subgroup's majority (slashAggregator slashes the rest), and nothing replays
+        if (round == EVAL_ROUND || uint8(f) > GLOBAL) return t.round;
         t.lastRound += t.round - uint16(round) + 1; // the rounds discarded
         t.model = _roundModel[id][round];
         t.phase = GLOBAL; // expired: the next call starts the new round from t.model
         t.deadline = 0;
         return t.round;
+    }
+
+    /// @notice The score-vector hash a strict majority of evaluation subgroup `group`'s live
+    ///         validators (`validators`, in slot order) revealed, as `settle` computes it (0: none).
+    function scoreMajority(uint256 id, uint256 group, address[] calldata validators) external view returns (bytes20) {
+        return DinPayouts.majorityHash(_tasks[id], _vals[id], group, validators, roundSeed[id][EVAL_ROUND]);
     }
 
     /// @dev What DinDisputes reads of a task.
@@ -549,12 +547,6 @@ contract DinTasks is ReentrancyGuard {
     function disputeView(uint256 id) external view returns (DisputeView memory r) {
         Task storage t = _tasks[id];
         r = DisputeView(t.round, t.validators, t.groups, t.perGroup, t.slashAmount, t.durations[2], t.durations[3]);
-    }
-
-    /// @dev How many validators of a subgroup (gk = keccak(id, round, group)) revealed `digest`.
-    function _count(bytes32 gk, uint256 id, uint256 round, uint256 group, bytes32 digest) internal view returns (uint256) {
-        GroupVotes storage gv = _groupVotes[gk];
-        return bytes20(digest) == gv.first ? gv.count : votes[keccak256(abi.encode(id, round, group, digest))];
     }
 
     // ------------------------------------------------------------------ claims
@@ -594,8 +586,10 @@ contract DinTasks is ReentrancyGuard {
     ///         a participant gives its subgroup's settled scores.
     /// @dev Settled: each validator that earned a fee gets fees / good; the participants' pool is the
     ///      rest of the deposit (fee dust included), split by accepted score; with a total score of 0,
-    ///      or a test set a subgroup rejected, the pool goes to the contributors as in an abandoned
-    ///      task. The owner gets something back only when nobody contributed an update.
+    ///      a test set a subgroup rejected, or none posted (abandoned, once its proof window ends),
+    ///      the pool goes to the contributors by the training records they proved (proveRecord), or
+    ///      by first submission when nobody proved one. The owner gets something back only when
+    ///      nobody contributed an update.
     function claimable(uint256 id, address account, bytes calldata scores) public view returns (uint256) {
         return DinPayouts.claimable(_tasks[id], _members[id][account], _vals[id][account], groupResults, _rejected[id], id, roundSeed[id][EVAL_ROUND], account, scores);
     }
@@ -645,13 +639,6 @@ contract DinTasks is ReentrancyGuard {
         emit BondReleased(id, validator);
         registry.unbond(validator, t.slashAmount);
         return true;
-    }
-
-    function _slash(uint256 id, Task storage t, Val storage v, address validator, uint256 round, string memory reason) internal {
-        if (v.flags & SETTLED_FEE != 0) t.goodValidators--; // settled already: the fee is forfeited
-        v.flags = (v.flags | REMOVED) & ~(BONDED | SETTLED_FEE); // the slash burns this task's bond
-        uint256 burnt = registry.slash(validator, t.slashAmount);
-        emit ValidatorSlashed(id, validator, round, burnt, reason);
     }
 
     /// @dev Apply expired deadlines (and phases already complete), then return the task.
@@ -779,10 +766,13 @@ contract DinTasks is ReentrancyGuard {
         require(uint256(s) >> 64 != PENDING >> 64, "seed not drawn yet: retry");
     }
 
+    /// @dev Abandon the task. Abandoned for want of a test set, its deadline ends the window in which
+    ///      participants prove their records (the settling duration); claims open after it.
     function _abandon(uint256 id, Task storage t, string memory reason) internal {
+        uint64 until = uint64(block.timestamp) + (t.phase == TEST_SET ? t.durations[SETTLING - 1] : 0);
         t.phase = ABANDONED;
-        t.deadline = type(uint64).max;
+        t.deadline = until;
         emit TaskAbandoned(id, reason);
-        emit PhaseChanged(id, t.round, ABANDONED, type(uint64).max);
+        emit PhaseChanged(id, t.round, ABANDONED, until);
     }
 }

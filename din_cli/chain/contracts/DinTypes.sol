@@ -5,6 +5,7 @@ pragma solidity 0.8.30;
 // DinTasks' storage (by DELEGATECALL). The artifact's `structs.Task` layout names Task's fields.
 
 uint256 constant SCORE_BPS = 10000; // scores and fees are basis points
+uint8 constant GLOBAL_PHASE = 5;
 uint8 constant SETTLED_PHASE = 10;
 uint8 constant ABANDONED_PHASE = 11;
 
@@ -47,6 +48,7 @@ struct Task {
     uint64 totalScore; // sum of accepted scores (settlement)
     bool ownerClaimed;
     uint24 goneSlots; // this round's slots held by removed validators, counted by markGone (out of the majorities)
+    uint32 records; // accepted training records participants proved (proveRecord): the contributors' split
     // slots
     uint128 deposit;
     bytes32 arch;
@@ -60,8 +62,45 @@ struct Task {
 struct Member {
     uint32 index1; // index + 1 (0 = not a member)
     uint16 lastRound; // last round with an update
-    uint32 ordinal; // contributor ordinal (1-based), for the abandoned-task split
+    uint32 ordinal; // contributor ordinal (1-based): the contributors' split when nobody proved a record
     bool claimed;
+    uint16 records; // rounds whose accepted subgroup result admitted its update (proveRecord)
+    uint32 recordsBefore; // records proved before this member's: its share of the split is exact
+}
+
+/// @dev The first result digest revealed in a subgroup of a round, how many revealed it, and which
+///      slots (bit j = slot j) did; keyed keccak(task, round, group).
+///      `gone` counts the slots markGone took out: a strict majority of the other slots decides.
+struct GroupVotes {
+    bytes20 first;
+    uint8 count;
+    uint64 mask;
+    uint8 gone;
+}
+
+/// @dev Whether `digest` is subgroup `group`'s accepted result of `round` (gk = keccak(id, round,
+///      group)): the one a dispute committee decided where it overturned the subgroup, else the one a
+///      strict majority of the subgroup's slots not counted out revealed.
+function isAccepted(
+    mapping(bytes32 => GroupVotes) storage groupVotes,
+    mapping(bytes32 => uint256) storage votes,
+    mapping(bytes32 => bytes32) storage corrected,
+    bytes32 gk,
+    uint256 id,
+    uint256 round,
+    uint256 group,
+    uint256 per,
+    bytes32 digest
+) view returns (bool) {
+    bytes32 right = corrected[gk];
+    if (right != bytes32(0)) return digest == right;
+    GroupVotes storage gv = groupVotes[gk];
+    return voteCount(gv, votes, id, round, group, digest) > (per - gv.gone) / 2;
+}
+
+/// @dev How many validators of a subgroup revealed `digest`.
+function voteCount(GroupVotes storage gv, mapping(bytes32 => uint256) storage votes, uint256 id, uint256 round, uint256 group, bytes32 digest) view returns (uint256) {
+    return bytes20(digest) == gv.first ? gv.count : votes[keccak256(abi.encode(id, round, group, digest))];
 }
 
 /// @dev A settled subgroup: the hash of its accepted scores (position order) and the running
