@@ -362,19 +362,23 @@ def test_stakers_joining_after_the_filing_are_never_drawn(net):
     assert din.resolve_dispute(dev, did)["state"] == "upheld"
 
 
-def _to_scores(t: Task, liars=(), lie=(10000, 0, 0), truth=(3000, 3000, 4000)):
+def _to_scores(t: Task, liars=(), lie=(10000, 0, 0), truth=(3000, 3000, 4000), silent=()):
     """One round trained and accepted, the test set posted, and the evaluation subgroup's
-    validators at slots ``liars`` revealing ``lie`` while the rest reveal ``truth``: SETTLING."""
+    validators at slots ``liars`` revealing ``lie``, those at ``silent`` nothing, and the rest
+    ``truth``: SETTLING."""
     din = t.din
     t.aggregate(1)
     t.globalise(1)
     assert t.info().phase == "test-set"
     slots = [{v.address: v for v in t.vals}[a] for a in din.members(t.task, 0, 0)["validators"]]
     din.post_test_set(t.owner, t.task, cid("test-set"), {v.address: b"k" for v in slots})
-    for j, v in enumerate(slots):
-        din.commit_scores(v, t.task, lie if j in liars else truth)
-    for j, v in enumerate(slots):
-        din.reveal_scores(v, t.task, lie if j in liars else truth)
+    for step in (din.commit_scores, din.reveal_scores):
+        for j, v in enumerate(slots):
+            if j not in silent:
+                step(v, t.task, lie if j in liars else truth)
+        if t.info().phase == "score-commit":  # the silent one let the commit window run out
+            t.chain.advance_time(SPAN + 1)
+            din.advance(t.dev, t.task)
     assert t.info().phase == "settling"
     return slots
 
@@ -430,6 +434,35 @@ def test_a_colluding_evaluation_majority_is_overturned_and_slashed_at_settlement
     expect = {t.parts[i].address: pool * by_index[i] // 10000 for i in by_index}
     assert all(abs(paid[a] - expect[a]) <= 1 for a in expect)  # by the honest scores
     assert sum(paid.values()) + sum(fees) == DEPOSIT
+
+
+def test_a_split_evaluation_subgroup_without_a_majority_is_decided_by_a_dispute(net):
+    """Old: two liars, two honest and one silent validator left no strict majority, so every
+    participant of the subgroup scored 0 and the liars went unpunished. New: the subgroup waits
+    for the window, the honest file with any revealed vector named, and the committee decides."""
+    chain, dev, din, _ = net
+    t = Task(net, max_rounds=1)
+    lie, truth = [0, 0, 10000], [3000, 3000, 4000]
+    slots = _to_scores(t, liars=(0, 1), lie=lie, truth=truth, silent=(4,))
+    assert din.score_majority(t.task, 0)[2] is None
+    with reverts("validators disagree"):
+        din.settle(dev, t.task)
+    did = din.file_score_dispute(slots[2], t.task, 0, truth)
+    chain.advance_time(1)
+    committee = din.draw_committee(dev, did)
+    stakers = t.net[3]
+    for step in (din.dispute_commit, din.dispute_reveal):
+        for m in committee:
+            step(stakers[m], did, b"", scores=truth)
+    assert din.resolve_dispute(dev, did)["state"] == "upheld"
+    stakes = {v.address: din.validator_info(v.address).stake for v in slots}
+    din.settle(dev, t.task)
+    assert din.settlement_results(t.task) == {
+        t.parts[i].address: s for i, s in zip(din.score_majority(t.task, 0)[0], truth, strict=True)
+    }
+    for j, v in enumerate(slots):  # the liars and the silent one slashed, the honest two not
+        cut = SLASH if j in (0, 1, 4) else 0
+        assert din.validator_info(v.address).stake == stakes[v.address] - cut
 
 
 def test_a_subgroup_that_disagrees_settles_in_the_second_half_without_a_dispute(net):

@@ -928,15 +928,14 @@ class Din:
     def settle_opens(self, task_id: int, group: int) -> int:
         """The chain time from which evaluation subgroup ``group`` can settle (0: at once).
 
-        At once when a dispute decided its vector, when it has no majority, or when every
-        live validator revealed the majority's vector; a subgroup whose validators disagree
-        settles in the second half of the settling phase, so the minority can file a dispute.
+        At once when a dispute decided its vector or when every live validator revealed the
+        majority's vector (or, without a majority, none revealed); a subgroup whose validators
+        disagree settles in the second half of the settling phase, so the outvoted (or, with
+        no majority, either side) can file a dispute.
         """
         if self.decided_scores(task_id, group) is not None:
             return 0
         _, chosen, winner = self.score_majority(task_id, group)
-        if winner is None:
-            return 0
         revealed = self.scores_revealed(task_id)
         if all(self.removed(task_id, a) or revealed.get(a) == winner for a in chosen):
             return 0
@@ -955,13 +954,18 @@ class Din:
 
     def file_score_dispute(self, account, task_id: int, group: int, scores: Sequence[int]) -> int:
         """Dispute evaluation subgroup ``group``'s majority score vector, claiming ``scores`` ([]:
-        the test set should be rejected); the dispute id. Escrows the task's slash amount."""
-        _, validators, winner = self.score_majority(task_id, group)
+        the test set should be rejected); the dispute id. Escrows the task's slash amount.
+
+        With no strict majority (the subgroup would score 0) the named vector is the first
+        revealed one that is not ``scores``, else the zeros it would settle with.
+        """
+        participants, validators, winner = self.score_majority(task_id, group)
         if winner is None:
-            raise NotFoundError(
-                f"task {task_id}: evaluation subgroup {group} has no majority score vector",
-                "only a strict majority's vector can be disputed",
-            )
+            revealed = self.scores_revealed(task_id)
+            others = [
+                revealed[a] for a in validators if revealed.get(a) not in (None, list(scores))
+            ]
+            winner = others[0] if others else [0] * len(participants)
         bond = self.task_info(task_id).slash_amount
         self._ensure_allowance(account, self.disputes.address, bond)
         fn = self.disputes.functions.fileScores(

@@ -195,15 +195,10 @@ def _file_scores(ctx, task_id: int, group: int, info) -> dict:
             f"{ctx.address} is not an evaluation validator of task {task_id}: it holds no test-set key",
             "file with the key of a validator that scored",
         )
-    _, _, winner = d.score_majority(task_id, group)
-    if winner is None:
-        raise NotFoundError(
-            f"task {task_id}: evaluation subgroup {group} has no majority score vector",
-            "nothing to dispute: its participants score 0",
-        )
+    participants, _, winner = d.score_majority(task_id, group)
     with ctx.workdir() as work:
         mine = score_subgroup(ctx, task_id, group, work)
-    if list(mine) == list(winner):
+    if list(mine) == list(winner if winner is not None else [0] * len(participants)):
         raise UsageError(
             f"task {task_id} evaluation subgroup {group}: the majority's scores recompute exactly",
             "nothing to dispute",

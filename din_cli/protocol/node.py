@@ -675,10 +675,13 @@ class Node:
         key = (task_id, ident.address, "dispute-scores", group)
         if key in self._refused:
             return False
-        _, _, winner = d.score_majority(task_id, group)
-        mine = d.scores_revealed(task_id).get(ident.address)
-        if winner is None or mine is None or list(mine) == list(winner):
+        _, validators, winner = d.score_majority(task_id, group)
+        revealed = d.scores_revealed(task_id)
+        mine = revealed.get(ident.address)
+        if mine is None or (winner is not None and list(mine) == list(winner)):
             return False
+        if winner is None and all(revealed.get(a) in (None, mine) for a in validators):
+            return False  # no majority only for want of reveals: nobody revealed otherwise
         if any(o["round"] == 0 and o["group"] == group for o in d.disputes_of(task_id)):
             return False  # filed already (by it or another)
 

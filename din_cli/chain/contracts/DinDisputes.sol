@@ -115,14 +115,17 @@ contract DinDisputes is ReentrancyGuard {
 
     /// @notice Dispute evaluation subgroup `group`'s majority score vector `acceptedScores` (packed
     ///         as DinTasks.revealScores takes them; `validators`: the subgroup's evaluation
-    ///         validators in slot order) in task `taskId`, claiming `scores` (empty: the test set
-    ///         should be rejected), while the task settles and before that subgroup settles. The
+    ///         validators in slot order; with no strict majority, a vector some of them revealed)
+    ///         in task `taskId`, claiming `scores` (empty: the test set should be rejected), while
+    ///         the task settles and before that subgroup settles. The
     ///         committee recomputes the scores (K and the updates' keys are granted to it); upheld,
     ///         `settle` accepts its vector and slashes every validator of the subgroup that revealed
     ///         another. Returns the dispute id; its round is 0.
     function fileScores(uint256 taskId, uint256 group, bytes calldata acceptedScores, bytes calldata scores, address[] calldata validators) external nonReentrant returns (uint256 id) {
         tasks.advance(taskId);
-        require(tasks.scoreMajority(taskId, group, validators) == bytes20(keccak256(acceptedScores)), "those scores are not the subgroup's majority vector");
+        bytes20 majority = tasks.scoreMajority(taskId, group, validators);
+        // with no majority (a 2-2 split, say) the subgroup would score 0: any vector may be named
+        require(majority == bytes20(0) || majority == bytes20(keccak256(acceptedScores)), "those scores are not the subgroup's majority vector");
         return _file(taskId, 0, group, acceptedScores, scores);
     }
 

@@ -126,8 +126,9 @@ library DinPayouts {
             require(scores.length == 0, "no strict majority revealed that vector: give no scores");
             accepted = new bytes(2 * size);
         }
-        if (decided == bytes32(0) && w != bytes20(0)) {
-            // validators that disagree leave the first half of the settling phase for a dispute
+        if (decided == bytes32(0)) {
+            // validators that disagree (no majority included) leave the first half of the
+            // settling phase for a dispute
             for (uint256 j = 0; j < hashes.length; j++) {
                 if (hashes[j] != w && vals[validators[j]].flags & REMOVED == 0) {
                     require(block.timestamp + t.durations[8] / 2 >= t.deadline, "the subgroup's validators disagree: it settles in the second half of the settling phase");
