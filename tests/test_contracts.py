@@ -324,15 +324,19 @@ def test_minority_revealer_slashed_when_majority_exists(deployed):
     for v, tag in ((a, "agg"), (b, "agg"), (liar, "bad")):
         din.reveal_aggregate(v, task, cid(tag))
     assert din.accepted_aggregates(task, 1) == {0: cid("agg")}
-    # while training, a dispute may still overturn the majority: the minority is not slashable yet
+    # until the task settles a dispute may still overturn the majority: the minority is safe
     assert din.slashable_aggregators(task, 1) == []
-    with reverts("a minority is slashable once training ends"):
+    with reverts("a minority is slashable once the task settles"):
         din.slash_aggregator(dev, task, 1, liar.address)
     w.globalise(1)
     w.train(2)
     w.aggregate(2)
     w.globalise(2)
-    assert w.info().phase == "test-set"
+    assert w.info().phase == "test-set"  # aggregates are still disputable: the minority too safe
+    assert din.slashable_aggregators(task, 1) == []
+    w.post_test_set()
+    score_round(w, lambda v, g, honest: honest)
+    assert w.info().phase == "settling"
     assert din.slashable_aggregators(task, 1) == [liar.address]
     assert din.slash_aggregator(dev, task, 1, liar.address) > 0
     with reverts("validator revealed the majority aggregate"):
@@ -738,6 +742,9 @@ def test_evaluation_nobody_reveals_pays_the_contributors_and_slashes(world):
     assert penalised == {v.address for v in assigned}
     with reverts("nothing to claim"):
         din.claim(world.owner, task)
+    with reverts("nothing to claim"):  # the contributors' split waits for the records' window
+        din.claim(world.parts[0], task)
+    world.chain.advance_time(world.info().deadline - world.chain.now())
     paid = [din.claim(p, task) for p in world.parts]
     assert sum(paid) == DEPOSIT and max(paid) - min(paid) <= 1
 

@@ -179,10 +179,13 @@ def test_a_minority_aggregate_is_slashed_when_reported_and_the_validator_is_out(
     liar = w.assigned()[0]
     w.aggregate_all(cids={liar.name: roundflow.current_model(w.ctx(), w.task)})  # the genesis model
     assert w.phase() == "global-model"  # the honest two-of-three majority was accepted
-    # while the task trains a dispute may still overturn the majority: nothing to report yet
+    # until the task settles a dispute may still overturn the majority: nothing to report yet
     assert rewards.slash_aggregators(w.ctx(w.parts[0]), w.task, [1]) == []
     w.finalize_and_attest()
     assert w.phase() == "test-set"
+    assert rewards.slash_aggregators(w.ctx(w.parts[0]), w.task, [1]) == []
+    w.evaluate_all()
+    assert w.phase() == "settling"
     reported = rewards.slash_aggregators(w.ctx(w.parts[0]), w.task, [1])  # anyone may report it
     assert [(s["validator"], s["round"]) for s in reported] == [(liar.address, 1)]
     assert rewards.slash_aggregators(w.ctx(w.parts[0]), w.task, [1]) == []  # never twice

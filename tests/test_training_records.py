@@ -105,7 +105,8 @@ def test_a_result_carries_the_admitted_bitmap_after_the_cid():
     cid = bytes.fromhex("01551220") + bytes(range(32))
     assert encode_result(cid, 0b101)[-32:] == (5).to_bytes(32, "big")
     assert split_result(encode_result(cid, 5)) == (cid, 5)
-    assert split_result(b"short") == (b"short", 0)  # sent to the contract directly: matches nothing
+    assert split_result(b"short") == (b"short", None)  # sent to the contract directly
+    assert encode_result(b"short", None) == b"short"  # its own bytes: it can still be disputed
     assert admitted_positions(admitted_bitmap([0, 3, 255])) == [0, 3, 255]
     with pytest.raises(InputError):
         admitted_bitmap([256])

@@ -278,13 +278,16 @@ def cid_digest(cid: bytes) -> bytes:
     return _keccak(bytes(cid))
 
 
-def encode_result(cid: bytes, admitted: int = 0) -> bytes:
+def encode_result(cid: bytes, admitted: int | None = 0) -> bytes:
     """A subgroup result as validators commit and reveal it: the aggregate's binary CID, then the
     32-byte big-endian bitmap of the subgroup positions whose update it admitted (bit k = position k).
 
     One digest binds both, so a majority agrees on the aggregate and on whom it
     admitted, and each participant can prove its admitted rounds (``prove_record``).
+    ``admitted`` None: ``cid`` is a result too short to carry a bitmap, as revealed.
     """
+    if admitted is None:
+        return bytes(cid)
     if not 0 <= int(admitted) < 1 << 256:
         raise InputError(
             f"admitted bitmap {admitted} is out of range", "give at most 256 positions"
@@ -292,12 +295,13 @@ def encode_result(cid: bytes, admitted: int = 0) -> bytes:
     return _cid(cid) + int(admitted).to_bytes(32, "big")
 
 
-def split_result(raw: bytes) -> tuple[bytes, int]:
+def split_result(raw: bytes) -> tuple[bytes, int | None]:
     """``(CID, admitted bitmap)`` of a revealed result; a result too short to carry a bitmap
-    (sent to the contract directly) is ``(raw, 0)`` and matches no honest one."""
+    (sent to the contract directly) is ``(raw, None)``: it matches no honest one, admits
+    nobody, and ``encode_result`` gives its bytes back (so it can still be disputed)."""
     raw = bytes(raw)
     if len(raw) <= 32:
-        return raw, 0
+        return raw, None
     return raw[:-32], int.from_bytes(raw[-32:], "big")
 
 
@@ -316,9 +320,9 @@ def admitted_bitmap(positions) -> int:
     return out
 
 
-def admitted_positions(bitmap: int) -> list[int]:
-    """The subgroup positions set in ``bitmap``."""
-    return [k for k in range(256) if bitmap >> k & 1]
+def admitted_positions(bitmap: int | None) -> list[int]:
+    """The subgroup positions set in ``bitmap`` (None: a result without one)."""
+    return [k for k in range(256) if bitmap and bitmap >> k & 1]
 
 
 def _require_drawn(rnd: RoundInfo) -> None:
@@ -788,7 +792,7 @@ class Din:
 
         Every round's record stays on chain until the task is settled, so any past
         round's liars are slashable; only validators already removed are skipped.
-        A minority becomes slashable once training is over (until then a dispute may
+        A minority becomes slashable once the task settles (until then a dispute may
         overturn the majority), or at once where a dispute committee decided the CID.
         By convention a subgroup without updates aggregates to the round's starting
         global model, so its validators can reveal and are not slashed.
@@ -798,8 +802,10 @@ class Din:
         phase = self.task_info(task_id).phase
         if phase == "disputed":  # frozen: slashAggregator reverts until the dispute is resolved
             return []
-        if PHASE_NUMBERS.get(phase, 0) <= PHASE_NUMBERS["global-model"]:
-            accepted = self.overturned(task_id, round_)  # training: only committee decisions count
+        if PHASE_NUMBERS.get(phase, 0) < PHASE_NUMBERS["settling"]:
+            accepted = self.overturned(
+                task_id, round_
+            )  # disputes open: only committee decisions count
 
         revealed = {
             e["args"]["validator"]: split_result(e["args"]["cid"])
@@ -1041,14 +1047,15 @@ class Din:
             < PHASE_NUMBERS["disputed"]
         )
         last = info.round if over else info.round - 1
+        discarded = set(self.discarded_rounds(task_id))  # a replay's discarded rounds prove nothing
         out = {}
         for r in range(1, last + 1):
             rnd = self.round_info(task_id, r)
-            if rnd.seed is None:
+            if rnd.seed is None or r in discarded:
                 continue
             group, pos = assignment.participant_group(rnd.seed, index, rnd.participants, rnd.groups)
             result = self.accepted_results(task_id, r).get(group)
-            if result is not None and result[1] >> pos & 1:
+            if result is not None and result[1] and result[1] >> pos & 1:
                 out[r] = encode_result(*result)
         return out
 

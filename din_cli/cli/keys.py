@@ -291,7 +291,7 @@ def _wrap_and_post(
             )
         specs = list(recipients) or evaluation.evaluation_validators(ctx, task)
         targets = wrap.resolve_recipients(
-            specs, keystore=Keystore(), resolver=evaluation.chain_resolver(ctx)
+            specs, keystore=Keystore(), resolver=evaluation.evaluation_keys(ctx, task)
         )
         binding = wrap.Binding(int(ctx.chain.chain_id), task, round_)
         doc = wrap.wrap_test_key(key, targets, binding, cid=cid, owner=ctx.identity)

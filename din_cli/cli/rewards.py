@@ -86,10 +86,11 @@ def rewards_prove(task, chain_url, key_name, as_json):
     """Prove your accepted training record in TASK (participants, once); prints the rounds.
 
     Each round whose accepted subgroup result admitted your update counts.
-    When the owner withholds its test set or validators reject it, the
-    participants' pool is split by these records, so prove yours between the
-    test-set phase and settlement (a node does it by itself). Outside that
-    window exits 2; a second proof exits 7; no admitted update exits 4.
+    When the owner withholds its test set, validators reject it or every
+    score is 0, the participants' pool is split by these records, so prove
+    yours while the task settles, before its settling deadline (a node does
+    it by itself). Outside that window exits 2; a second proof exits 7; no
+    admitted update exits 4.
 
     \b
     Example:

@@ -256,8 +256,8 @@ def round_dispute(task, round_, group, chain_url, ipfs_api, key_name, as_json):
     result that recomputes exactly is refused (exit 2, nothing filed). Filing
     escrows the task's slash amount as a bond and freezes the task until a
     committee drawn after the filing decides (`din dispute`). Disputes of
-    aggregates are open until the task settles; once training is over an
-    upheld one slashes the liars but replays nothing.
+    aggregates are open until the settling phase begins; once training is
+    over an upheld one slashes the liars but replays nothing.
 
     With --round 0, an evaluation validator disputes evaluation subgroup G's
     majority score vector while the task settles, before G settles: it

@@ -138,10 +138,10 @@ def file(ctx, task_id: int, round_: int, group: int) -> dict:
             )
     if round_ == 0:
         return _file_scores(ctx, task_id, group, info)
-    if info.phase in ("joining", "settled", "abandoned", "disputed"):
+    if info.phase in ("joining", "settling", "settled", "abandoned", "disputed"):
         raise UsageError(
-            f"task {task_id} is in phase {info.phase}: disputes are open until it settles",
-            "nothing to file now",
+            f"task {task_id} is in phase {info.phase}: aggregates are disputed until the task settles",
+            "nothing to file now (an evaluation subgroup's scores: --round 0)",
         )
     doc = recompute(ctx, task_id, round_, group)
     if (doc["expected"], doc["admitted"]) == (doc["accepted"], doc["accepted_admitted"]):
@@ -224,23 +224,34 @@ def _file_scores(ctx, task_id: int, group: int, info) -> dict:
 
 def _committee_scores(ctx, task_id: int, dispute: dict, work) -> list[int]:
     """What a committee member of a score dispute votes: the vector an honest validator of the
-    subgroup reveals, scored with a granted K (the rejection when no grant before the cutoff
-    holds K; UsageError, wait, before the cutoff)."""
+    subgroup reveals, scored with a granted K.
+
+    A granted key counts only if the owner's posted ciphertext opens under it.
+    Scores from one vote at once: the committed test set's plaintext is unique.
+    A rejection (the test set fails with every such key) and the lack of any
+    key wait for the grant cutoff (UsageError), so every member judges the
+    same grants; past it, the rejection stands, and with no key at all the
+    member votes the vector the filer disputed: a filer that grants nothing
+    cannot win a dispute.
+    """
     from din_cli.protocol import sealing
     from din_cli.protocol.evaluation import score_subgroup
 
+    opened = False
     for key in sealing.granted_test_keys(ctx, task_id, dispute):
         try:
-            return score_subgroup(ctx, task_id, dispute["group"], work, key=key)
+            scores = score_subgroup(ctx, task_id, dispute["group"], work, key=key)
         except VerificationError:  # not K: another grant may hold it
             continue
-    cutoff = sealing.dispute_cutoff(ctx, task_id, dispute)
-    if ctx.chain.now() < cutoff:
+        if scores:
+            return scores
+        opened = True
+    if ctx.chain.now() < sealing.dispute_cutoff(ctx, task_id, dispute):
         raise UsageError(
-            f"dispute {dispute['dispute_id']}: no grant of the test set's key yet",
-            "wait for a validator's `din keys grant --dispute`, then vote again",
+            f"dispute {dispute['dispute_id']}: no grant of the test set's key that scores yet",
+            "wait for a validator's `din keys grant --dispute` (or the grant cutoff), then vote again",
         )
-    return []
+    return [] if opened else list(_filed(ctx, dispute["dispute_id"])["accepted"])
 
 
 # ------------------------------------------------------------------ the committee

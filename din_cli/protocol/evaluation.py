@@ -69,9 +69,10 @@ def chain_resolver(ctx, *, before: tuple[int, int] | None = None):
 
     The registry now, or with ``before`` (block number, log index of a chain
     event) as it stood just before that event: the last ``Staked`` key unless a
-    ``Withdrawn`` followed it. Validators check the owner's wraps against the
-    keys as of the ``TestSetPosted`` event, so a validator that stakes again
-    with another key later cannot make the others disagree. No key, or one
+    ``Withdrawn`` followed it. The owner wraps K, and validators check its wraps,
+    against the keys as of the ``EvaluationStarted`` event (``evaluation_keys``),
+    so a validator that stakes again with another key later, even just before
+    the post, cannot make the others disagree. No key, or one
     nothing can be sealed to (a low-order point), is None: the owner wraps
     ``crypto.wrap.NO_KEY_WRAP`` to it and every validator expects exactly that.
     """
@@ -93,6 +94,18 @@ def chain_resolver(ctx, *, before: tuple[int, int] | None = None):
         if (block, index) < at:
             keys[args["validator"].lower()] = usable(args.get("hpkeKey"))
     return lambda address: keys.get(address.lower())
+
+
+def evaluation_keys(ctx, task_id: int):
+    """``chain_resolver`` as of the ``EvaluationStarted`` event: the keys the owner wraps K to
+    and validators check the wraps against (NotFoundError before the evaluation started)."""
+    started = ctx.din.events(task_id, "EvaluationStarted")
+    if not started:
+        raise NotFoundError(
+            f"task {task_id}'s evaluation has not started", "wait for the test-set phase"
+        )
+    e = started[-1]
+    return chain_resolver(ctx, before=(int(e["blockNumber"]), int(e["logIndex"])))
 
 
 def post_wrapped(ctx, task_id: int, doc: dict) -> dict:
@@ -156,7 +169,7 @@ def post_test_set(ctx, task_id: int, test_store: str | Path) -> dict:
             f"only the task's owner {info.owner} posts its test set", "use the owner's --key"
         )
     rows = len(load_store(test_store))  # a readable store, before anything is published
-    resolve = chain_resolver(ctx)
+    resolve = evaluation_keys(ctx, task_id)
     recipients = [Recipient(resolve(a), a) for a in evaluation_validators(ctx, task_id)]
     key = aead.generate_key()
     with ctx.workdir() as work:
@@ -185,8 +198,7 @@ def _posted_document(ctx, task_id: int) -> dict:
             f"task {task_id} has no test set yet", "wait for the owner's `din round test-set`"
         )
     encrypted_cid, wrapped = posted
-    event = ctx.din.events(task_id, "TestSetPosted")[-1]
-    resolve = chain_resolver(ctx, before=(int(event["blockNumber"]), int(event["logIndex"])))
+    resolve = evaluation_keys(ctx, task_id)
     return document_from_chain(encrypted_cid, wrapped, _binding(ctx, task_id), resolve)
 
 

@@ -67,7 +67,7 @@ ROLES = ("owner", "participant", "validator")
 TERMINAL = ("settled", "abandoned")
 TRAINING_PHASES = ("training", "aggregation-commit", "aggregation-reveal", "global-model")
 #: Phases in which an accepted aggregate can still be disputed (after training: nothing replays).
-DISPUTABLE = (*TRAINING_PHASES, "test-set", "score-commit", "score-reveal", "settling")
+DISPUTABLE = (*TRAINING_PHASES, "test-set", "score-commit", "score-reveal")
 NO_DEADLINE = 2**64 - 1
 ADVANCE_EVERY = 5.0  # seconds between two advance transactions for one task
 FULL_EVERY = 10  # polls between two full passes when the chain's head does not move
@@ -290,12 +290,16 @@ class Node:
         )
 
     def _act(self, ident: Identity, task_id: int, info) -> bool:
+        from din_cli.protocol import rewards
+
         if (
-            info.phase == "abandoned"
-            and ident.role == "participant"
-            and ident.ctx.chain.now() < info.deadline
-        ):  # abandoned without a test set: prove the record while claims wait
-            return self._prove(ident, task_id, info)
+            ident.role == "participant"
+            and info.phase in TERMINAL
+            and rewards.proving(ident.ctx, info)
+            and rewards.by_record(ident.ctx, task_id, info)
+            and self._prove(ident, task_id, info)  # prove the record while the split by it waits
+        ):
+            return True
         if info.phase in TERMINAL:  # every role's last step: claim what the task owes it
             return self._claim(ident, task_id, info)
         steps = {
@@ -488,7 +492,7 @@ class Node:
 
     def _participant(self, ident: Identity, task_id: int, info) -> bool:
         from din_cli.chain import network
-        from din_cli.protocol import rewards, roundflow
+        from din_cli.protocol import roundflow
 
         ctx, phase, cfg = ident.ctx, info.phase, self.config
         member = roundflow._member(ctx, task_id, ctx.address)
@@ -507,8 +511,12 @@ class Node:
             )
         if not member["index1"]:
             return self._sit_out(ident, task_id, info, "join", "joined; nothing to do in it")
-        if phase in rewards.PROVING:
-            return bool(member["last_round"]) and self._prove(ident, task_id, info)
+        if phase == "settling":  # a rejected test set: the pool goes by record
+            from din_cli.protocol import rewards
+
+            if member["last_round"] and rewards.by_record(ctx, task_id, info):
+                return self._prove(ident, task_id, info)
+            return False
         if (
             phase == "aggregation-commit"
             and member["last_round"] == info.round
@@ -819,8 +827,13 @@ class Node:
         if served and o["round"] != 0:
             m = ctx.din.subgroup_of(task_id, ident.address, o["round"])
             served = m.role == "validator" and m.group == o["group"]
-        if o["round"] == 0:  # scores: the filer holds K and grants it (and its update keys)
-            served = o["state"] == "drawn" and o["filer"] == ident.address
+        if (
+            o["round"] == 0
+        ):  # scores: every evaluation validator holding K grants it to the committee
+            served = (
+                o["state"] == "drawn"
+                and ctx.din.subgroup_of(task_id, ident.address, 0).group is not None
+            )
         if served and step(  # the committee reads the subgroup's sealed updates with these keys
             "dispute-grant",
             lambda: sealing.grant_for_dispute(ctx, task_id, o),

@@ -112,27 +112,42 @@ def slash_aggregators(ctx, task_id: int, rounds) -> list[dict]:
     return slashed
 
 
-PROVING = ("test-set", "score-commit", "score-reveal", "settling")
+def by_record(ctx, task_id: int, info) -> bool:
+    """Whether ``task_id``'s participants are (or, settling, already will be) paid by record: it
+    was abandoned, a settled subgroup rejected the test set, or, settled, no score is positive."""
+    d = ctx.din
+    if info.phase == "abandoned" or d.rejected_subgroups(task_id):
+        return True
+    return info.phase == "settled" and not any(d.settlement_results(task_id).values())
+
+
+def proving(ctx, info) -> bool:
+    """Whether ``info``'s task takes record proofs now: while it settles, and after it settled
+    or was abandoned for want of a test set until its deadline (aggregate disputes are closed
+    by then, so no proven result can be overturned)."""
+    if info.phase == "settling":
+        return True
+    return info.phase in ("settled", "abandoned") and ctx.chain.now() < info.deadline != NO_DEADLINE
 
 
 def prove(ctx, task_id: int) -> dict:
     """Prove the acting participant's accepted training record of ``task_id``: ``{rounds, gas}``.
 
-    UsageError outside the window (training not over, or settled); AlreadyDone
-    once proven; NotFoundError when no accepted result admitted its update.
+    UsageError outside the window (before the task settles, or after its
+    settling deadline); AlreadyDone once proven; NotFoundError when no
+    accepted result admitted its update.
     """
     d = ctx.din
     info = d.task_info(task_id)
-    now = ctx.chain.now()
-    if info.phase == "test-set" and now >= info.deadline:
-        with ctx.chain.writing():  # past its deadline: the task moves on (abandoned, or scoring)
+    if info.phase in ("test-set", "score-reveal") and ctx.chain.now() >= info.deadline:
+        with ctx.chain.writing():  # past its deadline: the task moves on (abandoned, or settling)
             info = d.advance(ctx.account, task_id)
-    if info.phase not in PROVING and not (info.phase == "abandoned" and now < info.deadline):
+    if not proving(ctx, info):
         raise UsageError(
-            f"task {task_id} is in phase {info.phase}: records are proven from the test-set phase until settlement",
-            "prove once training is over"
-            if info.phase not in ("settled", "abandoned")
-            else "the window has closed",
+            f"task {task_id} is in phase {info.phase}: records are proven while it settles, until its settling deadline",
+            "the window has closed"
+            if info.phase in ("settled", "abandoned")
+            else "prove once every score is revealed (`din round wait --phase settling`)",
         )
     if ctx.address in d.records(task_id):
         raise AlreadyDone(
@@ -152,14 +167,16 @@ def claim(ctx, task_id: int) -> dict:
             f"task {task_id} is in phase {info.phase}, not settled",
             f"settle it first: `din rewards settle --task {task_id}`",
         )
-    wait = info.deadline - ctx.chain.now()
-    if info.phase == "abandoned" and wait > 0 and ctx.chain.clock() >= info.deadline:
+    split = by_record(ctx, task_id, info)
+    wait = info.deadline - ctx.chain.now() if info.deadline != NO_DEADLINE and split else 0
+    if wait > 0 and d.claimable(task_id, ctx.address) == 0 and ctx.chain.clock() >= info.deadline:
         with ctx.chain.writing():  # a chain that mines on demand: a no-op block at the clock's time
             d.advance(ctx.account, task_id)
         wait = info.deadline - ctx.chain.now()
-    if info.phase == "abandoned" and wait > 0:
+    waits = wait > 0 and ctx.address != info.owner and not d.bonded(task_id, ctx.address)
+    if waits and d.claimable(task_id, ctx.address) == 0:
         raise UsageError(
-            f"task {task_id} was abandoned without a test set; claims open in {wait} s, when participants have proved their records",
+            f"task {task_id}'s contributors are paid by record: claims open in {wait} s, when the window for proving records closes",
             f"prove yours meanwhile: `din rewards prove --task {task_id}`",
         )
     with ctx.chain.writing():

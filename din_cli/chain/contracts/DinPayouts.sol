@@ -4,11 +4,17 @@ pragma solidity 0.8.30;
 import {ValidatorRegistry} from "./ValidatorRegistry.sol";
 import {Assignment} from "./Assignment.sol";
 import {Settlement} from "./Settlement.sol";
-import {Task, Member, GroupResult, GroupVotes, Val, isAccepted, SCORE_BPS, GLOBAL_PHASE, SETTLED_PHASE, ABANDONED_PHASE, SCORES, REMOVED, SETTLED_FEE, CLAIMED, BONDED} from "./DinTypes.sol";
+import {Task, Member, GroupResult, GroupVotes, Val, isAccepted, SCORE_BPS, SETTLING_PHASE, SETTLED_PHASE, ABANDONED_PHASE, SCORES, REMOVED, SETTLED_FEE, CLAIMED, BONDED} from "./DinTypes.sol";
 
 /// @title DIN payouts: subgroup settlement, slashing aggregators, participants' training records and
 ///        what each account can claim, run on DinTasks' storage. A linked library (DinTasks reaches it by DELEGATECALL): its code does not count
 ///        against DinTasks' EIP-170 size limit, and its events are emitted by DinTasks.
+/// @dev The rounds a dispute's replay discarded (DinDisputes): their results cannot be disputed,
+///      so they prove no record.
+interface IDiscarded {
+    function discarded(uint256 taskId, uint256 round) external view returns (bool);
+}
+
 library DinPayouts {
     event SubgroupSettled(uint256 indexed taskId, uint256 group, uint256[] participants, bytes scores, uint256 before);
     event ValidatorPenalised(uint256 indexed taskId, address indexed validator, uint256 amount, string reason);
@@ -46,8 +52,8 @@ library DinPayouts {
             require(majority != bytes32(0), "validator revealed an aggregate");
             require(isAccepted(groupVotes, votes, corrected, gk, id, round, pos / per, per, majority), "that result is not the subgroup's accepted one");
             require(revealed != bytes20(majority), "validator revealed the majority aggregate");
-            // a dispute may still overturn the majority: no minority is slashed before training ends
-            require(corrected[gk] != bytes32(0) || t.phase > GLOBAL_PHASE, "a minority is slashable once training ends");
+            // a dispute may still overturn the majority: no minority is slashed before disputes close
+            require(corrected[gk] != bytes32(0) || t.phase >= SETTLING_PHASE, "a minority is slashable once the task settles");
             reason = "revealed a minority aggregate";
         }
         if (v.flags & SETTLED_FEE != 0) t.goodValidators--; // settled already: the fee is forfeited
@@ -65,11 +71,12 @@ library DinPayouts {
         mapping(bytes32 => GroupVotes) storage groupVotes,
         mapping(bytes32 => uint256) storage votes,
         mapping(bytes32 => bytes32) storage corrected,
+        address disputes,
         uint256 id,
         uint256[] calldata rounds,
         bytes[] calldata results
     ) external {
-        require(m.index1 != 0 && m.index1 <= t.participants, "not a participant of this task");
+        require(m.index1 != 0 && m.index1 <= t.participants && m.ordinal != 0, "not a participant that submitted an update");
         require(m.records == 0, "record already proven");
         require(rounds.length > 0 && rounds.length == results.length, "give one accepted result per round");
         uint256 n = t.participants;
@@ -78,6 +85,7 @@ library DinPayouts {
         for (uint256 i = 0; i < rounds.length; i++) {
             uint256 r = rounds[i];
             require(r > last && r <= t.round, "rounds must increase and be finished");
+            require(!IDiscarded(disputes).discarded(id, r), "a dispute's replay discarded that round");
             last = r;
             uint256 pos = Assignment.permute(Assignment.key(seeds[r], Assignment.PARTICIPANTS), m.index1 - 1, n);
             uint256 group = Assignment.groupOf(pos, n, g);
@@ -193,9 +201,11 @@ library DinPayouts {
                 if (m.index1 != 0 && m.index1 <= t.participants && !m.claimed) amount += _share(t, results, id, seed, m.index1 - 1, pool, total, scores);
                 return amount;
             }
-        } else if (t.phase != ABANDONED_PHASE || block.timestamp < t.deadline) {
-            return 0; // abandoned for want of a test set: claims open once participants proved records
+        } else if (t.phase != ABANDONED_PHASE) {
+            return 0;
         }
+        // the contributors' split waits for the end of the records' proof window
+        if (block.timestamp < t.deadline) return amount;
         uint256 records = t.records;
         if (m.claimed) {} else if (records != 0) {
             // by accepted training record; by first submission when nobody proved one

@@ -460,17 +460,18 @@ contract DinTasks is ReentrancyGuard {
         if (++t.settledGroups == t.groups) _advance(id, t);
     }
 
-    /// @notice Prove your accepted training record in task `id` (participants, once, from the test
-    ///         set phase until settlement, or until the deadline of a task abandoned for want of a
-    ///         test set): for each of `rounds` (increasing), the accepted result of your subgroup,
+    /// @notice Prove your accepted training record in task `id` (participants that submitted, once,
+    ///         while the task settles until its settling deadline, even settled early, or until the
+    ///         deadline of a task abandoned for want of a test set; aggregate disputes are closed
+    ///         by then): for each of `rounds` (increasing, none a dispute's replay discarded), the accepted result of your subgroup,
     ///         `results[i]` (the aggregate CID followed by the 32-byte bitmap of the subgroup positions
     ///         whose update it admitted, bit k = position k), with your bit set. When the test set is
     ///         withheld or rejected, the participants' pool is split by these records.
     function proveRecord(uint256 id, uint256[] calldata rounds, bytes[] calldata results) external {
         Task storage t = _sync(id);
         uint8 phase = t.phase;
-        require((phase >= TEST_SET && phase <= SETTLING) || (phase == ABANDONED && block.timestamp < t.deadline), "records are proven from the test set phase until settlement");
-        DinPayouts.proveRecord(t, _members[id][msg.sender], roundSeed[id], _groupVotes, votes, _corrected, id, rounds, results);
+        require(phase == SETTLING || ((phase == SETTLED || phase == ABANDONED) && block.timestamp < t.deadline), "records are proven while settling");
+        DinPayouts.proveRecord(t, _members[id][msg.sender], roundSeed[id], _groupVotes, votes, _corrected, disputes, id, rounds, results);
     }
 
     // ------------------------------------------------------------------ disputes (DinDisputes only)
@@ -498,9 +499,9 @@ contract DinTasks is ReentrancyGuard {
             require(_corrected[gk] == bytes32(0), "a dispute already decided that subgroup");
             if (round == EVAL_ROUND) {
                 // the caller checked `digest` is the subgroup's majority score vector (scoreMajority)
-                require(t.phase == SETTLING && groupResults[keccak256(abi.encode(id, group))].scoresHash == bytes32(0), "scores are disputed while their subgroup is unsettled");
+                require(t.phase == SETTLING && group < t.groups && groupResults[keccak256(abi.encode(id, group))].scoresHash == bytes32(0), "no such unsettled subgroup");
             } else {
-                require(t.phase <= SETTLING, "not disputable in this phase");
+                require(t.phase < SETTLING, "not disputable in this phase");
                 require(voteCount(_groupVotes[gk], votes, id, round, group, digest) > (t.perGroup - _groupVotes[gk].gone) / 2, "CID is not the accepted one");
             }
             _frozen[id] = (block.timestamp << 8) | t.phase;
@@ -708,7 +709,8 @@ contract DinTasks is ReentrancyGuard {
         t.phase = phase;
         t.acted = 0;
         t.committed = phase == SCORE_REVEAL || phase == AGG_REVEAL ? t.committed : 0;
-        uint64 deadline = phase <= SETTLING ? uint64(block.timestamp) + t.durations[phase - 1] : type(uint64).max;
+        // settled early, a task keeps its settling deadline: the end of the records' proof window
+        uint64 deadline = phase <= SETTLING ? uint64(block.timestamp) + t.durations[phase - 1] : phase == SETTLED ? t.deadline : type(uint64).max;
         t.deadline = deadline;
         emit PhaseChanged(id, t.round, phase, deadline);
         if (_complete(t, phase)) _advance(id, t); // e.g. a reveal phase nobody committed for

@@ -6,6 +6,7 @@ pragma solidity 0.8.30;
 
 uint256 constant SCORE_BPS = 10000; // scores and fees are basis points
 uint8 constant GLOBAL_PHASE = 5;
+uint8 constant SETTLING_PHASE = 9;
 uint8 constant SETTLED_PHASE = 10;
 uint8 constant ABANDONED_PHASE = 11;
 
