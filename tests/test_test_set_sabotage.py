@@ -82,6 +82,22 @@ def contributors(w: World) -> list[str]:
     return seen
 
 
+def reference(w: World):
+    """settlement.py's settlement of what the evaluation validators revealed (contributors equally)."""
+    rnd = w.din.round_info(w.task, 0)
+    parts, vals = w.din.participants(w.task), w.din.validators(w.task)
+    revealed = w.din.scores_revealed(w.task)
+    groups = [
+        (
+            [parts[i] for i in rnd.participant_groups[g]],
+            [vals[i] for i in rnd.validator_groups[g]],
+            [revealed[vals[i]] for i in rnd.validator_groups[g]],
+        )
+        for g in range(rnd.groups)
+    ]
+    return settle_task(DEPOSIT, FEE_BPS, groups, contributors=contributors(w))
+
+
 def claim_all(w: World) -> dict[str, int]:
     """Every account claims (a DinError, e.g. nothing owed, counts as 0); amounts by name."""
     from din_cli.errors import DinError
@@ -151,18 +167,7 @@ def test_garbage_k_to_one_subgroup_rejects_the_test_set_for_the_whole_task(tmp_p
     assert rewards.settle(w.ctx(w.owner), w.task)["rejected"] == [0, 1]
 
     # the Python reference agrees with the contract
-    rnd = w.din.round_info(w.task, 0)
-    parts, vals = w.din.participants(w.task), w.din.validators(w.task)
-    revealed = w.din.scores_revealed(w.task)
-    groups = [
-        (
-            [parts[i] for i in rnd.participant_groups[g]],
-            [vals[i] for i in rnd.validator_groups[g]],
-            [revealed[vals[i]] for i in rnd.validator_groups[g]],
-        )
-        for g in range(rnd.groups)
-    ]
-    ref = settle_task(DEPOSIT, FEE_BPS, groups, contributors=contributors(w))
+    ref = reference(w)
     assert ref.rejected and not ref.penalised and ref.owner == 0
     paid = claim_all(w)
     assert stakes(w) == {v.name: MIN_STAKE for v in w.vals}
@@ -231,17 +236,7 @@ def test_a_bad_wrap_to_one_validator_of_a_subgroup_is_rejected_by_every_validato
     assert rewards.settle(w.ctx(w.owner), w.task)["rejected"] == [0, 1]
     assert w.din.events(w.task, "ValidatorPenalised") == []
 
-    vals, parts = w.din.validators(w.task), w.din.participants(w.task)
-    revealed = w.din.scores_revealed(w.task)
-    groups = [
-        (
-            [parts[i] for i in rnd.participant_groups[g]],
-            [vals[i] for i in rnd.validator_groups[g]],
-            [revealed[vals[i]] for i in rnd.validator_groups[g]],
-        )
-        for g in range(rnd.groups)
-    ]
-    ref = settle_task(DEPOSIT, FEE_BPS, groups, contributors=contributors(w))
+    ref = reference(w)
     assert ref.rejected and not ref.penalised and ref.owner == 0
     paid = claim_all(w)
     assert stakes(w) == {v.name: MIN_STAKE for v in w.vals}  # nobody slashed, the victim least

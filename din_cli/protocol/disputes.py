@@ -88,6 +88,17 @@ def _cid_or_hex(raw: bytes) -> str:
 # ------------------------------------------------------------------ filing
 
 
+def _require_bond(ctx, info) -> int:
+    """The task's slash amount, which a filer escrows; InputError when it holds less."""
+    bond = info.slash_amount
+    if ctx.din.balance(ctx.address) < bond:
+        raise InputError(
+            f"{ctx.address} holds {ctx.din.balance(ctx.address)} DIN units, the bond is {bond}",
+            "get tokens for the bond first (the task's slash amount)",
+        )
+    return bond
+
+
 def recompute(ctx, task_id: int, round_: int, group: int) -> dict:
     """Subgroup ``group``'s accepted result of ``round_`` and the result it recomputes to (``din
     verify``'s code): CIDs and admitted bitmaps."""
@@ -149,12 +160,7 @@ def file(ctx, task_id: int, round_: int, group: int) -> dict:
             f"task {task_id} round {round_} subgroup {group}: the accepted aggregate {doc['accepted']} recomputes exactly",
             "nothing to dispute (`din verify` lists the subgroups that do not hold)",
         )
-    bond = info.slash_amount
-    if d.balance(ctx.address) < bond:
-        raise InputError(
-            f"{ctx.address} holds {d.balance(ctx.address)} DIN units, the bond is {bond}",
-            "get tokens for the bond first (the task's slash amount)",
-        )
+    bond = _require_bond(ctx, info)
     with ctx.chain.writing():
         did = d.file_dispute(
             ctx.account, task_id, round_, group, to_bytes(doc["expected"]), doc["admitted"]
@@ -203,12 +209,7 @@ def _file_scores(ctx, task_id: int, group: int, info) -> dict:
             f"task {task_id} evaluation subgroup {group}: the majority's scores recompute exactly",
             "nothing to dispute",
         )
-    bond = info.slash_amount
-    if d.balance(ctx.address) < bond:
-        raise InputError(
-            f"{ctx.address} holds {d.balance(ctx.address)} DIN units, the bond is {bond}",
-            "get tokens for the bond first (the task's slash amount)",
-        )
+    bond = _require_bond(ctx, info)
     with ctx.chain.writing():
         did = d.file_score_dispute(ctx.account, task_id, group, mine)
     return {
