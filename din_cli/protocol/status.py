@@ -187,10 +187,10 @@ def wait(
         info = d.task_info(task_id)
         if reached(info, phase, round_):
             return {"task_id": task_id, "phase": info.phase, "round": info.round}
-        if info.phase == "abandoned":
+        if info.phase in ("abandoned", "settled"):  # ended: a deadline here is no phase's end
             raise NotFoundError(
-                f"task {task_id} was abandoned; it will never reach {phase}",
-                f"claim refunds with `din rewards claim --task {task_id}`",
+                f"task {task_id} was {info.phase}; it will never reach {phase}",
+                f"claim with `din rewards claim --task {task_id}`",
             )
         if (
             ctx.identity is not None
