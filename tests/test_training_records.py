@@ -16,8 +16,15 @@ from round_world import DEPOSIT, SPAN, World
 from din_cli.chain import assignment
 from din_cli.chain.din import admitted_bitmap, admitted_positions, encode_result, split_result
 from din_cli.chain.settlement import abandoned_payouts
-from din_cli.errors import AlreadyDone, InputError, NotFoundError, TransactionReverted, UsageError
-from din_cli.protocol import rewards, roundflow
+from din_cli.errors import (
+    AlreadyDone,
+    InputError,
+    NotFoundError,
+    TransactionReverted,
+    UsageError,
+    VerificationError,
+)
+from din_cli.protocol import rewards, roundflow, verify
 from din_cli.protocol.cids import to_bytes
 
 
@@ -110,3 +117,32 @@ def test_a_result_carries_the_admitted_bitmap_after_the_cid():
     assert admitted_positions(admitted_bitmap([0, 3, 255])) == [0, 3, 255]
     with pytest.raises(InputError):
         admitted_bitmap([256])
+
+
+def test_a_majority_that_lies_only_about_whom_it_admitted_is_caught(tmp_path):
+    """The aggregate is right, but the majority's bitmap admits a participant whose update it
+    excluded (a record bought from the validators): `din verify` names the lie, so it can be
+    disputed like a wrong aggregate; nobody reading only the CID would have noticed."""
+    w = World(tmp_path, participants=3, subgroup_size=3)
+    roundflow.start(w.ctx(w.owner), w.task)
+    _junk_round_of_one(w)
+    with w.ctx().workdir() as work:
+        cid, bits = roundflow.subgroup_aggregate(w.ctx(), w.task, 1, 0, work)
+    assert bin(bits).count("1") == 2  # the starting model was excluded
+    for v in w.assigned():  # every validator reveals the right CID with everyone admitted
+        roundflow.aggregate_commit(w.ctx(v), w.task, cid=cid, admitted=0b111)
+    if w.phase() != "aggregation-reveal":
+        w.advance()
+    for v in w.assigned():
+        roundflow.aggregate_reveal(w.ctx(v), w.task)
+    assert w.din.accepted_results(w.task, 1)[0] == (to_bytes(cid), 0b111) != (to_bytes(cid), bits)
+    with pytest.raises(VerificationError, match="admits positions"):
+        verify.verify(w.ctx(), w.task)
+
+
+def _junk_round_of_one(w: World) -> None:
+    """p0 and p1 train; p2 resubmits the starting model, which the admission rule excludes."""
+    start = roundflow.current_model(w.ctx(), w.task)
+    for i, p in enumerate(w.parts[:2]):
+        roundflow.train_and_submit(w.ctx(p), w.task, w.stores[i], epochs=1, lr=0.5)
+    w.din.submit_update(w.parts[2].account, w.task, to_bytes(start))

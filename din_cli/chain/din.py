@@ -295,6 +295,11 @@ def encode_result(cid: bytes, admitted: int | None = 0) -> bytes:
     return _cid(cid) + int(admitted).to_bytes(32, "big")
 
 
+def _vote(cid: bytes, admitted: int | None, scores: Sequence[int] | None) -> bytes:
+    """A dispute committee member's vote: a subgroup result, or a packed score vector."""
+    return encode_result(cid, admitted) if scores is None else pack_scores(scores)
+
+
 def split_result(raw: bytes) -> tuple[bytes, int | None]:
     """``(CID, admitted bitmap)`` of a revealed result; a result too short to carry a bitmap
     (sent to the contract directly) is ``(raw, None)``: it matches no honest one, admits
@@ -1060,10 +1065,11 @@ class Din:
         return out
 
     def prove_record(self, account, task_id: int) -> dict:
-        """Prove ``account``'s accepted training record (participants, once, from the test-set phase
-        until settlement); ``{"rounds": [...], "gas": ...}``.
+        """Prove ``account``'s accepted training record (participants that submitted, once, while
+        the task settles, until its settling deadline); ``{"rounds": [...], "gas": ...}``.
 
-        When the test set is withheld or rejected, the participants' pool is split by these records.
+        When the test set is withheld or rejected, or every score is 0, the participants' pool
+        is split by these records.
         """
         rounds = self.admitted_rounds(task_id, account.address)
         if not rounds:
@@ -1168,8 +1174,7 @@ class Din:
         evaluation subgroup: ``cid`` is then ignored); the salt."""
         if salt is None:
             salt = derive_salt(account, dispute_id, 0, "dispute")
-        vote = encode_result(cid, admitted) if scores is None else pack_scores(scores)
-        commitment = aggregate_commitment(vote, salt, account.address)
+        commitment = aggregate_commitment(_vote(cid, admitted, scores), salt, account.address)
         self._send(account, self.disputes.functions.commit(int(dispute_id), commitment))
         return salt
 
@@ -1186,7 +1191,7 @@ class Din:
         """Reveal the committed result (or ``scores``)."""
         if salt is None:
             salt = derive_salt(account, dispute_id, 0, "dispute")
-        result = encode_result(cid, admitted) if scores is None else pack_scores(scores)
+        result = _vote(cid, admitted, scores)
         return self._send(
             account, self.disputes.functions.reveal(int(dispute_id), result, _salt(salt))
         )

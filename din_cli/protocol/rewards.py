@@ -13,11 +13,14 @@ owes the acting key; ``show`` lists scores, payouts, stakes and slashes.
 The contributors are split by their accepted training record: ``prove``
 shows the chain, once per participant, each round whose accepted subgroup
 result admitted its update (results carry the bitmap of admitted positions),
-from the test-set phase until settlement. A task abandoned for want of a test
-set keeps that window open for the settling duration before claims open. A
-participant whose every update was excluded (junk, a Sybil's copy) has no
-record and gets nothing; only when nobody proved a record is the pool split
-by first submission.
+while the task settles and until its settling deadline, when aggregate
+disputes are closed; a split by record pays only after that deadline. A task
+abandoned for want of a test set keeps that window open for the settling
+duration. A participant whose every update was excluded (junk, a Sybil's
+copy) has no record and gets nothing; only when nobody proved a record is
+the pool split by first submission. A subgroup whose validators disagree
+settles in the second half of the settling phase (``waiting``), so an
+outvoted validator can dispute the majority's scores first.
 
 Payouts telescope (``pool * (before + m) / total - pool * before / total``),
 so once everyone has claimed, the claims sum exactly to the deposit: the

@@ -98,10 +98,11 @@ def status(ctx, task_id: int, address: str | None = None) -> dict:
                 {
                     "validator": e["args"]["validator"],
                     "group": int(e["args"]["group"]),
-                    "cid": to_text(split_result(e["args"]["cid"])[0]),
-                    "admitted": admitted_positions(split_result(e["args"]["cid"])[1]),
+                    "cid": to_text(cid),
+                    "admitted": admitted_positions(bits),
                 }
                 for e in reveals
+                for cid, bits in [split_result(e["args"]["cid"])]
             ],
             "accepted": {str(g): to_text(c) for g, c in d.accepted_aggregates(task_id, r).items()},
             # removed validators whose slots this round were counted out of the majorities (markGone)

@@ -441,9 +441,11 @@ contract DinTasks is ReentrancyGuard {
     ///         strict majority of the subgroup's evaluation validators revealed is accepted, and every
     ///         other validator of the subgroup (another vector, or none) is slashed. With no strict
     ///         majority, every participant of the subgroup scores 0, only validators that did not
-    ///         reveal are slashed and none earns a fee. When the majority's vector is the empty one
+    ///         reveal are slashed and none earns a fee. A score dispute's decided vector overrides
+    ///         the majority's, and validators that disagree wait for the second half of the phase.
+    ///         When the accepted vector is the empty one
     ///         (the test set was rejected), its validators earn their fee and the task's whole
-    ///         participant pool goes to the contributors by ordinal, as in an abandoned task: the test
+    ///         participant pool goes to the contributors by record, as in an abandoned task: the test
     ///         set is one object, so scores made elsewhere on it are not trusted to split the pool,
     ///         and the owner cannot steer it by sabotaging the test set for one subgroup.
     /// @param participants participant indices in subgroup position order
