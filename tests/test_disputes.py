@@ -246,6 +246,36 @@ def test_colluding_majority_is_overturned_slashed_and_the_round_replayed(net):
         din.mark_gone(dev, t.task, colluders[1].address)
 
 
+def test_a_replay_that_cuts_a_round_short_leaves_no_one_slashable_for_it(net):
+    """The dispute of round 1 is decided while round 2 trains: round 2 is discarded before any
+    validator could reveal. A griefer slashing round 2's validators for "did not reveal" (every
+    one of them, honest included) is refused, on chain and in `din rewards settle`'s list."""
+    chain, dev, din, _ = net
+    t = Task(net, max_rounds=2)
+    wrong = cid("poisoned-2")
+    right, slots = t.aggregate(1, liars=(0, 2, 4), wrong=wrong)
+    honest = [slots[j] for j in (1, 3)]
+    t.globalise(1)
+    assert (t.info().phase, t.info().round) == ("training", 2)
+    din.submit_update(t.parts[0], t.task, cid(f"r2-{t.task}"))  # round 2 under way
+    filer, did = t.file(1, right)
+    committee = din.draw_committee(dev, did)
+    t.vote(did, {m: right for m in committee})
+    assert din.resolve_dispute(dev, did)["state"] == "upheld"
+    assert {1, 2} <= set(din.discarded_rounds(t.task)) and t.info().round == 3
+    for v in din.members(t.task, 0, 2)["validators"]:  # round 2's slots: nobody revealed
+        if din.removed(t.task, v):
+            continue
+        stake = din.validator_info(v).stake
+        with reverts("a dispute's replay discarded that round"):
+            din.slash_aggregator(dev, t.task, 2, v)
+        assert din.validator_info(v).stake == stake
+    assert din.slashable_aggregators(t.task, 2) == []
+    for v in honest:  # in the disputed round itself the committee's CID is the majority
+        with reverts("validator revealed the majority aggregate"):
+            din.slash_aggregator(dev, t.task, 1, v.address)
+
+
 def test_griefer_loses_its_bond_and_lying_or_silent_members_are_slashed(net):
     chain, dev, din, _ = net
     t = Task(net)

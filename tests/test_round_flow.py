@@ -290,6 +290,35 @@ def test_an_empty_subgroup_agrees_on_the_starting_model_and_nobody_is_slashed(tm
         w.chain.close()
 
 
+def test_a_majority_revealing_the_genesis_model_cannot_stop_the_global_model(tmp_path):
+    """Round 2: subgroup 0's validators agree on the genesis model (no samples, not this round's
+    start). The owner's finalize leaves it out as it does an empty subgroup's, instead of failing
+    on it every time; the global model is subgroup 1's aggregate, and `din verify` agrees."""
+    from din_cli.protocol.cids import to_text
+
+    w = World(tmp_path, participants=4, validators=2, subgroup_size=2, per_group=1, rounds=2)
+    try:
+        roundflow.start(w.ctx(w.owner), w.task)
+        w.run_round(epochs=2)
+        genesis = to_text(w.din.task_info(w.task).genesis_cid)
+        w.train_all(epochs=2)
+        if w.phase() == "training":
+            w.advance()
+        liar = w.assigned()[0]  # subgroup 0's only validator
+        w.aggregate_all(cids={liar.name: genesis})
+        accepted = {g: to_text(c) for g, c in w.din.accepted_aggregates(w.task, 2).items()}
+        assert accepted[0] == genesis and accepted[1] != genesis
+        roundflow.finalize(w.ctx(w.owner), w.task)
+        proposed = roundflow._proposed(w.ctx(), w.task, 2)
+        with w.ctx().workdir() as work:
+            alone, _ = roundflow.aggregate_cids(
+                w.ctx(), [w.din.accepted_aggregates(w.task, 2)[1]], work, "a"
+            )
+        assert proposed == alone
+    finally:
+        w.chain.close()
+
+
 def test_validators_refuse_a_test_set_other_than_the_committed_one(tmp_path):
     """Old: the owner chose the test set after seeing every update. New: the task commits to the
     plaintext's sha256 at publish; a validator refuses to score anything else and commits the

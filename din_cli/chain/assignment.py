@@ -29,6 +29,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+
 PARTICIPANTS = 0
 VALIDATORS = 1
 ROUNDS = 4
@@ -98,11 +100,19 @@ def feistel_passes(key: bytes, index: int, n: int) -> int:
 
 
 def permutation(key: bytes, n: int) -> list[int]:
-    """``order[p]`` = the index at position ``p`` (the inverse of :func:`permute`)."""
+    """``order[p]`` = the index at position ``p`` (the inverse of :func:`permute`); a fresh list.
+
+    Computed once per (key, n) in a process: every reader of a round's subgroups asks for the
+    same one, and 10,000 indices take most of a second."""
+    return list(_permutation(bytes(key), int(n)))
+
+
+@functools.lru_cache(maxsize=32)
+def _permutation(key: bytes, n: int) -> tuple[int, ...]:
     order = [0] * n
     for i in range(n):
         order[permute(key, i, n)] = i
-    return order
+    return tuple(order)
 
 
 def group_count(n: int, subgroup_size: int) -> int:
@@ -131,6 +141,21 @@ def participant_group(seed: bytes, index: int, n: int, groups: int) -> tuple[int
     pos = permute(population_key(seed, PARTICIPANTS), index, n)
     group = group_of_position(pos, n, groups)
     return group, pos - group_start(group, n, groups)
+
+
+def groups_of(seed: bytes, n: int, groups: int) -> tuple[int, ...]:
+    """The subgroup of every participant index (``participant_group(...)[0]`` for all of them at
+    once, from the permutation computed once per process)."""
+    return _groups_of(bytes(seed), int(n), int(groups))
+
+
+@functools.lru_cache(maxsize=32)
+def _groups_of(seed: bytes, n: int, groups: int) -> tuple[int, ...]:
+    out = [0] * n
+    for g, members in enumerate(participant_groups(seed, n, groups)):
+        for i in members:
+            out[i] = g
+    return tuple(out)
 
 
 def validator_slot(

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -339,8 +340,10 @@ def _require_drawn(rnd: RoundInfo) -> None:
         )
 
 
+@functools.lru_cache(maxsize=1)
 def task_layout() -> dict:
-    """Storage layout of ``DinTasks.Task`` (from the artifact) that ``taskWords`` returns."""
+    """Storage layout of ``DinTasks.Task`` (from the artifact) that ``taskWords`` returns (read once;
+    callers only read it)."""
     from din_cli.chain.client import load_artifact
 
     return load_artifact(TASKS)["structs"]["Task"]
@@ -796,7 +799,8 @@ class Din:
         """Validators of ``round_`` that did not reveal or revealed a minority aggregate.
 
         Every round's record stays on chain until the task is settled, so any past
-        round's liars are slashable; only validators already removed are skipped.
+        round's liars are slashable; only validators already removed are skipped, and in a
+        round a dispute's replay discarded only the disputed subgroup counts.
         A minority becomes slashable once the task settles (until then a dispute may
         overturn the majority), or at once where a dispute committee decided the CID.
         By convention a subgroup without updates aggregates to the round's starting
@@ -807,6 +811,13 @@ class Din:
         phase = self.task_info(task_id).phase
         if phase == "disputed":  # frozen: slashAggregator reverts until the dispute is resolved
             return []
+        # a replay discarded it (perhaps before anyone could reveal): only a subgroup whose
+        # result a dispute committee decided is slashable in it
+        only = (
+            set(self.overturned(task_id, round_))
+            if int(round_) in self.discarded_rounds(task_id)
+            else None
+        )
         if PHASE_NUMBERS.get(phase, 0) < PHASE_NUMBERS["settling"]:
             accepted = self.overturned(
                 task_id, round_
@@ -825,6 +836,8 @@ class Din:
         addresses = self.validators(task_id)
         out = []
         for g, indices in enumerate(info.validator_groups):
+            if only is not None and g not in only:
+                continue
             for i in indices:
                 who = addresses[i]
                 if who in slashed:
@@ -1474,12 +1487,13 @@ class Din:
         """Updates submitted in ``round_`` (default: current), optionally of one subgroup only."""
         rnd = self.round_info(task_id, round_)
         out = []
+        of = None
         for e in self._logs("UpdateSubmitted", taskId=int(task_id), round=rnd.round):
             _require_drawn(rnd)
             a = e["args"]
-            g, _ = assignment.participant_group(
-                rnd.seed, int(a["index"]), rnd.participants, rnd.groups
-            )
+            if of is None:
+                of = assignment.groups_of(rnd.seed, rnd.participants, rnd.groups)
+            g = of[int(a["index"])]
             if group is None or g == group:
                 out.append(Update(a["participant"], int(a["index"]), rnd.round, bytes(a["cid"]), g))
         return out

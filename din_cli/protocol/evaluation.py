@@ -506,6 +506,20 @@ def copies_across_subgroups(ctx, task_id: int, round_: int, work: Path) -> set[i
     sub.mkdir(exist_ok=True)
     info = ctx.din.task_info(task_id)
     updates = ctx.din.updates_submitted(task_id, round_)
+    # It reads every update of the round, so a process holding many evaluators (a node with many
+    # identities, `din simulate`'s workers) reads them once: the answer depends only on the
+    # round's submissions, final once its training phase is over, and on what this process can
+    # open (sealed tasks: the evaluator's keys, so the key includes who asks).
+    memo = (
+        ctx.deployment["DinTasks"],
+        int(ctx.chain.chain_id),
+        int(task_id),
+        int(round_),
+        tuple((u.index, bytes(u.cid)) for u in updates),
+        ctx.address if sealing.is_sealed_task(info) else None,
+    )
+    if memo in _COPIES:
+        return set(_COPIES[memo])
     cutoff = sealing.read_cutoff(ctx, task_id, info, updates)
     for k, u in enumerate(updates):
         try:
@@ -527,7 +541,14 @@ def copies_across_subgroups(ctx, task_id: int, round_: int, work: Path) -> set[i
             out.add(u.index)
         first.setdefault(digest, u.group)
         (sub / f"{k:05d}.safetensors").unlink(missing_ok=True)
+    if len(_COPIES) >= 8:
+        _COPIES.pop(next(iter(_COPIES)))
+    _COPIES[memo] = frozenset(out)
     return out
+
+
+#: copies_across_subgroups' answers in this process (its last 8 rounds)
+_COPIES: dict[tuple, frozenset[int]] = {}
 
 
 def update_scores(
@@ -595,28 +616,55 @@ def _open_latest(ctx, task_id: int, cid: bytes, dest: Path) -> Path:
 
 def _admitted_latest(ctx, task_id: int, indices: list[int], work: Path) -> set[int]:
     """Which of participants ``indices`` had their latest update admitted in its round."""
+    from din_cli.protocol import sealing
     from din_cli.protocol.roundflow import subgroup_result
 
+    wanted = set(indices)
     last_round: dict[int, int] = {}
     for e in ctx.din.events(task_id, "UpdateSubmitted"):
         i, r = int(e["args"]["index"]), int(e["args"]["round"])
-        if i in indices:
+        if i in wanted:
             last_round[i] = max(r, last_round.get(i, 0))
-    judged: dict[tuple[int, int], tuple[list, object]] = {}
+    of_round: dict[int, tuple[list, dict]] = {}  # round -> (its updates, index -> subgroup)
+    sealed = sealing.is_sealed_task(ctx.din.task_info(task_id))
     out: set[int] = set()
     for i, r in last_round.items():
-        mine = [u for u in ctx.din.updates_submitted(task_id, r) if u.index == i]
-        g = mine[-1].group
-        if (r, g) not in judged:
-            updates = ctx.din.updates_submitted(task_id, r, g)
+        if r not in of_round:  # read once per round, not once per member
+            every = ctx.din.updates_submitted(task_id, r)
+            of_round[r] = (every, {u.index: u.group for u in every})
+        every, group_of = of_round[r]
+        g = group_of[i]
+        updates = [u for u in every if u.group == g]
+        # the same verdicts for every evaluator reading this subgroup: a process holding many
+        # (a node with many identities, `din simulate`'s workers) judges it once
+        memo = (
+            ctx.deployment["DinTasks"],
+            int(ctx.chain.chain_id),
+            int(task_id),
+            r,
+            g,
+            tuple((u.index, bytes(u.cid)) for u in updates),
+            ctx.address if sealed else None,
+        )
+        if memo not in _ADMITTED:
             sub = work / f"admission-r{r}-g{g}"
             sub.mkdir(exist_ok=True)
-            judged[(r, g)] = (updates, subgroup_result(ctx, task_id, r, g, sub, aggregate=False)[1])
-        updates, admission = judged[(r, g)]
+            admission = subgroup_result(ctx, task_id, r, g, sub, aggregate=False)[1]
+            if len(_ADMITTED) >= 4096:
+                _ADMITTED.pop(next(iter(_ADMITTED)))
+            _ADMITTED[memo] = (
+                frozenset(pos for pos, v in enumerate(admission.verdicts) if v.admitted)
+                if admission is not None
+                else frozenset()
+            )
         k = max(pos for pos, u in enumerate(updates) if u.index == i)
-        if admission is not None and admission.verdicts[k].admitted:
+        if k in _ADMITTED[memo]:
             out.add(i)
     return out
+
+
+#: _admitted_latest's verdicts in this process: admitted positions per judged subgroup
+_ADMITTED: dict[tuple, frozenset[int]] = {}
 
 
 def _overrides(

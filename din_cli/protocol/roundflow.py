@@ -164,6 +164,57 @@ def train_and_submit(
     before any training, a round that would take this participant's epsilon
     above it.
     """
+    out = prepare_update(
+        ctx,
+        task_id,
+        data,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        progress=progress,
+        dp_budget=dp_budget,
+    )
+    receipt = submit_prepared(ctx, task_id, out["round"], out["cid"])
+    return {**out, "gas": _gas(receipt)}
+
+
+def submit_prepared(ctx, task_id: int, round_: int, cid: str):
+    """Submit ``cid`` as this key's update of ``round_`` (still in its training phase); the receipt."""
+    d = ctx.din
+    with ctx.chain.writing():
+        now = d.task_info(task_id)
+        if now.round != round_ or now.phase != "training":
+            raise UsageError(
+                f"round {round_}'s training phase ended while training (now {now.phase}, round {now.round})",
+                "run it again in the next round",
+            )
+        if _member(ctx, task_id, ctx.address)["last_round"] >= round_:
+            raise AlreadyDone(
+                f"update already submitted for task {task_id} round {round_}", "nothing to do"
+            )
+        return d.submit_update(ctx.account, task_id, to_bytes(cid))
+
+
+def prepare_update(
+    ctx,
+    task_id: int,
+    data: str | Path,
+    *,
+    epochs: int = TRAIN_DEFAULTS["epochs"],
+    lr: float = TRAIN_DEFAULTS["lr"],
+    batch_size: int = TRAIN_DEFAULTS["batch_size"],
+    seed: int | None = None,
+    device: str = "auto",
+    progress=None,
+    dp_budget: float | None = None,
+) -> dict:
+    """All of ``train_and_submit`` but the transaction: the update trained, noised, sealed or masked
+    as the task says and added; ``{task_id, round, cid, samples, loss, device, deterministic, dp}``.
+
+    ``din simulate`` trains with it on its workers and sends the submissions in batches.
+    """
     from din_cli.ml.privacy import privatize
     from din_cli.ml.train import train
     from din_cli.protocol import privacy, sealing
@@ -231,18 +282,6 @@ def train_and_submit(
                     else privacy.epsilon_of(ctx, task_id, ctx.address, info.round, info=info)
                 )
         cid = ctx.add(update)
-    with ctx.chain.writing():
-        now = d.task_info(task_id)
-        if now.round != info.round or now.phase != "training":
-            raise UsageError(
-                f"round {info.round}'s training phase ended while training (now {now.phase}, round {now.round})",
-                "run it again in the next round",
-            )
-        if _member(ctx, task_id, ctx.address)["last_round"] >= info.round:
-            raise AlreadyDone(
-                f"update already submitted for task {task_id} round {info.round}", "nothing to do"
-            )
-        receipt = d.submit_update(ctx.account, task_id, to_bytes(cid))
     return {
         "task_id": task_id,
         "round": info.round,
@@ -252,7 +291,6 @@ def train_and_submit(
         "device": result.device,
         "deterministic": result.deterministic,
         "dp": dp_doc,
-        "gas": _gas(receipt),
     }
 
 
@@ -598,7 +636,11 @@ def global_from_accepted(ctx, task_id: int, round_: int, work: Path) -> tuple[st
     """The global model of ``round_``: the aggregate of its accepted subgroup aggregates; ``(cid, {group: cid})``.
 
     Empty subgroups (their accepted result is the round's starting model)
-    add nothing; when every subgroup was empty the starting model stays.
+    add nothing; nor does an accepted result that is no weighted aggregate of
+    the task's architecture (another architecture, no samples, not a
+    safetensors file: what a colluding majority may have revealed), so such a
+    majority cannot stop the round's global model; a dispute replaces its
+    result. When no subgroup adds anything the starting model stays.
     """
     accepted = ctx.din.accepted_aggregates(task_id, round_)
     if not accepted:
@@ -609,10 +651,31 @@ def global_from_accepted(ctx, task_id: int, round_: int, work: Path) -> tuple[st
     groups = {g: to_text(accepted[g]) for g in sorted(accepted)}
     start = start_model(ctx, task_id, round_)
     fresh = [g for g, cid in groups.items() if cid != start]
+    fresh = _weighted(ctx, start, {g: accepted[g] for g in fresh}, work, f"r{round_}-probe")
     if not fresh:
         return start, groups
     cid, _ = aggregate_cids(ctx, [accepted[g] for g in fresh], work, f"r{round_}-global")
     return cid, groups
+
+
+def _weighted(ctx, start: str, results: dict[int, bytes], work: Path, name: str) -> list[int]:
+    """The groups of ``results`` whose file is an update or aggregate of ``start``'s architecture
+    with a positive sample count (what FedAvg can weigh)."""
+    from din_cli.ml import tensorfile, zoo
+
+    arch = tensorfile.read_header(ctx.fetch(start, work / f"{name}-start.safetensors")).arch
+    shapes = zoo.param_shapes(arch)
+    keep = []
+    for g, cid in results.items():
+        path = ctx.fetch(cid, work / f"{name}-{g:04d}.safetensors")
+        try:
+            h = tensorfile.read_header(path)
+            tensorfile.check_model(h, shapes, arch=arch, kinds=("update", "aggregate"))
+        except InputError:
+            continue
+        if h.samples > 0:
+            keep.append(g)
+    return keep
 
 
 def _proposed(ctx, task_id: int, round_: int) -> str | None:

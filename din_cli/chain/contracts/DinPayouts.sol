@@ -15,6 +15,11 @@ interface IDiscarded {
     function discarded(uint256 taskId, uint256 round) external view returns (bool);
 }
 
+/// @dev DinTasks' own getter, read from the library's code (which runs as DinTasks).
+interface IDisputesOf {
+    function disputes() external view returns (address);
+}
+
 library DinPayouts {
     event SubgroupSettled(uint256 indexed taskId, uint256 group, uint256[] participants, bytes scores, uint256 before);
     event ValidatorPenalised(uint256 indexed taskId, address indexed validator, uint256 amount, string reason);
@@ -43,6 +48,9 @@ library DinPayouts {
         uint256 pos = Assignment.permute(Assignment.key(seed, Assignment.VALIDATORS), v.index1 - 1, t.validators);
         require(pos < uint256(t.groups) * per, "validator not assigned in that round");
         bytes32 gk = keccak256(abi.encode(id, round, pos / per));
+        // a round a dispute's replay discarded may have been cut short before anyone could reveal:
+        // in it only the disputed subgroup, whose result the committee decided, is slashable
+        require(corrected[gk] != bytes32(0) || !IDiscarded(IDisputesOf(address(this)).disputes()).discarded(id, round), "a dispute's replay discarded that round");
         GroupVotes storage gv = groupVotes[gk];
         bytes20 revealed = ((gv.mask >> (pos % per)) & 1) == 1 ? gv.first : bytes20(deviant[keccak256(abi.encode(id, round, validator))]);
         string memory reason;
