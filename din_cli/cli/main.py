@@ -54,6 +54,7 @@ COMMANDS: dict[str, object] = {
     "verify": "din_cli.cli.verify:verify",
     "privacy": "din_cli.cli.privacy:privacy_group",
     "node": "din_cli.cli.node:node_group",
+    "simulate": "din_cli.cli.simulate:simulate",
 }
 
 
