@@ -169,18 +169,6 @@ class Simulation:
             self.chain, self.dep, None, ident, _store=self._store, _din=self.din, _owns_chain=False
         )
 
-    def _record_sends(self) -> None:
-        send = self.chain.send
-
-        def recorded(account, fn, **kw):
-            receipt = send(account, fn, **kw)
-            self.gas.append(
-                (account.address, kw.get("_name") or fn.fn_name, int(receipt["gasUsed"]))
-            )
-            return receipt
-
-        self.chain.send = recorded
-
     def _batch(self, items, name: str):
         sent = self.batch.send_many(items, name)
         for s in sent:
@@ -339,7 +327,7 @@ class Simulation:
 
         save_deployment({**self.dep, "url": self.chain.url})
 
-        self._store = open_store(None)
+        self._store = open_store(self.sc.run.ipfs or None)
         self.batch = Batch(self.chain)
         everyone = [self.owner, *self.parts, *self.vals]
         if self.chain.url and self.chain.url.startswith("http"):
@@ -360,7 +348,9 @@ class Simulation:
             ],  # stake + dispute bonds
             "transfer",
         )
-        self._record_sends()
+        from din_cli.sim.workers import record_sends
+
+        record_sends(self.chain, self.gas)
         init_model(t.arch, self.home / "genesis.safetensors", seed=self.sc.seed)
         self.task = roundflow.publish(
             self.ctx(self.owner.ident),
@@ -412,6 +402,11 @@ class Simulation:
         from din_cli.sim.workers import remote_worker
 
         if self.address:
+            if not self.sc.run.ipfs:
+                raise UsageError(
+                    "workers on a Ray cluster need a content store they all reach",
+                    "set run.ipfs to an IPFS node's API multiaddr (and keep --out on a shared filesystem)",
+                )
             ray.init(address=self.address, log_to_driver=False)
             n = max(1, int(ray.cluster_resources().get("CPU", 1)))
         else:
@@ -424,7 +419,8 @@ class Simulation:
                 ignore_reinit_error=True,
             )
         cls = remote_worker()
-        self.workers = [cls.remote(str(self.home), url, self.dep, None) for _ in range(n)]
+        ipfs = self.sc.run.ipfs or None
+        self.workers = [cls.remote(str(self.home), url, self.dep, ipfs) for _ in range(n)]
         ray.get([w.peak_rss.remote() for w in self.workers])  # started, din imported
 
     # ------------------------------------------------------------------ the task

@@ -28,6 +28,7 @@ Example (every key optional; these are the defaults)::
     [run]
     chain = "embedded"            # "embedded", "anvil" (din starts one) or an http:// URL of a dev node
     workers = 2                   # Ray workers on this machine (ignored with --address)
+    ipfs = ""                     # an IPFS node's API (/ip4/HOST/tcp/5001) instead of OUT/home/blocks
 
 Stores reuse the dataset's rows when participants x rows exceeds it (the
 report says how many times each row is used on average).
@@ -95,6 +96,7 @@ class Behaviour:
 class Run:
     chain: str = "embedded"
     workers: int = 2
+    ipfs: str = ""  # an IPFS node's API multiaddr as the content store (default: OUT/home/blocks)
 
 
 @dataclass

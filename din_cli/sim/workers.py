@@ -29,6 +29,18 @@ STEPS = (
 )
 
 
+def record_sends(chain, sink: list) -> None:
+    """Make ``chain.send`` append ``(sender, function, gas used)`` of each receipt to ``sink``."""
+    send = chain.send
+
+    def recorded(account, fn, **kw):
+        receipt = send(account, fn, **kw)
+        sink.append((account.address, kw.get("_name") or fn.fn_name, int(receipt["gasUsed"])))
+        return receipt
+
+    chain.send = recorded
+
+
 class Worker:
     """One worker process: a chain connection, the content store, and the steps actors take."""
 
@@ -44,16 +56,7 @@ class Worker:
         self.chain = connect(chain_url)
         self.gas: list[tuple[str, str, int]] = []
         self._shared = None
-        send = self.chain.send
-
-        def recorded(account, fn, **kw):
-            receipt = send(account, fn, **kw)
-            self.gas.append(
-                (account.address, kw.get("_name") or fn.fn_name, int(receipt["gasUsed"]))
-            )
-            return receipt
-
-        self.chain.send = recorded
+        record_sends(self.chain, self.gas)
 
     def ctx(self, ident=None):
         """A Context acting as ``ident`` that shares this worker's contracts and store."""
@@ -79,7 +82,8 @@ class Worker:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def take_gas(self) -> list[tuple[str, str, int]]:
-        out, self.gas = self.gas, []
+        out = list(self.gas)
+        self.gas.clear()  # the same list record_sends appends to
         return out
 
     # ------------------------------------------------------------------ participants
