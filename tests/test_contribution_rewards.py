@@ -7,6 +7,7 @@ that leaves after round 1. Embedded chain and anvil, one deployment per module.
 
 from __future__ import annotations
 
+import pytest
 from round_world import DEPOSIT, World
 
 from din_cli.protocol import evaluation, roundflow
@@ -88,16 +89,19 @@ def test_free_riders_copycats_and_shuffled_labels_earn_nothing_and_dropouts_keep
     assert got[HONEST] > (DEPOSIT - fee * len(vals)) // 2, got  # the honest one earns most
 
 
+@pytest.mark.parametrize("scoring", ["gtg", "update"])
 def test_a_copy_submitted_in_another_subgroup_scores_nothing_and_the_original_keeps_its_score(
-    tmp_path, deployed
+    tmp_path, deployed, scoring
 ):
     """Admission judges one subgroup, so it cannot see a copy of an update from another subgroup.
     Scoring can: the later of two identical updates of a round scores 0 there, whatever its
-    metadata says (here it declares another sample count, so its CID differs too)."""
+    metadata says (here it declares another sample count, so its CID differs too), by
+    contribution and by the update's own score alike (`din simulate` at N=1,000 paid such a
+    copy under `update` before)."""
     from din_cli.ml import models, tensorfile
 
     w = World(tmp_path, participants=4, validators=4, subgroup_size=2, per_group=2, rounds=1,
-              fee_bps=FEE_BPS, deployed=deployed)  # fmt: skip
+              fee_bps=FEE_BPS, deployed=deployed, scoring=scoring)  # fmt: skip
     roundflow.start(w.ctx(w.owner), w.task)
     train = lambda i: roundflow.train_and_submit(w.ctx(w.parts[i]), w.task, w.stores[i], epochs=5)  # noqa: E731
     done = {0: train(0)}  # round 1's subgroups are drawn by its first submission

@@ -18,7 +18,8 @@ rounds in that time, the rounds it finished are reported. Flower trains every
 store every round with no chain, no store, no validators, no evaluation and
 no settlement: it is the cost of the training alone on the same engine.
 
-Prints one table of the runs side by side (figures from the JSON files).
+Prints one Markdown table of the runs side by side (figures from the JSON
+files); ``--table`` prints it without running anything.
 """
 
 from __future__ import annotations
@@ -153,9 +154,10 @@ def table(names: list[str]) -> None:
     head = ["N", "V", "wall s", "train s", "agg s", "eval s", "submit s", "txs", "Mgas/round",
             "gas/part/round", "val CPU s/round", "coord MiB", "worker MiB", "accuracy", "Flower s",
             "Flower acc"]  # fmt: skip
-    print("\t".join(head))
+    print("| " + " | ".join(head) + " |")  # a Markdown table, as docs/scale.md shows it
+    print("|" + "---:|" * len(head))
     for row in rows:
-        print("\t".join(str(x) for x in row))
+        print("| " + " | ".join(str(x) for x in row) + " |")
 
 
 def main() -> None:
@@ -163,8 +165,9 @@ def main() -> None:
     ap.add_argument("names", nargs="+", help="scenario names: n100, n1000, n10000")
     ap.add_argument("--no-flower", action="store_true", help="din only")
     ap.add_argument("--flower-only", metavar="RUN", help="Flower only, on this din run's folder")
+    ap.add_argument("--table", action="store_true", help="only print the table of saved reports")
     args = ap.parse_args()
-    for name in args.names:
+    for name in [] if args.table else args.names:
         if args.flower_only:
             out = Path(args.flower_only)
         else:

@@ -563,9 +563,11 @@ def update_scores(
     """Score each participant of evaluation subgroup ``group`` by its latest update alone; ``(addresses, bps)``.
 
     A participant scores its latest update; 0 when it never submitted, when
-    that update can no longer be fetched, or when the admission rule excluded it from its round's subgroup
-    aggregate (judged as the validators of that subgroup judged it), so a
-    bad update earns nothing and is never evaluated.
+    that update can no longer be fetched, when the admission rule excluded it from its round's subgroup
+    aggregate (judged as the validators of that subgroup judged it), or when
+    it copies the weights of an update submitted before it in another
+    subgroup of that round (:func:`copies_across_subgroups`), so a bad update
+    or a copy earns nothing and is never evaluated.
     """
     from din_cli.ml.data import load_store
     from din_cli.ml.evaluate import evaluate_rows
@@ -578,10 +580,15 @@ def update_scores(
     admitted = _admitted_latest(
         ctx, task_id, [i for i in rnd.participant_groups[group] if i in latest], work
     )
+    copied: set[int] = set()
+    for r in sorted(set(admitted.values())):
+        copied |= {
+            i for i in copies_across_subgroups(ctx, task_id, r, work) if admitted.get(i) == r
+        }
     addresses, scores = [], []
     for i in rnd.participant_groups[group]:
         addresses.append(parts[i])
-        if i not in admitted:
+        if i not in admitted or i in copied:
             scores.append(0)
             continue
         try:
@@ -614,8 +621,9 @@ def _open_latest(ctx, task_id: int, cid: bytes, dest: Path) -> Path:
     raise NotFoundError(f"update {cid.hex()} was not submitted to task {task_id}", "it scores 0")
 
 
-def _admitted_latest(ctx, task_id: int, indices: list[int], work: Path) -> set[int]:
-    """Which of participants ``indices`` had their latest update admitted in its round."""
+def _admitted_latest(ctx, task_id: int, indices: list[int], work: Path) -> dict[int, int]:
+    """Which of participants ``indices`` had their latest update admitted in its round:
+    ``{participant index: that round}``."""
     from din_cli.protocol import sealing
     from din_cli.protocol.roundflow import subgroup_result
 
@@ -627,7 +635,7 @@ def _admitted_latest(ctx, task_id: int, indices: list[int], work: Path) -> set[i
             last_round[i] = max(r, last_round.get(i, 0))
     of_round: dict[int, tuple[list, dict]] = {}  # round -> (its updates, index -> subgroup)
     sealed = sealing.is_sealed_task(ctx.din.task_info(task_id))
-    out: set[int] = set()
+    out: dict[int, int] = {}
     for i, r in last_round.items():
         if r not in of_round:  # read once per round, not once per member
             every = ctx.din.updates_submitted(task_id, r)
@@ -659,7 +667,7 @@ def _admitted_latest(ctx, task_id: int, indices: list[int], work: Path) -> set[i
             )
         k = max(pos for pos, u in enumerate(updates) if u.index == i)
         if k in _ADMITTED[memo]:
-            out.add(i)
+            out[i] = r
     return out
 
 

@@ -280,6 +280,7 @@ def plot(report: dict, path: Path) -> None:
     rounds = report["rounds"]
     ax[0, 0].plot([r["round"] for r in rounds], [r["accuracy"] for r in rounds], marker="o")
     ax[0, 0].set(title="global model accuracy", xlabel="round", ylabel="accuracy")
+    ax[0, 0].set_xticks([r["round"] for r in rounds])
     stages = report["stages_s"]
     ax[0, 1].barh(list(stages), list(stages.values()))
     ax[0, 1].set(title=f"wall time by stage ({report['wall_s']:.0f} s)", xlabel="seconds")
