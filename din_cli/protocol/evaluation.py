@@ -515,11 +515,12 @@ def copies_across_subgroups(ctx, task_id: int, round_: int, work: Path) -> set[i
         int(ctx.chain.chain_id),
         int(task_id),
         int(round_),
-        tuple((u.index, bytes(u.cid)) for u in updates),
+        tuple((u.index, u.group, bytes(u.cid)) for u in updates),
         ctx.address if sealing.is_sealed_task(info) else None,
     )
     if memo in _COPIES:
         return set(_COPIES[memo])
+    complete = True  # every update read: only then is the answer kept
     cutoff = sealing.read_cutoff(ctx, task_id, info, updates)
     for k, u in enumerate(updates):
         try:
@@ -527,11 +528,13 @@ def copies_across_subgroups(ctx, task_id: int, round_: int, work: Path) -> set[i
                 ctx, task_id, info, u, sub / f"{k:05d}.safetensors", cutoff=cutoff
             )
             if not isinstance(path, Path):
+                complete = False
                 continue
             mf = models.read_model(path, finite=False)
         except sealing.KeyMissing:
             raise
         except DinError:
+            complete = False
             continue
         h = hashlib.sha256()
         for name in sorted(mf.weights):
@@ -541,9 +544,10 @@ def copies_across_subgroups(ctx, task_id: int, round_: int, work: Path) -> set[i
             out.add(u.index)
         first.setdefault(digest, u.group)
         (sub / f"{k:05d}.safetensors").unlink(missing_ok=True)
-    if len(_COPIES) >= 8:
-        _COPIES.pop(next(iter(_COPIES)))
-    _COPIES[memo] = frozenset(out)
+    if complete:
+        if len(_COPIES) >= 8:
+            _COPIES.pop(next(iter(_COPIES)))
+        _COPIES[memo] = frozenset(out)
     return out
 
 
@@ -639,8 +643,9 @@ def _admitted_latest(ctx, task_id: int, indices: list[int], work: Path) -> dict[
     for i, r in last_round.items():
         if r not in of_round:  # read once per round, not once per member
             every = ctx.din.updates_submitted(task_id, r)
-            of_round[r] = (every, {u.index: u.group for u in every})
-        every, group_of = of_round[r]
+            start = bytes(ctx.din.round_info(task_id, r).model_cid)
+            of_round[r] = (every, {u.index: u.group for u in every}, start)
+        every, group_of, start = of_round[r]
         g = group_of[i]
         updates = [u for u in every if u.group == g]
         # the same verdicts for every evaluator reading this subgroup: a process holding many
@@ -651,6 +656,7 @@ def _admitted_latest(ctx, task_id: int, indices: list[int], work: Path) -> dict[
             int(task_id),
             r,
             g,
+            start,  # judged against the round's starting model
             tuple((u.index, bytes(u.cid)) for u in updates),
             ctx.address if sealed else None,
         )
@@ -658,15 +664,16 @@ def _admitted_latest(ctx, task_id: int, indices: list[int], work: Path) -> dict[
             sub = work / f"admission-r{r}-g{g}"
             sub.mkdir(exist_ok=True)
             admission = subgroup_result(ctx, task_id, r, g, sub, aggregate=False)[1]
-            if len(_ADMITTED) >= 4096:
-                _ADMITTED.pop(next(iter(_ADMITTED)))
-            _ADMITTED[memo] = (
-                frozenset(pos for pos, v in enumerate(admission.verdicts) if v.admitted)
-                if admission is not None
-                else frozenset()
-            )
+            verdicts = admission.verdicts if admission is not None else []
+            judged = frozenset(pos for pos, v in enumerate(verdicts) if v.admitted)
+            if not any(v.reason == "unavailable" for v in verdicts):  # a miss may be transient
+                if len(_ADMITTED) >= 4096:
+                    _ADMITTED.pop(next(iter(_ADMITTED)))
+                _ADMITTED[memo] = judged
+        else:
+            judged = _ADMITTED[memo]
         k = max(pos for pos, u in enumerate(updates) if u.index == i)
-        if k in _ADMITTED[memo]:
+        if k in judged:
             out[i] = r
     return out
 

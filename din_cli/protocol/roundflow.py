@@ -638,9 +638,9 @@ def global_from_accepted(ctx, task_id: int, round_: int, work: Path) -> tuple[st
     Empty subgroups (their accepted result is the round's starting model)
     add nothing; nor does an accepted result that is no weighted aggregate of
     the task's architecture (another architecture, no samples, not a
-    safetensors file: what a colluding majority may have revealed), so such a
-    majority cannot stop the round's global model; a dispute replaces its
-    result. When no subgroup adds anything the starting model stays.
+    safetensors file, NaN or Inf weights, not a CID: what a colluding majority
+    may have revealed) is left out, so such a majority cannot stop the
+    round's global model with it; a dispute replaces its result. When no subgroup adds anything the starting model stays.
     """
     accepted = ctx.din.accepted_aggregates(task_id, round_)
     if not accepted:
@@ -648,7 +648,7 @@ def global_from_accepted(ctx, task_id: int, round_: int, work: Path) -> tuple[st
             f"no subgroup aggregate was accepted in round {round_} of task {task_id}",
             "the round keeps the previous global model once the global-model deadline passes",
         )
-    groups = {g: to_text(accepted[g]) for g in sorted(accepted)}
+    groups = {g: _cid_text(accepted[g]) for g in sorted(accepted)}
     start = start_model(ctx, task_id, round_)
     fresh = [g for g, cid in groups.items() if cid != start]
     fresh = _weighted(ctx, start, {g: accepted[g] for g in fresh}, work, f"r{round_}-probe")
@@ -660,17 +660,24 @@ def global_from_accepted(ctx, task_id: int, round_: int, work: Path) -> tuple[st
 
 def _weighted(ctx, start: str, results: dict[int, bytes], work: Path, name: str) -> list[int]:
     """The groups of ``results`` whose file is an update or aggregate of ``start``'s architecture
-    with a positive sample count (what FedAvg can weigh)."""
-    from din_cli.ml import tensorfile, zoo
+    with a positive sample count and finite weights (what FedAvg can weigh). A result that is no
+    CID is left out; one the store cannot serve stops the global model, as before (whether it
+    can be fetched is not the same for everyone, so it cannot decide the model)."""
+    from din_cli.ml import models, tensorfile, zoo
 
     arch = tensorfile.read_header(ctx.fetch(start, work / f"{name}-start.safetensors")).arch
     shapes = zoo.param_shapes(arch)
     keep = []
     for g, cid in results.items():
+        try:
+            to_text(cid)
+        except InputError:
+            continue
         path = ctx.fetch(cid, work / f"{name}-{g:04d}.safetensors")
         try:
             h = tensorfile.read_header(path)
             tensorfile.check_model(h, shapes, arch=arch, kinds=("update", "aggregate"))
+            models.read_model(path)  # refuses NaN and Inf
         except InputError:
             continue
         if h.samples > 0:

@@ -57,7 +57,18 @@ class Batch:
                 f"cannot reach the chain node at {self.chain.url} ({type(e).__name__})",
                 "start the node or fix the scenario's chain",
             ) from None
-        by_id = {item["id"]: item for item in r.json()}
+        answer = r.json()
+        if not isinstance(answer, list):  # a node that refuses the batch as a whole
+            message = (
+                answer.get("error", {}).get("message", answer)
+                if isinstance(answer, dict)
+                else answer
+            )
+            raise BackendUnavailable(
+                f"the chain node at {self.chain.url} refused a batch of {len(calls)} calls ({message})",
+                "use a node that accepts JSON-RPC batches (anvil, geth, reth)",
+            )
+        by_id = {item["id"]: item for item in answer}
         out = []
         for i in range(len(calls)):
             item = by_id.get(i, {})
@@ -95,12 +106,13 @@ class Batch:
             return self._one_by_one(items, name)
         from eth_utils import to_checksum_address
 
-        if gas is None:
-            acct, fn = items[0]
-            try:
-                est = fn.estimate_gas({"from": acct.address}, "pending")
-            except Exception:  # noqa: BLE001 - it reverts now (a late submission): mined as failed
-                est = 200_000
+        if gas is None:  # the first and the last call's estimates (the last may end the phase)
+            est = 0
+            for acct, fn in {0: items[0], 1: items[-1]}.values():
+                try:
+                    est = max(est, fn.estimate_gas({"from": acct.address}, "pending"))
+                except Exception:  # noqa: BLE001 - it reverts now (a late submission): mined as failed
+                    est = max(est, 200_000)
             gas = min(int(est * 1.5) + 300_000, self.chain._block_gas_limit())
         fee = int(self.chain.w3.eth.gas_price) * 2 + 1
         # read each sender's nonce afresh (one batch): the same accounts also send elsewhere

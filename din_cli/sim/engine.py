@@ -814,6 +814,13 @@ def simulate(sc: Scenario, out: str | Path, *, address: str | None = None, say=p
             "pip install 'din-cli[sim]' (Ray and matplotlib)",
         ) from None
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} is a file", "give a new folder with --out")
+    if address and (sc.run.chain in ("embedded", "anvil") or not sc.run.ipfs):
+        raise UsageError(
+            "workers on a Ray cluster need a chain and a content store they all reach",
+            "set run.chain to an http:// dev node and run.ipfs to an IPFS node's API",
+        )
     if out.exists() and any(out.iterdir()):
         raise UsageError(
             f"{out} is not empty", "give a new folder with --out (nothing is overwritten)"

@@ -62,11 +62,12 @@ def dishonest_majority_odds(validators: int, colluders: int, per_group: int) -> 
     )
 
 
-def quality(actor, rounds: int) -> float:
+def quality(actor, discarded: set[int]) -> float:
+    """Clean rows times the counted rounds (not ones a dispute discarded) it submitted in."""
     if actor.kind in ATTACKERS:
         return 0.0
     clean = actor.rows * (0.4 if actor.kind == "noisy" else 1.0)
-    return clean * len(actor.rounds)
+    return clean * len([r for r in actor.rounds if r not in discarded])
 
 
 def build(sim) -> dict:
@@ -87,6 +88,7 @@ def build(sim) -> dict:
     for f in gas_by_fn.values():
         f["mean"] = f["gas"] // max(1, f["count"])
     task_gas = sum(g for who, g in gas_by_actor.items() if who != "deployer")
+    ran = max(1, len(sim.rounds))  # rounds run, replays after upheld disputes included
     paid: dict[str, int] = {}
     for e in din.events(task, "Claimed"):
         a = e["args"]["account"]
@@ -97,6 +99,7 @@ def build(sim) -> dict:
             a = e["args"]["validator"]
             slashed[a] = slashed.get(a, 0) + int(e["args"]["amount"])
 
+    discarded = set(din.discarded_rounds(task))
     parts = []
     for p in sim.parts:
         parts.append(
@@ -106,7 +109,7 @@ def build(sim) -> dict:
                 "rows": p.rows,
                 "straggler": p.straggler,
                 "rounds": p.rounds,
-                "quality": quality(p, t.rounds),
+                "quality": quality(p, discarded),
                 "paid": paid.get(p.ident.address, 0) / UNIT,
             }
         )
@@ -134,11 +137,12 @@ def build(sim) -> dict:
         "honest_paid": sum(paid.get(v.ident.address, 0) for v in sim.vals if v.kind != "colluder")
         / UNIT,
     }
-    rnd0 = din.round_info(task, 0) if sim.rounds else None
+    evaluated = getattr(sim, "eval_dishonest", None) is not None
+    rnd0 = din.round_info(task, 0) if evaluated else None
     per = rnd0.per_group if rnd0 is not None else t.validators_per_subgroup
-    groups_seen = sum(x["groups"] for x in sim.rounds) + (rnd0.groups if rnd0 is not None else 0)
-    dishonest_seen = sum(x["dishonest_majority"] for x in sim.rounds) + getattr(
-        sim, "eval_dishonest", 0
+    groups_seen = sum(x["groups"] for x in sim.rounds) + (rnd0.groups if evaluated else 0)
+    dishonest_seen = sum(x["dishonest_majority"] for x in sim.rounds) + (
+        sim.eval_dishonest if evaluated else 0
     )
     work_by_round = []
     for v, steps in sim.work.items():
@@ -146,7 +150,7 @@ def build(sim) -> dict:
             c for s, c in steps.items() if s in ("aggregate-commit", "aggregate-reveal", "attest")
         )
         ev = sum(c for s, c in steps.items() if s in ("score-commit", "score-reveal", "grant-keys"))
-        work_by_round.append((v, agg / max(1, t.rounds), ev))
+        work_by_round.append((v, agg / ran, ev))
     report = {
         "scenario": sc.as_dict(),
         "task": task,
@@ -163,9 +167,9 @@ def build(sim) -> dict:
             "by_actor": gas_by_actor,
             "by_function": gas_by_fn,
             "task_total": task_gas,
-            "per_participant_per_round": task_gas / (len(sim.parts) * t.rounds),
+            "per_participant_per_round": task_gas / (len(sim.parts) * ran),
             "participants_per_participant_per_round": gas_by_actor.get("participant", 0)
-            / (len(sim.parts) * t.rounds),
+            / (len(sim.parts) * ran),
         },
         "validator_cpu_s": {
             "aggregation_per_round_mean": statistics.fmean([w[1] for w in work_by_round])
@@ -199,11 +203,13 @@ def build(sim) -> dict:
         "notes": sim.notes,
         "participants_detail": parts,
     }
-    (sim.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     try:
         plot(report, sim.out / "report.png")
     except ImportError:
         report["notes"].append("no plots: matplotlib is not installed")
+    from din_cli.files import write_atomic
+
+    write_atomic(sim.out / "report.json", (json.dumps(report, indent=2) + "\n").encode())
     return report
 
 

@@ -144,9 +144,12 @@ def parse(doc: dict, name: str = "scenario") -> Scenario:
             f"unknown scenario key(s) {', '.join(unknown)}",
             "top-level keys: seed, name; tables: [task], [behaviour], [run]",
         )
+    seed = top.get("seed", 1)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise InputError(f"seed = {seed!r}: expected an int", "write seed as a TOML integer")
     sc = Scenario(
         name=str(top.get("name", name)),
-        seed=int(top.get("seed", 1)),
+        seed=seed,
         task=_section(Task, doc.get("task", {}), "task"),
         behaviour=_section(Behaviour, doc.get("behaviour", {}), "behaviour"),
         run=_section(Run, doc.get("run", {}), "run"),
@@ -195,13 +198,37 @@ def check(sc: Scenario) -> None:
         raise UsageError("task.validators_per_subgroup must be at least 1", "give 1 or more")
     if t.rounds < 1:
         raise UsageError("task.rounds must be at least 1", "give 1 or more")
-    if len(t.rows) != 2 or not 1 <= t.rows[0] <= t.rows[1]:
+    if (
+        len(t.rows) != 2
+        or not all(isinstance(r, int) and not isinstance(r, bool) for r in t.rows)
+        or not 1 <= t.rows[0] <= t.rows[1]
+    ):
         raise UsageError(
             f"task.rows = {t.rows}: expected [least, most] rows per store",
             "for example rows = [20, 60]",
         )
     if not 0.05 <= t.test_fraction <= 0.9:
         raise UsageError("task.test_fraction must be in 0.05..0.9", "for example 0.3")
+    from din_cli.ml.data import BUNDLED
+    from din_cli.ml.robust import RULES
+
+    scorings = ("gtg", "exact", "loo", "update")  # chain.din.SCORINGS, without importing web3 here
+    for key, value, known in (
+        ("dataset", t.dataset, tuple(BUNDLED)),
+        ("scoring", t.scoring, scorings),
+        ("aggregation", t.aggregation, RULES),
+    ):
+        if value not in known:
+            raise UsageError(
+                f"task.{key} = {value!r} is not one of {', '.join(known)}", "pick one of those"
+            )
+    if t.epochs < 1 or t.lr <= 0 or t.batch_size < 1:
+        raise UsageError(
+            "task.epochs and task.batch_size must be at least 1, task.lr above 0", "fix them"
+        )
+    chain = sc.run.chain
+    if chain not in ("embedded", "anvil") and not chain.startswith(("http://", "https://")):
+        raise UsageError(f"run.chain = {chain!r}", 'use "embedded", "anvil" or an http:// URL')
     if t.privacy not in ("open", "sealed"):
         raise UsageError(
             f"task.privacy = {t.privacy!r}: the simulator runs open or sealed tasks",
