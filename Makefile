@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: all install test lint docs contracts contracts-check demo demo-secagg demo-steps services services-stop clean
+.PHONY: all install test lint docs contracts contracts-check demo demo-secagg demo-steps governance services services-stop clean
 
 all: test lint
 
@@ -52,6 +52,11 @@ demo-secagg: $(VENV_STAMP)
 ## the same task driven one command at a time from one shell
 demo-steps: $(VENV_STAMP)
 	PATH="$(CURDIR)/.venv/bin:$$PATH" bash examples/round.sh
+
+## the network's economy after the demo's task (DEMO_DIR; runs demo-steps first without one):
+## credits, a DPP changing the minimum slash by a quadratic credit vote, delegation, a grants round
+governance: $(VENV_STAMP)
+	PATH="$(CURDIR)/.venv/bin:$$PATH" bash examples/governance/governance.sh
 
 ## start anvil and a js-ipfs daemon on 127.0.0.1 (PIDs in .ci/state); prints the env to export
 services: node_modules/.installed

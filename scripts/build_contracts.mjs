@@ -19,7 +19,7 @@ const NODE_MODULES = join(ROOT, "node_modules");
 // Contracts that get an artifact. DinPayouts is a linked library (external functions, reached by
 // DELEGATECALL): DinTasks' artifact lists where its address goes (`links`); the other libraries are
 // internal and inlined.
-const DEPLOYABLE = ["DinToken", "ValidatorRegistry", "DinPayouts", "DinTasks", "DinDisputes"];
+const DEPLOYABLE = ["DinToken", "ValidatorRegistry", "DinPayouts", "DinTasks", "DinDisputes", "DinGovernor", "DinGrants"];
 const SETTINGS = {
   evmVersion: "prague",
   viaIR: true,

@@ -101,6 +101,8 @@ def test_init_creates_home_chain_deployment_and_dev_accounts(initialised, run_di
         "DinPayouts",
         "DinTasks",
         "DinDisputes",
+        "DinGovernor",
+        "DinGrants",
     }
     dep = json.loads((din_home / "deployment.json").read_text())
     assert {k: dep[k] for k in initialised} == initialised
@@ -228,8 +230,8 @@ def test_two_inits_at_once_deploy_once(din_home):
     printed = next(out for code, out in results if code == 0)
     dep = json.loads((din_home / "deployment.json").read_text())
     assert printed.splitlines()[-2:] == [
-        f"DinTasks\t{dep['DinTasks']}",
-        f"DinDisputes\t{dep['DinDisputes']}",
+        f"DinGovernor\t{dep['DinGovernor']}",
+        f"DinGrants\t{dep['DinGrants']}",
     ]
 
 
@@ -245,6 +247,8 @@ def test_anvil_init_stake_and_concurrent_sends(anvil_url, run_din, din_home):
         "DinPayouts",
         "DinTasks",
         "DinDisputes",
+        "DinGovernor",
+        "DinGrants",
     ]
     dep = json.loads((din_home / "deployment.json").read_text())
     assert dep["url"] == anvil_url and dep["chain_id"] == 31337

@@ -1,5 +1,6 @@
 """`make demo` (examples/nodes.sh: one node per actor) and `make demo-steps` (examples/round.sh: one
-command at a time) run a whole task, and its outcome holds when checked again here.
+command at a time) run a whole task, and its outcome holds when checked again here; `make
+governance` (examples/governance/governance.sh) then runs the network's economy on it.
 
 The demo takes minutes, so it runs when asked (DIN_RUN_DEMO=1) and in CI
 (DIN_REQUIRE_INTEGRATION=1), on the embedded chain and, in CI, on anvil with
@@ -20,6 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 NODES = REPO / "examples" / "nodes.sh"
 STEPS = REPO / "examples" / "round.sh"
+GOVERNANCE = REPO / "examples" / "governance" / "governance.sh"
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +45,21 @@ def run_demo(tmp_path: Path, script: Path, **env) -> tuple[Path, subprocess.Comp
     )
     assert proc.returncode == 0, f"{script.name} failed ({proc.returncode}):\n{proc.stderr[-5000:]}"
     return work, proc
+
+
+def run_script(work: Path, script: Path) -> subprocess.CompletedProcess:
+    """Run an example that continues in the demo's work folder ``work``."""
+    bindir = Path(sys.executable).parent
+    full = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DIN_")},
+        "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+        "DEMO_DIR": str(work),
+    }
+    proc = subprocess.run(
+        ["bash", str(script)], env=full, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, f"{script.name} failed ({proc.returncode}):\n{proc.stderr[-5000:]}"
+    return proc
 
 
 def din(work: Path, *args: str, **env) -> str:
@@ -95,6 +112,21 @@ def test_demo_on_nodes_on_the_embedded_defaults(tmp_path):
     # the owner, 6 participants and 4 validators (the dishonest one too) each ran a node to the end
     status = json.loads(din(work, "node", "status", "--json"))
     assert sorted(s["state"] for s in status) == ["finished"] * 11
+
+    # `make governance` on the settled task: credits, a DPP passed by a quadratic credit vote that
+    # raises the minimum slash, a delegation's reward, a quadratic-funding round paying two projects
+    proc = run_script(work, GOVERNANCE)
+    assert "all checks passed" in proc.stderr, proc.stderr[-3000:]
+    supply = json.loads(din(work, "stake", "supply", "--json"))
+    assert supply["offence_slash_bps"] == 1000
+    proposal = json.loads(din(work, "gov", "status", "1", "--json"))
+    assert proposal["state"] == "executed" and proposal["for"] > proposal["against"]
+    grants = json.loads(din(work, "grants", "status", "1", "--json"))
+    matched = [p["matched"] for p in grants["projects"]]
+    assert sum(matched) == grants["matching"] and all(m > 0 for m in matched)
+    assert all(p["claimed"] for p in grants["projects"])
+    credits = json.loads(din(work, "gov", "credits", "--key", "dev11", "--json"))
+    assert credits["credits"] == 0  # the slashed validator
 
 
 def test_demo_secagg_on_nodes_with_a_participant_dropping_out(tmp_path):

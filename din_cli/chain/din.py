@@ -39,6 +39,38 @@ REGISTRY = "ValidatorRegistry"
 TASKS = "DinTasks"
 PAYOUTS = "DinPayouts"  # linked library of DinTasks
 DISPUTES = "DinDisputes"
+GOVERNOR = "DinGovernor"
+GRANTS = "DinGrants"
+
+DAY = 24 * 3600
+# The network's economy as deployed (``deploy_all(economy=...)`` overrides any of them):
+# staking (commission bound and notice: None = the unstake delay), the emission schedule
+# (epoch k emits epoch_emission * (1 - decay_bps/1e4)^k: 100,000 DIN a day halving about
+# every 693 days, 100 M DIN in all), governance (credit-vote periods in seconds, quorum in
+# votes, the proposal threshold in credits, the deposit that earns an owner credits) and
+# quadratic funding (the pool share a round matches with, the counted contribution cap).
+ECONOMY = {
+    "commission_notice": None,
+    "max_commission_bps": 5000,
+    "epoch_length": DAY,
+    "epoch_emission": 100_000 * 10**18,
+    "decay_bps": 10,
+    "min_owner_deposit": 100 * 10**18,
+    "voting_period": 3 * DAY,
+    "timelock_delay": 2 * DAY,
+    "grace_period": 14 * DAY,
+    "quorum_votes": 10,
+    "proposal_threshold": 100,
+    "round_share_bps": 5000,
+    "contribution_cap": 1000 * 10**18,
+}
+
+
+def schedule_limit(epoch_emission: int, decay_bps: int) -> int:
+    """Everything an emission schedule can ever release: epoch_emission * 1e4 / decay_bps."""
+    return int(epoch_emission) * 10_000 // int(decay_bps)
+
+
 #: DinDisputes states, by number.
 DISPUTE_STATES = {1: "filed", 2: "drawn", 3: "upheld", 4: "dismissed", 5: "undecided", 6: "void"}
 
@@ -104,13 +136,17 @@ def deploy_all(
     unstake_delay: int = 7 * 24 * 3600,
     initial_supply: int = 10**9 * TOKEN_UNIT,
     committee: int = DISPUTE_COMMITTEE,
+    economy: dict | None = None,
 ) -> dict:
-    """Deploy DinToken, ValidatorRegistry, DinPayouts, DinTasks and DinDisputes; the deployment dict.
+    """Deploy DinToken, ValidatorRegistry, DinPayouts, DinTasks, DinDisputes, DinGovernor and
+    DinGrants; the deployment dict.
 
     Keys: ``chain_id``, ``deployer``, ``block`` (first block to scan for
-    events), ``DinToken``, ``ValidatorRegistry``, ``DinPayouts``, ``DinTasks``, ``DinDisputes``
-    (addresses), ``min_stake``, ``unstake_delay``, ``committee`` (dispute
-    committee size: odd, 3..255).
+    events), the contracts' addresses by name, ``min_stake``, ``unstake_delay``,
+    ``committee`` (dispute committee size: odd, 3..255) and ``economy`` (the
+    staking, emission, governance and grants parameters: ``ECONOMY`` updated
+    with ``economy``). The token's cap is the initial supply plus everything
+    the emission schedule can ever release.
     """
     if min_stake <= 0:
         raise UsageError("minimum stake must be positive", "give --min-stake above 0")
@@ -118,9 +154,28 @@ def deploy_all(
         raise UsageError(
             f"dispute committee size {committee} is not odd in 3..255", "give an odd size"
         )
+    eco = dict(ECONOMY)
+    unknown = set(economy or ()) - set(eco)
+    if unknown:
+        raise UsageError(f"unknown economy parameter {sorted(unknown)[0]}", f"use {', '.join(eco)}")
+    eco.update(economy or {})
+    if eco["commission_notice"] is None:
+        eco["commission_notice"] = int(unstake_delay)
     block = chain.head() if hasattr(chain, "head") else 0
-    token = chain.deploy(deployer, TOKEN, int(initial_supply))
-    registry = chain.deploy(deployer, REGISTRY, token, int(min_stake), int(unstake_delay))
+    cap = int(initial_supply) + schedule_limit(eco["epoch_emission"], eco["decay_bps"])
+    token = chain.deploy(deployer, TOKEN, int(initial_supply), cap)
+    registry = chain.deploy(
+        deployer,
+        REGISTRY,
+        token,
+        int(min_stake),
+        int(unstake_delay),
+        int(eco["commission_notice"]),
+        int(eco["max_commission_bps"]),
+        int(eco["epoch_length"]),
+        int(eco["epoch_emission"]),
+        int(eco["decay_bps"]),
+    )
     # a library: settlement and claims run in it on DinTasks' storage
     payouts = chain.deploy(deployer, PAYOUTS)
     # DinTasks names DinDisputes (immutable): the address of the deployer's next contract creation
@@ -136,10 +191,29 @@ def deploy_all(
     disputes = chain.deploy(
         deployer, DISPUTES, tasks, int(committee)
     )  # reverts unless at `predicted`
+    governor = chain.deploy(
+        deployer,
+        GOVERNOR,
+        tasks,
+        int(eco["min_owner_deposit"]),
+        int(eco["voting_period"]),
+        int(eco["timelock_delay"]),
+        int(eco["grace_period"]),
+        int(eco["quorum_votes"]),
+        int(eco["proposal_threshold"]),
+    )
+    grants = chain.deploy(
+        deployer,
+        GRANTS,
+        token,
+        governor,
+        int(eco["round_share_bps"]),
+        int(eco["contribution_cap"]),
+    )
     reg = chain.contract(REGISTRY, registry)
-    chain.send(
-        deployer, reg.functions.initialize(tasks, disputes)
-    )  # once; nobody can change it after
+    # once each; nobody can change them after
+    chain.send(deployer, reg.functions.initialize(tasks, disputes, governor, grants))
+    chain.send(deployer, chain.contract(TOKEN, token).functions.setMinter(registry))
     return {
         "chain_id": chain.chain_id,
         "deployer": deployer.address,
@@ -149,6 +223,9 @@ def deploy_all(
         PAYOUTS: payouts,
         TASKS: tasks,
         DISPUTES: disputes,
+        GOVERNOR: governor,
+        GRANTS: grants,
+        "economy": eco,
         "min_stake": int(min_stake),
         "unstake_delay": int(unstake_delay),
         "committee": int(committee),
@@ -1113,9 +1190,16 @@ class Din:
 
     def claim(self, account, task_id: int) -> int:
         """Pull what ``task_id`` owes ``account`` (and release its bond); the amount."""
+        return self.claim_detail(account, task_id)[0]
+
+    def claim_detail(self, account, task_id: int) -> tuple[int, int]:
+        """``claim``, and the part of the amount that was a validator's fee: DinTasks pays that to
+        the validator's pool in the registry (burn and public-goods shares, commission, delegators)."""
         scores = self.settled_scores(task_id, account.address)
         receipt = self._send(account, self.tasks.functions.claim(int(task_id), pack_scores(scores)))
-        return sum(int(e["args"]["amount"]) for e in self._events(receipt, self.tasks, "Claimed"))
+        amount = sum(int(e["args"]["amount"]) for e in self._events(receipt, self.tasks, "Claimed"))
+        fees = self._events(receipt, self.registry, "FeesNotified")
+        return amount, sum(int(e["args"]["amount"]) for e in fees)
 
     def release(self, account, task_id: int, validator: str) -> None:
         """Release ``validator``'s bond in a settled or abandoned task (anyone)."""

@@ -26,7 +26,15 @@ TOKEN_DECIMALS = 18
 DEFAULT_DEV_ACCOUNTS = 8
 DEV_ETHER = 1_000 * 10**18
 DEV_TOKENS = 10_000 * 10**18
-CONTRACTS = ("DinToken", "ValidatorRegistry", "DinPayouts", "DinTasks", "DinDisputes")
+CONTRACTS = (
+    "DinToken",
+    "ValidatorRegistry",
+    "DinPayouts",
+    "DinTasks",
+    "DinDisputes",
+    "DinGovernor",
+    "DinGrants",
+)
 NO_DEADLINE = 2**64 - 1
 
 
@@ -210,7 +218,7 @@ def chain_info(url: str | None = None) -> dict:
             "head": chain.head(),
             "time": chain.now(),
             "deployed_at": dep.get("block"),
-            "contracts": {name: dep[name] for name in CONTRACTS},
+            "contracts": {name: dep.get(name) for name in CONTRACTS},
         }
     finally:
         chain.close()
@@ -237,6 +245,8 @@ def validator_state(chain, dep: dict, address: str) -> dict:
         "address": v.address,
         "stake": v.stake,
         "stake_din": format_amount(v.stake),
+        "self_stake": (own := int(d.chain.call(d.registry.functions.selfStakeOf(address)))),
+        "delegated": v.stake - own,  # the stake is the whole pool: self-stake plus delegations
         "bonded": v.bonded,
         "bonded_din": format_amount(v.bonded),
         "min_stake": d.min_stake(),

@@ -249,7 +249,7 @@ def validator_unstake(chain_url, key_name, as_json):
 @key_option()
 @json_option()
 def validator_info(address, chain_url, key_name, as_json):
-    """Show the stake, status and HPKE key of ADDRESS (default: --key's address).
+    """Show the stake (self-stake plus delegations), status and HPKE key of ADDRESS (default: --key's).
 
     \b
     Example:
@@ -267,12 +267,23 @@ def validator_info(address, chain_url, key_name, as_json):
         [
             ("address", state["address"]),
             ("stake", state["stake_din"]),
+            ("self_stake", network.format_amount(state["self_stake"])),
+            ("delegated", network.format_amount(state["delegated"])),
             ("bonded", state["bonded_din"]),
             ("active", str(state["active"]).lower()),
             ("unlock_at", state["unlock_at"] or None),
             ("hpke_public", state["hpke_public"]),
         ]
     )
+
+
+def _commission():
+    from din_cli.cli.economy import validator_commission
+
+    return validator_commission
+
+
+validator.add_command(_commission())
 
 
 @validator.command("join")

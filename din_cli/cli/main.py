@@ -55,6 +55,9 @@ COMMANDS: dict[str, object] = {
     "privacy": "din_cli.cli.privacy:privacy_group",
     "node": "din_cli.cli.node:node_group",
     "simulate": "din_cli.cli.simulate:simulate",
+    "stake": "din_cli.cli.economy:stake_group",
+    "gov": "din_cli.cli.economy:gov_group",
+    "grants": "din_cli.cli.economy:grants_group",
 }
 
 

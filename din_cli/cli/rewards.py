@@ -64,7 +64,10 @@ def rewards_settle(task, chain_url, key_name, as_json):
 def rewards_claim(task, chain_url, key_name, as_json):
     """Pull what TASK owes your key (score share, validator fee or owner refund); prints the amount in DIN.
 
-    Claiming twice exits 7 (already done).
+    A validator's fee is paid to its pool in the registry (part burnt, part
+    to public goods, the rest shared with its delegators after its
+    commission): `din stake claim` pays it out. Claiming twice exits 7
+    (already done).
 
     \b
     Example:
@@ -76,6 +79,11 @@ def rewards_claim(task, chain_url, key_name, as_json):
 
     with context(chain_url, None, key_name) as ctx:
         doc = lib.claim(ctx, task_number(task))
+    if doc.get("fee_to_pool"):
+        output.note(
+            f"your validator fee, {format_amount(doc['fee_to_pool'])} DIN, went to your pool:"
+            f" `din stake claim {doc['account']}` pays your commission and share"
+        )
     output.emit_doc(doc, as_json, format_amount(doc["amount"]))
 
 

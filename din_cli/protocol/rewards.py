@@ -199,8 +199,9 @@ def claim(ctx, task_id: int) -> dict:
                 f"task {task_id} owes {ctx.address} nothing",
                 "only participants with a score, validators that earned a fee, and the owner of unearned rewards can claim",
             )
-        amount = d.claim(ctx.account, task_id)
-    return {"task_id": task_id, "account": ctx.address, "amount": amount}
+        amount, fee = d.claim_detail(ctx.account, task_id)
+    # a validator's fee went to its pool in the registry: `din stake claim` pays its share
+    return {"task_id": task_id, "account": ctx.address, "amount": amount, "fee_to_pool": fee}
 
 
 def show(ctx, task_id: int) -> dict:

@@ -194,8 +194,9 @@ contract DinDisputes is ReentrancyGuard {
 
     function _eligible(address who, Dispute storage d, DinTasks.DisputeView memory t, bytes32 kv) internal view returns (bool) {
         if (who == d.filer) return false;
-        (uint96 stake, uint64 unlockAt, uint96 bonded,) = registry.validators(who);
-        if (stake < registry.minStake() || unlockAt != 0 || uint256(stake) - bonded < d.bond) return false;
+        // active: self-stake at least the minimum, not leaving, never slashed (tombstoned)
+        (uint96 stake,, uint96 bonded,) = registry.validators(who);
+        if (!registry.isActive(who) || uint256(stake) - bonded < d.bond) return false;
         uint256 i1 = tasks.validatorState(d.taskId, who).index1;
         if (i1 == 0) return true;
         uint256 pos = Assignment.permute(kv, i1 - 1, t.validators);

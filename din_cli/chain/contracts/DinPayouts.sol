@@ -2,6 +2,8 @@
 pragma solidity 0.8.30;
 
 import {ValidatorRegistry} from "./ValidatorRegistry.sol";
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {Assignment} from "./Assignment.sol";
 import {Settlement} from "./Settlement.sol";
 import {Task, Member, GroupResult, GroupVotes, Val, isAccepted, SCORE_BPS, SETTLING_PHASE, SETTLED_PHASE, ABANDONED_PHASE, SCORES, REMOVED, SETTLED_FEE, CLAIMED, BONDED} from "./DinTypes.sol";
@@ -21,6 +23,9 @@ interface IDisputesOf {
 }
 
 library DinPayouts {
+    using SafeERC20 for IERC20;
+
+    event Claimed(uint256 indexed taskId, address indexed account, uint256 amount);
     event SubgroupSettled(uint256 indexed taskId, uint256 group, uint256[] participants, bytes scores, uint256 before);
     event ValidatorPenalised(uint256 indexed taskId, address indexed validator, uint256 amount, string reason);
     event ValidatorSlashed(uint256 indexed taskId, address indexed validator, uint256 round, uint256 amount, string reason);
@@ -179,6 +184,24 @@ library DinPayouts {
         (bytes20[] memory hashes, uint256 live) = _checkValidators(t, vals, group, validators, seed);
         uint256 winner = Settlement.majority(hashes, live);
         return winner == 0 ? bytes20(0) : hashes[winner - 1];
+    }
+
+    /// @notice DinTasks.claim once `amount` (> 0) is known: mark the claim, then pay. A validator's
+    ///         fee is a network fee: it goes to the validator's pool in the registry
+    ///         (`notifyFees`: part burnt, part to public goods, the rest to the validator's
+    ///         commission and its delegators' shares); the rest of `amount` to the claimant.
+    function pay(Task storage t, Member storage m, Val storage v, ValidatorRegistry registry, IERC20 token, uint256 id, uint256 amount) external {
+        uint256 fee;
+        if (t.phase == SETTLED_PHASE && v.flags & (SETTLED_FEE | CLAIMED | REMOVED) == SETTLED_FEE) fee = (uint256(t.deposit) * t.feeBps) / SCORE_BPS / t.goodValidators;
+        if (m.index1 != 0) m.claimed = true;
+        if (v.index1 != 0) v.flags |= CLAIMED;
+        if (msg.sender == t.owner) t.ownerClaimed = true;
+        emit Claimed(id, msg.sender, amount);
+        if (fee > 0) {
+            token.forceApprove(address(registry), fee);
+            registry.notifyFees(msg.sender, fee);
+        }
+        if (amount > fee) token.safeTransfer(msg.sender, amount - fee);
     }
 
     /// @notice What `account` can claim from task `t` now (0 before settlement or once claimed);

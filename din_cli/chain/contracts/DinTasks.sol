@@ -570,11 +570,7 @@ contract DinTasks is ReentrancyGuard {
             require(!(m.claimed || v.flags & CLAIMED != 0 || (msg.sender == t.owner && t.ownerClaimed)), "already claimed");
             revert("nothing to claim");
         }
-        if (m.index1 != 0) m.claimed = true;
-        if (v.index1 != 0) v.flags |= CLAIMED;
-        if (msg.sender == t.owner) t.ownerClaimed = true;
-        emit Claimed(id, msg.sender, amount);
-        token.safeTransfer(msg.sender, amount);
+        DinPayouts.pay(t, m, v, registry, token, id, amount); // a validator's fee goes to its pool
     }
 
     /// @notice Release `validator`'s bond in task `id` once the task is settled or abandoned (anyone;

@@ -4,37 +4,105 @@ pragma solidity 0.8.30;
 import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
-import {ERC20Burnable} from "@openzeppelin/contracts/token/ERC20/extensions/ERC20Burnable.sol";
+import {DinToken} from "./DinToken.sol";
 
-/// @title Validator registry: stake DIN above a minimum, publish an HPKE key, unstake after a delay.
-/// @notice There is no owner. The deployer names the task manager and the dispute contract once
-///         (`initialize`); from then on only those two may bond, unbond and slash, and nothing can
-///         change them. Every account that ever staked is listed (`stakerAt`), so a dispute
-///         committee can be drawn from the whole staked set.
-///         Every task a validator serves bonds that task's slash amount of its stake; the bond is
-///         released when the task is settled or abandoned. A slash burns from the bond (burnt
-///         tokens profit nobody). `withdraw` needs no bond outstanding, so stake serving a task stays
-///         locked until that task ends. A validator is *active* (may bond a new task) while its stake
-///         is at least `minStake` and it has not asked to unstake.
+/// @title Validator registry: delegated stake, its rewards and inflation, slashing that reaches delegators.
+/// @notice A validator stakes at least `minStake` of its own (self-stake), publishes an HPKE key and
+///         sets a commission; token holders delegate to it without running a node (no minimum). A
+///         validator's *stake* is its whole pool: self-stake plus delegations, after slashes; that is
+///         what tasks bond and what earns rewards.
+///
+///         Pools hold shares: a delegation is a number of shares of its validator's pool, and a slash
+///         burns pool tokens, so every share (the validator's own included) loses the same fraction.
+///         Undelegated stake waits `unstakeDelay` in the validator's unbonding pool, which a slash
+///         reduces by the same fraction, so nobody escapes a pending slash by leaving. A validator
+///         slashed for a protocol offence is tombstoned: out of the active set for good (it must
+///         register anew, from another address); its delegators can only leave.
+///
+///         Rewards use reward-per-share accumulators, so every operation costs the same gas whatever
+///         the number of delegators: rewards reach the registry (inflation minted on the schedule
+///         below, and task fees through `notifyFees`) and are shared among active pools by stake
+///         (`accPerWeight`); a pool's share pays the validator's commission and the rest goes to its
+///         shares (`accPerShare`). Rewards arriving while nothing is staked wait in `undistributed`
+///         for the next staker; rounding dust stays in the registry and is counted (`rewardsIn` =
+///         paid + owed + dust).
+///
+///         Inflation: epoch k (of `epochLength` seconds) emits `epochEmission * (1 - decayBps/1e4)^k`,
+///         accruing by the second, so the supply converges to the initial supply plus
+///         `epochEmission * 1e4 / decayBps`, and the token's cap bounds it whatever happens.
+///         Fees: `feeBurnBps` of every fee is burnt and `publicGoodsBps` goes to the public-goods pool.
+///
+///         There is no owner. The deployer names the task manager, the dispute contract, the governor
+///         and the public-goods pool once (`initialize`); only the task manager and the dispute
+///         contract bond, unbond and slash; only the governor (proposals, a credit vote and a timelock)
+///         changes the economic parameters, within fixed bounds.
 contract ValidatorRegistry is ReentrancyGuard {
     using SafeERC20 for IERC20;
 
-    struct Validator {
-        uint96 stake;
-        uint64 unlockAt; // 0 = staked; otherwise the time from which `withdraw` works
-        uint96 bonded; // stake bonded to tasks in progress (<= stake)
+    struct Pool {
+        uint128 tokens; // bonded: self-stake plus delegations, after slashes
+        uint128 shares;
+        uint128 ubTokens; // unbonding (undelegated, waiting for the delay), after slashes
+        uint128 ubShares;
+        uint128 bonded; // stake bonded to tasks in progress (<= tokens)
+        uint128 weight; // tokens counted in totalWeight (0 while not active)
+        uint64 unlockAt; // 0 = validating; otherwise the time from which `withdraw` works
+        bool tombstoned;
+        uint16 commission; // basis points of the pool's rewards the validator keeps
+        uint16 nextCommission;
+        uint64 commissionAt; // when nextCommission applies (0: no change announced)
         bytes32 hpkeKey; // X25519 public key for key wrapping
+        uint256 accGlobal; // accPerWeight when the pool last collected its share
+        uint256 accPerShare; // rewards per share, scaled by ACC
+        uint256 commissionOwed;
+    }
+
+    struct Delegation {
+        uint128 shares;
+        uint128 ubShares;
+        uint64 releaseAt; // when the unbonding shares can be withdrawn
+        uint256 acc; // pool.accPerShare when last settled
+        uint256 owed; // rewards settled, not yet claimed
     }
 
     uint256 internal constant P25519 = 2 ** 255 - 19;
+    uint256 internal constant ACC = 1e36;
+    uint256 internal constant BPS = 1e4;
+    uint256 internal constant ONE = 1e18;
 
     IERC20 public immutable token;
-    uint256 public immutable minStake;
-    uint64 public immutable unstakeDelay;
+    uint64 public immutable unstakeDelay; // validators' unstake and delegators' unbonding delay
+    uint64 public immutable commissionNotice; // seconds between announcing a commission and its start
+    uint16 public immutable maxCommissionBps;
+    uint64 public immutable epochLength;
     address internal immutable deployer;
+
     address public tasks; // the task manager: may bond, unbond and slash; set once
     address public disputes; // the dispute contract: may bond, unbond and slash; set once
-    mapping(address => Validator) public validators;
+    address public governor; // changes the parameters below; set once
+    address public grants; // the public-goods pool; set once
+
+    // parameters the governor changes (within bounds)
+    uint256 public minStake; // self-stake a validator needs to be active
+    uint16 public offenceSlashBps; // a protocol offence burns at least this share of the pool
+    uint16 public feeBurnBps = 1000; // 10 % of fees burnt at deployment
+    uint16 public publicGoodsBps = 1000; // 10 % to public goods at deployment
+    uint16 public decayBps; // emission decay per epoch
+    uint128 public epochEmission; // emission of the schedule's first epoch
+    uint64 public scheduleStart;
+    uint256 public scheduleBase; // emitted before the current schedule started
+
+    uint256 public emitted; // tokens minted by the schedule so far
+    uint256 public totalWeight; // sum of active pools' tokens
+    uint256 public accPerWeight; // rewards per unit of active stake, scaled by ACC
+    uint256 public undistributed; // rewards that arrived while nothing was staked
+    uint256 public rewardsIn; // rewards credited: minted emission plus delegators' share of fees
+    uint256 public rewardsPaid; // rewards claimed or compounded
+    uint256 public totalBonded; // sum of pools' tokens
+    uint256 public totalUnbonding; // sum of pools' ubTokens
+
+    mapping(address => Pool) public pools;
+    mapping(address => mapping(address => Delegation)) public delegations;
     address[] internal _stakers; // every account that ever staked, in order of its first stake
     mapping(address => bool) internal _listed;
 
@@ -42,24 +110,54 @@ contract ValidatorRegistry is ReentrancyGuard {
     event UnstakeRequested(address indexed validator, uint256 unlockAt);
     event Withdrawn(address indexed validator, uint256 amount);
     event Slashed(address indexed validator, address indexed by, uint256 amount);
+    event Tombstoned(address indexed validator);
     event Initialized(address tasks, address disputes);
+    event Delegated(address indexed validator, address indexed delegator, uint256 amount, uint256 shares);
+    event Undelegated(address indexed validator, address indexed delegator, uint256 amount, uint256 releaseAt);
+    event UnbondedWithdrawn(address indexed validator, address indexed delegator, uint256 amount);
+    event RewardsClaimed(address indexed validator, address indexed delegator, uint256 amount, bool compounded);
+    event CommissionAnnounced(address indexed validator, uint256 bps, uint256 at);
+    event FeesNotified(address indexed validator, address indexed from, uint256 amount, uint256 burnt, uint256 publicGoods);
+    event Emitted(uint256 amount, uint256 totalEmitted);
+    event ParameterChanged(string name, uint256 value);
 
-    constructor(IERC20 token_, uint256 minStake_, uint64 unstakeDelay_) {
+    constructor(
+        IERC20 token_,
+        uint256 minStake_,
+        uint64 unstakeDelay_,
+        uint64 commissionNotice_,
+        uint16 maxCommissionBps_,
+        uint64 epochLength_,
+        uint128 epochEmission_,
+        uint16 decayBps_
+    ) {
         require(minStake_ > 0, "minimum stake must be positive");
+        require(maxCommissionBps_ <= BPS, "commission above 100%");
+        require(epochLength_ > 0, "epoch length must be positive");
+        require(decayBps_ > 0 && decayBps_ <= BPS, "decay must be 1..10000 bps");
         token = token_;
         minStake = minStake_;
         unstakeDelay = unstakeDelay_;
+        commissionNotice = commissionNotice_;
+        maxCommissionBps = maxCommissionBps_;
+        epochLength = epochLength_;
+        epochEmission = epochEmission_;
+        decayBps = decayBps_;
+        scheduleStart = uint64(block.timestamp);
         deployer = msg.sender;
     }
 
-    /// @notice Name the task manager and the dispute contract (the deployer, once; nothing can
-    ///         change them afterwards).
-    function initialize(address tasks_, address disputes_) external {
+    /// @notice Name the task manager, the dispute contract, the governor and the public-goods pool
+    ///         (the deployer, once; nothing can change them afterwards).
+    function initialize(address tasks_, address disputes_, address governor_, address grants_) external {
         require(msg.sender == deployer, "only the deployer initializes");
         require(tasks == address(0), "already initialized");
         require(tasks_ != address(0) && disputes_ != address(0), "task manager is the zero address");
+        require(governor_ != address(0) && grants_ != address(0), "governor is the zero address");
         tasks = tasks_;
         disputes = disputes_;
+        governor = governor_;
+        grants = grants_;
         emit Initialized(tasks_, disputes_);
     }
 
@@ -68,79 +166,350 @@ contract ValidatorRegistry is ReentrancyGuard {
         _;
     }
 
-    /// @notice Lock `amount` more tokens (approve first) and set the HPKE public key (a canonical
-    ///         X25519 point outside the small-order subgroup).
+    modifier onlyGovernor() {
+        require(msg.sender == governor, "only governance changes parameters");
+        _;
+    }
+
+    // ------------------------------------------------------------------ validators
+
+    /// @notice Add `amount` (approve first) to your self-stake and set your HPKE public key (a
+    ///         canonical X25519 point outside the small-order subgroup). The first stake registers
+    ///         the validator with a 0 commission.
     function stake(uint256 amount, bytes32 hpkeKey) external nonReentrant {
-        Validator storage v = validators[msg.sender];
-        require(v.unlockAt == 0, "unstake pending: withdraw first");
+        Pool storage p = pools[msg.sender];
+        require(!p.tombstoned, "validator was slashed and is tombstoned: register from a new address");
+        require(p.unlockAt == 0, "unstake pending: withdraw first");
         require(validKey(hpkeKey), "HPKE public key is empty, low-order or not canonical");
-        uint256 total = uint256(v.stake) + amount;
-        require(total >= minStake, "stake below minimum");
-        require(total < 2 ** 96, "stake above 2^96 units");
-        v.stake = uint96(total);
-        v.hpkeKey = hpkeKey;
+        _distribute();
+        _settle(p);
+        p.hpkeKey = hpkeKey;
+        if (amount > 0) _addShares(p, delegations[msg.sender][msg.sender], amount);
+        require(selfStakeOf(msg.sender) >= minStake, "stake below minimum");
         if (!_listed[msg.sender]) {
             _listed[msg.sender] = true;
             _stakers.push(msg.sender);
         }
-        emit Staked(msg.sender, amount, total, hpkeKey);
+        _reweigh(msg.sender, p);
+        emit Staked(msg.sender, amount, p.tokens, hpkeKey);
         if (amount > 0) token.safeTransferFrom(msg.sender, address(this), amount);
     }
 
-    /// @notice Stop validating (no new tasks); the stake can be withdrawn `unstakeDelay` seconds
-    ///         later, once every task it serves has ended.
+    /// @notice Stop validating (no new tasks, no rewards); the self-stake can be withdrawn
+    ///         `unstakeDelay` seconds later, once every task it serves has ended. Delegators undelegate.
     function requestUnstake() external {
-        Validator storage v = validators[msg.sender];
-        require(v.stake > 0, "nothing staked");
-        require(v.unlockAt == 0, "unstake already requested");
+        Pool storage p = pools[msg.sender];
+        require(delegations[msg.sender][msg.sender].shares > 0, "nothing staked");
+        require(p.unlockAt == 0, "unstake already requested");
+        _distribute();
+        _settle(p);
         uint64 unlockAt = uint64(block.timestamp) + unstakeDelay;
-        v.unlockAt = unlockAt;
+        p.unlockAt = unlockAt;
+        _reweigh(msg.sender, p);
         emit UnstakeRequested(msg.sender, unlockAt);
     }
 
-    /// @notice Withdraw the whole stake once the unstake delay has passed and no task holds a bond.
+    /// @notice Withdraw the whole self-stake once the unstake delay has passed and no task holds a
+    ///         bond (a tombstoned validator too). The HPKE key is cleared; rewards stay claimable.
     function withdraw() external nonReentrant {
-        Validator storage v = validators[msg.sender];
-        require(v.unlockAt != 0, "no unstake requested");
-        require(block.timestamp >= v.unlockAt, "unstake delay not over");
-        require(v.bonded == 0, "stake is bonded to a task in progress");
-        uint256 amount = v.stake;
-        require(amount > 0, "nothing to withdraw");
-        delete validators[msg.sender];
+        Pool storage p = pools[msg.sender];
+        Delegation storage d = delegations[msg.sender][msg.sender];
+        require(p.unlockAt != 0, "no unstake requested");
+        require(block.timestamp >= p.unlockAt, "unstake delay not over");
+        require(p.bonded == 0, "stake is bonded to a task in progress");
+        require(d.shares > 0, "nothing to withdraw");
+        _distribute();
+        _settle(p);
+        _settleDelegation(p, d);
+        uint256 amount = _removeShares(p, d, d.shares);
+        p.hpkeKey = bytes32(0);
+        if (!p.tombstoned) p.unlockAt = 0; // may register again (a tombstone stays)
+        _reweigh(msg.sender, p);
         emit Withdrawn(msg.sender, amount);
-        token.safeTransfer(msg.sender, amount);
+        if (amount > 0) token.safeTransfer(msg.sender, amount);
     }
+
+    /// @notice Announce a new commission (basis points, at most `maxCommissionBps`); it applies
+    ///         `commissionNotice` seconds from now (at once while nobody else has delegated).
+    function setCommission(uint16 bps) external {
+        Pool storage p = pools[msg.sender];
+        require(p.hpkeKey != bytes32(0) && !p.tombstoned, "not a registered validator");
+        require(bps <= maxCommissionBps, "commission above the maximum");
+        _distribute();
+        _settle(p);
+        uint64 at = uint64(block.timestamp);
+        if (p.shares != delegations[msg.sender][msg.sender].shares) at += commissionNotice;
+        p.nextCommission = bps;
+        p.commissionAt = at;
+        if (at == block.timestamp) _applyCommission(p);
+        emit CommissionAnnounced(msg.sender, bps, at);
+    }
+
+    // ------------------------------------------------------------------ delegators
+
+    /// @notice Delegate `amount` (approve first) to `validator`, an active one.
+    function delegate(address validator, uint256 amount) external nonReentrant {
+        require(amount > 0, "nothing to delegate");
+        Pool storage p = pools[validator];
+        require(isActive(validator), "validator is not active");
+        _distribute();
+        _settle(p);
+        uint256 shares = _addShares(p, delegations[validator][msg.sender], amount);
+        _reweigh(validator, p);
+        emit Delegated(validator, msg.sender, amount, shares);
+        token.safeTransferFrom(msg.sender, address(this), amount);
+    }
+
+    /// @notice Move `amount` of your delegation to `validator` into its unbonding pool; it can be
+    ///         withdrawn `unstakeDelay` seconds from now (`withdrawUnbonded`) and is slashed like the
+    ///         pool until then. The delay restarts with every undelegation to the same validator.
+    ///         Stake bonded to tasks in progress cannot leave.
+    function undelegate(address validator, uint256 amount) external nonReentrant {
+        require(amount > 0, "nothing to undelegate");
+        require(validator != msg.sender, "a validator leaves with requestUnstake and withdraw");
+        Pool storage p = pools[validator];
+        Delegation storage d = delegations[validator][msg.sender];
+        _distribute();
+        _settle(p);
+        _settleDelegation(p, d);
+        require(p.tokens > 0, "the pool was slashed to nothing");
+        uint256 shares = (amount * p.shares + p.tokens - 1) / p.tokens; // round against the leaver
+        require(shares <= d.shares, "undelegating more than the delegation");
+        require(uint256(p.tokens) - amount >= p.bonded, "stake is bonded to tasks in progress");
+        d.shares -= uint128(shares);
+        p.shares -= uint128(shares);
+        p.tokens -= uint128(amount);
+        totalBonded -= amount;
+        uint256 ub = p.ubShares == 0 ? amount : (amount * p.ubShares) / p.ubTokens;
+        d.ubShares += uint128(ub);
+        p.ubShares += uint128(ub);
+        p.ubTokens += uint128(amount);
+        totalUnbonding += amount;
+        uint64 releaseAt = uint64(block.timestamp) + unstakeDelay;
+        d.releaseAt = releaseAt;
+        _reweigh(validator, p);
+        emit Undelegated(validator, msg.sender, amount, releaseAt);
+    }
+
+    /// @notice Withdraw what you undelegated from `validator` once its unbonding delay is over.
+    function withdrawUnbonded(address validator) external nonReentrant returns (uint256 amount) {
+        Pool storage p = pools[validator];
+        Delegation storage d = delegations[validator][msg.sender];
+        require(d.ubShares > 0, "nothing unbonding");
+        require(block.timestamp >= d.releaseAt, "unbonding delay not over");
+        amount = (uint256(d.ubShares) * p.ubTokens) / p.ubShares;
+        p.ubShares -= d.ubShares;
+        p.ubTokens -= uint128(amount);
+        totalUnbonding -= amount;
+        d.ubShares = 0;
+        emit UnbondedWithdrawn(validator, msg.sender, amount);
+        if (amount > 0) token.safeTransfer(msg.sender, amount);
+    }
+
+    /// @notice Claim your rewards from `validator`'s pool (the validator: its commission too), or with
+    ///         `compound` add them to your delegation (the pool must be active).
+    function claimRewards(address validator, bool compound) external nonReentrant returns (uint256 amount) {
+        Pool storage p = pools[validator];
+        Delegation storage d = delegations[validator][msg.sender];
+        _distribute();
+        _settle(p);
+        _settleDelegation(p, d);
+        amount = d.owed;
+        d.owed = 0;
+        if (msg.sender == validator) {
+            amount += p.commissionOwed;
+            p.commissionOwed = 0;
+        }
+        require(amount > 0, "no rewards to claim");
+        rewardsPaid += amount;
+        emit RewardsClaimed(validator, msg.sender, amount, compound);
+        if (compound) {
+            require(isActive(validator), "validator is not active: claim instead of compounding");
+            _addShares(p, d, amount);
+            _reweigh(validator, p);
+        } else {
+            token.safeTransfer(msg.sender, amount);
+        }
+    }
+
+    /// @notice Rewards `delegator` could claim from `validator`'s pool now (emission due included).
+    function pendingRewards(address validator, address delegator) external view returns (uint256 amount) {
+        Pool storage p = pools[validator];
+        Delegation storage d = delegations[validator][delegator];
+        uint256 acc = accPerWeight;
+        uint256 due = _due();
+        if (totalWeight > 0 && due + undistributed > 0) acc += ((due + undistributed) * ACC) / totalWeight;
+        uint256 r = (uint256(p.weight) * (acc - p.accGlobal)) / ACC;
+        uint256 commission = p.commissionAt != 0 && block.timestamp >= p.commissionAt ? p.nextCommission : p.commission;
+        uint256 c = (r * commission) / BPS;
+        uint256 perShare = p.accPerShare;
+        if (p.shares > 0) perShare += ((r - c) * ACC) / p.shares;
+        else c = r;
+        amount = d.owed + (uint256(d.shares) * (perShare - d.acc)) / ACC;
+        if (delegator == validator) amount += p.commissionOwed + c;
+    }
+
+    // ------------------------------------------------------------------ rewards in
+
+    /// @notice Mint the emission due by the schedule and share it among active pools (anyone;
+    ///         every staking operation does it first).
+    function distribute() external nonReentrant {
+        _distribute();
+    }
+
+    /// @notice Pay `amount` (approve first) as fees earned by `validator`: `feeBurnBps` is burnt,
+    ///         `publicGoodsBps` goes to the public-goods pool, the rest to the validator's commission
+    ///         and its pool's shares (all to the validator when its pool has no shares left). DinTasks
+    ///         pays every validator's task fee this way.
+    function notifyFees(address validator, uint256 amount) external nonReentrant {
+        require(amount > 0, "no fees");
+        Pool storage p = pools[validator];
+        _distribute();
+        _settle(p);
+        uint256 burnt = (amount * feeBurnBps) / BPS;
+        uint256 goods = (amount * publicGoodsBps) / BPS;
+        uint256 rest = amount - burnt - goods;
+        rewardsIn += rest;
+        _credit(p, rest);
+        emit FeesNotified(validator, msg.sender, amount, burnt, goods);
+        token.safeTransferFrom(msg.sender, address(this), amount);
+        if (burnt > 0) DinToken(address(token)).burn(burnt);
+        if (goods > 0) token.safeTransfer(grants, goods);
+    }
+
+    // ------------------------------------------------------------------ tasks
 
     /// @notice Bond `amount` of `validator`'s free stake to a task (task manager only).
     function bond(address validator, uint256 amount) external onlyTasks {
-        Validator storage v = validators[validator];
-        require(v.stake >= minStake && v.unlockAt == 0, "stake below minimum");
-        uint256 bonded = uint256(v.bonded) + amount;
-        require(bonded <= v.stake, "free stake below the task's slash amount");
-        v.bonded = uint96(bonded);
+        Pool storage p = pools[validator];
+        require(isActive(validator), "stake below minimum");
+        uint256 bonded = uint256(p.bonded) + amount;
+        require(bonded <= p.tokens, "free stake below the task's slash amount");
+        p.bonded = uint128(bonded);
     }
 
     /// @notice Release `amount` of `validator`'s bond (task manager only).
     function unbond(address validator, uint256 amount) external onlyTasks {
-        Validator storage v = validators[validator];
-        v.bonded -= uint96(amount);
+        Pool storage p = pools[validator];
+        p.bonded = p.bonded > amount ? p.bonded - uint128(amount) : 0; // a larger slash may have shrunk it
     }
 
-    /// @notice Burn up to `amount` of `validator`'s bonded stake (task manager only); the bond shrinks
-    ///         by the same amount. Returns what was burnt.
+    /// @notice Slash `validator` for a protocol offence (task manager only): burn the larger of
+    ///         `amount` (at most its bond) and `offenceSlashBps` of its pool, bonded and unbonding
+    ///         stake by the same fraction, so every delegator loses that fraction; tombstone it.
+    ///         Returns what was burnt.
     function slash(address validator, uint256 amount) external onlyTasks nonReentrant returns (uint256 burnt) {
-        Validator storage v = validators[validator];
-        burnt = amount < v.bonded ? amount : v.bonded;
-        v.stake -= uint96(burnt);
-        v.bonded -= uint96(burnt);
+        Pool storage p = pools[validator];
+        _distribute();
+        _settle(p);
+        uint256 base = uint256(p.tokens) + p.ubTokens;
+        uint256 fromBond = amount < p.bonded ? amount : p.bonded;
+        uint256 floor = (base * offenceSlashBps) / BPS;
+        burnt = fromBond > floor ? fromBond : floor;
+        if (burnt > base) burnt = base;
+        if (burnt > 0) {
+            uint256 fromPool = (burnt * p.tokens) / base;
+            p.tokens -= uint128(fromPool);
+            p.ubTokens -= uint128(burnt - fromPool);
+            totalBonded -= fromPool;
+            totalUnbonding -= burnt - fromPool;
+        }
+        p.bonded -= uint128(fromBond); // the task's bond is spent
+        if (p.bonded > p.tokens) p.bonded = p.tokens;
+        if (!p.tombstoned) {
+            p.tombstoned = true;
+            uint64 unlockAt = uint64(block.timestamp) + unstakeDelay;
+            if (p.unlockAt < unlockAt) p.unlockAt = unlockAt;
+            emit Tombstoned(validator);
+        }
+        _reweigh(validator, p);
         emit Slashed(validator, msg.sender, burnt);
-        if (burnt > 0) ERC20Burnable(address(token)).burn(burnt);
+        if (burnt > 0) DinToken(address(token)).burn(burnt);
     }
 
-    /// @notice Whether `validator` has at least the minimum stake and is not unstaking.
-    function isActive(address validator) external view returns (bool) {
-        Validator storage v = validators[validator];
-        return v.stake >= minStake && v.unlockAt == 0;
+    // ------------------------------------------------------------------ governance
+
+    /// @notice Change a parameter (the governor only, after a proposal passed its vote and
+    ///         timelock). Bounds: minimum stake > 0; offence slash, fee burn and public-goods
+    ///         shares in basis points (burn + public goods <= 100%).
+    function setMinStake(uint256 value) external onlyGovernor {
+        require(value > 0, "minimum stake must be positive");
+        minStake = value;
+        emit ParameterChanged("minStake", value);
+    }
+
+    function setOffenceSlashBps(uint16 value) external onlyGovernor {
+        require(value <= BPS, "slash above 100%");
+        offenceSlashBps = value;
+        emit ParameterChanged("offenceSlashBps", value);
+    }
+
+    function setFeeShares(uint16 burnBps, uint16 goodsBps) external onlyGovernor {
+        require(uint256(burnBps) + goodsBps <= BPS, "fee shares above 100%");
+        feeBurnBps = burnBps;
+        publicGoodsBps = goodsBps;
+        emit ParameterChanged("feeBurnBps", burnBps);
+        emit ParameterChanged("publicGoodsBps", goodsBps);
+    }
+
+    /// @notice Restart the emission schedule from now with a new first-epoch emission and decay;
+    ///         what was due under the old one is minted first. The token's cap still bounds supply.
+    function setInflation(uint128 emission, uint16 decay) external onlyGovernor {
+        require(decay > 0 && decay <= BPS, "decay must be 1..10000 bps");
+        _distribute();
+        scheduleBase = emitted;
+        scheduleStart = uint64(block.timestamp);
+        epochEmission = emission;
+        decayBps = decay;
+        emit ParameterChanged("epochEmission", emission);
+        emit ParameterChanged("decayBps", decay);
+    }
+
+    // ------------------------------------------------------------------ reads
+
+    /// @notice The emission the schedule has released by time `at` (not counting the token's cap).
+    function scheduled(uint256 at) public view returns (uint256) {
+        if (at <= scheduleStart) return scheduleBase;
+        uint256 elapsed = at - scheduleStart;
+        uint256 n = elapsed / epochLength;
+        uint256 rn = _pow((BPS - decayBps) * ONE / BPS, n);
+        uint256 whole = (uint256(epochEmission) * BPS * (ONE - rn)) / (uint256(decayBps) * ONE);
+        uint256 part = (uint256(epochEmission) * rn / ONE) * (elapsed - n * epochLength) / epochLength;
+        return scheduleBase + whole + part;
+    }
+
+    /// @notice Whether `validator` may bond a new task and earns rewards: registered, self-stake at
+    ///         least `minStake`, not unstaking, not tombstoned.
+    function isActive(address validator) public view returns (bool) {
+        Pool storage p = pools[validator];
+        return p.hpkeKey != bytes32(0) && p.unlockAt == 0 && !p.tombstoned && selfStakeOf(validator) >= minStake;
+    }
+
+    /// @notice The validator's own stake (its shares' worth).
+    function selfStakeOf(address validator) public view returns (uint256) {
+        return delegationOf(validator, validator);
+    }
+
+    /// @notice What `delegator`'s delegation to `validator` is worth now (bonded part).
+    function delegationOf(address validator, address delegator) public view returns (uint256) {
+        Pool storage p = pools[validator];
+        if (p.shares == 0) return 0;
+        return (uint256(delegations[validator][delegator].shares) * p.tokens) / p.shares;
+    }
+
+    /// @notice What `delegator` has unbonding from `validator` now, and when it is released.
+    function unbondingOf(address validator, address delegator) external view returns (uint256 amount, uint256 releaseAt) {
+        Pool storage p = pools[validator];
+        Delegation storage d = delegations[validator][delegator];
+        if (p.ubShares > 0) amount = (uint256(d.ubShares) * p.ubTokens) / p.ubShares;
+        releaseAt = d.releaseAt;
+    }
+
+    /// @notice The registry's view of a validator as tasks and disputes read it: its whole stake,
+    ///         when it may withdraw (tombstoned: set), what is bonded, its HPKE key.
+    function validators(address validator) external view returns (uint96 stake_, uint64 unlockAt, uint96 bonded, bytes32 hpkeKey) {
+        Pool storage p = pools[validator];
+        return (uint96(p.tokens), p.unlockAt, uint96(p.bonded), p.hpkeKey);
     }
 
     /// @notice How many accounts ever staked (withdrawn ones stay listed; `isActive` tells them apart).
@@ -154,15 +523,15 @@ contract ValidatorRegistry is ReentrancyGuard {
     }
 
     function stakeOf(address validator) external view returns (uint256) {
-        return validators[validator].stake;
+        return pools[validator].tokens;
     }
 
     function bondedOf(address validator) external view returns (uint256) {
-        return validators[validator].bonded;
+        return pools[validator].bonded;
     }
 
     function hpkeKeyOf(address validator) external view returns (bytes32) {
-        return validators[validator].hpkeKey;
+        return pools[validator].hpkeKey;
     }
 
     /// @notice Whether `key` (X25519 public key bytes) is canonical (as a little-endian integer below
@@ -173,6 +542,100 @@ contract ValidatorRegistry is ReentrancyGuard {
         if (u == 325606250916557431795983626356110631294008115727848805560023387167927233504) return false;
         if (u == 39382357235489614581723060781553021112529911719440698176882885853963445705823) return false;
         return true;
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    function _due() internal view returns (uint256 due) {
+        uint256 s = scheduled(block.timestamp);
+        if (s <= emitted) return 0;
+        due = s - emitted;
+        DinToken t = DinToken(address(token));
+        uint256 room = t.cap() - t.totalMinted();
+        if (due > room) due = room;
+    }
+
+    /// @dev Mint the emission due and spread it (with what waited) over the active stake.
+    function _distribute() internal {
+        uint256 due = _due();
+        if (due > 0) {
+            emitted += due;
+            rewardsIn += due;
+            emit Emitted(due, emitted);
+            DinToken(address(token)).mint(address(this), due);
+        }
+        uint256 amount = due + undistributed;
+        if (amount == 0) return;
+        if (totalWeight == 0) {
+            undistributed = amount;
+            return;
+        }
+        undistributed = 0;
+        accPerWeight += (amount * ACC) / totalWeight;
+    }
+
+    /// @dev Collect pool `p`'s share of what was spread since it last did.
+    function _settle(Pool storage p) internal {
+        uint256 acc = accPerWeight;
+        uint256 r = (uint256(p.weight) * (acc - p.accGlobal)) / ACC;
+        p.accGlobal = acc;
+        if (r > 0) _credit(p, r);
+    }
+
+    function _credit(Pool storage p, uint256 r) internal {
+        if (p.commissionAt != 0 && block.timestamp >= p.commissionAt) _applyCommission(p);
+        uint256 c = (r * p.commission) / BPS;
+        if (p.shares > 0) p.accPerShare += ((r - c) * ACC) / p.shares;
+        else c = r;
+        p.commissionOwed += c;
+    }
+
+    function _applyCommission(Pool storage p) internal {
+        p.commission = p.nextCommission;
+        p.commissionAt = 0;
+    }
+
+    function _settleDelegation(Pool storage p, Delegation storage d) internal {
+        uint256 acc = p.accPerShare;
+        if (d.shares > 0) d.owed += (uint256(d.shares) * (acc - d.acc)) / ACC;
+        d.acc = acc;
+    }
+
+    /// @dev Add `amount` tokens (already counted by the caller) to `p` as shares of `d`.
+    function _addShares(Pool storage p, Delegation storage d, uint256 amount) internal returns (uint256 shares) {
+        _settleDelegation(p, d);
+        require(p.shares == 0 || p.tokens > 0, "the pool was slashed to nothing");
+        shares = p.shares == 0 ? amount : (amount * p.shares) / p.tokens;
+        require(shares > 0, "amount below one share");
+        require(uint256(p.tokens) + amount < 2 ** 96, "stake above 2^96 units");
+        d.shares += uint128(shares);
+        p.shares += uint128(shares);
+        p.tokens += uint128(amount);
+        totalBonded += amount;
+    }
+
+    function _removeShares(Pool storage p, Delegation storage d, uint256 shares) internal returns (uint256 amount) {
+        amount = (shares * p.tokens) / p.shares;
+        d.shares -= uint128(shares);
+        p.shares -= uint128(shares);
+        p.tokens -= uint128(amount);
+        totalBonded -= amount;
+    }
+
+    /// @dev Count `p` in the active stake by its tokens while it is active, else not at all.
+    function _reweigh(address validator, Pool storage p) internal {
+        uint256 w = isActive(validator) ? p.tokens : 0;
+        totalWeight = totalWeight - p.weight + w;
+        p.weight = uint128(w);
+    }
+
+    function _pow(uint256 x, uint256 n) internal pure returns (uint256 z) {
+        z = ONE;
+        while (n > 0) {
+            if (n & 1 == 1) z = (z * x) / ONE;
+            x = (x * x) / ONE;
+            n >>= 1;
+        }
     }
 
     function _littleEndian(bytes32 b) internal pure returns (uint256 v) {
