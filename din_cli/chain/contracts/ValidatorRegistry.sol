@@ -280,6 +280,7 @@ contract ValidatorRegistry is ReentrancyGuard {
         p.shares -= uint128(shares);
         p.tokens -= uint128(amount);
         totalBonded -= amount;
+        require(p.ubShares == 0 || p.ubTokens > 0, "the unbonding pool was slashed to nothing");
         uint256 ub = p.ubShares == 0 ? amount : (amount * p.ubShares) / p.ubTokens;
         d.ubShares += uint128(ub);
         p.ubShares += uint128(ub);
@@ -340,13 +341,24 @@ contract ValidatorRegistry is ReentrancyGuard {
         uint256 due = _due();
         if (totalWeight > 0 && due + undistributed > 0) acc += ((due + undistributed) * ACC) / totalWeight;
         uint256 r = (uint256(p.weight) * (acc - p.accGlobal)) / ACC;
-        uint256 commission = p.commissionAt != 0 && block.timestamp >= p.commissionAt ? p.nextCommission : p.commission;
+        uint256 commission = p.commission;
+        if (p.commissionAt != 0 && block.timestamp >= p.commissionAt && p.nextCommission < commission) commission = p.nextCommission;
         uint256 c = (r * commission) / BPS;
         uint256 perShare = p.accPerShare;
         if (p.shares > 0) perShare += ((r - c) * ACC) / p.shares;
         else c = r;
         amount = d.owed + (uint256(d.shares) * (perShare - d.acc)) / ACC;
         if (delegator == validator) amount += p.commissionOwed + c;
+    }
+
+    /// @notice Bring `validator`'s pool up to date (anyone): collect its rewards and count it in the
+    ///         active stake only if it is still active. A parameter change (a raised minimum stake)
+    ///         reaches a pool at its next operation or poke.
+    function poke(address validator) external nonReentrant {
+        Pool storage p = pools[validator];
+        _distribute();
+        _settle(p);
+        _reweigh(validator, p);
     }
 
     // ------------------------------------------------------------------ rewards in
@@ -408,11 +420,12 @@ contract ValidatorRegistry is ReentrancyGuard {
         burnt = fromBond > floor ? fromBond : floor;
         if (burnt > base) burnt = base;
         if (burnt > 0) {
-            uint256 fromPool = (burnt * p.tokens) / base;
-            p.tokens -= uint128(fromPool);
-            p.ubTokens -= uint128(burnt - fromPool);
-            totalBonded -= fromPool;
-            totalUnbonding -= burnt - fromPool;
+            // rounding falls on the bonded side: the unbonding pool is emptied only by a 100 % slash
+            uint256 fromUb = (burnt * p.ubTokens) / base;
+            p.ubTokens -= uint128(fromUb);
+            p.tokens -= uint128(burnt - fromUb);
+            totalBonded -= burnt - fromUb;
+            totalUnbonding -= fromUb;
         }
         p.bonded -= uint128(fromBond); // the task's bond is spent
         if (p.bonded > p.tokens) p.bonded = p.tokens;
@@ -472,10 +485,17 @@ contract ValidatorRegistry is ReentrancyGuard {
         if (at <= scheduleStart) return scheduleBase;
         uint256 elapsed = at - scheduleStart;
         uint256 n = elapsed / epochLength;
-        uint256 rn = _pow((BPS - decayBps) * ONE / BPS, n);
-        uint256 whole = (uint256(epochEmission) * BPS * (ONE - rn)) / (uint256(decayBps) * ONE);
-        uint256 part = (uint256(epochEmission) * rn / ONE) * (elapsed - n * epochLength) / epochLength;
+        uint256 whole = _released(n);
+        // within an epoch, linear between the whole epochs' totals: never decreasing
+        uint256 next = _released(n + 1);
+        uint256 part = next > whole ? ((next - whole) * (elapsed - n * epochLength)) / epochLength : 0;
         return scheduleBase + whole + part;
+    }
+
+    /// @dev What the schedule releases in its first `n` epochs: E0 (1 - r^n) / (1 - r).
+    function _released(uint256 n) internal view returns (uint256) {
+        uint256 rn = _pow(((BPS - decayBps) * ONE) / BPS, n);
+        return (uint256(epochEmission) * BPS * (ONE - rn)) / (uint256(decayBps) * ONE);
     }
 
     /// @notice Whether `validator` may bond a new task and earns rewards: registered, self-stake at
@@ -582,9 +602,16 @@ contract ValidatorRegistry is ReentrancyGuard {
         if (r > 0) _credit(p, r);
     }
 
+    /// @dev A commission change applies from its announced time; rewards collected across that
+    ///      time (accrued partly before it) pay the lower of the two rates, so a raise never reaches
+    ///      rewards earned before it (a poke at the change splits them exactly).
     function _credit(Pool storage p, uint256 r) internal {
-        if (p.commissionAt != 0 && block.timestamp >= p.commissionAt) _applyCommission(p);
-        uint256 c = (r * p.commission) / BPS;
+        uint256 rate = p.commission;
+        if (p.commissionAt != 0 && block.timestamp >= p.commissionAt) {
+            if (p.nextCommission < rate) rate = p.nextCommission;
+            _applyCommission(p);
+        }
+        uint256 c = (r * rate) / BPS;
         if (p.shares > 0) p.accPerShare += ((r - c) * ACC) / p.shares;
         else c = r;
         p.commissionOwed += c;
