@@ -424,9 +424,10 @@ class Chain:
         needs a later block than the latest (a dispute's committee draw) is not refused. The
         fixed part of the margin covers the registry's emission: any staking call first mints
         what the schedule released since the last one, and whether anything is due can change
-        between the estimate and the block (~60k gas more)."""
+        between the estimate and the block (up to ~125k gas more: the network's first mint
+        writes fresh slots)."""
         estimate = fn.estimate_gas(params, "pending")
-        return min(int(estimate * 1.25) + 100_000, self._block_gas_limit())
+        return min(int(estimate * 1.25) + 200_000, self._block_gas_limit())
 
     def _send_error(self, e: Exception, name: str, sender: str = "the sender") -> Exception:
         import requests
