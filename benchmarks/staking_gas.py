@@ -19,7 +19,9 @@ counts, so finalize splits the fund). Gas is each transaction's ``gasUsed`` (21,
 calldata included).
 
 Runs on DIN_TEST_ANVIL when set, else starts its own anvil (node_modules' binary) on a free port
-and stops it at the end.
+with ``--prune-history`` and stops it at the end. Without that flag anvil writes old blocks'
+states under ~/.foundry/anvil/tmp, several MB a block once 10,000 delegators exist: tens of GB
+in one run (mind that on a DIN_TEST_ANVIL node, and use --sizes 1,100 there).
 
     python benchmarks/staking_gas.py [--json] [--sizes 1,100,10000] [--projects 2,10,50,200]
                                      [--contributions 10,1000]
@@ -75,7 +77,7 @@ def anvil_node():
         port = s.getsockname()[1]
     proc = subprocess.Popen(
         [str(ANVIL), "--port", str(port), "--host", "127.0.0.1", "--silent"]
-        + ["--gas-limit", str(GAS_LIMIT)],
+        + ["--gas-limit", str(GAS_LIMIT), "--prune-history", "64"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

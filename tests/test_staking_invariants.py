@@ -77,7 +77,7 @@ DUST_PER_TX = 3
 
 #: examples and steps of the state machine, on the embedded chain and on anvil (~0.15 s and
 #: ~0.1 s a step here; DIN_STAKING_EXAMPLES / DIN_STAKING_STEPS set both, to explore longer)
-EXAMPLES = {"embedded": 18, "anvil": 10}
+EXAMPLES = {"embedded": 15, "anvil": 10}
 STEPS = {"embedded": 40, "anvil": 30}
 for _kind in EXAMPLES:
     EXAMPLES[_kind] = int(os.environ.get("DIN_STAKING_EXAMPLES", EXAMPLES[_kind]))
