@@ -33,6 +33,11 @@ def _wanted():
 
 def run_demo(tmp_path: Path, script: Path, **env) -> tuple[Path, subprocess.CompletedProcess]:
     work = tmp_path / "demo"
+    return work, run_script(work, script, timeout=1800, **env)
+
+
+def run_script(work: Path, script: Path, timeout: int = 900, **env) -> subprocess.CompletedProcess:
+    """Run ``script`` (a demo, or an example that continues one) in the work folder ``work``."""
     bindir = Path(sys.executable).parent
     full = {
         **{k: v for k, v in os.environ.items() if not k.startswith("DIN_")},
@@ -41,22 +46,7 @@ def run_demo(tmp_path: Path, script: Path, **env) -> tuple[Path, subprocess.Comp
         **env,
     }
     proc = subprocess.run(
-        ["bash", str(script)], env=full, capture_output=True, text=True, timeout=1800
-    )
-    assert proc.returncode == 0, f"{script.name} failed ({proc.returncode}):\n{proc.stderr[-5000:]}"
-    return work, proc
-
-
-def run_script(work: Path, script: Path) -> subprocess.CompletedProcess:
-    """Run an example that continues in the demo's work folder ``work``."""
-    bindir = Path(sys.executable).parent
-    full = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("DIN_")},
-        "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
-        "DEMO_DIR": str(work),
-    }
-    proc = subprocess.run(
-        ["bash", str(script)], env=full, capture_output=True, text=True, timeout=900
+        ["bash", str(script)], env=full, capture_output=True, text=True, timeout=timeout
     )
     assert proc.returncode == 0, f"{script.name} failed ({proc.returncode}):\n{proc.stderr[-5000:]}"
     return proc

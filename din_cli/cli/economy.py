@@ -23,13 +23,9 @@ def _economy(ctx):
 
 
 def _address(text: str) -> str:
-    from eth_utils import is_address, to_checksum_address
+    from din_cli.cli.chain import _checksum
 
-    from din_cli.errors import UsageError
-
-    if not is_address(text):
-        raise UsageError(f"{text!r} is not an address", "give 0x and 40 hex digits")
-    return to_checksum_address(text)
+    return _checksum(text)
 
 
 def _din(units: int) -> str:
