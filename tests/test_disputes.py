@@ -392,6 +392,67 @@ def test_stakers_joining_after_the_filing_are_never_drawn(net):
     assert din.resolve_dispute(dev, did)["state"] == "upheld"
 
 
+def _mirror_draw(chain, din, did: int, stakers: int, block: int, size: int) -> list[str]:
+    """DinDisputes.draw in Python, by the weights the registry held at the end of ``block``."""
+    from eth_abi import encode
+    from eth_utils import keccak
+
+    from din_cli.chain.assignment import permute
+
+    filing_hash = chain._block_hash(din.dispute_info(did)["filed_block"])
+    k = keccak(encode(["bytes32", "uint256"], [filing_hash, did]))
+    at = [permute(k, i, stakers) for i in range(min(stakers, 256))]
+    who, w = chain.call(din.registry.functions.weightsAt(at, block))
+    w = list(w)
+    total, drawn, j = sum(w), [], 0
+    while len(drawn) < size and total > 0:
+        r = int.from_bytes(keccak(encode(["bytes32", "uint256"], [k, j])), "big") % total
+        i = 0
+        while r >= w[i]:
+            r -= w[i]
+            i += 1
+        total -= w[i]
+        w[i] = 0
+        drawn.append(who[i])
+        j += 1
+    return drawn
+
+
+def test_committees_are_drawn_by_stake_at_filing_and_stake_moved_later_cannot_steer_them(net):
+    """Old: every listed staker had the same chance, whatever its stake. New: successive draws by
+    stake (self-stake plus delegations) as it stood at the end of the filing block. Once that
+    block's hash is public an attacker can compute the draw for any weights; here it delegates
+    1,000x the minimum to a validator the draw would pass over, which then would be drawn
+    first, but the committee is still the one the filing block's weights give."""
+    from din_cli.chain.economy import Economy
+
+    chain, dev, din, _ = net
+    t = Task(net, extra=6)
+    heavy = staker(net)  # 5x the others' weight at filing: the draw must favour it
+    Economy(chain, din.deployment).delegate(
+        account(chain, din, dev, 4 * MIN_STAKE), heavy.address, 4 * MIN_STAKE
+    )
+    right, slots = t.aggregate(1, liars=(0, 2, 4), wrong=cid("w3"))
+    filer, did = t.file(1, right)
+    filed = din.dispute_info(did)["filed_block"]
+    n = chain.call(din.registry.functions.stakerCount())
+    at_filing = _mirror_draw(chain, din, did, n, filed, 64)  # the whole order, not just 5
+    outside = {v.address for v in slots} | {filer.address}
+    eligible = [a for a in at_filing if a not in outside]
+    expected = eligible[:5]
+    # the whale: an eligible staker the filing-block draw leaves out, now 1,000x the minimum
+    whale = eligible[5]
+    Economy(chain, din.deployment).delegate(
+        account(chain, din, dev, 1000 * MIN_STAKE), whale, 1000 * MIN_STAKE
+    )
+    now = _mirror_draw(chain, din, did, n, chain.head(), 64)
+    assert whale in [a for a in now if a not in outside][:5]  # these weights would draw it
+    committee = din.draw_committee(dev, did)
+    assert committee == expected and whale not in committee
+    t.vote(did, {m: right for m in committee})
+    assert din.resolve_dispute(dev, did)["state"] == "upheld"
+
+
 def _to_scores(t: Task, liars=(), lie=(10000, 0, 0), truth=(3000, 3000, 4000), silent=()):
     """One round trained and accepted, the test set posted, and the evaluation subgroup's
     validators at slots ``liars`` revealing ``lie``, those at ``silent`` nothing, and the rest

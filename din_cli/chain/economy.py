@@ -200,7 +200,9 @@ class Economy:
 
     def position(self, validator: str, delegator: str) -> dict:
         """``delegator``'s delegation to ``validator``: worth, unbonding, pending rewards."""
-        amount, release = self._call(self.registry.functions.unbondingOf(validator, delegator))
+        amount, release, ready = self._call(
+            self.registry.functions.unbondingOf(validator, delegator)
+        )
         return {
             "validator": validator,
             "delegator": delegator,
@@ -209,6 +211,7 @@ class Economy:
             ),
             "unbonding": int(amount),
             "release_at": int(release) or None,
+            "withdrawable": int(ready),
             "rewards": int(
                 self._call(self.registry.functions.pendingRewards(validator, delegator))
             ),

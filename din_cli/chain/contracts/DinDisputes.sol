@@ -16,11 +16,13 @@ import {Settlement} from "./Settlement.sol";
 ///         task settles (once training is over an upheld dispute slashes the liars but replays
 ///         nothing); an evaluation subgroup's majority score vector is disputed the same way
 ///         (`fileScores`, round 0) while the task settles. Filing freezes the task. In a later block anyone draws a committee
-///         of up to `committee` stakers (an odd number, at least 3) from the registry's whole staked set
-///         as it was at filing, in the order of a Feistel permutation keyed by the filing block's
-///         hash (stakers added after the filing cannot steer it), skipping stakers
-///         that are not active, lack free stake, filed the dispute or served the disputed subgroup in
-///         that round; each member bonds the slash amount. ("CID" below is a subgroup result: the
+///         of up to `committee` stakers (an odd number, at least 3) by stake: from the registry's
+///         stakers as listed at filing (up to 256 of them, a window picked by a Feistel permutation
+///         keyed by the filing block's hash), successive draws without replacement, each staker's
+///         chance proportional to its whole bonded stake (self-stake plus delegations) as it stood
+///         at the end of the filing block, so stake moved once that hash is known cannot steer the
+///         draw. A drawn staker that is not active now, lacks free stake, filed the dispute or
+///         served the disputed subgroup in that round is passed over; each member bonds the slash amount. ("CID" below is a subgroup result: the
 ///         aggregate's CID followed by the 32-byte bitmap of the updates it admitted, as DinTasks'
 ///         revealAggregate takes it.) Members commit, then reveal the CID they
 ///         computed (windows: the task's aggregation commit and reveal durations). `resolve` after
@@ -163,13 +165,22 @@ contract DinDisputes is ReentrancyGuard {
         bytes32 k = keccak256(abi.encode(h, id));
         bytes32 kv = Assignment.key(tasks.roundSeed(taskId, d.round), Assignment.VALIDATORS);
         uint256 n = d.stakers;
-        uint256 scan = n < MAX_SCAN ? n : MAX_SCAN;
+        uint256[] memory at = new uint256[](n < MAX_SCAN ? n : MAX_SCAN);
+        for (uint256 i = 0; i < at.length; i++) at[i] = Assignment.permute(k, i, n);
+        (address[] memory who, uint256[] memory w) = registry.weightsAt(at, d.filedBlock);
+        uint256 total;
+        for (uint256 i = 0; i < w.length; i++) total += w[i];
         address[] storage c = _committee[id];
-        for (uint256 i = 0; i < scan && c.length < committee; i++) {
-            address who = registry.stakerAt(Assignment.permute(k, i, n));
-            if (_eligible(who, d, t, kv)) {
-                c.push(who);
-                _votes[id][who].member = true;
+        // successive draws by stake without replacement; a drawn staker that cannot serve now is passed over
+        for (uint256 j = 0; c.length < committee && total > 0; j++) {
+            uint256 r = uint256(keccak256(abi.encode(k, j))) % total;
+            uint256 i;
+            while (r >= w[i]) r -= w[i++];
+            total -= w[i];
+            w[i] = 0;
+            if (_eligible(who[i], d, t, kv)) {
+                c.push(who[i]);
+                _votes[id][who[i]].member = true;
             }
         }
         if (c.length % 2 == 0 && c.length > 0) {

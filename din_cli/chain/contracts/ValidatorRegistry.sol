@@ -59,8 +59,7 @@ contract ValidatorRegistry is ReentrancyGuard {
 
     struct Delegation {
         uint128 shares;
-        uint128 ubShares;
-        uint64 releaseAt; // when the unbonding shares can be withdrawn
+        uint128 ubShares; // the sum of its unbonding entries' shares
         uint256 acc; // pool.accPerShare when last settled
         uint256 owed; // rewards settled, not yet claimed
     }
@@ -69,6 +68,7 @@ contract ValidatorRegistry is ReentrancyGuard {
     uint256 internal constant ACC = 1e36;
     uint256 internal constant BPS = 1e4;
     uint256 internal constant ONE = 1e18;
+    uint256 internal constant MAX_ENTRIES = 7; // undelegations unbonding at once per delegation (as Cosmos)
 
     IERC20 public immutable token;
     uint64 public immutable unstakeDelay; // validators' unstake and delegators' unbonding delay
@@ -105,6 +105,14 @@ contract ValidatorRegistry is ReentrancyGuard {
     mapping(address => mapping(address => Delegation)) public delegations;
     address[] internal _stakers; // every account that ever staked, in order of its first stake
     mapping(address => bool) internal _listed;
+    /// @dev Each pool's weight (its stake while active, else 0) by block: dispute committees are
+    ///      drawn by stake as it stood in the filing block, so stake moved once that block's hash
+    ///      is known cannot steer a draw.
+    ///      Entries are block << 208 | weight, in block order, one per block.
+    mapping(address => uint256[]) internal _weightAt;
+    /// @dev A delegation's unbonding entries, oldest first: releaseAt << 128 | unbonding shares. Each
+    ///      undelegation waits its own delay (undelegations in one block share an entry).
+    mapping(address => mapping(address => uint256[])) internal _unbonding;
 
     event Staked(address indexed validator, uint256 amount, uint256 total, bytes32 hpkeKey);
     event UnstakeRequested(address indexed validator, uint256 unlockAt);
@@ -262,8 +270,8 @@ contract ValidatorRegistry is ReentrancyGuard {
 
     /// @notice Move `amount` of your delegation to `validator` into its unbonding pool; it can be
     ///         withdrawn `unstakeDelay` seconds from now (`withdrawUnbonded`) and is slashed like the
-    ///         pool until then. The delay restarts with every undelegation to the same validator.
-    ///         Stake bonded to tasks in progress cannot leave.
+    ///         pool until then. Each undelegation waits its own delay; at most 7 wait at once per
+    ///         validator. Stake bonded to tasks in progress cannot leave.
     function undelegate(address validator, uint256 amount) external nonReentrant {
         require(amount > 0, "nothing to undelegate");
         require(validator != msg.sender, "a validator leaves with requestUnstake and withdraw");
@@ -286,23 +294,36 @@ contract ValidatorRegistry is ReentrancyGuard {
         p.ubShares += uint128(ub);
         p.ubTokens += uint128(amount);
         totalUnbonding += amount;
-        uint64 releaseAt = uint64(block.timestamp) + unstakeDelay;
-        d.releaseAt = releaseAt;
+        uint256 releaseAt = block.timestamp + unstakeDelay;
+        uint256[] storage q = _unbonding[validator][msg.sender];
+        uint256 n = q.length;
+        if (n > 0 && q[n - 1] >> 128 == releaseAt) q[n - 1] += ub;
+        else {
+            require(n < MAX_ENTRIES, "7 undelegations from this validator are unbonding: withdraw the released ones or wait");
+            q.push((releaseAt << 128) | ub);
+        }
         _reweigh(validator, p);
         emit Undelegated(validator, msg.sender, amount, releaseAt);
     }
 
-    /// @notice Withdraw what you undelegated from `validator` once its unbonding delay is over.
+    /// @notice Withdraw every undelegation from `validator` whose unbonding delay is over.
     function withdrawUnbonded(address validator) external nonReentrant returns (uint256 amount) {
         Pool storage p = pools[validator];
         Delegation storage d = delegations[validator][msg.sender];
         require(d.ubShares > 0, "nothing unbonding");
-        require(block.timestamp >= d.releaseAt, "unbonding delay not over");
-        amount = (uint256(d.ubShares) * p.ubTokens) / p.ubShares;
-        p.ubShares -= d.ubShares;
+        uint256[] storage q = _unbonding[validator][msg.sender];
+        uint256 n = q.length;
+        uint256 k;
+        uint256 ripe;
+        while (k < n && q[k] >> 128 <= block.timestamp) ripe += uint128(q[k++]);
+        require(k > 0, "unbonding delay not over");
+        for (uint256 i = k; i < n; i++) q[i - k] = q[i];
+        for (uint256 i = 0; i < k; i++) q.pop();
+        amount = (ripe * p.ubTokens) / p.ubShares;
+        p.ubShares -= uint128(ripe);
         p.ubTokens -= uint128(amount);
         totalUnbonding -= amount;
-        d.ubShares = 0;
+        d.ubShares -= uint128(ripe);
         emit UnbondedWithdrawn(validator, msg.sender, amount);
         if (amount > 0) token.safeTransfer(msg.sender, amount);
     }
@@ -517,12 +538,18 @@ contract ValidatorRegistry is ReentrancyGuard {
         return (uint256(delegations[validator][delegator].shares) * p.tokens) / p.shares;
     }
 
-    /// @notice What `delegator` has unbonding from `validator` now, and when it is released.
-    function unbondingOf(address validator, address delegator) external view returns (uint256 amount, uint256 releaseAt) {
+    /// @notice What `delegator` has unbonding from `validator` now, when all of it is released
+    ///         (0: nothing unbonding), and what `withdrawUnbonded` would pay now.
+    function unbondingOf(address validator, address delegator) external view returns (uint256 amount, uint256 releaseAt, uint256 ready) {
         Pool storage p = pools[validator];
         Delegation storage d = delegations[validator][delegator];
-        if (p.ubShares > 0) amount = (uint256(d.ubShares) * p.ubTokens) / p.ubShares;
-        releaseAt = d.releaseAt;
+        uint256[] storage q = _unbonding[validator][delegator];
+        if (q.length > 0) releaseAt = q[q.length - 1] >> 128;
+        if (p.ubShares == 0) return (0, releaseAt, 0);
+        amount = (uint256(d.ubShares) * p.ubTokens) / p.ubShares;
+        uint256 ripe;
+        for (uint256 i = 0; i < q.length && q[i] >> 128 <= block.timestamp; i++) ripe += uint128(q[i]);
+        ready = (ripe * p.ubTokens) / p.ubShares;
     }
 
     /// @notice The registry's view of a validator as tasks and disputes read it: its whole stake,
@@ -530,6 +557,19 @@ contract ValidatorRegistry is ReentrancyGuard {
     function validators(address validator) external view returns (uint96 stake_, uint64 unlockAt, uint96 bonded, bytes32 hpkeKey) {
         Pool storage p = pools[validator];
         return (uint96(p.tokens), p.unlockAt, uint96(p.bonded), p.hpkeKey);
+    }
+
+    /// @notice The stakers at list positions `indices` and their weight (stake while active, else 0)
+    ///         at the end of block `blockNumber`: what dispute committees are drawn by.
+    function weightsAt(uint256[] calldata indices, uint256 blockNumber) external view returns (address[] memory who, uint256[] memory weight) {
+        uint256 n = indices.length;
+        who = new address[](n);
+        weight = new uint256[](n);
+        for (uint256 i = 0; i < n; i++) {
+            address a = _stakers[indices[i]];
+            who[i] = a;
+            weight[i] = _weightOn(a, blockNumber);
+        }
     }
 
     /// @notice How many accounts ever staked (withdrawn ones stay listed; `isActive` tells them apart).
@@ -600,6 +640,7 @@ contract ValidatorRegistry is ReentrancyGuard {
         uint256 r = (uint256(p.weight) * (acc - p.accGlobal)) / ACC;
         p.accGlobal = acc;
         if (r > 0) _credit(p, r);
+        else if (p.commissionAt != 0 && block.timestamp >= p.commissionAt) _applyCommission(p); // nothing accrued across it
     }
 
     /// @dev A commission change applies from its announced time; rewards collected across that
@@ -652,8 +693,28 @@ contract ValidatorRegistry is ReentrancyGuard {
     /// @dev Count `p` in the active stake by its tokens while it is active, else not at all.
     function _reweigh(address validator, Pool storage p) internal {
         uint256 w = isActive(validator) ? p.tokens : 0;
+        if (w == p.weight) return;
         totalWeight = totalWeight - p.weight + w;
         p.weight = uint128(w);
+        uint256[] storage h = _weightAt[validator];
+        uint256 n = h.length;
+        uint256 e = (block.number << 208) | w; // tokens < 2^96
+        if (n > 0 && h[n - 1] >> 208 == block.number) h[n - 1] = e;
+        else h.push(e);
+    }
+
+    /// @dev `validator`'s weight at the end of block `b` (binary search: a pool that changes every
+    ///      block cannot make a draw expensive).
+    function _weightOn(address validator, uint256 b) internal view returns (uint256) {
+        uint256[] storage h = _weightAt[validator];
+        uint256 lo = 0;
+        uint256 hi = h.length; // entries before lo are at or before b, from hi on after it
+        while (lo < hi) {
+            uint256 mid = (lo + hi) / 2;
+            if (h[mid] >> 208 <= b) lo = mid + 1;
+            else hi = mid;
+        }
+        return lo == 0 ? 0 : h[lo - 1] & ((1 << 208) - 1);
     }
 
     function _pow(uint256 x, uint256 n) internal pure returns (uint256 z) {
