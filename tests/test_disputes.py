@@ -276,6 +276,45 @@ def test_a_replay_that_cuts_a_round_short_leaves_no_one_slashable_for_it(net):
             din.slash_aggregator(dev, t.task, 1, v.address)
 
 
+def test_a_dispute_filed_in_the_reveal_phase_slashes_no_one_it_kept_from_revealing(net):
+    """Old: 3 colluders reveal a lie first, the lie is accepted, and a dispute is filed at once,
+    in the reveal phase; upheld, the round is discarded, and resolve slashed the honest
+    validator that had committed but not revealed yet for "did not reveal". New: the filing
+    records that it cut the round's reveals short; those that had committed are not slashable
+    for it, while one that never committed (the commit phase was over) still is."""
+    chain, dev, din, _ = net
+    t = Task(net)
+    wrong = cid("poisoned-early")
+    for p in t.parts:
+        din.submit_update(p, t.task, cid(f"update-{t.task}-early-{p.address}"))
+    right = cid(f"agg-{t.task}-early")
+    slots = t.slots()
+    liars, waiting, silent = [slots[j] for j in (0, 2, 4)], slots[1], slots[3]
+    for v in liars:
+        din.commit_aggregate(v, t.task, wrong)
+    din.commit_aggregate(waiting, t.task, right)
+    chain.advance_time(SPAN + 1)  # the silent one let the commit window run out
+    din.advance(dev, t.task)
+    assert t.info().phase == "aggregation-reveal"
+    for v in liars:
+        din.reveal_aggregate(v, t.task, wrong)
+    assert din.accepted_aggregates(t.task, 1) == {0: wrong}
+    filer, did = t.file(1, right)  # before `waiting` could reveal
+    stakes = {v.address: din.validator_info(v.address).stake for v in slots}
+    committee = din.draw_committee(dev, did)
+    t.vote(did, {m: right for m in committee})
+    assert din.resolve_dispute(dev, did)["state"] == "upheld"
+    assert 1 in din.discarded_rounds(t.task)
+    assert din.validator_info(waiting.address).stake == stakes[waiting.address]
+    assert not din.removed(t.task, waiting.address)
+    with reverts("a dispute's filing cut its reveal short"):
+        din.slash_aggregator(dev, t.task, 1, waiting.address)
+    for v in [*liars, silent]:  # the liars, and the one that never committed, are slashed
+        assert din.validator_info(v.address).stake == stakes[v.address] - SLASH
+        assert din.removed(t.task, v.address)
+    assert din.slashable_aggregators(t.task, 1) == []
+
+
 def test_griefer_loses_its_bond_and_lying_or_silent_members_are_slashed(net):
     chain, dev, din, _ = net
     t = Task(net)

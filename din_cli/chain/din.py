@@ -877,7 +877,8 @@ class Din:
 
         Every round's record stays on chain until the task is settled, so any past
         round's liars are slashable; only validators already removed are skipped, and in a
-        round a dispute's replay discarded only the disputed subgroup counts.
+        round a dispute's replay discarded only the disputed subgroup counts, without the
+        validators that had committed when a dispute filed in its reveal phase cut it short.
         A minority becomes slashable once the task settles (until then a dispute may
         overturn the majority), or at once where a dispute committee decided the CID.
         By convention a subgroup without updates aggregates to the round's starting
@@ -919,7 +920,17 @@ class Din:
                 who = addresses[i]
                 if who in slashed:
                     continue
-                if who not in revealed or (g in accepted and revealed[who] != accepted[g]):
+                if who not in revealed:
+                    if (
+                        only is not None
+                        and self.disputes is not None
+                        and self._call(
+                            self.disputes.functions.revealCutShort(int(task_id), int(round_), who)
+                        )
+                    ):
+                        continue  # a dispute filed in its reveal phase cut its reveal short
+                    out.append(who)
+                elif g in accepted and revealed[who] != accepted[g]:
                     out.append(who)
         return out
 

@@ -52,6 +52,7 @@ contract DinDisputes is ReentrancyGuard {
     uint8 internal constant DISMISSED = 4;
     uint8 internal constant UNDECIDED = 5; // no strict majority, or no committee could be drawn
     uint8 internal constant VOID = 6; // never drawn
+    uint8 internal constant AGG_REVEAL = 4; // DinTasks' aggregation reveal phase
 
     struct Dispute {
         uint256 taskId;
@@ -62,6 +63,7 @@ contract DinDisputes is ReentrancyGuard {
         uint8 size; // committee size
         uint8 committed;
         uint8 revealed;
+        bool cutShort; // filed in the disputed round's aggregation reveal phase
         uint64 filedBlock;
         uint32 stakers; // the staker list's length at filing: the draw permutes only those
         uint64 commitEnd;
@@ -88,6 +90,10 @@ contract DinDisputes is ReentrancyGuard {
     mapping(bytes32 => uint256) internal _tally; // keccak(dispute, digest) -> reveals
     /// @notice Rounds an upheld dispute discarded (task => round => true): they cannot be disputed.
     mapping(uint256 => mapping(uint256 => bool)) public discarded;
+    /// @notice Validators of a disputed subgroup that had committed and whose reveal window the
+    ///         dispute's filing cut short (task => round => validator => true): once the dispute is
+    ///         upheld and the round discarded, "did not reveal" is no offence for them.
+    mapping(uint256 => mapping(uint256 => mapping(address => bool))) public revealCutShort;
 
     event DisputeFiled(uint256 indexed disputeId, uint256 indexed taskId, uint256 round, uint256 group, address filer, bytes acceptedCid, bytes cid, uint256 bond);
     event CommitteeDrawn(uint256 indexed disputeId, uint256 indexed taskId, address[] committee, uint64 commitEnd, uint64 revealEnd);
@@ -133,7 +139,7 @@ contract DinDisputes is ReentrancyGuard {
 
     function _file(uint256 taskId, uint256 round, uint256 group, bytes calldata acceptedCid, bytes calldata cid) internal returns (uint256 id) {
         bytes32 accepted = keccak256(acceptedCid);
-        tasks.dispute(taskId, round, group, accepted, true); // training or settling only, one open dispute per task
+        uint256 frozen = tasks.dispute(taskId, round, group, accepted, true); // training or settling only, one open dispute per task
         require(!discarded[taskId][round], "that round was discarded by a dispute");
         DinTasks.DisputeView memory t = tasks.disputeView(taskId);
         require(keccak256(cid) != accepted, "the claimed CID is the accepted one");
@@ -144,6 +150,7 @@ contract DinDisputes is ReentrancyGuard {
         d.round = uint16(round);
         d.group = uint24(group);
         d.state = FILED;
+        d.cutShort = round > 0 && frozen == ((round << 8) | AGG_REVEAL); // the round's reveals still open
         d.filedBlock = uint64(block.number);
         d.stakers = uint32(registry.stakerCount()); // stakers joining after the filing cannot steer the draw
         d.bond = uint128(t.slashAmount);
@@ -277,6 +284,13 @@ contract DinDisputes is ReentrancyGuard {
             newRound = tasks.disputeView(taskId).round;
             if (newRound == before) newRound = 0; // training was over: nothing replays
             for (uint256 r = d.round; r < newRound; r++) discarded[taskId][r] = true;
+            if (d.cutShort && newRound != 0) {
+                // filed before the subgroup's honest validators could reveal: those that committed
+                // are not slashable for the reveal the filing cut short
+                for (uint256 j = 0; j < validators.length; j++) {
+                    if (tasks.validatorState(taskId, validators[j]).commitRound == d.round) revealCutShort[taskId][d.round][validators[j]] = true;
+                }
+            }
             for (uint256 j = 0; j < validators.length; j++) {
                 // slashes and removes whoever revealed anything but the committee's CID (or nothing);
                 // reverts (skipped) for the honest minority and for validators already removed. Enough

@@ -15,6 +15,8 @@ import {Task, Member, GroupResult, GroupVotes, Val, isAccepted, SCORE_BPS, SETTL
 ///      so they prove no record.
 interface IDiscarded {
     function discarded(uint256 taskId, uint256 round) external view returns (bool);
+
+    function revealCutShort(uint256 taskId, uint256 round, address validator) external view returns (bool);
 }
 
 /// @dev DinTasks' own getter, read from the library's code (which runs as DinTasks).
@@ -60,6 +62,7 @@ library DinPayouts {
         bytes20 revealed = ((gv.mask >> (pos % per)) & 1) == 1 ? gv.first : bytes20(deviant[keccak256(abi.encode(id, round, validator))]);
         string memory reason;
         if (revealed == bytes20(0)) {
+            require(!IDiscarded(IDisputesOf(address(this)).disputes()).revealCutShort(id, round, validator), "a dispute's filing cut its reveal short");
             reason = "did not reveal its aggregate";
         } else {
             require(majority != bytes32(0), "validator revealed an aggregate");

@@ -481,7 +481,7 @@ contract DinTasks is ReentrancyGuard {
     /// @notice Dispute hook (DinDisputes only). `open`: freeze task `id` for a dispute of subgroup
     ///         `group`'s aggregate of `round`, which must be the CID with `digest` accepted by a strict
     ///         majority: phase DISPUTED, where every phase's action reverts and no deadline runs. Until
-    ///         the task settles (the caller `advance`s first), one dispute at a time; returns the round.
+    ///         the task settles (the caller `advance`s first), one dispute at a time; returns round << 8 | the phase it froze in.
     ///         Not `open`: unfreeze, giving the phase back the time the dispute took; with `digest` != 0
     ///         the committee overturned the subgroup's aggregate: `digest` becomes its majority
     ///         (slashAggregator then slashes the rest) and the task replays from the model `round`
@@ -506,9 +506,10 @@ contract DinTasks is ReentrancyGuard {
                 require(t.phase < SETTLING, "not disputable in this phase");
                 require(voteCount(_groupVotes[gk], votes, id, round, group, digest) > (t.perGroup - _groupVotes[gk].gone) / 2, "CID is not the accepted one");
             }
-            _frozen[id] = (block.timestamp << 8) | t.phase;
+            uint256 frozen = (block.timestamp << 8) | t.phase;
+            _frozen[id] = frozen;
             t.phase = DISPUTED;
-            return t.round;
+            return (uint256(t.round) << 8) | uint8(frozen); // the round and the phase it froze in
         }
         uint256 f = _frozen[id];
         t.phase = uint8(f);
